@@ -1,0 +1,369 @@
+//! The HTTP surface (contract sections 2 and 5): ingest, reading state, health and `/metrics`.
+
+mod views;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::config::Settings;
+use crate::ingest::{self, Format};
+use crate::lifecycle::{Rejection, Status};
+use crate::metrics::{Metrics, SOURCE_API};
+use crate::state::{Applied, Tracker};
+use crate::store::{Commit, Store};
+pub use views::TaskView;
+
+/// How long an update that needs a commit waits for it before the client gets 503.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub tracker: Arc<Tracker>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+    /// Set when shutdown starts: readiness turns false and new updates get 503.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/updates", post(post_updates))
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{task_id}", get(get_task))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(landing))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(
+            state.settings.max_body_bytes.as_u64() as usize,
+        ))
+        .with_state(state)
+}
+
+/// A JSON error body with a status.
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+fn unavailable(msg: impl Into<String>) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.settings.auth_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(token.0.as_bytes())) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    }
+    next.run(req).await
+}
+
+/// One rejected item in the ingest response.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RejectedItem {
+    index: usize,
+    task_id: Option<String>,
+    reason: String,
+    detail: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct IngestResponse {
+    accepted: u64,
+    duplicates: u64,
+    rejected: Vec<RejectedItem>,
+}
+
+impl IngestResponse {
+    fn reject(&mut self, index: usize, task_id: Option<String>, r: &Rejection) {
+        self.rejected.push(RejectedItem {
+            index,
+            task_id,
+            reason: r.reason(),
+            detail: r.detail(),
+        });
+    }
+}
+
+/// `POST /api/v1/updates`.
+async fn post_updates(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than --max-body-bytes ({})",
+                    s.settings.max_body_bytes.display().iec()
+                ),
+            )
+        }
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    if s.draining.load(Ordering::Relaxed) {
+        return unavailable("taskpulse is shutting down");
+    }
+    let pending = s.tracker.writer().pending();
+    if pending > s.settings.max_pending_writes {
+        return unavailable(format!(
+            "the store is behind: {pending} writes waiting (limit --max-pending-writes {})",
+            s.settings.max_pending_writes
+        ));
+    }
+    let format = Format::from_content_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    // Parsing and applying is CPU work on the request's own task; it never awaits.
+    let items = match ingest::parse_body(&body, format) {
+        Ok(items) => items,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": e.to_string(), "line": e.line, "column": e.column })),
+            )
+                .into_response()
+        }
+    };
+    let mut resp = IngestResponse::default();
+    let mut waits = Vec::new();
+    for item in items {
+        match item.parsed {
+            Err(e) => resp.reject(item.index, e.task_id, &e.rejection),
+            Ok(update) => {
+                let task_id = update.task_id.clone();
+                match s.tracker.apply(update) {
+                    Applied::Accepted { commit: None } => resp.accepted += 1,
+                    Applied::Accepted { commit: Some(rx) } => waits.push((item.index, task_id, rx)),
+                    Applied::Duplicate => resp.duplicates += 1,
+                    Applied::Rejected(r) => resp.reject(item.index, Some(task_id), &r),
+                }
+            }
+        }
+    }
+    if !waits.is_empty() {
+        let (meta, receivers): (Vec<_>, Vec<_>) =
+            waits.into_iter().map(|(i, id, rx)| ((i, id), rx)).unzip();
+        let commits =
+            match tokio::time::timeout(COMMIT_TIMEOUT, futures_util::future::join_all(receivers))
+                .await
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    s.metrics
+                        .updates_total
+                        .with_label_values(&[SOURCE_API, "accepted"])
+                        .inc_by(resp.accepted);
+                    return unavailable(
+                        "the store did not confirm the write in time; retry (accepted updates are kept and a retry is answered as a duplicate)",
+                    );
+                }
+            };
+        for ((index, task_id), commit) in meta.into_iter().zip(commits) {
+            match commit {
+                Ok(Commit::Written) => resp.accepted += 1,
+                Ok(Commit::Conflict(stored)) => {
+                    let rejection = match stored {
+                        Some(rec) if rec.status.is_terminal() => Rejection::Terminal {
+                            from: rec.status,
+                            to: Status::InProgress,
+                        },
+                        Some(rec) => Rejection::Stale {
+                            stored: rec.update_time.unwrap_or(0),
+                            got: 0,
+                        },
+                        None => Rejection::Invalid("the store refused the update".into()),
+                    };
+                    resp.reject(index, Some(task_id), &rejection)
+                }
+                Ok(Commit::Failed(msg)) => resp.reject(
+                    index,
+                    Some(task_id),
+                    &Rejection::Invalid(format!("the store refused the update: {msg}")),
+                ),
+                Err(_) => return unavailable("taskpulse is shutting down"),
+            }
+        }
+    }
+    let count = |outcome: &str, n: u64| {
+        if n > 0 {
+            s.metrics
+                .updates_total
+                .with_label_values(&[SOURCE_API, outcome])
+                .inc_by(n);
+        }
+    };
+    count("accepted", resp.accepted);
+    count("duplicate", resp.duplicates);
+    count("rejected", resp.rejected.len() as u64);
+    (StatusCode::OK, Json(resp)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    status: Option<String>,
+    task_type: Option<String>,
+    workflow_id: Option<String>,
+    limit: Option<String>,
+}
+
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// `GET /api/v1/tasks`: tracked tasks, most recently updated first.
+async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    let status = match q.status.as_deref().filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => match Status::parse(v) {
+            Some(st) => Some(st),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown status `{v}`; expected a Conductor task status such as IN_PROGRESS"),
+                )
+            }
+        },
+    };
+    let limit = match q.limit.as_deref().filter(|v| !v.is_empty()) {
+        None => DEFAULT_LIST_LIMIT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"),
+                )
+            }
+        },
+    };
+    let mut tasks = s.tracker.select(|r| {
+        status.is_none_or(|st| r.status == st)
+            && q.task_type.as_deref().is_none_or(|t| &*r.task_type == t)
+            && q.workflow_id.as_deref().is_none_or(|w| &*r.workflow_id == w)
+    });
+    tasks.sort_unstable_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.task_id.cmp(&b.task_id)));
+    tasks.truncate(limit);
+    let stall_ms = s.settings.stall_after.as_millis() as i64;
+    let now = crate::now_ms();
+    let views: Vec<TaskView> = tasks
+        .iter()
+        .map(|r| TaskView::new(r, now, stall_ms))
+        .collect();
+    Json(json!({ "tasks": views, "count": views.len() })).into_response()
+}
+
+/// `GET /api/v1/tasks/{taskId}`: one task, its recent history and its attempts' workers.
+async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Response {
+    let rec = match s.tracker.get(&task_id) {
+        Some(r) => Some(r),
+        None => match s.store.get_task(&task_id).await {
+            Ok(r) => r,
+            Err(e) => return unavailable(format!("store unavailable: {e}")),
+        },
+    };
+    let Some(rec) = rec else {
+        return error(StatusCode::NOT_FOUND, format!("unknown task `{task_id}`"));
+    };
+    let (history, attempts) = match tokio::try_join!(
+        s.store.task_history(&task_id, 50),
+        s.store.task_attempts(&task_id)
+    ) {
+        Ok(x) => x,
+        Err(e) => return unavailable(format!("store unavailable: {e}")),
+    };
+    let stall_ms = s.settings.stall_after.as_millis() as i64;
+    let mut view = serde_json::to_value(TaskView::new(&rec, crate::now_ms(), stall_ms))
+        .unwrap_or_default();
+    view["history"] = json!(history);
+    view["attempts"] = json!(attempts);
+    Json(view).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    match tokio::time::timeout(Duration::from_secs(2), s.store.ready()).await {
+        Ok(Ok(())) => Json(json!({ "status": "ready", "store": s.store.kind() })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store not ready: no answer within 2s"),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let m = s.metrics.clone();
+    match tokio::task::spawn_blocking(move || m.render()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("scrape failed: {e}")),
+    }
+}
+
+async fn landing() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><html><head><title>taskpulse</title></head><body>",
+        "<h1>taskpulse ",
+        env!("CARGO_PKG_VERSION"),
+        "</h1><p>Monitoring sidecar for workflow engines.</p><ul>",
+        "<li><a href=\"/metrics\">/metrics</a></li>",
+        "<li><a href=\"/api/v1/tasks\">/api/v1/tasks</a></li>",
+        "<li><a href=\"/healthz\">/healthz</a></li>",
+        "<li><a href=\"/readyz\">/readyz</a></li></ul></body></html>"
+    ))
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}

@@ -1,0 +1,418 @@
+//! Taking updates in: a request body becomes a list of items, each either a validated
+//! [`TaskUpdate`] or a rejection naming what was wrong.
+//!
+//! Bodies are one JSON object, a JSON array of objects, or NDJSON. Each item is parsed on its
+//! own, so one bad item never fails the others. Only a body that is not JSON at all (or an
+//! NDJSON body none of whose lines parse) is an error for the whole request, reported with the
+//! line and column where parsing stopped.
+
+mod update;
+
+pub use update::{TaskUpdate, MAX_ID_LEN, MAX_MESSAGE_LEN};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::lifecycle::Rejection;
+use update::RawUpdate;
+
+/// How the body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A JSON object or a JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl Format {
+    /// `application/x-ndjson` (also `application/ndjson`, `application/jsonl`) means NDJSON;
+    /// anything else is parsed as JSON.
+    pub fn from_content_type(content_type: Option<&str>) -> Format {
+        let ct = content_type
+            .and_then(|c| c.split(';').next())
+            .map(|c| c.trim().to_ascii_lowercase());
+        match ct.as_deref() {
+            Some("application/x-ndjson" | "application/ndjson" | "application/jsonl"
+            | "application/x-jsonlines") => Format::Ndjson,
+            _ => Format::Json,
+        }
+    }
+}
+
+/// One item of a body: its position, and either the update or why it was rejected.
+#[derive(Debug)]
+pub struct Item {
+    /// Array index, or 0-based line number for NDJSON.
+    pub index: usize,
+    pub parsed: Result<TaskUpdate, ItemError>,
+}
+
+/// A rejected item, with the task id when one could be read.
+#[derive(Debug, Clone)]
+pub struct ItemError {
+    pub task_id: Option<String>,
+    pub rejection: Rejection,
+}
+
+/// The whole body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("body is not valid JSON: {message} at line {line} column {column}")]
+pub struct BodyError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl BodyError {
+    fn from_json(e: &serde_json::Error, line_offset: usize) -> BodyError {
+        BodyError {
+            line: e.line() + line_offset,
+            column: e.column(),
+            message: strip_position(&e.to_string()),
+        }
+    }
+}
+
+/// serde_json appends " at line L column C"; we report those separately.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// Parses a request body into items.
+pub fn parse_body(body: &[u8], format: Format) -> Result<Vec<Item>, BodyError> {
+    match format {
+        Format::Ndjson => parse_ndjson(body),
+        Format::Json => parse_json(body),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Vec<Item>, BodyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    match first {
+        Some(b'[') => {
+            let raws: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|e| BodyError::from_json(&e, 0))?;
+            Ok(raws
+                .into_iter()
+                .enumerate()
+                .map(|(index, raw)| Item {
+                    index,
+                    parsed: parse_item(raw.get()),
+                })
+                .collect())
+        }
+        Some(b'{') => {
+            let raw: &RawValue = serde_json::from_slice(body).map_err(|e| {
+                let mut err = BodyError::from_json(&e, 0);
+                if err.message.contains("trailing characters") {
+                    err.message.push_str(
+                        " (several objects, one per line? send them with Content-Type: application/x-ndjson)",
+                    );
+                }
+                err
+            })?;
+            Ok(vec![Item {
+                index: 0,
+                parsed: parse_item(raw.get()),
+            }])
+        }
+        None => Err(BodyError {
+            line: 1,
+            column: 0,
+            message: "empty body; expected a JSON object, a JSON array or NDJSON".into(),
+        }),
+        Some(_) => {
+            // Let serde_json say where and why it fails; if it somehow parses (a bare number),
+            // it is still not an update.
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(e) => Err(BodyError::from_json(&e, 0)),
+                Ok(_) => Err(BodyError {
+                    line: 1,
+                    column: 1,
+                    message: "expected a JSON object or an array of objects".into(),
+                }),
+            }
+        }
+    }
+}
+
+fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, BodyError> {
+    let mut items = Vec::new();
+    let mut first_error: Option<BodyError> = None;
+    let mut parsed_any = false;
+    for (index, line) in body.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = match std::str::from_utf8(line) {
+            Err(e) => {
+                let err = BodyError {
+                    line: index + 1,
+                    column: e.valid_up_to() + 1,
+                    message: "invalid UTF-8".into(),
+                };
+                first_error.get_or_insert(err.clone());
+                Err(ItemError {
+                    task_id: None,
+                    rejection: Rejection::Invalid(err.to_string().replace("body is", "line is")),
+                })
+            }
+            Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+                Err(e) => {
+                    let err = BodyError::from_json(&e, index);
+                    first_error.get_or_insert(err.clone());
+                    Err(ItemError {
+                        task_id: None,
+                        rejection: Rejection::Invalid(format!(
+                            "line {} is not valid JSON: {} at column {}",
+                            index + 1,
+                            err.message,
+                            err.column
+                        )),
+                    })
+                }
+                Ok(raw) => {
+                    parsed_any = true;
+                    parse_item(raw.get())
+                }
+            },
+        };
+        items.push(Item { index, parsed });
+    }
+    match (parsed_any, first_error) {
+        (false, Some(err)) => Err(err),
+        (false, None) => Err(BodyError {
+            line: 1,
+            column: 0,
+            message: "empty body; expected one JSON object per line".into(),
+        }),
+        _ => Ok(items),
+    }
+}
+
+/// Parses and validates one item (the text of one JSON value).
+fn parse_item(text: &str) -> Result<TaskUpdate, ItemError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw: RawUpdate = match serde_path_to_error::deserialize(&mut de) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = strip_position(&e.inner().to_string());
+            let msg = if path == "." || path.is_empty() {
+                if inner.contains("expected struct RawUpdate") {
+                    "expected a JSON object".to_string()
+                } else {
+                    inner
+                }
+            } else {
+                format!("`{path}`: {inner}")
+            };
+            return Err(ItemError {
+                task_id: salvage_task_id(text),
+                rejection: Rejection::Invalid(msg),
+            });
+        }
+    };
+    let task_id = raw.task_id().map(str::to_string);
+    raw.validate().map_err(|rejection| ItemError {
+        task_id,
+        rejection,
+    })
+}
+
+/// On a malformed item, still try to name the task in the rejection.
+fn salvage_task_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct OnlyId {
+        #[serde(rename = "taskId")]
+        task_id: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<OnlyId>(text).ok()?.task_id? {
+        serde_json::Value::String(s) => Some(update::truncate(&s, MAX_ID_LEN).to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Status;
+
+    fn ok(items: &[Item]) -> Vec<&TaskUpdate> {
+        items.iter().filter_map(|i| i.parsed.as_ref().ok()).collect()
+    }
+    fn errs(items: &[Item]) -> Vec<(usize, String)> {
+        items
+            .iter()
+            .filter_map(|i| {
+                i.parsed
+                    .as_ref()
+                    .err()
+                    .map(|e| (i.index, e.rejection.reason()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_object_with_conductor_aliases() {
+        let body = br#"{"taskId":"t1","workflowInstanceId":"w1","taskDefName":"encode","status":"IN_PROGRESS",
+            "outputData":{"progressPercent":42.5,"progressMessage":"chunk 3/7","other":{"deep":[1,2]}},
+            "workerId":"host-1","updateTime":1700000000000,"unknownField":true}"#;
+        let items = parse_body(body, Format::Json).unwrap();
+        let u = ok(&items)[0];
+        assert_eq!(u.task_id, "t1");
+        assert_eq!(u.workflow_id, "w1");
+        assert_eq!(u.task_type.as_deref(), Some("encode"));
+        assert_eq!(u.status, Status::InProgress);
+        assert_eq!(u.progress, Some(42.5));
+        assert_eq!(u.progress_message.as_deref(), Some("chunk 3/7"));
+        assert_eq!(u.worker_id.as_deref(), Some("host-1"));
+        assert_eq!(u.update_time, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn conductor_task_json_with_both_type_fields_parses() {
+        // Conductor's Task JSON carries taskType and taskDefName, workflowInstanceId only.
+        let body = br#"{"taskId":"t1","taskType":"WAIT","taskDefName":"wait_ref","workflowInstanceId":"w",
+            "status":"IN_PROGRESS","waitTimeout":1700000060000,"outputData":{"progress":"n/a"}}"#;
+        let items = parse_body(body, Format::Json).unwrap();
+        let u = ok(&items)[0];
+        assert_eq!(u.task_type.as_deref(), Some("WAIT"));
+        assert_eq!(u.wait_until, Some(1_700_000_060_000));
+        assert_eq!(u.progress, None, "a non-number outputData.progress is ignored");
+    }
+
+    #[test]
+    fn progress_sources_in_order() {
+        let body = br#"[
+            {"taskId":"a","workflowId":"w","status":"IN_PROGRESS","progressPercent":10,"outputData":{"progressPercent":20,"progress":30}},
+            {"taskId":"b","workflowId":"w","status":"IN_PROGRESS","outputData":{"progressPercent":20,"progress":30}},
+            {"taskId":"c","workflowId":"w","status":"IN_PROGRESS","outputData":{"progress":30}},
+            {"taskId":"d","workflowId":"w","status":"IN_PROGRESS","outputData":"not a map"}
+        ]"#;
+        let items = parse_body(body, Format::Json).unwrap();
+        let p: Vec<_> = ok(&items).iter().map(|u| u.progress).collect();
+        assert_eq!(p, vec![Some(10.0), Some(20.0), Some(30.0), None]);
+    }
+
+    #[test]
+    fn bad_items_are_rejected_one_by_one() {
+        let body = br#"[
+            {"taskId":"ok","workflowId":"w","status":"SCHEDULED"},
+            {"workflowId":"w","status":"SCHEDULED"},
+            {"taskId":"t","status":"SCHEDULED"},
+            {"taskId":"t","workflowId":"w","status":"RUNNING"},
+            {"taskId":"t","workflowId":"w","status":"IN_PROGRESS","progressPercent":150},
+            {"taskId":"t","workflowId":"w","status":"IN_PROGRESS","progressPercent":"50"},
+            {"taskId":42,"workflowId":"w","status":"SCHEDULED"},
+            "a string",
+            {"taskId":"t","workflowId":"w","status":"IN_PROGRESS","outputData":{"progress":-3}},
+            {"taskId":"","workflowId":"w","status":"SCHEDULED"}
+        ]"#;
+        let items = parse_body(body, Format::Json).unwrap();
+        assert_eq!(ok(&items).len(), 1);
+        let e = errs(&items);
+        assert_eq!(e.len(), 9);
+        let reasons: Vec<&str> = e.iter().map(|(_, r)| r.as_str()).collect();
+        assert!(reasons[0].contains("taskId"), "{}", reasons[0]);
+        assert!(reasons[1].contains("workflowId"), "{}", reasons[1]);
+        assert!(reasons[2].contains("status"), "{}", reasons[2]);
+        assert!(reasons[3].contains("progressPercent") && reasons[3].contains("150"));
+        assert!(reasons[4].contains("progressPercent"), "{}", reasons[4]);
+        assert!(reasons[5].contains("taskId"), "{}", reasons[5]);
+        assert!(reasons[6].contains("object"), "{}", reasons[6]);
+        assert!(reasons[7].contains("outputData.progress"), "{}", reasons[7]);
+        assert!(reasons[8].contains("empty"), "{}", reasons[8]);
+        // the salvaged task id is reported even when the item doesn't parse
+        assert_eq!(items[5].parsed.as_ref().unwrap_err().task_id.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn ndjson_keeps_good_lines_around_bad_ones() {
+        let body = b"{\"taskId\":\"a\",\"workflowId\":\"w\",\"status\":\"SCHEDULED\"}\n\
+                     {\"taskId\":\"b\",\"workflowId\n\
+                     \n\
+                     {\"taskId\":\"c\",\"workflowId\":\"w\",\"status\":\"SCHEDULED\"}\r\n\
+                     \xff\xfe\n";
+        let items = parse_body(body, Format::Ndjson).unwrap();
+        let ids: Vec<_> = ok(&items).iter().map(|u| u.task_id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        let e = errs(&items);
+        assert_eq!(e.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 4]);
+        assert!(e[0].1.contains("line 2"), "{}", e[0].1);
+        assert!(e[1].1.contains("UTF-8"), "{}", e[1].1);
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_names_line_and_column() {
+        let err = parse_body(b"{\n  \"taskId\": \"a\",\n  oops\n}", Format::Json).unwrap_err();
+        assert_eq!((err.line, err.column), (3, 3), "{err}");
+        let err = parse_body(b"hello", Format::Json).unwrap_err();
+        assert_eq!(err.line, 1);
+        let err = parse_body(b"", Format::Json).unwrap_err();
+        assert!(err.message.contains("empty"));
+        let err = parse_body(b"not json\nstill not\n", Format::Ndjson).unwrap_err();
+        assert_eq!(err.line, 1);
+        let err = parse_body(
+            b"{\"taskId\":\"a\",\"workflowId\":\"w\",\"status\":\"SCHEDULED\"}\n{\"taskId\":\"b\"}",
+            Format::Json,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("x-ndjson"), "{err}");
+        assert_eq!(err.line, 2);
+    }
+
+    #[test]
+    fn deep_nesting_and_invalid_utf8_are_errors_not_crashes() {
+        // 100k nested arrays: either the body is refused or its one item is rejected; no
+        // stack overflow either way.
+        let deep = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+        match parse_body(deep.as_bytes(), Format::Json) {
+            Err(e) => assert_eq!(e.line, 1),
+            Ok(items) => assert!(items.iter().all(|i| i.parsed.is_err())),
+        }
+        let deep_item = format!(
+            "[{{\"taskId\":\"a\",\"workflowId\":\"w\",\"status\":\"SCHEDULED\",\"outputData\":{{\"x\":{}{}}}}}]",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        // deep junk inside outputData is skipped without recursion; the update itself is fine
+        let items = parse_body(deep_item.as_bytes(), Format::Json).unwrap();
+        assert_eq!(ok(&items).len(), 1);
+        let err = parse_body(b"{\"taskId\":\"\xff\"}", Format::Json).unwrap_err();
+        assert_eq!(err.line, 1);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(Format::from_content_type(Some("application/x-ndjson")), Format::Ndjson);
+        assert_eq!(
+            Format::from_content_type(Some("Application/X-NDJSON; charset=utf-8")),
+            Format::Ndjson
+        );
+        assert_eq!(Format::from_content_type(Some("application/json")), Format::Json);
+        assert_eq!(Format::from_content_type(None), Format::Json);
+    }
+
+    #[test]
+    fn long_messages_are_cut_and_long_ids_rejected() {
+        let body = format!(
+            "{{\"taskId\":\"t\",\"workflowId\":\"w\",\"status\":\"IN_PROGRESS\",\"progressMessage\":\"{}\"}}",
+            "é".repeat(2000)
+        );
+        let items = parse_body(body.as_bytes(), Format::Json).unwrap();
+        let msg = ok(&items)[0].progress_message.clone().unwrap();
+        assert!(msg.len() <= MAX_MESSAGE_LEN && msg.len() > MAX_MESSAGE_LEN - 4);
+        let body = format!(
+            "{{\"taskId\":\"{}\",\"workflowId\":\"w\",\"status\":\"IN_PROGRESS\"}}",
+            "x".repeat(MAX_ID_LEN + 1)
+        );
+        let items = parse_body(body.as_bytes(), Format::Json).unwrap();
+        assert!(errs(&items)[0].1.contains("taskId"));
+    }
+}

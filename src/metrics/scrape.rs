@@ -1,0 +1,229 @@
+//! Gauges generated from the current state at scrape time (contract 4.1, 4.2, 4.3, 4.6).
+//!
+//! One pass over the in-memory table per scrape, holding one shard at a time, builds every
+//! gauge. Per-task series are capped by `--max-task-series`: past the cap the oldest in-flight
+//! tasks are kept (so a task's series doesn't flicker in and out as others come and go) and the
+//! rest are counted in `taskpulse_task_series_omitted`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts};
+
+use crate::lifecycle::Status;
+use crate::now_ms;
+use crate::state::Tracker;
+use crate::store::TaskRecord;
+
+const PER_TASK: &[&str] = &["workflow_type", "task_type", "workflow_id", "task_id"];
+const BY_TYPE: &[&str] = &["workflow_type", "task_type"];
+
+/// Settings the state gauges depend on.
+#[derive(Clone, Debug)]
+pub struct ScrapeConfig {
+    pub stall_after: Duration,
+    pub wait_grace: Duration,
+    pub max_task_series: usize,
+}
+
+/// The families this collector emits: name, help, labels.
+const FAMILIES: &[(&str, &str, &[&str])] = &[
+    ("taskpulse_task_progress_ratio", "Progress of an in-flight task, 0 to 1.", PER_TASK),
+    ("taskpulse_task_deadline_timestamp_seconds", "When the task times out (start + timeoutSeconds), Unix seconds.", PER_TASK),
+    ("taskpulse_task_series_omitted", "In-flight tasks with progress left out of the per-task series by --max-task-series.", &[]),
+    ("taskpulse_tasks", "Tracked non-terminal tasks.", &["workflow_type", "task_type", "status"]),
+    ("taskpulse_tasks_stalled", "In-flight tasks whose progress hasn't moved for --stall-after.", BY_TYPE),
+    ("taskpulse_wait_tasks", "WAIT tasks waiting.", &["workflow_type"]),
+    ("taskpulse_wait_overdue_tasks", "WAIT tasks past their wake-up time plus --wait-grace.", &["workflow_type"]),
+    ("taskpulse_wait_due_next_minute_tasks", "WAIT tasks due to wake within 60 seconds.", &["workflow_type"]),
+    ("taskpulse_wait_oldest_overdue_seconds", "Lateness of the most overdue WAIT task, 0 if none.", &[]),
+    ("taskpulse_worker_tasks", "In-flight tasks last reported by each worker.", &["worker_id"]),
+    ("taskpulse_worker_last_seen_timestamp_seconds", "When each worker last sent an update, Unix seconds.", &["worker_id"]),
+];
+
+/// Builds the state gauges on every scrape.
+pub struct StateCollector {
+    tracker: Arc<Tracker>,
+    cfg: ScrapeConfig,
+    descs: Vec<Desc>,
+}
+
+impl StateCollector {
+    pub fn new(tracker: Arc<Tracker>, cfg: ScrapeConfig) -> StateCollector {
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, help, labels)| {
+                Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    labels.iter().map(|l| l.to_string()).collect(),
+                    HashMap::new(),
+                )
+                .expect("valid metric description")
+            })
+            .collect();
+        StateCollector {
+            tracker,
+            cfg,
+            descs,
+        }
+    }
+}
+
+fn gauge_vec(i: usize) -> GaugeVec {
+    let (name, help, labels) = FAMILIES[i];
+    GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn int_vec(i: usize) -> IntGaugeVec {
+    let (name, help, labels) = FAMILIES[i];
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+#[derive(Default)]
+struct WaitCounts {
+    waiting: i64,
+    overdue: i64,
+    due_next_minute: i64,
+}
+
+/// One in-flight task with progress, for the per-task series.
+struct Series<'a> {
+    rec: &'a TaskRecord,
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = now_ms();
+        let stall_ms = self.cfg.stall_after.as_millis() as i64;
+        let grace_ms = self.cfg.wait_grace.as_millis() as i64;
+
+        let mut by_status: HashMap<(Arc<str>, Arc<str>, Status), i64> = HashMap::new();
+        let mut stalled: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
+        let mut wait: HashMap<Arc<str>, WaitCounts> = HashMap::new();
+        let mut oldest_overdue_ms = 0i64;
+        let mut worker_tasks: HashMap<Arc<str>, i64> = HashMap::new();
+        let mut candidates: Vec<TaskRecord> = Vec::new();
+        let empty: Arc<str> = Arc::from("");
+
+        self.tracker.for_each(|rec| {
+            if rec.status.is_terminal() {
+                return;
+            }
+            let wf = rec.workflow_type.clone().unwrap_or_else(|| empty.clone());
+            *by_status
+                .entry((wf.clone(), rec.task_type.clone(), rec.status))
+                .or_default() += 1;
+            if let Some(w) = &rec.worker_id {
+                *worker_tasks.entry(w.clone()).or_default() += 1;
+            }
+            if rec.is_waiting() {
+                let c = wait.entry(wf).or_default();
+                c.waiting += 1;
+                if let Some(wake) = rec.wait_until {
+                    let late = now - wake;
+                    if late > grace_ms {
+                        c.overdue += 1;
+                        oldest_overdue_ms = oldest_overdue_ms.max(late);
+                    } else if late <= 0 && -late <= 60_000 {
+                        c.due_next_minute += 1;
+                    }
+                }
+                return;
+            }
+            let s = stalled.entry((wf, rec.task_type.clone())).or_default();
+            if let Some(_p) = rec.progress {
+                if now - rec.progress_changed >= stall_ms {
+                    *s += 1;
+                }
+                candidates.push(rec.clone());
+            }
+        });
+
+        let mut out = Vec::with_capacity(FAMILIES.len());
+
+        // 4.1 per task, capped
+        let omitted = candidates.len().saturating_sub(self.cfg.max_task_series);
+        if omitted > 0 {
+            let cap = self.cfg.max_task_series;
+            if cap == 0 {
+                candidates.clear();
+            } else {
+                candidates.select_nth_unstable_by(cap - 1, |a, b| {
+                    (a.first_seen, &a.task_id).cmp(&(b.first_seen, &b.task_id))
+                });
+                candidates.truncate(cap);
+            }
+        }
+        let progress = gauge_vec(0);
+        let deadline = gauge_vec(1);
+        for rec in candidates.iter().map(|rec| Series { rec }) {
+            let rec = rec.rec;
+            let labels = [
+                rec.workflow_type.as_deref().unwrap_or(""),
+                &rec.task_type,
+                &rec.workflow_id,
+                &rec.task_id,
+            ];
+            if let Some(p) = rec.progress {
+                progress
+                    .with_label_values(&labels)
+                    .set(f64::from(p) / 100.0);
+            }
+            if let Some(d) = rec.deadline_ms() {
+                deadline.with_label_values(&labels).set(d as f64 / 1000.0);
+            }
+        }
+        out.extend(progress.collect());
+        out.extend(deadline.collect());
+        let omitted_gauge =
+            IntGauge::new(FAMILIES[2].0, FAMILIES[2].1).expect("valid metric");
+        omitted_gauge.set(omitted as i64);
+        out.extend(omitted_gauge.collect());
+
+        // 4.2 aggregates
+        let tasks = int_vec(3);
+        for ((wf, tt, st), n) in &by_status {
+            tasks.with_label_values(&[wf, tt, st.as_str()]).set(*n);
+        }
+        out.extend(tasks.collect());
+        let stalled_vec = int_vec(4);
+        for ((wf, tt), n) in &stalled {
+            stalled_vec.with_label_values(&[wf, tt]).set(*n);
+        }
+        out.extend(stalled_vec.collect());
+
+        // 4.3 WAIT queue
+        let (waiting, overdue, due) = (int_vec(5), int_vec(6), int_vec(7));
+        for (wf, c) in &wait {
+            waiting.with_label_values(&[wf]).set(c.waiting);
+            overdue.with_label_values(&[wf]).set(c.overdue);
+            due.with_label_values(&[wf]).set(c.due_next_minute);
+        }
+        out.extend(waiting.collect());
+        out.extend(overdue.collect());
+        out.extend(due.collect());
+        let oldest = Gauge::new(FAMILIES[8].0, FAMILIES[8].1).expect("valid metric");
+        oldest.set(oldest_overdue_ms as f64 / 1000.0);
+        out.extend(oldest.collect());
+
+        // 4.6 workers
+        let (w_tasks, w_seen) = (int_vec(9), gauge_vec(10));
+        for (worker, seen) in self.tracker.workers() {
+            w_tasks
+                .with_label_values(&[&worker])
+                .set(worker_tasks.get(&worker).copied().unwrap_or(0));
+            w_seen.with_label_values(&[&worker]).set(seen as f64 / 1000.0);
+        }
+        out.extend(w_tasks.collect());
+        out.extend(w_seen.collect());
+        out
+    }
+}

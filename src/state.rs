@@ -1,0 +1,565 @@
+//! The in-memory table of tracked tasks.
+//!
+//! Every accepted update is applied here first and is visible at once to `/metrics` and the read
+//! API. Applying an update takes only that task's shard of a `DashMap` (no global lock) and
+//! decides which store write it needs:
+//!
+//! - a new task, a status change or a terminal update: written at once, and the update is
+//!   answered only after the commit (so an acknowledged completion survives a crash);
+//! - a progress-only update: through the [`Throttle`], written now or coalesced.
+//!
+//! Ops are sent to the writer while the task's entry is held, so the writer sees each task's
+//! writes in the order they were decided: a coalesced progress value can never be written after
+//! the task's terminal write.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dashmap::{DashMap, DashSet};
+use tokio::sync::oneshot;
+
+use crate::ingest::TaskUpdate;
+use crate::lifecycle::{self, Current, Diff, Rejection, Status, Verdict};
+use crate::metrics::Metrics;
+use crate::now_ms;
+use crate::store::{Attempt, Commit, Op, TaskEvent, TaskRecord, WriteKind, WriterHandle};
+use crate::throttle::{Flush, Flushed, Pending, ProgressWrite, Throttle};
+
+/// Rejected updates recorded in a task's history, at most; the counter still counts them all.
+const MAX_REJECTIONS_LOGGED: u8 = 20;
+/// Distinct names (task types, workflow ids, workers) shared through the interner, at most.
+const MAX_INTERNED: usize = 1_000_000;
+
+/// A tracked task: its record plus throttle bookkeeping.
+#[derive(Debug)]
+pub struct TaskState {
+    pub rec: TaskRecord,
+    pending: Pending,
+    /// Progress last handed to the writer.
+    written_progress: Option<f32>,
+    /// The message changed since the last write.
+    message_dirty: bool,
+    /// The (attempt, worker) pair changed since the last write.
+    attempt_dirty: bool,
+    rejections_logged: u8,
+}
+
+impl TaskState {
+    fn new(rec: TaskRecord) -> TaskState {
+        TaskState {
+            written_progress: rec.progress,
+            rec,
+            pending: Pending::Clean,
+            message_dirty: false,
+            attempt_dirty: false,
+            rejections_logged: 0,
+        }
+    }
+
+    pub fn pending(&self) -> Pending {
+        self.pending
+    }
+}
+
+/// The outcome of one update.
+#[derive(Debug)]
+pub enum Applied {
+    /// Accepted; when `commit` is set the update waits for its store write.
+    Accepted {
+        commit: Option<oneshot::Receiver<Commit>>,
+    },
+    Duplicate,
+    Rejected(Rejection),
+}
+
+/// Shares one allocation among equal strings (task types, workflow ids, workers).
+#[derive(Default)]
+struct Interner(DashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.key().clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        if self.0.len() < MAX_INTERNED {
+            self.0.insert(a.clone());
+        }
+        a
+    }
+
+    /// Forgets names nothing else refers to any more.
+    fn prune(&self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+/// The table, with what it needs to decide and hand off writes.
+pub struct Tracker {
+    tasks: DashMap<Arc<str>, TaskState>,
+    names: Interner,
+    /// Worker id -> last time an update named it (epoch ms).
+    workers: DashMap<Arc<str>, i64>,
+    throttle: Throttle,
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl Tracker {
+    pub fn new(throttle: Throttle, writer: WriterHandle, metrics: Arc<Metrics>) -> Tracker {
+        Tracker {
+            tasks: DashMap::new(),
+            names: Interner::default(),
+            workers: DashMap::new(),
+            throttle,
+            writer,
+            metrics,
+        }
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.writer
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Applies one validated update.
+    pub fn apply(&self, u: TaskUpdate) -> Applied {
+        let now = now_ms();
+        if let Some(w) = &u.worker_id {
+            self.touch_worker(w, now);
+        }
+        if let Some(mut entry) = self.tasks.get_mut(u.task_id.as_str()) {
+            let id = entry.key().clone();
+            return self.apply_existing(&id, entry.value_mut(), u, now);
+        }
+        let Some(task_type) = u.task_type.as_deref() else {
+            return Applied::Rejected(Rejection::Invalid(
+                "missing `taskType` (or `taskDefName`), required when a task is first seen"
+                    .into(),
+            ));
+        };
+        let id: Arc<str> = Arc::from(u.task_id.as_str());
+        let task_type = self.names.get(task_type);
+        match self.tasks.entry(id.clone()) {
+            // Another request created it between our lookup and now.
+            dashmap::Entry::Occupied(mut e) => self.apply_existing(&id, e.get_mut(), u, now),
+            dashmap::Entry::Vacant(v) => {
+                let rec = TaskRecord {
+                    task_id: id.clone(),
+                    workflow_id: self.names.get(&u.workflow_id),
+                    task_type,
+                    workflow_type: u.workflow_type.as_deref().map(|s| self.names.get(s)),
+                    reference_task_name: u.reference_task_name.as_deref().map(Arc::from),
+                    seq: u.seq,
+                    iteration: u.iteration,
+                    retry_count: u.retry_count,
+                    status: u.status,
+                    progress: u.progress,
+                    progress_message: u.progress_message.as_deref().map(Arc::from),
+                    worker_id: u.worker_id.as_deref().map(|s| self.names.get(s)),
+                    start_time: u.start_time,
+                    update_time: u.update_time,
+                    timeout_seconds: u.timeout_seconds,
+                    response_timeout_seconds: u.response_timeout_seconds,
+                    wait_until: u.wait_until,
+                    first_seen: now,
+                    last_seen: now,
+                    progress_changed: now,
+                    terminal_at: None,
+                };
+                let mut st = TaskState::new(rec);
+                st.attempt_dirty = st.rec.worker_id.is_some();
+                let mut entry = v.insert(st);
+                let st = entry.value_mut();
+                if st.rec.status.is_terminal() {
+                    self.on_terminal(&mut st.rec, now);
+                }
+                self.log_event(&st.rec, None, "accepted", None, now);
+                let commit = self.write_now(&id, st, now, true);
+                Applied::Accepted { commit }
+            }
+        }
+    }
+
+    fn apply_existing(&self, id: &Arc<str>, st: &mut TaskState, u: TaskUpdate, now: i64) -> Applied {
+        let diff = diff(&st.rec, &u);
+        let current = Current {
+            status: st.rec.status,
+            update_time: st.rec.update_time,
+        };
+        match lifecycle::decide(Some(current), u.status, u.update_time, diff) {
+            Verdict::Duplicate => Applied::Duplicate,
+            Verdict::Reject(r) => {
+                if let Rejection::Terminal { from, to } = r {
+                    self.metrics
+                        .transitions_rejected_total
+                        .with_label_values(&[from.as_str(), to.as_str()])
+                        .inc();
+                }
+                if st.rejections_logged < MAX_REJECTIONS_LOGGED {
+                    st.rejections_logged += 1;
+                    let mut attempted = st.rec.clone();
+                    attempted.status = u.status;
+                    attempted.progress = u.progress;
+                    attempted.update_time = u.update_time;
+                    attempted.worker_id = u.worker_id.as_deref().map(Arc::from);
+                    self.log_event(
+                        &attempted,
+                        Some(st.rec.status),
+                        "rejected",
+                        Some(r.reason()),
+                        now,
+                    );
+                }
+                Applied::Rejected(r)
+            }
+            Verdict::New => unreachable!("an existing task is never new"),
+            Verdict::Accept { status_changed } => {
+                let from = st.rec.status;
+                let message_changed = self.merge(st, &u, now);
+                if status_changed {
+                    self.log_event(&st.rec, Some(from), "accepted", None, now);
+                    if st.rec.status.is_terminal() {
+                        self.on_terminal(&mut st.rec, now);
+                    }
+                    let commit = self.write_now(id, st, now, true);
+                    return Applied::Accepted { commit };
+                }
+                self.metrics.progress_updates(self.progress_write(id, st, message_changed));
+                Applied::Accepted { commit: None }
+            }
+        }
+    }
+
+    /// Folds an accepted update into the record. Fields the update doesn't carry keep their
+    /// stored value. Returns whether the progress message changed.
+    fn merge(&self, st: &mut TaskState, u: &TaskUpdate, now: i64) -> bool {
+        let r = &mut st.rec;
+        r.status = u.status;
+        r.last_seen = now;
+        if u.progress.is_some() && u.progress != r.progress {
+            r.progress = u.progress;
+            r.progress_changed = now;
+        }
+        let mut message_changed = false;
+        if let Some(m) = &u.progress_message {
+            if r.progress_message.as_deref() != Some(m.as_str()) {
+                r.progress_message = Some(Arc::from(m.as_str()));
+                r.progress_changed = now;
+                message_changed = true;
+                st.message_dirty = true;
+            }
+        }
+        if let Some(w) = &u.worker_id {
+            if r.worker_id.as_deref() != Some(w.as_str()) {
+                r.worker_id = Some(self.names.get(w));
+                st.attempt_dirty = true;
+            }
+        }
+        if u.retry_count.is_some() && u.retry_count != r.retry_count {
+            r.retry_count = u.retry_count;
+            st.attempt_dirty |= r.worker_id.is_some();
+        }
+        if let Some(t) = u.task_type.as_deref() {
+            if &*r.task_type != t {
+                r.task_type = self.names.get(t);
+            }
+        }
+        if let Some(t) = u.workflow_type.as_deref() {
+            if r.workflow_type.as_deref() != Some(t) {
+                r.workflow_type = Some(self.names.get(t));
+            }
+        }
+        if let Some(n) = u.reference_task_name.as_deref() {
+            if r.reference_task_name.as_deref() != Some(n) {
+                r.reference_task_name = Some(Arc::from(n));
+            }
+        }
+        r.seq = u.seq.or(r.seq);
+        r.iteration = u.iteration.or(r.iteration);
+        r.start_time = u.start_time.or(r.start_time);
+        r.update_time = u.update_time.max(r.update_time);
+        r.timeout_seconds = u.timeout_seconds.or(r.timeout_seconds);
+        r.response_timeout_seconds = u.response_timeout_seconds.or(r.response_timeout_seconds);
+        r.wait_until = u.wait_until.or(r.wait_until);
+        message_changed
+    }
+
+    /// Sends the task's current state to the writer now, carrying any waiting progress.
+    fn write_now(
+        &self,
+        id: &Arc<str>,
+        st: &mut TaskState,
+        now: i64,
+        wait_for_commit: bool,
+    ) -> Option<oneshot::Receiver<Commit>> {
+        self.throttle.note_write(id);
+        let (ack, rx) = if wait_for_commit {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.send_task(st, WriteKind::Status, now, ack);
+        rx
+    }
+
+    fn send_task(
+        &self,
+        st: &mut TaskState,
+        kind: WriteKind,
+        now: i64,
+        ack: Option<oneshot::Sender<Commit>>,
+    ) {
+        let attempt = if std::mem::take(&mut st.attempt_dirty) {
+            st.rec.worker_id.clone().map(|w| Attempt {
+                task_id: st.rec.task_id.clone(),
+                attempt: st.rec.retry_count.unwrap_or(0),
+                worker_id: w,
+                first_seen: now,
+                last_seen: now,
+            })
+        } else {
+            None
+        };
+        st.pending = Pending::Clean;
+        st.written_progress = st.rec.progress;
+        st.message_dirty = false;
+        self.writer.send(Op::Task {
+            rec: st.rec.clone(),
+            kind,
+            attempt,
+            ack,
+        });
+    }
+
+    /// A progress-only update: write now, or coalesce. Returns whether it was written.
+    fn progress_write(&self, id: &Arc<str>, st: &mut TaskState, message_changed: bool) -> bool {
+        let now = st.rec.last_seen;
+        match self
+            .throttle
+            .progress(id, st.written_progress, st.rec.progress, message_changed || st.attempt_dirty)
+        {
+            ProgressWrite::Now => {
+                self.send_task(st, WriteKind::Progress, now, None);
+                true
+            }
+            ProgressWrite::After(delay) => {
+                if st.pending != Pending::Timed {
+                    st.pending = Pending::Timed;
+                    self.throttle.schedule(id.clone(), delay);
+                }
+                false
+            }
+            ProgressWrite::WithNextWrite => {
+                if st.pending == Pending::Clean {
+                    st.pending = Pending::Untimed;
+                }
+                false
+            }
+        }
+    }
+
+    fn on_terminal(&self, rec: &mut TaskRecord, now: i64) {
+        rec.terminal_at = Some(now);
+        let end = rec.update_time.unwrap_or(now);
+        let start = rec.start_time.filter(|t| *t > 0).unwrap_or(rec.first_seen);
+        if end >= start {
+            self.metrics
+                .task_duration_seconds
+                .with_label_values(&[&rec.task_type, rec.status.as_str()])
+                .observe((end - start) as f64 / 1000.0);
+        }
+        if &*rec.task_type == "WAIT" && rec.status.is_successful() {
+            if let Some(wake) = rec.wait_until {
+                let lag = (end - wake).max(0) as f64 / 1000.0;
+                self.metrics
+                    .wait_wakeup_lag_seconds
+                    .with_label_values(&[rec.workflow_type.as_deref().unwrap_or("")])
+                    .observe(lag);
+            }
+        }
+    }
+
+    fn log_event(
+        &self,
+        rec: &TaskRecord,
+        from: Option<Status>,
+        outcome: &'static str,
+        reason: Option<String>,
+        now: i64,
+    ) {
+        self.writer.send(Op::Event(TaskEvent {
+            task_id: rec.task_id.clone(),
+            at: now,
+            outcome,
+            from,
+            to: rec.status,
+            reason,
+            worker_id: rec.worker_id.clone(),
+            progress_percent: rec.progress,
+            update_time: rec.update_time,
+        }));
+    }
+
+    fn touch_worker(&self, worker: &str, now: i64) {
+        if let Some(mut seen) = self.workers.get_mut(worker) {
+            *seen = (*seen).max(now);
+            return;
+        }
+        self.workers.insert(self.names.get(worker), now);
+    }
+
+    /// Writes every waiting value now, ignoring the limiter (shutdown).
+    pub fn flush_all(&self) -> usize {
+        let now = now_ms();
+        let mut flushed = 0;
+        for mut entry in self.tasks.iter_mut() {
+            let st = entry.value_mut();
+            if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
+                self.send_task(st, WriteKind::Progress, now, None);
+                flushed += 1;
+            }
+        }
+        flushed
+    }
+
+    /// Puts records read from the store into memory (start-up rebuild).
+    pub fn load(&self, records: Vec<TaskRecord>) {
+        for mut rec in records {
+            rec.task_type = self.names.get(&rec.task_type);
+            rec.workflow_id = self.names.get(&rec.workflow_id);
+            rec.workflow_type = rec.workflow_type.map(|s| self.names.get(&s));
+            if let Some(w) = rec.worker_id.take() {
+                let w = self.names.get(&w);
+                if !rec.status.is_terminal() {
+                    self.workers
+                        .entry(w.clone())
+                        .and_modify(|t| *t = (*t).max(rec.last_seen))
+                        .or_insert(rec.last_seen);
+                }
+                rec.worker_id = Some(w);
+            }
+            self.tasks.insert(rec.task_id.clone(), TaskState::new(rec));
+        }
+    }
+
+    /// The store holds something newer or terminal: memory follows it.
+    pub fn reload(&self, rec: TaskRecord) {
+        if let Some(mut st) = self.tasks.get_mut(&*rec.task_id) {
+            tracing::info!(task_id = %rec.task_id, stored = %rec.status, memory = %st.rec.status, "store holds a newer or final state; reloading it");
+            st.rec = rec;
+            st.pending = Pending::Clean;
+            st.written_progress = st.rec.progress;
+        }
+    }
+
+    /// Housekeeping: forget finished tasks after `retention_ms`, idle limiter state, idle
+    /// workers (no task, not seen for `worker_idle_ms`) and unused names.
+    pub fn sweep(&self, retention_ms: i64, worker_idle_ms: i64) {
+        let now = now_ms();
+        self.tasks.retain(|_, st| match st.rec.terminal_at {
+            Some(t) => now - t < retention_ms,
+            None => true,
+        });
+        self.throttle.forget_idle();
+        let busy: std::collections::HashSet<Arc<str>> = self
+            .tasks
+            .iter()
+            .filter(|e| !e.rec.status.is_terminal())
+            .filter_map(|e| e.rec.worker_id.clone())
+            .collect();
+        self.workers
+            .retain(|w, seen| busy.contains(w) || now - *seen < worker_idle_ms);
+        self.names.prune();
+    }
+
+    /// A copy of one task's record.
+    pub fn get(&self, task_id: &str) -> Option<TaskRecord> {
+        self.tasks.get(task_id).map(|e| e.rec.clone())
+    }
+
+    /// Copies of the records that pass `filter`.
+    pub fn select(&self, mut filter: impl FnMut(&TaskRecord) -> bool) -> Vec<TaskRecord> {
+        self.tasks
+            .iter()
+            .filter(|e| filter(&e.rec))
+            .map(|e| e.rec.clone())
+            .collect()
+    }
+
+    /// Calls `f` on every tracked record (metrics scrape). Holds one shard at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&TaskRecord)) {
+        for e in self.tasks.iter() {
+            f(&e.rec);
+        }
+    }
+
+    /// Worker id -> last seen, epoch ms.
+    pub fn workers(&self) -> HashMap<Arc<str>, i64> {
+        self.workers
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect()
+    }
+
+    /// Tasks with a coalesced value waiting.
+    pub fn pending_count(&self) -> usize {
+        self.tasks
+            .iter()
+            .filter(|e| e.pending != Pending::Clean)
+            .count()
+    }
+}
+
+impl Flush for Tracker {
+    fn flush(&self, task_id: &Arc<str>) -> Flushed {
+        let Some(mut entry) = self.tasks.get_mut(&**task_id) else {
+            return Flushed::Done;
+        };
+        let st = entry.value_mut();
+        if st.pending != Pending::Timed || st.rec.status.is_terminal() {
+            return Flushed::Done;
+        }
+        match self.throttle.acquire(task_id) {
+            ProgressWrite::Now => {
+                self.send_task(st, WriteKind::Progress, now_ms(), None);
+                Flushed::Done
+            }
+            ProgressWrite::After(d) => Flushed::Retry(d),
+            ProgressWrite::WithNextWrite => Flushed::Done,
+        }
+    }
+}
+
+/// What an update would change, for the lifecycle's duplicate test.
+fn diff(r: &TaskRecord, u: &TaskUpdate) -> Diff {
+    let differs = |new: Option<&str>, old: Option<&str>| new.is_some() && new != old;
+    let content_changed = (u.progress.is_some() && u.progress != r.progress)
+        || differs(u.progress_message.as_deref(), r.progress_message.as_deref())
+        || differs(u.worker_id.as_deref(), r.worker_id.as_deref())
+        || (u.retry_count.is_some() && u.retry_count != r.retry_count)
+        || (u.seq.is_some() && u.seq != r.seq)
+        || (u.iteration.is_some() && u.iteration != r.iteration)
+        || (u.timeout_seconds.is_some() && u.timeout_seconds != r.timeout_seconds)
+        || (u.response_timeout_seconds.is_some()
+            && u.response_timeout_seconds != r.response_timeout_seconds)
+        || (u.wait_until.is_some() && u.wait_until != r.wait_until)
+        || (u.start_time.is_some() && u.start_time != r.start_time);
+    let time_advanced = match (u.update_time, r.update_time) {
+        (Some(new), Some(old)) => new > old,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    Diff {
+        content_changed,
+        time_advanced,
+    }
+}

@@ -1,0 +1,300 @@
+//! The one batching writer in front of the store (group commit).
+//!
+//! Ingest never talks to the database: it sends [`Op`]s down an unbounded channel, in the order
+//! it decided them (it sends while holding the task's entry, so the channel order is the
+//! per-task decision order). The writer takes everything waiting, keeps the newest row per task,
+//! writes the lot in one transaction, and only then answers the updates that wait for a commit
+//! (status changes and terminal updates). While one batch commits, the next one gathers, so the
+//! commit rate adapts to the load instead of the other way round.
+//!
+//! Unboundedness is deliberate and guarded elsewhere: the ingest path refuses updates that need a
+//! commit once `pending()` passes `--max-pending-writes`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Attempt, Batch, Store, TaskEvent, TaskRecord};
+use crate::metrics::Metrics;
+
+/// Most ops taken into one transaction.
+const MAX_BATCH: usize = 8192;
+
+/// Why a task row is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    /// A throttled progress write.
+    Progress,
+    /// A status change, a terminal update or a new task: written at once.
+    Status,
+}
+
+impl WriteKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            WriteKind::Progress => "progress",
+            WriteKind::Status => "status",
+        }
+    }
+}
+
+/// The answer to an update that waited for its commit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Commit {
+    Written,
+    /// The store holds a terminal or newer row; memory has been reloaded from it.
+    Conflict(Option<TaskRecord>),
+    /// The store refused the row itself (not a connectivity problem); nothing was written.
+    Failed(String),
+}
+
+/// One thing for the writer to do.
+#[derive(Debug)]
+pub enum Op {
+    Task {
+        rec: TaskRecord,
+        kind: WriteKind,
+        attempt: Option<Attempt>,
+        ack: Option<oneshot::Sender<Commit>>,
+    },
+    Event(TaskEvent),
+    /// Answered once every op sent before it is committed (used by shutdown and tests).
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The sending side, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WriterHandle {
+    tx: mpsc::UnboundedSender<Op>,
+    pending: IntGauge,
+}
+
+impl WriterHandle {
+    /// Queues an op; false when the writer has stopped.
+    pub fn send(&self, op: Op) -> bool {
+        self.pending.inc();
+        if self.tx.send(op).is_err() {
+            self.pending.dec();
+            return false;
+        }
+        true
+    }
+
+    /// Ops queued or being written.
+    pub fn pending(&self) -> usize {
+        self.pending.get().max(0) as usize
+    }
+
+    /// Waits until everything sent so far is committed.
+    pub async fn barrier(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Barrier(tx)) && rx.await.is_ok()
+    }
+}
+
+/// Starts the writer. Rows the store refused because it holds something newer or terminal are
+/// sent, as stored, to `conflicts`, so memory can be reloaded from them.
+pub fn spawn(
+    store: Store,
+    metrics: Arc<Metrics>,
+    conflicts: mpsc::UnboundedSender<TaskRecord>,
+) -> (WriterHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = WriterHandle {
+        tx,
+        pending: metrics.store_pending_writes.clone(),
+    };
+    let pending = handle.pending.clone();
+    let join = tokio::spawn(run(store, metrics, rx, pending, conflicts));
+    (handle, join)
+}
+
+async fn run(
+    store: Store,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    pending: IntGauge,
+    conflicts: mpsc::UnboundedSender<TaskRecord>,
+) {
+    let mut ops = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+        let taken = ops.len() as i64;
+        let mut pb = PendingBatch::default();
+        for op in ops.drain(..) {
+            pb.add(op);
+        }
+        write_with_retry(&store, &metrics, &conflicts, pb).await;
+        pending.sub(taken);
+    }
+}
+
+/// A batch being gathered: newest row per task, and who waits for what.
+#[derive(Default)]
+struct PendingBatch {
+    batch: Batch,
+    kinds: Vec<WriteKind>,
+    by_task: HashMap<Arc<str>, usize>,
+    attempts: HashMap<(Arc<str>, i32, Arc<str>), usize>,
+    acks: Vec<(usize, oneshot::Sender<Commit>)>,
+    barriers: Vec<oneshot::Sender<()>>,
+}
+
+impl PendingBatch {
+    fn add(&mut self, op: Op) {
+        match op {
+            Op::Task {
+                rec,
+                kind,
+                attempt,
+                ack,
+            } => {
+                let i = match self.by_task.get(&rec.task_id) {
+                    Some(&i) => {
+                        // Newer state of the same task supersedes; a status write stays one.
+                        self.batch.tasks[i] = rec;
+                        if kind == WriteKind::Status {
+                            self.kinds[i] = WriteKind::Status;
+                        }
+                        i
+                    }
+                    None => {
+                        self.by_task.insert(rec.task_id.clone(), self.batch.tasks.len());
+                        self.batch.tasks.push(rec);
+                        self.kinds.push(kind);
+                        self.batch.tasks.len() - 1
+                    }
+                };
+                if let Some(a) = attempt {
+                    let key = (a.task_id.clone(), a.attempt, a.worker_id.clone());
+                    match self.attempts.get(&key) {
+                        Some(&j) => self.batch.attempts[j].last_seen = a.last_seen,
+                        None => {
+                            self.attempts.insert(key, self.batch.attempts.len());
+                            self.batch.attempts.push(a);
+                        }
+                    }
+                }
+                if let Some(ack) = ack {
+                    self.acks.push((i, ack));
+                }
+            }
+            Op::Event(e) => self.batch.events.push(e),
+            Op::Barrier(tx) => self.barriers.push(tx),
+        }
+    }
+}
+
+async fn write_with_retry(
+    store: &Store,
+    metrics: &Metrics,
+    conflict_tx: &mpsc::UnboundedSender<TaskRecord>,
+    pb: PendingBatch,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut attempt = 0u32;
+    let outcome: Vec<Option<Commit>> = loop {
+        attempt += 1;
+        match store.write_batch(&pb.batch).await {
+            Ok(conflicts) => {
+                let mut out = vec![None; pb.batch.tasks.len()];
+                for i in conflicts {
+                    out[i] = Some(resolve_conflict(store, &pb.batch.tasks[i], conflict_tx).await);
+                }
+                break out;
+            }
+            Err(crate::Error::Database(sqlx::Error::Database(db))) if attempt >= 3 => {
+                // The server refuses the data itself, not the connection. Retrying the batch
+                // forever would stall every other task; write rows one by one instead and
+                // report the ones that cannot be stored.
+                metrics.store_write_errors_total.inc();
+                tracing::error!(error = %db, "store rejected a batch; writing its rows one by one");
+                break write_one_by_one(store, metrics, conflict_tx, &pb.batch).await;
+            }
+            Err(e) => {
+                metrics.store_write_errors_total.inc();
+                tracing::warn!(error = %e, retry_in = ?backoff, rows = pb.batch.tasks.len(), "store write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    for (i, kind) in pb.kinds.iter().enumerate() {
+        if outcome[i].is_none() {
+            metrics
+                .store_writes_total
+                .with_label_values(&[kind.label()])
+                .inc();
+        }
+    }
+    for (i, ack) in pb.acks {
+        let _ = ack.send(outcome[i].clone().unwrap_or(Commit::Written));
+    }
+    for b in pb.barriers {
+        let _ = b.send(());
+    }
+}
+
+async fn write_one_by_one(
+    store: &Store,
+    metrics: &Metrics,
+    conflict_tx: &mpsc::UnboundedSender<TaskRecord>,
+    batch: &Batch,
+) -> Vec<Option<Commit>> {
+    let mut out = Vec::with_capacity(batch.tasks.len());
+    for rec in &batch.tasks {
+        let single = Batch {
+            tasks: vec![rec.clone()],
+            events: batch
+                .events
+                .iter()
+                .filter(|e| e.task_id == rec.task_id)
+                .cloned()
+                .collect(),
+            attempts: batch
+                .attempts
+                .iter()
+                .filter(|a| a.task_id == rec.task_id)
+                .cloned()
+                .collect(),
+        };
+        out.push(match store.write_batch(&single).await {
+            Ok(c) if c.is_empty() => None,
+            Ok(_) => Some(resolve_conflict(store, rec, conflict_tx).await),
+            Err(e) => {
+                metrics.store_write_errors_total.inc();
+                tracing::error!(task_id = %rec.task_id, error = %e, "store refused a task row");
+                Some(Commit::Failed(e.to_string()))
+            }
+        });
+    }
+    out
+}
+
+/// A conditional write did not apply. If the store already holds exactly this state (a retried
+/// commit that had succeeded), that is success; otherwise memory must follow the store.
+async fn resolve_conflict(
+    store: &Store,
+    ours: &TaskRecord,
+    conflict_tx: &mpsc::UnboundedSender<TaskRecord>,
+) -> Commit {
+    match store.get_task(&ours.task_id).await {
+        Ok(Some(stored))
+            if stored.status == ours.status && stored.update_time == ours.update_time =>
+        {
+            Commit::Written
+        }
+        Ok(Some(stored)) => {
+            let _ = conflict_tx.send(stored.clone());
+            Commit::Conflict(Some(stored))
+        }
+        Ok(None) => Commit::Conflict(None),
+        Err(e) => {
+            tracing::warn!(task_id = %ours.task_id, error = %e, "could not read back a conflicting row");
+            Commit::Conflict(None)
+        }
+    }
+}
