@@ -1,0 +1,13 @@
+//! The integration suite: one binary, one module per feature. Every test that touches the
+//! store runs against a real SQLite file and a real PostgreSQL (see `store_test!`).
+
+mod helpers;
+
+mod cli;
+mod ingest;
+mod lifecycle;
+mod metrics;
+mod promtool;
+mod read;
+mod store;
+mod throttle;
