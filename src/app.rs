@@ -52,7 +52,8 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
 
         let (conflict_tx, mut conflict_rx) = mpsc::unbounded_channel();
-        let (writer, writer_join) = store::writer::spawn(store.clone(), metrics.clone(), conflict_tx);
+        let (writer, writer_join) =
+            store::writer::spawn(store.clone(), metrics.clone(), conflict_tx);
         let (throttle, timer_rx) =
             Throttle::new(settings.progress_min_interval, settings.progress_min_delta);
         let tracker = Arc::new(Tracker::new(throttle, writer, metrics.clone()));
@@ -75,7 +76,10 @@ impl Application {
             )))
             .expect("state gauges register once");
 
-        let mut background = vec![tokio::spawn(throttle::run_timers(tracker.clone(), timer_rx))];
+        let mut background = vec![tokio::spawn(throttle::run_timers(
+            tracker.clone(),
+            timer_rx,
+        ))];
         let t = tracker.clone();
         background.push(tokio::spawn(async move {
             while let Some(rec) = conflict_rx.recv().await {
@@ -92,7 +96,10 @@ impl Application {
         }));
 
         let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
-            Error::Config(format!("cannot listen on `{}` (--listen): {e}", settings.listen))
+            Error::Config(format!(
+                "cannot listen on `{}` (--listen): {e}",
+                settings.listen
+            ))
         })?;
         let state = AppState {
             tracker,
@@ -126,7 +133,10 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops taking requests, writes every coalesced
     /// value and waits for the store to commit them.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
         let draining = self.state.draining.clone();
         let router = api::router(self.state.clone());
         axum::serve(self.listener, router)

@@ -20,7 +20,11 @@ use crate::error::{Error, Result};
 
 /// The command line.
 #[derive(Debug, Parser)]
-#[command(name = "taskpulse", version, about = "Monitoring sidecar for workflow engines")]
+#[command(
+    name = "taskpulse",
+    version,
+    about = "Monitoring sidecar for workflow engines"
+)]
 pub struct Cli {
     /// Optional TOML file with settings (keys named like the flags).
     #[arg(long, global = true, env = "TASKPULSE_CONFIG", value_name = "FILE")]
@@ -265,10 +269,12 @@ fn describe_figment_error(e: figment::Error) -> String {
             let source = err
                 .metadata
                 .as_ref()
-                .map(|m| match &err.metadata.as_ref().and_then(|m| m.source.clone()) {
-                    Some(src) => format!("{} {}", m.name, src),
-                    None => m.name.to_string(),
-                })
+                .map(
+                    |m| match &err.metadata.as_ref().and_then(|m| m.source.clone()) {
+                        Some(src) => format!("{} {}", m.name, src),
+                        None => m.name.to_string(),
+                    },
+                )
                 .unwrap_or_default();
             if key.is_empty() {
                 format!("{} (from {source})", err.kind)
@@ -332,13 +338,21 @@ mod tests {
             "progress-min-interval = \"1m\"\nstall-after = \"10m\"\nwait-grace = \"45s\"\nmax-body-bytes = \"1MiB\""
         )
         .unwrap();
-        let env = env_from(&[("STALL_AFTER", "2h"), ("WAIT_GRACE", "1s"), ("PORT", "tcp://x:1")]);
+        let env = env_from(&[
+            ("STALL_AFTER", "2h"),
+            ("WAIT_GRACE", "1s"),
+            ("PORT", "tcp://x:1"),
+        ]);
         let flags = SettingsArgs {
             wait_grace: Some(Duration::from_millis(500)),
             ..Default::default()
         };
         let s = Settings::load_from(Some(file.path()), &flags, env).unwrap();
-        assert_eq!(s.progress_min_interval, Duration::from_secs(60), "file beats default");
+        assert_eq!(
+            s.progress_min_interval,
+            Duration::from_secs(60),
+            "file beats default"
+        );
         assert_eq!(s.stall_after, Duration::from_secs(7200), "env beats file");
         assert_eq!(s.wait_grace, Duration::from_millis(500), "flag beats env");
         assert_eq!(s.max_body_bytes, ByteSize::mib(1));

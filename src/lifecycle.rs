@@ -131,7 +131,9 @@ pub enum Verdict {
     /// First sight of the task.
     New,
     /// A legal move; `status_changed` says whether the status itself moved.
-    Accept { status_changed: bool },
+    Accept {
+        status_changed: bool,
+    },
     /// Changes nothing.
     Duplicate,
     Reject(Rejection),
@@ -146,7 +148,12 @@ pub struct Current {
 
 /// Decides what happens to an update with status `to` and `update_time`, given the task's
 /// current state (`None` when unknown) and what the update would change.
-pub fn decide(current: Option<Current>, to: Status, update_time: Option<i64>, diff: Diff) -> Verdict {
+pub fn decide(
+    current: Option<Current>,
+    to: Status,
+    update_time: Option<i64>,
+    diff: Diff,
+) -> Verdict {
     let Some(cur) = current else {
         return Verdict::New;
     };
@@ -202,7 +209,10 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", st.as_str()));
         }
         assert_eq!(Status::parse("in_progress"), None);
-        let terminal: Vec<_> = Status::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<_> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(terminal.len(), 7);
         assert!(!Scheduled.is_terminal() && !InProgress.is_terminal());
         assert!(Skipped.is_successful() && !TimedOut.is_successful());
@@ -230,17 +240,32 @@ mod tests {
         for from in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in Status::ALL {
                 let v = decide(cur(from, Some(1)), to, Some(2), CHANGED);
-                assert_eq!(v, Verdict::Reject(Rejection::Terminal { from, to }), "{from} -> {to}");
+                assert_eq!(
+                    v,
+                    Verdict::Reject(Rejection::Terminal { from, to }),
+                    "{from} -> {to}"
+                );
             }
             // an identical repeat is a duplicate, even with another updateTime
-            assert_eq!(decide(cur(from, Some(5)), from, Some(9), SAME), Verdict::Duplicate);
-            assert_eq!(decide(cur(from, Some(5)), from, Some(1), SAME), Verdict::Duplicate);
+            assert_eq!(
+                decide(cur(from, Some(5)), from, Some(9), SAME),
+                Verdict::Duplicate
+            );
+            assert_eq!(
+                decide(cur(from, Some(5)), from, Some(1), SAME),
+                Verdict::Duplicate
+            );
         }
     }
 
     #[test]
     fn conductor_oss_176_late_in_progress_after_completed_is_rejected() {
-        let v = decide(cur(Completed, Some(2_000)), InProgress, Some(1_000), CHANGED);
+        let v = decide(
+            cur(Completed, Some(2_000)),
+            InProgress,
+            Some(1_000),
+            CHANGED,
+        );
         assert_eq!(
             v,
             Verdict::Reject(Rejection::Terminal {
@@ -249,7 +274,12 @@ mod tests {
             })
         );
         // even when the late update claims to be newer
-        let v = decide(cur(Completed, Some(2_000)), InProgress, Some(3_000), CHANGED);
+        let v = decide(
+            cur(Completed, Some(2_000)),
+            InProgress,
+            Some(3_000),
+            CHANGED,
+        );
         assert!(matches!(v, Verdict::Reject(Rejection::Terminal { .. })));
     }
 
@@ -286,7 +316,10 @@ mod tests {
 
     #[test]
     fn an_update_that_changes_nothing_is_a_duplicate() {
-        assert_eq!(decide(cur(InProgress, Some(10)), InProgress, Some(10), SAME), Verdict::Duplicate);
+        assert_eq!(
+            decide(cur(InProgress, Some(10)), InProgress, Some(10), SAME),
+            Verdict::Duplicate
+        );
         let only_time = Diff {
             content_changed: false,
             time_advanced: true,

@@ -141,8 +141,7 @@ impl Tracker {
         }
         let Some(task_type) = u.task_type.as_deref() else {
             return Applied::Rejected(Rejection::Invalid(
-                "missing `taskType` (or `taskDefName`), required when a task is first seen"
-                    .into(),
+                "missing `taskType` (or `taskDefName`), required when a task is first seen".into(),
             ));
         };
         let id: Arc<str> = Arc::from(u.task_id.as_str());
@@ -188,7 +187,13 @@ impl Tracker {
         }
     }
 
-    fn apply_existing(&self, id: &Arc<str>, st: &mut TaskState, u: TaskUpdate, now: i64) -> Applied {
+    fn apply_existing(
+        &self,
+        id: &Arc<str>,
+        st: &mut TaskState,
+        u: TaskUpdate,
+        now: i64,
+    ) -> Applied {
         let diff = diff(&st.rec, &u);
         let current = Current {
             status: st.rec.status,
@@ -232,7 +237,8 @@ impl Tracker {
                     let commit = self.write_now(id, st, now, true);
                     return Applied::Accepted { commit };
                 }
-                self.metrics.progress_updates(self.progress_write(id, st, message_changed));
+                self.metrics
+                    .progress_updates(self.progress_write(id, st, message_changed));
                 Applied::Accepted { commit: None }
             }
         }
@@ -343,10 +349,12 @@ impl Tracker {
     /// A progress-only update: write now, or coalesce. Returns whether it was written.
     fn progress_write(&self, id: &Arc<str>, st: &mut TaskState, message_changed: bool) -> bool {
         let now = st.rec.last_seen;
-        match self
-            .throttle
-            .progress(id, st.written_progress, st.rec.progress, message_changed || st.attempt_dirty)
-        {
+        match self.throttle.progress(
+            id,
+            st.written_progress,
+            st.rec.progress,
+            message_changed || st.attempt_dirty,
+        ) {
             ProgressWrite::Now => {
                 self.send_task(st, WriteKind::Progress, now, None);
                 true

@@ -173,7 +173,10 @@ mod tests {
         }
         // another task has its own slot
         let other: Arc<str> = "t2".into();
-        assert_eq!(t.progress(&other, None, Some(1.0), false), ProgressWrite::Now);
+        assert_eq!(
+            t.progress(&other, None, Some(1.0), false),
+            ProgressWrite::Now
+        );
     }
 
     #[test]
@@ -195,9 +198,15 @@ mod tests {
             t.progress(&id, Some(10.0), Some(12.0), false),
             ProgressWrite::WithNextWrite
         );
-        assert_eq!(t.progress(&id, Some(10.0), Some(12.0), true), ProgressWrite::Now);
+        assert_eq!(
+            t.progress(&id, Some(10.0), Some(12.0), true),
+            ProgressWrite::Now
+        );
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(t.progress(&id, Some(10.0), Some(15.0), false), ProgressWrite::Now);
+        assert_eq!(
+            t.progress(&id, Some(10.0), Some(15.0), false),
+            ProgressWrite::Now
+        );
     }
 
     #[test]

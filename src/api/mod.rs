@@ -173,9 +173,12 @@ async fn post_updates(
             Err(e) => resp.reject(item.index, e.task_id, &e.rejection),
             Ok(update) => {
                 let task_id = update.task_id.clone();
+                let sent = (update.status, update.update_time);
                 match s.tracker.apply(update) {
                     Applied::Accepted { commit: None } => resp.accepted += 1,
-                    Applied::Accepted { commit: Some(rx) } => waits.push((item.index, task_id, rx)),
+                    Applied::Accepted { commit: Some(rx) } => {
+                        waits.push(((item.index, task_id, sent), rx))
+                    }
                     Applied::Duplicate => resp.duplicates += 1,
                     Applied::Rejected(r) => resp.reject(item.index, Some(task_id), &r),
                 }
@@ -183,35 +186,38 @@ async fn post_updates(
         }
     }
     if !waits.is_empty() {
-        let (meta, receivers): (Vec<_>, Vec<_>) =
-            waits.into_iter().map(|(i, id, rx)| ((i, id), rx)).unzip();
-        let commits =
-            match tokio::time::timeout(COMMIT_TIMEOUT, futures_util::future::join_all(receivers))
-                .await
-            {
-                Ok(c) => c,
-                Err(_) => {
-                    s.metrics
-                        .updates_total
-                        .with_label_values(&[SOURCE_API, "accepted"])
-                        .inc_by(resp.accepted);
-                    return unavailable(
+        let (meta, receivers): (Vec<_>, Vec<_>) = waits.into_iter().unzip();
+        let commits = match tokio::time::timeout(
+            COMMIT_TIMEOUT,
+            futures_util::future::join_all(receivers),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                s.metrics
+                    .updates_total
+                    .with_label_values(&[SOURCE_API, "accepted"])
+                    .inc_by(resp.accepted);
+                return unavailable(
                         "the store did not confirm the write in time; retry (accepted updates are kept and a retry is answered as a duplicate)",
                     );
-                }
-            };
-        for ((index, task_id), commit) in meta.into_iter().zip(commits) {
+            }
+        };
+        for ((index, task_id, (status, update_time)), commit) in meta.into_iter().zip(commits) {
             match commit {
                 Ok(Commit::Written) => resp.accepted += 1,
                 Ok(Commit::Conflict(stored)) => {
+                    // Another writer (a replica, a repair) got there first; the lifecycle rules
+                    // applied to what the store holds decide the reason.
                     let rejection = match stored {
                         Some(rec) if rec.status.is_terminal() => Rejection::Terminal {
                             from: rec.status,
-                            to: Status::InProgress,
+                            to: status,
                         },
                         Some(rec) => Rejection::Stale {
                             stored: rec.update_time.unwrap_or(0),
-                            got: 0,
+                            got: update_time.unwrap_or(0),
                         },
                         None => Rejection::Invalid("the store refused the update".into()),
                     };
@@ -258,12 +264,12 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
         None => None,
         Some(v) => match Status::parse(v) {
             Some(st) => Some(st),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown status `{v}`; expected a Conductor task status such as IN_PROGRESS"),
-                )
-            }
+            None => return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown status `{v}`; expected a Conductor task status such as IN_PROGRESS"
+                ),
+            ),
         },
     };
     let limit = match q.limit.as_deref().filter(|v| !v.is_empty()) {
@@ -281,9 +287,15 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
     let mut tasks = s.tracker.select(|r| {
         status.is_none_or(|st| r.status == st)
             && q.task_type.as_deref().is_none_or(|t| &*r.task_type == t)
-            && q.workflow_id.as_deref().is_none_or(|w| &*r.workflow_id == w)
+            && q.workflow_id
+                .as_deref()
+                .is_none_or(|w| &*r.workflow_id == w)
     });
-    tasks.sort_unstable_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.task_id.cmp(&b.task_id)));
+    tasks.sort_unstable_by(|a, b| {
+        b.last_seen
+            .cmp(&a.last_seen)
+            .then(a.task_id.cmp(&b.task_id))
+    });
     tasks.truncate(limit);
     let stall_ms = s.settings.stall_after.as_millis() as i64;
     let now = crate::now_ms();
@@ -314,8 +326,8 @@ async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Res
         Err(e) => return unavailable(format!("store unavailable: {e}")),
     };
     let stall_ms = s.settings.stall_after.as_millis() as i64;
-    let mut view = serde_json::to_value(TaskView::new(&rec, crate::now_ms(), stall_ms))
-        .unwrap_or_default();
+    let mut view =
+        serde_json::to_value(TaskView::new(&rec, crate::now_ms(), stall_ms)).unwrap_or_default();
     view["history"] = json!(history);
     view["attempts"] = json!(attempts);
     Json(view).into_response()
@@ -331,8 +343,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
     match tokio::time::timeout(Duration::from_secs(2), s.store.ready()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready", "store": s.store.kind() })).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}")),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "store not ready: no answer within 2s"),
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not ready: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store not ready: no answer within 2s",
+        ),
     }
 }
 
@@ -347,7 +365,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
             text,
         )
             .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("scrape failed: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("scrape failed: {e}"),
+        ),
     }
 }
 

@@ -33,8 +33,12 @@ impl Format {
             .and_then(|c| c.split(';').next())
             .map(|c| c.trim().to_ascii_lowercase());
         match ct.as_deref() {
-            Some("application/x-ndjson" | "application/ndjson" | "application/jsonl"
-            | "application/x-jsonlines") => Format::Ndjson,
+            Some(
+                "application/x-ndjson"
+                | "application/ndjson"
+                | "application/jsonl"
+                | "application/x-jsonlines",
+            ) => Format::Ndjson,
             _ => Format::Json,
         }
     }
@@ -219,10 +223,8 @@ fn parse_item(text: &str) -> Result<TaskUpdate, ItemError> {
         }
     };
     let task_id = raw.task_id().map(str::to_string);
-    raw.validate().map_err(|rejection| ItemError {
-        task_id,
-        rejection,
-    })
+    raw.validate()
+        .map_err(|rejection| ItemError { task_id, rejection })
 }
 
 /// On a malformed item, still try to name the task in the rejection.
@@ -244,7 +246,10 @@ mod tests {
     use crate::lifecycle::Status;
 
     fn ok(items: &[Item]) -> Vec<&TaskUpdate> {
-        items.iter().filter_map(|i| i.parsed.as_ref().ok()).collect()
+        items
+            .iter()
+            .filter_map(|i| i.parsed.as_ref().ok())
+            .collect()
     }
     fn errs(items: &[Item]) -> Vec<(usize, String)> {
         items
@@ -278,13 +283,17 @@ mod tests {
     #[test]
     fn conductor_task_json_with_both_type_fields_parses() {
         // Conductor's Task JSON carries taskType and taskDefName, workflowInstanceId only.
-        let body = br#"{"taskId":"t1","taskType":"WAIT","taskDefName":"wait_ref","workflowInstanceId":"w",
+        let body =
+            br#"{"taskId":"t1","taskType":"WAIT","taskDefName":"wait_ref","workflowInstanceId":"w",
             "status":"IN_PROGRESS","waitTimeout":1700000060000,"outputData":{"progress":"n/a"}}"#;
         let items = parse_body(body, Format::Json).unwrap();
         let u = ok(&items)[0];
         assert_eq!(u.task_type.as_deref(), Some("WAIT"));
         assert_eq!(u.wait_until, Some(1_700_000_060_000));
-        assert_eq!(u.progress, None, "a non-number outputData.progress is ignored");
+        assert_eq!(
+            u.progress, None,
+            "a non-number outputData.progress is ignored"
+        );
     }
 
     #[test]
@@ -329,7 +338,10 @@ mod tests {
         assert!(reasons[7].contains("outputData.progress"), "{}", reasons[7]);
         assert!(reasons[8].contains("empty"), "{}", reasons[8]);
         // the salvaged task id is reported even when the item doesn't parse
-        assert_eq!(items[5].parsed.as_ref().unwrap_err().task_id.as_deref(), Some("t"));
+        assert_eq!(
+            items[5].parsed.as_ref().unwrap_err().task_id.as_deref(),
+            Some("t")
+        );
     }
 
     #[test]
@@ -390,12 +402,18 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(Format::from_content_type(Some("application/x-ndjson")), Format::Ndjson);
+        assert_eq!(
+            Format::from_content_type(Some("application/x-ndjson")),
+            Format::Ndjson
+        );
         assert_eq!(
             Format::from_content_type(Some("Application/X-NDJSON; charset=utf-8")),
             Format::Ndjson
         );
-        assert_eq!(Format::from_content_type(Some("application/json")), Format::Json);
+        assert_eq!(
+            Format::from_content_type(Some("application/json")),
+            Format::Json
+        );
         assert_eq!(Format::from_content_type(None), Format::Json);
     }
 

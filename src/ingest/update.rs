@@ -196,11 +196,15 @@ impl RawUpdate {
         let progress = match self
             .progress_percent
             .map(|p| ("progressPercent", p))
-            .or(output.progress_percent.map(|p| ("outputData.progressPercent", p)))
+            .or(output
+                .progress_percent
+                .map(|p| ("outputData.progressPercent", p)))
             .or(output.progress.map(|p| ("outputData.progress", p)))
         {
             Some((field, p)) if !(0.0..=100.0).contains(&p) || p.is_nan() => {
-                return Err(invalid(format!("`{field}` must be between 0 and 100, got {p}")))
+                return Err(invalid(format!(
+                    "`{field}` must be between 0 and 100, got {p}"
+                )))
             }
             Some((_, p)) => Some(p as f32),
             None => None,
@@ -241,7 +245,9 @@ impl RawUpdate {
 fn required_id(field: &str, v: Option<String>) -> Result<String, Rejection> {
     match optional_id(field, v)? {
         Some(v) => Ok(v),
-        None => Err(Rejection::Invalid(format!("missing required field `{field}`"))),
+        None => Err(Rejection::Invalid(format!(
+            "missing required field `{field}`"
+        ))),
     }
 }
 

@@ -31,17 +31,61 @@ pub struct ScrapeConfig {
 
 /// The families this collector emits: name, help, labels.
 const FAMILIES: &[(&str, &str, &[&str])] = &[
-    ("taskpulse_task_progress_ratio", "Progress of an in-flight task, 0 to 1.", PER_TASK),
-    ("taskpulse_task_deadline_timestamp_seconds", "When the task times out (start + timeoutSeconds), Unix seconds.", PER_TASK),
-    ("taskpulse_task_series_omitted", "In-flight tasks with progress left out of the per-task series by --max-task-series.", &[]),
-    ("taskpulse_tasks", "Tracked non-terminal tasks.", &["workflow_type", "task_type", "status"]),
-    ("taskpulse_tasks_stalled", "In-flight tasks whose progress hasn't moved for --stall-after.", BY_TYPE),
-    ("taskpulse_wait_tasks", "WAIT tasks waiting.", &["workflow_type"]),
-    ("taskpulse_wait_overdue_tasks", "WAIT tasks past their wake-up time plus --wait-grace.", &["workflow_type"]),
-    ("taskpulse_wait_due_next_minute_tasks", "WAIT tasks due to wake within 60 seconds.", &["workflow_type"]),
-    ("taskpulse_wait_oldest_overdue_seconds", "Lateness of the most overdue WAIT task, 0 if none.", &[]),
-    ("taskpulse_worker_tasks", "In-flight tasks last reported by each worker.", &["worker_id"]),
-    ("taskpulse_worker_last_seen_timestamp_seconds", "When each worker last sent an update, Unix seconds.", &["worker_id"]),
+    (
+        "taskpulse_task_progress_ratio",
+        "Progress of an in-flight task, 0 to 1.",
+        PER_TASK,
+    ),
+    (
+        "taskpulse_task_deadline_timestamp_seconds",
+        "When the task times out (start + timeoutSeconds), Unix seconds.",
+        PER_TASK,
+    ),
+    (
+        "taskpulse_task_series_omitted",
+        "In-flight tasks with progress left out of the per-task series by --max-task-series.",
+        &[],
+    ),
+    (
+        "taskpulse_tasks",
+        "Tracked non-terminal tasks.",
+        &["workflow_type", "task_type", "status"],
+    ),
+    (
+        "taskpulse_tasks_stalled",
+        "In-flight tasks whose progress hasn't moved for --stall-after.",
+        BY_TYPE,
+    ),
+    (
+        "taskpulse_wait_tasks",
+        "WAIT tasks waiting.",
+        &["workflow_type"],
+    ),
+    (
+        "taskpulse_wait_overdue_tasks",
+        "WAIT tasks past their wake-up time plus --wait-grace.",
+        &["workflow_type"],
+    ),
+    (
+        "taskpulse_wait_due_next_minute_tasks",
+        "WAIT tasks due to wake within 60 seconds.",
+        &["workflow_type"],
+    ),
+    (
+        "taskpulse_wait_oldest_overdue_seconds",
+        "Lateness of the most overdue WAIT task, 0 if none.",
+        &[],
+    ),
+    (
+        "taskpulse_worker_tasks",
+        "In-flight tasks last reported by each worker.",
+        &["worker_id"],
+    ),
+    (
+        "taskpulse_worker_last_seen_timestamp_seconds",
+        "When each worker last sent an update, Unix seconds.",
+        &["worker_id"],
+    ),
 ];
 
 /// Builds the state gauges on every scrape.
@@ -183,8 +227,7 @@ impl Collector for StateCollector {
         }
         out.extend(progress.collect());
         out.extend(deadline.collect());
-        let omitted_gauge =
-            IntGauge::new(FAMILIES[2].0, FAMILIES[2].1).expect("valid metric");
+        let omitted_gauge = IntGauge::new(FAMILIES[2].0, FAMILIES[2].1).expect("valid metric");
         omitted_gauge.set(omitted as i64);
         out.extend(omitted_gauge.collect());
 
@@ -220,7 +263,9 @@ impl Collector for StateCollector {
             w_tasks
                 .with_label_values(&[&worker])
                 .set(worker_tasks.get(&worker).copied().unwrap_or(0));
-            w_seen.with_label_values(&[&worker]).set(seen as f64 / 1000.0);
+            w_seen
+                .with_label_values(&[&worker])
+                .set(seen as f64 / 1000.0);
         }
         out.extend(w_tasks.collect());
         out.extend(w_seen.collect());

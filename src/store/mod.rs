@@ -53,7 +53,10 @@ impl TaskRecord {
     /// engine didn't send `startTime`). `timeoutSeconds = 0` means no timeout, as in Conductor.
     pub fn deadline_ms(&self) -> Option<i64> {
         let timeout = self.timeout_seconds.filter(|t| *t > 0)?;
-        let start = self.start_time.filter(|t| *t > 0).unwrap_or(self.first_seen);
+        let start = self
+            .start_time
+            .filter(|t| *t > 0)
+            .unwrap_or(self.first_seen);
         Some(start.saturating_add(timeout.saturating_mul(1000)))
     }
 

@@ -50,19 +50,35 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
             .bind(t.iter().map(|r| &*r.task_id).collect::<Vec<_>>())
             .bind(t.iter().map(|r| &*r.workflow_id).collect::<Vec<_>>())
             .bind(t.iter().map(|r| &*r.task_type).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.workflow_type.as_deref()).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.reference_task_name.as_deref()).collect::<Vec<_>>())
+            .bind(
+                t.iter()
+                    .map(|r| r.workflow_type.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                t.iter()
+                    .map(|r| r.reference_task_name.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(t.iter().map(|r| r.seq).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.iteration).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.retry_count).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.progress).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.progress_message.as_deref()).collect::<Vec<_>>())
+            .bind(
+                t.iter()
+                    .map(|r| r.progress_message.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(t.iter().map(|r| r.worker_id.as_deref()).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.start_time).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.update_time).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.timeout_seconds).collect::<Vec<_>>())
-            .bind(t.iter().map(|r| r.response_timeout_seconds).collect::<Vec<_>>())
+            .bind(
+                t.iter()
+                    .map(|r| r.response_timeout_seconds)
+                    .collect::<Vec<_>>(),
+            )
             .bind(t.iter().map(|r| r.wait_until).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.first_seen).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.last_seen).collect::<Vec<_>>())
@@ -126,15 +142,20 @@ pub(super) async fn load_tasks(pool: &PgPool, terminal_since: i64) -> Result<Vec
 }
 
 pub(super) async fn get_task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRecord>> {
-    let row: Option<TaskRow> =
-        sqlx::query_as(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"))
-            .bind(task_id)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<TaskRow> = sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"
+    ))
+    .bind(task_id)
+    .fetch_optional(pool)
+    .await?;
     row.map(TaskRecord::try_from).transpose()
 }
 
-pub(super) async fn task_history(pool: &PgPool, task_id: &str, limit: i64) -> Result<Vec<TaskEvent>> {
+pub(super) async fn task_history(
+    pool: &PgPool,
+    task_id: &str,
+    limit: i64,
+) -> Result<Vec<TaskEvent>> {
     let rows: Vec<EventRow> = sqlx::query_as(&format!(
         "SELECT {EVENT_COLUMNS} FROM task_events WHERE task_id = $1 ORDER BY id DESC LIMIT $2"
     ))

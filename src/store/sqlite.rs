@@ -121,11 +121,12 @@ pub(super) async fn load_tasks(pool: &SqlitePool, terminal_since: i64) -> Result
 }
 
 pub(super) async fn get_task(pool: &SqlitePool, task_id: &str) -> Result<Option<TaskRecord>> {
-    let row: Option<TaskRow> =
-        sqlx::query_as(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?"))
-            .bind(task_id)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<TaskRow> = sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?"
+    ))
+    .bind(task_id)
+    .fetch_optional(pool)
+    .await?;
     row.map(TaskRecord::try_from).transpose()
 }
 

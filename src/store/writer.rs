@@ -162,7 +162,8 @@ impl PendingBatch {
                         i
                     }
                     None => {
-                        self.by_task.insert(rec.task_id.clone(), self.batch.tasks.len());
+                        self.by_task
+                            .insert(rec.task_id.clone(), self.batch.tasks.len());
                         self.batch.tasks.push(rec);
                         self.kinds.push(kind);
                         self.batch.tasks.len() - 1
