@@ -61,9 +61,11 @@ impl TestDb {
                     taskpulse::now_ms() % 1_000_000
                 );
                 let admin = postgres_admin_url();
-                let pool = sqlx::PgPool::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); the test command starts it"));
+                let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL at {admin} is not reachable ({e}); the test command starts it"
+                    )
+                });
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&pool)
                     .await
@@ -92,7 +94,9 @@ impl TestDb {
 
     /// A direct connection to the store, for checking what was really written.
     pub async fn store(&self) -> Store {
-        Store::connect(&self.url).await.expect("connect to test store")
+        Store::connect(&self.url)
+            .await
+            .expect("connect to test store")
     }
 }
 
@@ -215,7 +219,11 @@ impl TestApp {
         // give in-flight request handling a moment, then wait for the writer queue
         tokio::time::sleep(Duration::from_millis(20)).await;
         for _ in 0..500 {
-            if self.metric_value("taskpulse_store_pending_writes", &[]).await == Some(0.0) {
+            if self
+                .metric_value("taskpulse_store_pending_writes", &[])
+                .await
+                == Some(0.0)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -262,7 +270,11 @@ pub async fn stored_version(store: &Store, id: &str) -> i64 {
 }
 
 /// One sample's value, by name and a subset of its labels.
-pub fn metric_value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn metric_value(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     scrape
         .samples
         .iter()
