@@ -211,10 +211,16 @@ async fn post_updates(
                     // Another writer (a replica, a repair) got there first; the lifecycle rules
                     // applied to what the store holds decide the reason.
                     let rejection = match stored {
-                        Some(rec) if rec.status.is_terminal() => Rejection::Terminal {
-                            from: rec.status,
-                            to: status,
-                        },
+                        Some(rec) if rec.status.is_terminal() => {
+                            s.metrics
+                                .transitions_rejected_total
+                                .with_label_values(&[rec.status.as_str(), status.as_str()])
+                                .inc();
+                            Rejection::Terminal {
+                                from: rec.status,
+                                to: status,
+                            }
+                        }
                         Some(rec) => Rejection::Stale {
                             stored: rec.update_time.unwrap_or(0),
                             got: update_time.unwrap_or(0),
@@ -264,12 +270,14 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
         None => None,
         Some(v) => match Status::parse(v) {
             Some(st) => Some(st),
-            None => return error(
-                StatusCode::BAD_REQUEST,
-                format!(
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
                     "unknown status `{v}`; expected a Conductor task status such as IN_PROGRESS"
                 ),
-            ),
+                )
+            }
         },
     };
     let limit = match q.limit.as_deref().filter(|v| !v.is_empty()) {

@@ -401,6 +401,13 @@ mod tests {
     }
 
     #[test]
+    fn nul_bytes_are_dropped_from_messages() {
+        let body = br#"{"taskId":"t","workflowId":"w","status":"IN_PROGRESS","progressMessage":"a\u0000b"}"#;
+        let items = parse_body(body, Format::Json).unwrap();
+        assert_eq!(ok(&items)[0].progress_message.as_deref(), Some("ab"));
+    }
+
+    #[test]
     fn content_types() {
         assert_eq!(
             Format::from_content_type(Some("application/x-ndjson")),

@@ -212,7 +212,8 @@ impl RawUpdate {
         let progress_message = self
             .progress_message
             .or(output.progress_message)
-            .map(|m| truncate(&m, MAX_MESSAGE_LEN).to_string());
+            // PostgreSQL text cannot hold NUL; nothing a human reads needs it.
+            .map(|m| truncate(&m.replace('\0', ""), MAX_MESSAGE_LEN).to_string());
         Ok(TaskUpdate {
             task_id,
             workflow_id,

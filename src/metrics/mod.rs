@@ -29,6 +29,10 @@ pub struct Metrics {
     pub task_duration_seconds: HistogramVec,
     pub wait_wakeup_lag_seconds: HistogramVec,
     pub build_info: IntGaugeVec,
+    /// `progress_updates_total{outcome="written"}` and `{outcome="coalesced"}`, looked up once:
+    /// they are bumped on every progress update.
+    progress_written: IntCounter,
+    progress_coalesced: IntCounter,
 }
 
 impl Default for Metrics {
@@ -42,8 +46,16 @@ impl Metrics {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
         };
+        let progress_updates_total = counter_vec(
+            "taskpulse_progress_updates_total",
+            "Progress-only updates, by whether they were written at once or coalesced by the throttle.",
+            &["outcome"],
+        );
         let m = Metrics {
             registry: Registry::new(),
+            progress_written: progress_updates_total.with_label_values(&["written"]),
+            progress_coalesced: progress_updates_total.with_label_values(&["coalesced"]),
+            progress_updates_total,
             updates_total: counter_vec(
                 "taskpulse_updates_total",
                 "Task updates taken in, by source and outcome (accepted, duplicate, rejected).",
@@ -53,11 +65,6 @@ impl Metrics {
                 "taskpulse_transitions_rejected_total",
                 "Updates rejected because they would leave a terminal status, by from and to status.",
                 &["from", "to"],
-            ),
-            progress_updates_total: counter_vec(
-                "taskpulse_progress_updates_total",
-                "Progress-only updates, by whether they were written at once or coalesced by the throttle.",
-                &["outcome"],
             ),
             store_writes_total: counter_vec(
                 "taskpulse_store_writes_total",
@@ -123,9 +130,6 @@ impl Metrics {
         for outcome in ["accepted", "duplicate", "rejected"] {
             m.updates_total.with_label_values(&[SOURCE_API, outcome]);
         }
-        for outcome in ["written", "coalesced"] {
-            m.progress_updates_total.with_label_values(&[outcome]);
-        }
         for kind in ["progress", "status", "repair"] {
             m.store_writes_total.with_label_values(&[kind]);
         }
@@ -138,10 +142,11 @@ impl Metrics {
     }
 
     pub fn progress_updates(&self, written: bool) {
-        let outcome = if written { "written" } else { "coalesced" };
-        self.progress_updates_total
-            .with_label_values(&[outcome])
-            .inc();
+        if written {
+            self.progress_written.inc()
+        } else {
+            self.progress_coalesced.inc()
+        }
     }
 
     /// The exposition text for `/metrics`.

@@ -272,6 +272,28 @@ async fn write_one_by_one(
             }
         });
     }
+    // History and attempts of tasks without a row in this batch (rejected updates).
+    let orphans = Batch {
+        tasks: Vec::new(),
+        events: batch
+            .events
+            .iter()
+            .filter(|e| !batch.tasks.iter().any(|t| t.task_id == e.task_id))
+            .cloned()
+            .collect(),
+        attempts: batch
+            .attempts
+            .iter()
+            .filter(|a| !batch.tasks.iter().any(|t| t.task_id == a.task_id))
+            .cloned()
+            .collect(),
+    };
+    if !orphans.events.is_empty() || !orphans.attempts.is_empty() {
+        if let Err(e) = store.write_batch(&orphans).await {
+            metrics.store_write_errors_total.inc();
+            tracing::error!(error = %e, events = orphans.events.len(), "store refused task history");
+        }
+    }
     out
 }
 
