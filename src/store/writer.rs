@@ -47,13 +47,15 @@ impl WriteKind {
 pub enum Commit {
     Written,
     /// The store holds a terminal or newer row; memory has been reloaded from it.
-    Conflict(Option<TaskRecord>),
+    Conflict(Option<Box<TaskRecord>>),
     /// The store refused the row itself (not a connectivity problem); nothing was written.
     Failed(String),
 }
 
-/// One thing for the writer to do.
+/// One thing for the writer to do. Not boxed: an op is moved once, into the channel, and a box
+/// would cost an allocation per update on the hot path.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Op {
     Task {
         rec: TaskRecord,
@@ -312,7 +314,7 @@ async fn resolve_conflict(
         }
         Ok(Some(stored)) => {
             let _ = conflict_tx.send(stored.clone());
-            Commit::Conflict(Some(stored))
+            Commit::Conflict(Some(Box::new(stored)))
         }
         Ok(None) => Commit::Conflict(None),
         Err(e) => {

@@ -43,7 +43,6 @@ macro_rules! store_test {
 /// database with a unique name.
 pub struct TestDb {
     pub url: String,
-    pub backend: Backend,
     _dir: tempfile::TempDir,
 }
 
@@ -75,11 +74,7 @@ impl TestDb {
                 format!("{base}/{name}")
             }
         };
-        TestDb {
-            url,
-            backend,
-            _dir: dir,
-        }
+        TestDb { url, _dir: dir }
     }
 
     /// Settings for an app on this database, on port 0, with a short throttle interval.
@@ -282,7 +277,7 @@ pub fn metric_value(
             s.metric == name
                 && labels
                     .iter()
-                    .all(|(k, v)| s.labels.get(k).map(|x| x == *v).unwrap_or(*v == ""))
+                    .all(|(k, v)| s.labels.get(k).map(|x| x == *v).unwrap_or(v.is_empty()))
         })
         .map(|s| match s.value {
             prometheus_parse::Value::Counter(v)
