@@ -1,13 +1,13 @@
 //! SQLite backend: the embedded default. One file, WAL journal, created if absent.
 //!
-//! A batch is one transaction of prepared statements (cached per connection); SQLite runs them
-//! in-process, so per-row statements cost microseconds and need no multi-row tricks.
+//! A batch is one transaction of multi-row statements.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::{
     AttemptRow, Batch, EventRow, TaskEvent, TaskRecord, TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS,
@@ -33,78 +33,88 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
     Ok(pool)
 }
 
-fn upsert_sql() -> String {
-    let placeholders = vec!["?"; TASK_COLUMNS.split(", ").count()].join(", ");
-    format!(
-        "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({placeholders}) \
-         ON CONFLICT (task_id) DO UPDATE SET {} WHERE {OVERWRITE_GUARD}",
-        upsert_set_clause()
-    )
-}
+/// Rows per multi-row statement. sqlx's SQLite driver costs tens of microseconds per
+/// statement (it hands each one to the connection's worker thread), so rows go in chunks; the
+/// sizes keep each statement under SQLite's 32,766 bound parameters.
+const TASK_ROWS: usize = 500;
+const EVENT_ROWS: usize = 1000;
+const ATTEMPT_ROWS: usize = 1000;
 
 pub(super) async fn write_batch(pool: &SqlitePool, batch: &Batch) -> Result<Vec<usize>> {
-    static UPSERT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let upsert = UPSERT.get_or_init(upsert_sql);
     let mut conflicts = Vec::new();
     let mut tx = pool.begin().await?;
-    for (i, t) in batch.tasks.iter().enumerate() {
-        let done = sqlx::query(upsert)
-            .bind(&*t.task_id)
-            .bind(&*t.workflow_id)
-            .bind(&*t.task_type)
-            .bind(t.workflow_type.as_deref())
-            .bind(t.reference_task_name.as_deref())
-            .bind(t.seq)
-            .bind(t.iteration)
-            .bind(t.retry_count)
-            .bind(t.status.as_str())
-            .bind(t.progress)
-            .bind(t.progress_message.as_deref())
-            .bind(t.worker_id.as_deref())
-            .bind(t.start_time)
-            .bind(t.update_time)
-            .bind(t.timeout_seconds)
-            .bind(t.response_timeout_seconds)
-            .bind(t.wait_until)
-            .bind(t.first_seen)
-            .bind(t.last_seen)
-            .bind(t.progress_changed)
-            .bind(t.terminal_at)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            conflicts.push(i);
+    for (n, chunk) in batch.tasks.chunks(TASK_ROWS).enumerate() {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("INSERT INTO tasks ({TASK_COLUMNS}) "));
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(&*t.task_id)
+                .push_bind(&*t.workflow_id)
+                .push_bind(&*t.task_type)
+                .push_bind(t.workflow_type.as_deref())
+                .push_bind(t.reference_task_name.as_deref())
+                .push_bind(t.seq)
+                .push_bind(t.iteration)
+                .push_bind(t.retry_count)
+                .push_bind(t.status.as_str())
+                .push_bind(t.progress)
+                .push_bind(t.progress_message.as_deref())
+                .push_bind(t.worker_id.as_deref())
+                .push_bind(t.start_time)
+                .push_bind(t.update_time)
+                .push_bind(t.timeout_seconds)
+                .push_bind(t.response_timeout_seconds)
+                .push_bind(t.wait_until)
+                .push_bind(t.first_seen)
+                .push_bind(t.last_seen)
+                .push_bind(t.progress_changed)
+                .push_bind(t.terminal_at);
+        });
+        q.push(format!(
+            " ON CONFLICT (task_id) DO UPDATE SET {} WHERE {OVERWRITE_GUARD} RETURNING task_id",
+            upsert_set_clause()
+        ));
+        // Rows the guard refused are not returned.
+        let written: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        if written.len() < chunk.len() {
+            let written: HashSet<&str> = written.iter().map(String::as_str).collect();
+            conflicts.extend(
+                (0..chunk.len())
+                    .filter(|i| !written.contains(&*chunk[*i].task_id))
+                    .map(|i| n * TASK_ROWS + i),
+            );
         }
     }
-    for e in &batch.events {
-        sqlx::query(
-            "INSERT INTO task_events (task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&*e.task_id)
-        .bind(e.at)
-        .bind(e.outcome)
-        .bind(e.from.map(|s| s.as_str()))
-        .bind(e.to.as_str())
-        .bind(e.reason.as_deref())
-        .bind(e.worker_id.as_deref())
-        .bind(e.progress_percent)
-        .bind(e.update_time)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in batch.events.chunks(EVENT_ROWS) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("INSERT INTO task_events ({EVENT_COLUMNS}) "));
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(&*e.task_id)
+                .push_bind(e.at)
+                .push_bind(e.outcome)
+                .push_bind(e.from.map(|s| s.as_str()))
+                .push_bind(e.to.as_str())
+                .push_bind(e.reason.as_deref())
+                .push_bind(e.worker_id.as_deref())
+                .push_bind(e.progress_percent)
+                .push_bind(e.update_time);
+        });
+        q.build().execute(&mut *tx).await?;
     }
-    for a in &batch.attempts {
-        sqlx::query(
-            "INSERT INTO task_attempts (task_id, attempt, worker_id, first_seen, last_seen) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (task_id, attempt, worker_id) DO UPDATE SET last_seen = max(task_attempts.last_seen, excluded.last_seen)",
-        )
-        .bind(&*a.task_id)
-        .bind(a.attempt)
-        .bind(&*a.worker_id)
-        .bind(a.first_seen)
-        .bind(a.last_seen)
-        .execute(&mut *tx)
-        .await?;
+    for chunk in batch.attempts.chunks(ATTEMPT_ROWS) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("INSERT INTO task_attempts ({ATTEMPT_COLUMNS}) "));
+        q.push_values(chunk, |mut b, a| {
+            b.push_bind(&*a.task_id)
+                .push_bind(a.attempt)
+                .push_bind(&*a.worker_id)
+                .push_bind(a.first_seen)
+                .push_bind(a.last_seen);
+        });
+        q.push(
+            " ON CONFLICT (task_id, attempt, worker_id) DO UPDATE \
+             SET last_seen = max(task_attempts.last_seen, excluded.last_seen)",
+        );
+        q.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(conflicts)
