@@ -178,10 +178,10 @@ impl Tracker {
                 let mut entry = v.insert(st);
                 let st = entry.value_mut();
                 if st.rec.status.is_terminal() {
-                    self.on_terminal(&mut st.rec, now);
+                    self.on_terminal(&mut st.rec, u.update_time, now);
                 }
-                self.log_event(&st.rec, None, "accepted", None, now);
-                let commit = self.write_now(&id, st, now, true);
+                let event = event(&st.rec, None, "accepted", None, now);
+                let commit = self.write_now(&id, st, now, Some(event));
                 Applied::Accepted { commit }
             }
         }
@@ -215,13 +215,13 @@ impl Tracker {
                     attempted.progress = u.progress;
                     attempted.update_time = u.update_time;
                     attempted.worker_id = u.worker_id.as_deref().map(Arc::from);
-                    self.log_event(
+                    self.writer.send(Op::Event(event(
                         &attempted,
                         Some(st.rec.status),
                         "rejected",
                         Some(r.reason()),
                         now,
-                    );
+                    )));
                 }
                 Applied::Rejected(r)
             }
@@ -230,12 +230,20 @@ impl Tracker {
                 let from = st.rec.status;
                 let message_changed = self.merge(st, &u, now);
                 if status_changed {
-                    self.log_event(&st.rec, Some(from), "accepted", None, now);
                     if st.rec.status.is_terminal() {
-                        self.on_terminal(&mut st.rec, now);
+                        self.on_terminal(&mut st.rec, u.update_time, now);
                     }
-                    let commit = self.write_now(id, st, now, true);
+                    let event = event(&st.rec, Some(from), "accepted", None, now);
+                    let commit = self.write_now(id, st, now, Some(event));
                     return Applied::Accepted { commit };
+                }
+                if st.attempt_dirty {
+                    // A new worker or attempt: recorded at once (rare, and what an operator
+                    // looks for after a worker is gone), without waiting for the commit.
+                    self.throttle.note_write(id);
+                    self.send_task(st, WriteKind::Status, now, None, None);
+                    self.metrics.progress_updates(true);
+                    return Applied::Accepted { commit: None };
                 }
                 self.metrics
                     .progress_updates(self.progress_write(id, st, message_changed));
@@ -298,23 +306,19 @@ impl Tracker {
         message_changed
     }
 
-    /// Sends the task's current state to the writer now, carrying any waiting progress.
+    /// Sends the task's current state to the writer now, carrying any waiting progress and the
+    /// history event (written only if the row is), and returns the commit to wait for.
     fn write_now(
         &self,
         id: &Arc<str>,
         st: &mut TaskState,
         now: i64,
-        wait_for_commit: bool,
+        event: Option<TaskEvent>,
     ) -> Option<oneshot::Receiver<Commit>> {
         self.throttle.note_write(id);
-        let (ack, rx) = if wait_for_commit {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        self.send_task(st, WriteKind::Status, now, ack);
-        rx
+        let (ack, rx) = oneshot::channel();
+        self.send_task(st, WriteKind::Status, now, Some(ack), event);
+        Some(rx)
     }
 
     fn send_task(
@@ -323,6 +327,7 @@ impl Tracker {
         kind: WriteKind,
         now: i64,
         ack: Option<oneshot::Sender<Commit>>,
+        event: Option<TaskEvent>,
     ) {
         let attempt = if std::mem::take(&mut st.attempt_dirty) {
             st.rec.worker_id.clone().map(|w| Attempt {
@@ -342,6 +347,7 @@ impl Tracker {
             rec: st.rec.clone(),
             kind,
             attempt,
+            event,
             ack,
         });
     }
@@ -356,7 +362,7 @@ impl Tracker {
             message_changed || st.attempt_dirty,
         ) {
             ProgressWrite::Now => {
-                self.send_task(st, WriteKind::Progress, now, None);
+                self.send_task(st, WriteKind::Progress, now, None, None);
                 true
             }
             ProgressWrite::After(delay) => {
@@ -375,9 +381,12 @@ impl Tracker {
         }
     }
 
-    fn on_terminal(&self, rec: &mut TaskRecord, now: i64) {
+    /// Bookkeeping when a task finishes: its duration and, for WAIT tasks, the wake-up lag. The
+    /// end is the terminal update's own `updateTime`, or its arrival when it has none (the
+    /// stored `updateTime` may be an earlier update's).
+    fn on_terminal(&self, rec: &mut TaskRecord, update_time: Option<i64>, now: i64) {
         rec.terminal_at = Some(now);
-        let end = rec.update_time.unwrap_or(now);
+        let end = update_time.unwrap_or(now);
         let start = rec.start_time.filter(|t| *t > 0).unwrap_or(rec.first_seen);
         if end >= start {
             self.metrics
@@ -396,27 +405,6 @@ impl Tracker {
         }
     }
 
-    fn log_event(
-        &self,
-        rec: &TaskRecord,
-        from: Option<Status>,
-        outcome: &'static str,
-        reason: Option<String>,
-        now: i64,
-    ) {
-        self.writer.send(Op::Event(TaskEvent {
-            task_id: rec.task_id.clone(),
-            at: now,
-            outcome,
-            from,
-            to: rec.status,
-            reason,
-            worker_id: rec.worker_id.clone(),
-            progress_percent: rec.progress,
-            update_time: rec.update_time,
-        }));
-    }
-
     fn touch_worker(&self, worker: &str, now: i64) {
         if let Some(mut seen) = self.workers.get_mut(worker) {
             *seen = (*seen).max(now);
@@ -432,7 +420,7 @@ impl Tracker {
         for mut entry in self.tasks.iter_mut() {
             let st = entry.value_mut();
             if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
-                self.send_task(st, WriteKind::Progress, now, None);
+                self.send_task(st, WriteKind::Progress, now, None, None);
                 flushed += 1;
             }
         }
@@ -441,22 +429,76 @@ impl Tracker {
 
     /// Puts records read from the store into memory (start-up rebuild).
     pub fn load(&self, records: Vec<TaskRecord>) {
-        for mut rec in records {
-            rec.task_type = self.names.get(&rec.task_type);
-            rec.workflow_id = self.names.get(&rec.workflow_id);
-            rec.workflow_type = rec.workflow_type.map(|s| self.names.get(&s));
-            if let Some(w) = rec.worker_id.take() {
-                let w = self.names.get(&w);
-                if !rec.status.is_terminal() {
-                    self.workers
-                        .entry(w.clone())
-                        .and_modify(|t| *t = (*t).max(rec.last_seen))
-                        .or_insert(rec.last_seen);
-                }
-                rec.worker_id = Some(w);
-            }
+        for rec in records {
+            let rec = self.intern(rec);
             self.tasks.insert(rec.task_id.clone(), TaskState::new(rec));
         }
+    }
+
+    /// Of `ids`, those not in memory (each once).
+    pub fn unknown<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut seen = std::collections::HashSet::new();
+        ids.into_iter()
+            .filter(|id| !self.tasks.contains_key(*id) && seen.insert(*id))
+            .collect()
+    }
+
+    /// Brings tasks that left memory (finished past the retention) back from the store before
+    /// updates for them are decided, so the lifecycle sees what the store holds. A task that
+    /// arrived in memory meanwhile is left as it is.
+    pub fn load_absent(&self, records: Vec<TaskRecord>) {
+        for rec in records {
+            if let dashmap::Entry::Vacant(v) = self.tasks.entry(rec.task_id.clone()) {
+                let rec = self.intern(rec);
+                v.insert(TaskState::new(rec));
+            }
+        }
+    }
+
+    /// Shares the record's names with the rest of the table.
+    fn intern(&self, mut rec: TaskRecord) -> TaskRecord {
+        rec.task_type = self.names.get(&rec.task_type);
+        rec.workflow_id = self.names.get(&rec.workflow_id);
+        rec.workflow_type = rec.workflow_type.map(|s| self.names.get(&s));
+        if let Some(w) = rec.worker_id.take() {
+            let w = self.names.get(&w);
+            if !rec.status.is_terminal() {
+                self.workers
+                    .entry(w.clone())
+                    .and_modify(|t| *t = (*t).max(rec.last_seen))
+                    .or_insert(rec.last_seen);
+            }
+            rec.worker_id = Some(w);
+        }
+        rec
+    }
+
+    /// A write that waited for its commit lost to what the store holds (another replica or a
+    /// repair got there first). Memory follows the store, and the update counts as rejected
+    /// like any other attempt to leave a final state.
+    pub fn lost_to_store(&self, stored: TaskRecord, attempted: Status) {
+        let now = now_ms();
+        if stored.status.is_terminal() && attempted != stored.status {
+            self.metrics
+                .transitions_rejected_total
+                .with_label_values(&[stored.status.as_str(), attempted.as_str()])
+                .inc();
+            let mut tried = stored.clone();
+            tried.status = attempted;
+            let reason = Rejection::Terminal {
+                from: stored.status,
+                to: attempted,
+            }
+            .reason();
+            self.writer.send(Op::Event(event(
+                &tried,
+                Some(stored.status),
+                "rejected",
+                Some(reason),
+                now,
+            )));
+        }
+        self.reload(stored);
     }
 
     /// The store holds something newer or terminal: memory follows it.
@@ -538,12 +580,33 @@ impl Flush for Tracker {
         }
         match self.throttle.acquire(task_id) {
             ProgressWrite::Now => {
-                self.send_task(st, WriteKind::Progress, now_ms(), None);
+                self.send_task(st, WriteKind::Progress, now_ms(), None, None);
                 Flushed::Done
             }
             ProgressWrite::After(d) => Flushed::Retry(d),
             ProgressWrite::WithNextWrite => Flushed::Done,
         }
+    }
+}
+
+/// A history line for `rec` as it is now.
+fn event(
+    rec: &TaskRecord,
+    from: Option<Status>,
+    outcome: &'static str,
+    reason: Option<String>,
+    now: i64,
+) -> TaskEvent {
+    TaskEvent {
+        task_id: rec.task_id.clone(),
+        at: now,
+        outcome,
+        from,
+        to: rec.status,
+        reason,
+        worker_id: rec.worker_id.clone(),
+        progress_percent: rec.progress,
+        update_time: rec.update_time,
     }
 }
 

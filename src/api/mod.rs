@@ -78,7 +78,9 @@ async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> R
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(token.0.as_bytes())) {
             let mut r = error(
@@ -166,6 +168,21 @@ async fn post_updates(
                 .into_response()
         }
     };
+    // Tasks that are not in memory may still be in the store (finished past the retention):
+    // bring them back first, with one query for the whole body, so the lifecycle decides on
+    // what the store holds rather than treating them as new.
+    let unknown = s.tracker.unknown(
+        items
+            .iter()
+            .filter_map(|i| i.parsed.as_ref().ok())
+            .map(|u| u.task_id.as_str()),
+    );
+    if !unknown.is_empty() {
+        match s.store.get_tasks(&unknown).await {
+            Ok(found) => s.tracker.load_absent(found),
+            Err(e) => return unavailable(format!("store unavailable: {e}")),
+        }
+    }
     let mut resp = IngestResponse::default();
     let mut waits = Vec::new();
     for item in items {
@@ -207,28 +224,34 @@ async fn post_updates(
         for ((index, task_id, (status, update_time)), commit) in meta.into_iter().zip(commits) {
             match commit {
                 Ok(Commit::Written) => resp.accepted += 1,
-                Ok(Commit::Conflict(stored)) => {
-                    // Another writer (a replica, a repair) got there first; the lifecycle rules
-                    // applied to what the store holds decide the reason.
-                    let rejection = match stored {
-                        Some(rec) if rec.status.is_terminal() => {
-                            s.metrics
-                                .transitions_rejected_total
-                                .with_label_values(&[rec.status.as_str(), status.as_str()])
-                                .inc();
-                            Rejection::Terminal {
-                                from: rec.status,
-                                to: status,
-                            }
+                Ok(Commit::Conflict(Some(stored))) => {
+                    // Another writer (a replica, a repair) got there first: the lifecycle rules
+                    // applied to what the store holds decide.
+                    let stored = *stored;
+                    if stored.status.is_terminal() && stored.status == status {
+                        resp.duplicates += 1;
+                        s.tracker.reload(stored);
+                        continue;
+                    }
+                    let rejection = if stored.status.is_terminal() {
+                        Rejection::Terminal {
+                            from: stored.status,
+                            to: status,
                         }
-                        Some(rec) => Rejection::Stale {
-                            stored: rec.update_time.unwrap_or(0),
+                    } else {
+                        Rejection::Stale {
+                            stored: stored.update_time.unwrap_or(0),
                             got: update_time.unwrap_or(0),
-                        },
-                        None => Rejection::Invalid("the store refused the update".into()),
+                        }
                     };
+                    s.tracker.lost_to_store(stored, status);
                     resp.reject(index, Some(task_id), &rejection)
                 }
+                Ok(Commit::Conflict(None)) => resp.reject(
+                    index,
+                    Some(task_id),
+                    &Rejection::Invalid("the store refused the update".into()),
+                ),
                 Ok(Commit::Failed(msg)) => resp.reject(
                     index,
                     Some(task_id),
@@ -333,6 +356,23 @@ async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Res
         Ok(x) => x,
         Err(e) => return unavailable(format!("store unavailable: {e}")),
     };
+    let mut attempts = attempts;
+    // The current attempt is in memory at once; its row may still be on its way to the store.
+    if let Some(worker) = &rec.worker_id {
+        let n = rec.retry_count.unwrap_or(0);
+        if !attempts
+            .iter()
+            .any(|a| a.attempt == n && a.worker_id == *worker)
+        {
+            attempts.push(crate::store::Attempt {
+                task_id: rec.task_id.clone(),
+                attempt: n,
+                worker_id: worker.clone(),
+                first_seen: rec.last_seen,
+                last_seen: rec.last_seen,
+            });
+        }
+    }
     let stall_ms = s.settings.stall_after.as_millis() as i64;
     let mut view =
         serde_json::to_value(TaskView::new(&rec, crate::now_ms(), stall_ms)).unwrap_or_default();

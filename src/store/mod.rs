@@ -106,8 +106,35 @@ pub struct Attempt {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub tasks: Vec<TaskRecord>,
+    /// History written whatever happens to the rows (rejected updates).
     pub events: Vec<TaskEvent>,
+    /// History of the task rows in this batch (accepted status changes), and the workers of
+    /// their attempts: written only for rows the conditional upsert actually wrote.
+    pub task_events: Vec<TaskEvent>,
     pub attempts: Vec<Attempt>,
+}
+
+impl Batch {
+    /// The events and attempts to store once `conflicts` (indexes into `tasks`) are known.
+    pub(crate) fn history_after(&self, conflicts: &[usize]) -> (Vec<&TaskEvent>, Vec<&Attempt>) {
+        let lost: std::collections::HashSet<&str> =
+            conflicts.iter().map(|i| &*self.tasks[*i].task_id).collect();
+        let events = self
+            .events
+            .iter()
+            .chain(
+                self.task_events
+                    .iter()
+                    .filter(|e| !lost.contains(&*e.task_id)),
+            )
+            .collect();
+        let attempts = self
+            .attempts
+            .iter()
+            .filter(|a| !lost.contains(&*a.task_id))
+            .collect();
+        (events, attempts)
+    }
 }
 
 /// SQLite or PostgreSQL.
@@ -193,6 +220,17 @@ impl Store {
         match self {
             Store::Sqlite(pool) => sqlite::get_task(pool, task_id).await,
             Store::Postgres(pool) => postgres::get_task(pool, task_id).await,
+        }
+    }
+
+    /// The stored tasks among `ids` (one query per few thousand ids).
+    pub async fn get_tasks(&self, ids: &[&str]) -> Result<Vec<TaskRecord>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Sqlite(pool) => sqlite::get_tasks(pool, ids).await,
+            Store::Postgres(pool) => postgres::get_tasks(pool, ids).await,
         }
     }
 

@@ -93,7 +93,7 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
                 .collect();
         }
     }
-    let e = &batch.events;
+    let (e, a) = batch.history_after(&conflicts);
     if !e.is_empty() {
         sqlx::query(
             "INSERT INTO task_events (task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time) \
@@ -111,7 +111,6 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
         .execute(&mut *tx)
         .await?;
     }
-    let a = &batch.attempts;
     if !a.is_empty() {
         sqlx::query(
             "INSERT INTO task_attempts (task_id, attempt, worker_id, first_seen, last_seen) \
@@ -149,6 +148,16 @@ pub(super) async fn get_task(pool: &PgPool, task_id: &str) -> Result<Option<Task
     .fetch_optional(pool)
     .await?;
     row.map(TaskRecord::try_from).transpose()
+}
+
+pub(super) async fn get_tasks(pool: &PgPool, ids: &[&str]) -> Result<Vec<TaskRecord>> {
+    let rows: Vec<TaskRow> = sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(TaskRecord::try_from).collect()
 }
 
 pub(super) async fn task_history(

@@ -84,7 +84,8 @@ pub(super) async fn write_batch(pool: &SqlitePool, batch: &Batch) -> Result<Vec<
             );
         }
     }
-    for chunk in batch.events.chunks(EVENT_ROWS) {
+    let (events, attempts) = batch.history_after(&conflicts);
+    for chunk in events.chunks(EVENT_ROWS) {
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("INSERT INTO task_events ({EVENT_COLUMNS}) "));
         q.push_values(chunk, |mut b, e| {
@@ -100,7 +101,7 @@ pub(super) async fn write_batch(pool: &SqlitePool, batch: &Batch) -> Result<Vec<
         });
         q.build().execute(&mut *tx).await?;
     }
-    for chunk in batch.attempts.chunks(ATTEMPT_ROWS) {
+    for chunk in attempts.chunks(ATTEMPT_ROWS) {
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("INSERT INTO task_attempts ({ATTEMPT_COLUMNS}) "));
         q.push_values(chunk, |mut b, a| {
@@ -138,6 +139,25 @@ pub(super) async fn get_task(pool: &SqlitePool, task_id: &str) -> Result<Option<
     .fetch_optional(pool)
     .await?;
     row.map(TaskRecord::try_from).transpose()
+}
+
+pub(super) async fn get_tasks(pool: &SqlitePool, ids: &[&str]) -> Result<Vec<TaskRecord>> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(10_000) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id IN ("
+        ));
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let rows: Vec<TaskRow> = q.build_query_as().fetch_all(pool).await?;
+        for r in rows {
+            out.push(TaskRecord::try_from(r)?);
+        }
+    }
+    Ok(out)
 }
 
 pub(super) async fn task_history(

@@ -61,6 +61,8 @@ pub enum Op {
         rec: TaskRecord,
         kind: WriteKind,
         attempt: Option<Attempt>,
+        /// History of this write (an accepted status change): stored only if the row is.
+        event: Option<TaskEvent>,
         ack: Option<oneshot::Sender<Commit>>,
     },
     Event(TaskEvent),
@@ -152,8 +154,10 @@ impl PendingBatch {
                 rec,
                 kind,
                 attempt,
+                event,
                 ack,
             } => {
+                self.batch.task_events.extend(event);
                 let i = match self.by_task.get(&rec.task_id) {
                     Some(&i) => {
                         // Newer state of the same task supersedes; a status write stays one.
@@ -257,6 +261,12 @@ async fn write_one_by_one(
                 .filter(|e| e.task_id == rec.task_id)
                 .cloned()
                 .collect(),
+            task_events: batch
+                .task_events
+                .iter()
+                .filter(|e| e.task_id == rec.task_id)
+                .cloned()
+                .collect(),
             attempts: batch
                 .attempts
                 .iter()
@@ -277,6 +287,7 @@ async fn write_one_by_one(
     // History and attempts of tasks without a row in this batch (rejected updates).
     let orphans = Batch {
         tasks: Vec::new(),
+        task_events: Vec::new(),
         events: batch
             .events
             .iter()

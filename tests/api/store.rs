@@ -138,6 +138,7 @@ async fn history_and_attempts(backend: Backend) {
                 event(2, "accepted", Some(Status::InProgress), Status::Completed),
                 event(3, "rejected", Some(Status::Completed), Status::InProgress),
             ],
+            task_events: vec![],
             attempts: vec![attempt(0, "w1", 1), attempt(1, "w2", 2)],
         })
         .await
@@ -223,3 +224,48 @@ async fn unsupported_urls_are_refused_with_a_clear_error() {
         "{err}"
     );
 }
+
+/// The history of a write (an accepted status change, a new attempt) is stored only when the
+/// row itself is; the history of a rejection is stored regardless.
+async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
+    let (_db, store) = migrated(backend).await;
+    write(&store, vec![rec("t", Status::Completed, Some(10), None)]).await;
+    let accepted = TaskEvent {
+        task_id: Arc::from("t"),
+        at: 20,
+        outcome: "accepted",
+        from: Some(Status::Completed),
+        to: Status::InProgress,
+        reason: None,
+        worker_id: None,
+        progress_percent: None,
+        update_time: Some(20),
+    };
+    let rejected = TaskEvent {
+        outcome: "rejected",
+        reason: Some("terminal".into()),
+        at: 21,
+        ..accepted.clone()
+    };
+    let conflicts = store
+        .write_batch(&Batch {
+            tasks: vec![rec("t", Status::InProgress, Some(20), None)],
+            events: vec![rejected],
+            task_events: vec![accepted],
+            attempts: vec![Attempt {
+                task_id: Arc::from("t"),
+                attempt: 0,
+                worker_id: "late-worker".into(),
+                first_seen: 20,
+                last_seen: 20,
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(conflicts, vec![0]);
+    let h = store.task_history("t", 10).await.unwrap();
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0].outcome, "rejected");
+    assert!(store.task_attempts("t").await.unwrap().is_empty());
+}
+store_test!(history_of_a_lost_write_is_not_stored);
