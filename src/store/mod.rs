@@ -21,7 +21,10 @@ pub use writer::{Commit, Op, WriteKind, WriterHandle};
 /// A task as persisted, and as held in memory (the in-memory table wraps it with throttle
 /// bookkeeping). Strings are `Arc<str>` so a snapshot for the writer costs reference counts,
 /// not copies, and repeated names (task types, workflow ids, workers) are shared.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Serialized (camelCase, times in epoch ms) it is the body of the read API's task views.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
     pub task_id: Arc<str>,
     pub workflow_id: Arc<str>,
@@ -32,6 +35,7 @@ pub struct TaskRecord {
     pub iteration: Option<i32>,
     pub retry_count: Option<i32>,
     pub status: Status,
+    #[serde(rename = "progressPercent")]
     pub progress: Option<f32>,
     pub progress_message: Option<Arc<str>>,
     pub worker_id: Option<Arc<str>>,
