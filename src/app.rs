@@ -15,8 +15,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::checker::{self, CheckSettings, Checker, Context};
 use crate::config::{redact_url, Settings};
 use crate::error::{Error, Result};
+use crate::leader::{self, Leadership};
 use crate::metrics::scrape::{ScrapeConfig, StateCollector};
 use crate::metrics::Metrics;
 use crate::state::Tracker;
@@ -65,6 +67,9 @@ impl Application {
         tracker.load(records);
         tracing::info!(tasks = loaded, took = ?started.elapsed(), "rebuilt in-memory state from the store");
 
+        let every = election_period(settings.check_interval);
+        let (leadership, election) =
+            leader::start(&store, every, metrics.checker_leader.clone()).await;
         metrics
             .register(Box::new(StateCollector::new(
                 tracker.clone(),
@@ -73,6 +78,7 @@ impl Application {
                     wait_grace: settings.wait_grace,
                     max_task_series: settings.max_task_series,
                 },
+                leadership.clone(),
             )))
             .expect("state gauges register once");
 
@@ -94,6 +100,32 @@ impl Application {
                 t.sweep(retention_ms, WORKER_IDLE.as_millis() as i64);
             }
         }));
+
+        background.extend(election);
+        if matches!(store, Store::Postgres(_)) {
+            background.push(tokio::spawn(refresh_from_store(
+                store.clone(),
+                tracker.clone(),
+                leadership.clone(),
+                every,
+                retention_ms,
+            )));
+        }
+        if !settings.check_interval.is_zero() {
+            let checker = Checker::new(checker::default_rules(), metrics.clone());
+            let ctx = Context {
+                store: store.clone(),
+                tracker: Some(tracker.clone()),
+                now: 0,
+                settings: check_settings(&settings, settings.repair),
+            };
+            background.push(tokio::spawn(run_checker(
+                checker,
+                ctx,
+                leadership.clone(),
+                settings.check_interval,
+            )));
+        }
 
         let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
             Error::Config(format!(
@@ -161,6 +193,90 @@ impl Application {
                 Ok(())
             }
             _ => Err(Error::StoreUnavailable),
+        }
+    }
+}
+
+/// How often replicas try to take the lead (and the leader refreshes from the store): half the
+/// check interval, so a dead leader is replaced within two check intervals.
+fn election_period(check_interval: Duration) -> Duration {
+    if check_interval.is_zero() {
+        return Duration::from_secs(5);
+    }
+    (check_interval / 2).clamp(Duration::from_millis(250), Duration::from_secs(15))
+}
+
+/// The checker's settings from the process's settings.
+pub fn check_settings(settings: &Settings, repair: bool) -> CheckSettings {
+    CheckSettings {
+        repair,
+        max_repairs_per_run: settings.max_repairs_per_run,
+        // A silent task's last write may lag its last update by one throttle interval.
+        lease_grace: settings.lease_grace + settings.progress_min_interval,
+        wait_grace: settings.wait_grace,
+    }
+}
+
+/// Runs a checker pass every `interval` while this replica leads.
+async fn run_checker(
+    checker: Checker,
+    mut ctx: Context,
+    leadership: Leadership,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if !leadership.is_leader() {
+            continue;
+        }
+        ctx.now = crate::now_ms();
+        match checker.run_pass(&ctx).await {
+            Ok(report) if report.violations.is_empty() => tracing::debug!("checker: clean"),
+            Ok(report) => tracing::warn!(
+                violations = report.violations.len(),
+                repairs = report.repairs.len(),
+                skipped = report.skipped,
+                "checker found violations"
+            ),
+            Err(e) => tracing::warn!(error = %e, "checker pass failed"),
+        }
+    }
+}
+
+/// On PostgreSQL the leader folds in what other replicas wrote, so its state gauges count every
+/// task once. The first refresh after taking the lead reads every unfinished task; later ones
+/// only rows changed since (with a margin for clock skew between replicas).
+async fn refresh_from_store(
+    store: Store,
+    tracker: Arc<Tracker>,
+    leadership: Leadership,
+    every: Duration,
+    retention_ms: i64,
+) {
+    let margin = (every * 4).as_millis() as i64 + 5_000;
+    let mut since: Option<i64> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !leadership.is_leader() {
+            since = None;
+            continue;
+        }
+        let started = crate::now_ms();
+        let rows = match since {
+            None => store.load_tasks(started - retention_ms).await,
+            Some(t) => store.changed_since(t - margin).await,
+        };
+        match rows {
+            Ok(rows) => {
+                tracker.merge_from_store(rows);
+                since = Some(started);
+            }
+            Err(e) => tracing::warn!(error = %e, "leader: refreshing from the store failed"),
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum Command {
     Serve(SettingsArgs),
     /// Apply database migrations and exit.
     Migrate(SettingsArgs),
+    /// One consistency pass over the store: exit 0 = clean, 1 = violations found, 2 = error.
+    /// Repairs only with --repair.
+    Check(CheckArgs),
 }
 
 /// One optional field per setting. `None` means "not given on the command line", so the
@@ -111,6 +114,26 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pending_writes: Option<usize>,
+
+    /// At most this many repairs per checker pass [default: 1000]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_repairs_per_run: Option<usize>,
+
+    /// Extra time past a response timeout or deadline before a silent task counts as expired [default: 1m]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub lease_grace: Option<Duration>,
+}
+
+/// `taskpulse check`: the settings, plus how to print.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Print the findings and the audit of this pass as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A secret that never shows up in `Debug` output or logs.
@@ -146,6 +169,9 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub terminal_retention: Duration,
     pub max_pending_writes: usize,
+    pub max_repairs_per_run: usize,
+    #[serde(with = "humantime_serde")]
+    pub lease_grace: Duration,
 }
 
 impl Default for Settings {
@@ -164,6 +190,8 @@ impl Default for Settings {
             auth_token: None,
             terminal_retention: Duration::from_secs(600),
             max_pending_writes: 100_000,
+            max_repairs_per_run: 1000,
+            lease_grace: Duration::from_secs(60),
         }
     }
 }
@@ -184,6 +212,8 @@ const KEYS: &[&str] = &[
     "auth-token",
     "terminal-retention",
     "max-pending-writes",
+    "max-repairs-per-run",
+    "lease-grace",
 ];
 
 impl Settings {

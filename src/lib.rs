@@ -13,14 +13,17 @@
 //! 5. [`store`]: SQLite or PostgreSQL, written by one batching writer (group commit).
 //!
 //! Then the readers of that state: [`metrics`] (Prometheus exposition, generated from current
-//! state at scrape time) and [`api`] (the HTTP surface). [`app`] wires it all together and
+//! state at scrape time), [`checker`] (finds illegal states in the store and repairs them,
+//! on the replica [`leader`] elected) and [`api`] (the HTTP surface). [`app`] wires it all together and
 //! [`config`] layers flags, environment and file.
 
 pub mod api;
 pub mod app;
+pub mod checker;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
 pub mod state;

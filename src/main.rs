@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("taskpulse: error: {e:#}");
             ExitCode::from(2)
@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let settings = Settings::load(cli.config.as_deref(), &args)?;
@@ -44,8 +44,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await?;
             println!("migrations applied to {}", redact_url(&settings.database));
         }
+        Command::Check(args) => {
+            let settings = Settings::load(cli.config.as_deref(), &args.settings)?;
+            // Only an explicit --repair repairs here; TASKPULSE_REPAIR is meant for `serve`.
+            let repair = args.settings.repair == Some(true);
+            let report = taskpulse::checker::check_once(&settings, repair)
+                .await
+                .with_context(|| format!("checking `{}`", redact_url(&settings.database)))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            if !report.violations.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on the first SIGTERM or SIGINT: drain and flush. A second one exits at once.

@@ -501,14 +501,42 @@ impl Tracker {
         self.reload(stored);
     }
 
-    /// The store holds something newer or terminal: memory follows it.
+    /// The store holds something newer or terminal: memory follows it, unless memory has moved
+    /// on since (a newer non-terminal update arrived meanwhile; its own write follows).
     pub fn reload(&self, rec: TaskRecord) {
         if let Some(mut st) = self.tasks.get_mut(&*rec.task_id) {
-            tracing::info!(task_id = %rec.task_id, stored = %rec.status, memory = %st.rec.status, "store holds a newer or final state; reloading it");
-            st.rec = rec;
+            let newer = rec.status.is_terminal()
+                || (rec.update_time, rec.last_seen) >= (st.rec.update_time, st.rec.last_seen);
+            if !newer {
+                return;
+            }
+            tracing::debug!(task_id = %rec.task_id, stored = %rec.status, memory = %st.rec.status, "memory follows the store");
+            st.rec = self.intern(rec);
             st.pending = Pending::Clean;
             st.written_progress = st.rec.progress;
         }
+    }
+
+    /// Folds in rows read from the store (the leader's view of what other replicas accepted):
+    /// unknown tasks are added, known ones follow the store where it is newer.
+    pub fn merge_from_store(&self, records: Vec<TaskRecord>) {
+        for rec in records {
+            if self.tasks.contains_key(&*rec.task_id) {
+                self.reload(rec);
+            } else {
+                self.load_absent(vec![rec]);
+            }
+        }
+    }
+
+    /// Records of tasks whose state the store should hold exactly: nothing waiting to be
+    /// written, and no update accepted after `before` (epoch ms).
+    pub fn settled(&self, before: i64) -> Vec<TaskRecord> {
+        self.tasks
+            .iter()
+            .filter(|e| e.pending == Pending::Clean && e.rec.last_seen <= before)
+            .map(|e| e.rec.clone())
+            .collect()
     }
 
     /// Housekeeping: forget finished tasks after `retention_ms`, idle limiter state, idle

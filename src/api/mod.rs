@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/updates", post(post_updates))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{task_id}", get(get_task))
+        .route("/repairs", get(list_repairs))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(landing))
@@ -303,17 +304,9 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
             }
         },
     };
-    let limit = match q.limit.as_deref().filter(|v| !v.is_empty()) {
-        None => DEFAULT_LIST_LIMIT,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"),
-                )
-            }
-        },
+    let limit = match parse_limit(q.limit.as_deref()) {
+        Ok(n) => n,
+        Err(r) => return r,
     };
     let mut tasks = s.tracker.select(|r| {
         status.is_none_or(|st| r.status == st)
@@ -379,6 +372,37 @@ async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Res
     view["history"] = json!(history);
     view["attempts"] = json!(attempts);
     Json(view).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RepairsQuery {
+    limit: Option<String>,
+}
+
+/// `GET /api/v1/repairs`: the checker's audit trail, newest first.
+async fn list_repairs(State(s): State<AppState>, Query(q): Query<RepairsQuery>) -> Response {
+    let limit = match parse_limit(q.limit.as_deref()) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    match s.store.list_repairs(limit as i64).await {
+        Ok(repairs) => Json(json!({ "repairs": repairs, "count": repairs.len() })).into_response(),
+        Err(e) => unavailable(format!("store unavailable: {e}")),
+    }
+}
+
+/// `limit` query parameter: 1 to MAX_LIST_LIMIT, default DEFAULT_LIST_LIMIT.
+fn parse_limit(v: Option<&str>) -> Result<usize, Response> {
+    match v.filter(|v| !v.is_empty()) {
+        None => Ok(DEFAULT_LIST_LIMIT),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"),
+            )),
+        },
+    }
 }
 
 async fn healthz() -> Response {

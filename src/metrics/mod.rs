@@ -10,8 +10,8 @@
 pub mod scrape;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Where an update came from (`source` label of `taskpulse_updates_total`).
@@ -29,6 +29,11 @@ pub struct Metrics {
     pub task_duration_seconds: HistogramVec,
     pub wait_wakeup_lag_seconds: HistogramVec,
     pub build_info: IntGaugeVec,
+    pub checker_runs_total: IntCounterVec,
+    pub checker_last_run_timestamp_seconds: Gauge,
+    pub checker_violations: IntGaugeVec,
+    pub checker_repairs_total: IntCounterVec,
+    pub checker_leader: IntGauge,
     /// `progress_updates_total{outcome="written"}` and `{outcome="coalesced"}`, looked up once:
     /// they are bumped on every progress update.
     progress_written: IntCounter,
@@ -109,6 +114,34 @@ impl Metrics {
                 &["version"],
             )
             .expect("valid metric"),
+            checker_runs_total: counter_vec(
+                "taskpulse_checker_runs_total",
+                "Consistency checker passes, by outcome (ok, error).",
+                &["outcome"],
+            ),
+            checker_last_run_timestamp_seconds: Gauge::new(
+                "taskpulse_checker_last_run_timestamp_seconds",
+                "When the last checker pass ended, Unix seconds (0: never on this replica).",
+            )
+            .expect("valid metric"),
+            checker_violations: IntGaugeVec::new(
+                Opts::new(
+                    "taskpulse_checker_violations",
+                    "Violations found by the last checker pass, by rule.",
+                ),
+                &["rule"],
+            )
+            .expect("valid metric"),
+            checker_repairs_total: counter_vec(
+                "taskpulse_checker_repairs_total",
+                "Checker repairs by rule and outcome (repaired, conflict, failed, skipped).",
+                &["rule", "outcome"],
+            ),
+            checker_leader: IntGauge::new(
+                "taskpulse_checker_leader",
+                "1 on the replica that leads (runs the checker, exports the state gauges), else 0.",
+            )
+            .expect("valid metric"),
         };
         for c in [
             Box::new(m.updates_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -120,6 +153,11 @@ impl Metrics {
             Box::new(m.task_duration_seconds.clone()),
             Box::new(m.wait_wakeup_lag_seconds.clone()),
             Box::new(m.build_info.clone()),
+            Box::new(m.checker_runs_total.clone()),
+            Box::new(m.checker_last_run_timestamp_seconds.clone()),
+            Box::new(m.checker_violations.clone()),
+            Box::new(m.checker_repairs_total.clone()),
+            Box::new(m.checker_leader.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -132,6 +170,9 @@ impl Metrics {
         }
         for kind in ["progress", "status", "repair"] {
             m.store_writes_total.with_label_values(&[kind]);
+        }
+        for outcome in ["ok", "error"] {
+            m.checker_runs_total.with_label_values(&[outcome]);
         }
         m
     }

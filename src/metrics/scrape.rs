@@ -13,6 +13,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts};
 
+use crate::leader::Leadership;
 use crate::lifecycle::Status;
 use crate::now_ms;
 use crate::state::Tracker;
@@ -92,11 +93,14 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
 pub struct StateCollector {
     tracker: Arc<Tracker>,
     cfg: ScrapeConfig,
+    leadership: Leadership,
     descs: Vec<Desc>,
 }
 
 impl StateCollector {
-    pub fn new(tracker: Arc<Tracker>, cfg: ScrapeConfig) -> StateCollector {
+    /// Only the leading replica exports the state gauges, so Prometheus never counts a task
+    /// twice when several replicas share one store.
+    pub fn new(tracker: Arc<Tracker>, cfg: ScrapeConfig, leadership: Leadership) -> StateCollector {
         let descs = FAMILIES
             .iter()
             .map(|(name, help, labels)| {
@@ -112,6 +116,7 @@ impl StateCollector {
         StateCollector {
             tracker,
             cfg,
+            leadership,
             descs,
         }
     }
@@ -134,17 +139,15 @@ struct WaitCounts {
     due_next_minute: i64,
 }
 
-/// One in-flight task with progress, for the per-task series.
-struct Series<'a> {
-    rec: &'a TaskRecord,
-}
-
 impl Collector for StateCollector {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        if !self.leadership.is_leader() {
+            return Vec::new();
+        }
         let now = now_ms();
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
         let grace_ms = self.cfg.wait_grace.as_millis() as i64;
@@ -208,8 +211,7 @@ impl Collector for StateCollector {
         }
         let progress = gauge_vec(0);
         let deadline = gauge_vec(1);
-        for rec in candidates.iter().map(|rec| Series { rec }) {
-            let rec = rec.rec;
+        for rec in &candidates {
             let labels = [
                 rec.workflow_type.as_deref().unwrap_or(""),
                 &rec.task_type,

@@ -5,6 +5,7 @@
 //! conditional: it never overwrites a terminal row or a row with a newer `updateTime`, so a
 //! stale write from anywhere (a late batch, another replica) cannot undo a completion.
 
+pub mod audit;
 mod postgres;
 mod sqlite;
 pub mod writer;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::lifecycle::Status;
 
+pub use audit::{RepairRecord, StoredTask};
 pub use writer::{Commit, Op, WriteKind, WriterHandle};
 
 /// A task as persisted, and as held in memory (the in-memory table wraps it with throttle

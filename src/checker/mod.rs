@@ -1,0 +1,293 @@
+//! The consistency checker: finds illegal states in the store and repairs them.
+//!
+//! A pass runs every named [`Rule`]. A rule's check returns [`Violation`]s, each with its
+//! evidence and, where a safe repair exists, a [`RepairPlan`]. One executor applies the plans,
+//! so every repair is done the same way:
+//!
+//! - guarded by optimistic locking: the row is written only if its `version` is still the one
+//!   the check read (another replica or a fresh update in between makes it a `conflict`);
+//! - idempotent: a repaired row no longer matches the rule, and a replayed plan conflicts;
+//! - audited: the audit row (rule, task, before, after, evidence, time) is written in the same
+//!   transaction as the repair;
+//! - counted in `taskpulse_checker_repairs_total{rule,outcome}`.
+//!
+//! With repairs off (`--repair=false`, or `taskpulse check` without `--repair`) plans are
+//! reported and counted as `skipped`; a pass applies at most `--max-repairs-per-run`.
+
+mod rules;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::state::Tracker;
+use crate::store::{RepairRecord, Store, TaskRecord};
+
+pub use rules::{default_rules, LeaseExpired, StoreDivergence, SuccessorFinished, WaitOverdue};
+
+/// What a rule found.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    pub rule: &'static str,
+    pub task_id: String,
+    pub workflow_id: String,
+    /// Why this is a violation: the facts the rule saw.
+    pub evidence: serde_json::Value,
+    /// The repair, when there is a safe one.
+    #[serde(skip)]
+    pub repair: Option<RepairPlan>,
+}
+
+/// How to repair a violation.
+#[derive(Clone, Debug)]
+pub enum RepairPlan {
+    /// Write `after` over the stored row if its version is still `version` (0: only if the
+    /// store has no row), then make memory follow.
+    Rewrite {
+        before: Option<TaskRecord>,
+        after: TaskRecord,
+        version: i64,
+        detail: String,
+    },
+    /// The store is right: memory follows it.
+    ReloadMemory {
+        before: TaskRecord,
+        stored: TaskRecord,
+        detail: String,
+    },
+}
+
+/// Settings a pass depends on.
+#[derive(Clone, Debug)]
+pub struct CheckSettings {
+    pub repair: bool,
+    pub max_repairs_per_run: usize,
+    /// Added to response timeouts and deadlines before a silent task counts as expired.
+    pub lease_grace: Duration,
+    pub wait_grace: Duration,
+}
+
+/// What a rule sees.
+pub struct Context {
+    pub store: Store,
+    /// The serving process's memory; `None` in `taskpulse check`.
+    pub tracker: Option<Arc<Tracker>>,
+    pub now: i64,
+    pub settings: CheckSettings,
+}
+
+/// A named rule.
+pub trait Rule: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Finds violations, with evidence and repair plans.
+    fn check<'a>(
+        &'a self,
+        ctx: &'a Context,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<Violation>>>;
+}
+
+/// One pass's findings.
+#[derive(Debug, Default, Serialize)]
+pub struct PassReport {
+    pub violations: Vec<Violation>,
+    /// Audit rows written by this pass.
+    pub repairs: Vec<RepairRecord>,
+    /// Plans not applied (repairs off, or past the per-run limit).
+    pub skipped: usize,
+}
+
+/// The rules and what they report to.
+pub struct Checker {
+    rules: Vec<Box<dyn Rule>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Checker {
+    pub fn new(rules: Vec<Box<dyn Rule>>, metrics: Arc<Metrics>) -> Checker {
+        for r in &rules {
+            metrics
+                .checker_violations
+                .with_label_values(&[r.name()])
+                .set(0);
+        }
+        Checker { rules, metrics }
+    }
+
+    /// Runs every rule once and applies (or skips) their repairs.
+    pub async fn run_pass(&self, ctx: &Context) -> Result<PassReport> {
+        let result = self.pass(ctx).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .checker_runs_total
+            .with_label_values(&[outcome])
+            .inc();
+        self.metrics
+            .checker_last_run_timestamp_seconds
+            .set(crate::now_ms() as f64 / 1000.0);
+        result
+    }
+
+    async fn pass(&self, ctx: &Context) -> Result<PassReport> {
+        let mut report = PassReport::default();
+        let mut budget = ctx.settings.max_repairs_per_run;
+        for rule in &self.rules {
+            let found = rule.check(ctx).await?;
+            self.metrics
+                .checker_violations
+                .with_label_values(&[rule.name()])
+                .set(found.len() as i64);
+            for v in &found {
+                let Some(plan) = &v.repair else { continue };
+                if !ctx.settings.repair || budget == 0 {
+                    report.skipped += 1;
+                    self.count(v.rule, "skipped");
+                    continue;
+                }
+                budget -= 1;
+                let audit = self.apply(ctx, v, plan).await;
+                self.count(v.rule, &audit.outcome);
+                report.repairs.push(audit);
+            }
+            report.violations.extend(found);
+        }
+        Ok(report)
+    }
+
+    fn count(&self, rule: &str, outcome: &str) {
+        self.metrics
+            .checker_repairs_total
+            .with_label_values(&[rule, outcome])
+            .inc();
+    }
+
+    /// Applies one plan; never fails the pass (a failure is an audited outcome).
+    async fn apply(&self, ctx: &Context, v: &Violation, plan: &RepairPlan) -> RepairRecord {
+        let json = |r: &TaskRecord| serde_json::to_value(r).unwrap_or_default();
+        let mut audit = RepairRecord {
+            id: None,
+            at: crate::now_ms(),
+            rule: v.rule.to_string(),
+            task_id: v.task_id.clone(),
+            workflow_id: v.workflow_id.clone(),
+            outcome: String::new(),
+            before: None,
+            after: None,
+            evidence: v.evidence.clone(),
+            detail: String::new(),
+        };
+        match plan {
+            RepairPlan::Rewrite {
+                before,
+                after,
+                version,
+                detail,
+            } => {
+                audit.before = before.as_ref().map(json);
+                audit.after = Some(json(after));
+                audit.detail = detail.clone();
+                match ctx.store.apply_repair(after, *version, &mut audit).await {
+                    Ok(true) => {
+                        self.metrics
+                            .store_writes_total
+                            .with_label_values(&["repair"])
+                            .inc();
+                        if let Some(t) = &ctx.tracker {
+                            t.reload(after.clone());
+                        }
+                    }
+                    Ok(false) => {
+                        tracing::info!(rule = v.rule, task_id = %v.task_id, "repair lost to a newer write; the next pass looks again");
+                    }
+                    Err(e) => {
+                        audit.outcome = "failed".into();
+                        audit.detail = format!("{detail}; failed: {e}");
+                        self.audit_failure(ctx, &audit).await;
+                    }
+                }
+            }
+            RepairPlan::ReloadMemory {
+                before,
+                stored,
+                detail,
+            } => {
+                audit.before = Some(json(before));
+                audit.after = Some(json(stored));
+                audit.detail = detail.clone();
+                audit.outcome = "repaired".into();
+                if let Some(t) = &ctx.tracker {
+                    t.reload(stored.clone());
+                }
+                if let Err(e) = ctx.store.record_repair(&audit).await {
+                    tracing::warn!(error = %e, "could not write the audit row of a memory reload");
+                }
+            }
+        }
+        audit
+    }
+
+    async fn audit_failure(&self, ctx: &Context, audit: &RepairRecord) {
+        if let Err(e) = ctx.store.record_repair(audit).await {
+            tracing::warn!(error = %e, rule = %audit.rule, task_id = %audit.task_id, "repair failed and could not be audited");
+        }
+    }
+}
+
+/// One pass for `taskpulse check`: against the store alone (no memory, so `store_divergence`
+/// has nothing to compare), repairing only when `repair` is set.
+pub async fn check_once(settings: &crate::Settings, repair: bool) -> Result<PassReport> {
+    let store = Store::connect(&settings.database).await?;
+    store.ready().await?;
+    let metrics = Arc::new(Metrics::new());
+    let checker = Checker::new(default_rules(), metrics);
+    let ctx = Context {
+        store: store.clone(),
+        tracker: None,
+        now: crate::now_ms(),
+        settings: crate::app::check_settings(settings, repair),
+    };
+    let report = checker.run_pass(&ctx).await;
+    store.close().await;
+    report
+}
+
+impl PassReport {
+    /// The findings as lines for a terminal.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for v in &self.violations {
+            let outcome = match (
+                &v.repair,
+                self.repairs
+                    .iter()
+                    .find(|r| r.rule == v.rule && r.task_id == v.task_id),
+            ) {
+                (None, _) => "reported".to_string(),
+                (Some(_), Some(audit)) => audit.outcome.clone(),
+                (Some(_), None) => {
+                    "skipped (no --repair, or past --max-repairs-per-run)".to_string()
+                }
+            };
+            out.push_str(&format!(
+                "{:<20} task {} (workflow {}): {}\n    evidence: {}\n",
+                v.rule, v.task_id, v.workflow_id, outcome, v.evidence
+            ));
+        }
+        let repaired = self
+            .repairs
+            .iter()
+            .filter(|r| r.outcome == "repaired")
+            .count();
+        out.push_str(&format!(
+            "{} violation(s); {} repaired, {} other repair outcome(s), {} repair(s) skipped\n",
+            self.violations.len(),
+            repaired,
+            self.repairs.len() - repaired,
+            self.skipped
+        ));
+        out
+    }
+}
