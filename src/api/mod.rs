@@ -306,7 +306,7 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
     };
     let limit = match parse_limit(q.limit.as_deref()) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let mut tasks = s.tracker.select(|r| {
         status.is_none_or(|st| r.status == st)
@@ -383,7 +383,7 @@ struct RepairsQuery {
 async fn list_repairs(State(s): State<AppState>, Query(q): Query<RepairsQuery>) -> Response {
     let limit = match parse_limit(q.limit.as_deref()) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     match s.store.list_repairs(limit as i64).await {
         Ok(repairs) => Json(json!({ "repairs": repairs, "count": repairs.len() })).into_response(),
@@ -392,14 +392,13 @@ async fn list_repairs(State(s): State<AppState>, Query(q): Query<RepairsQuery>) 
 }
 
 /// `limit` query parameter: 1 to MAX_LIST_LIMIT, default DEFAULT_LIST_LIMIT.
-fn parse_limit(v: Option<&str>) -> Result<usize, Response> {
+fn parse_limit(v: Option<&str>) -> Result<usize, String> {
     match v.filter(|v| !v.is_empty()) {
         None => Ok(DEFAULT_LIST_LIMIT),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
-            _ => Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"),
+            _ => Err(format!(
+                "`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"
             )),
         },
     }
