@@ -100,6 +100,8 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub client: reqwest::Client,
     pub store: Store,
+    /// The app's in-memory table (for running checker passes in-process).
+    pub tracker: std::sync::Arc<taskpulse::state::Tracker>,
     pub settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<taskpulse::Result<()>>>,
@@ -122,6 +124,7 @@ impl TestApp {
             .expect("application builds");
         let addr = app.local_addr();
         let store = app.store();
+        let tracker = app.tracker();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -130,6 +133,7 @@ impl TestApp {
             addr,
             client: reqwest::Client::new(),
             store,
+            tracker,
             settings,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -301,4 +305,13 @@ pub fn update(task_id: &str, status: &str) -> serde_json::Value {
 /// Path of the built `taskpulse` binary (cargo builds it for integration tests).
 pub fn binary() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_taskpulse"))
+}
+
+/// Runs one SQL statement on the store behind the app's back (no binds; both dialects).
+pub async fn exec(store: &Store, sql: &str) -> u64 {
+    match store {
+        Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
+        Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod checker;
 mod cli;
 mod ingest;
 mod lifecycle;
