@@ -7,7 +7,8 @@
 //! 2. [`lifecycle`]: the task state machine. Decides whether an update is accepted, a duplicate,
 //!    or rejected (`terminal`, `stale`).
 //! 3. [`state`]: the in-memory table of tracked tasks. Every accepted update is visible here at
-//!    once; it decides which store write an update needs.
+//!    once; it decides which store write an update needs, and feeds each task's progress
+//!    samples to [`predict`] (timeout prediction).
 //! 4. [`throttle`]: the per-task `governor` limiter that turns a flood of progress updates into at
 //!    most one store write per interval, without ever losing the newest value.
 //! 5. [`store`]: SQLite or PostgreSQL, written by one batching writer (group commit).
@@ -26,6 +27,7 @@ pub mod ingest;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod predict;
 pub mod state;
 pub mod store;
 pub mod throttle;

@@ -22,6 +22,7 @@ use crate::ingest::TaskUpdate;
 use crate::lifecycle::{self, Current, Diff, Rejection, Status, Verdict};
 use crate::metrics::Metrics;
 use crate::now_ms;
+use crate::predict::ProgressWindow;
 use crate::store::{Attempt, Commit, Op, TaskEvent, TaskRecord, WriteKind, WriterHandle};
 use crate::throttle::{Flush, Flushed, Pending, ProgressWrite, Throttle};
 
@@ -42,18 +43,43 @@ pub struct TaskState {
     /// The (attempt, worker) pair changed since the last write.
     attempt_dirty: bool,
     rejections_logged: u8,
+    /// Recent (time, progress) samples for timeout prediction; boxed, and only for tasks that
+    /// report progress, so tasks without progress pay one pointer.
+    window: Option<Box<ProgressWindow>>,
 }
 
 impl TaskState {
     fn new(rec: TaskRecord) -> TaskState {
-        TaskState {
+        let mut st = TaskState {
             written_progress: rec.progress,
-            rec,
             pending: Pending::Clean,
             message_dirty: false,
             attempt_dirty: false,
             rejections_logged: 0,
+            window: None,
+            rec,
+        };
+        if let Some(p) = st.rec.progress {
+            let at = st.rec.update_time.unwrap_or(st.rec.progress_changed);
+            st.sample(at, p);
         }
+        st
+    }
+
+    /// Adds a progress sample (engine time where the update carries one).
+    fn sample(&mut self, at_ms: i64, progress: f32) {
+        self.window
+            .get_or_insert_with(Default::default)
+            .record(at_ms, progress);
+    }
+
+    /// Predicted completion (epoch ms) of an in-flight task that is moving; a stalled task's
+    /// last rate is stale, so it gets none.
+    pub fn predicted_completion(&self, now: i64, stall_after_ms: i64) -> Option<i64> {
+        if !self.rec.is_in_flight() || now - self.rec.progress_changed >= stall_after_ms {
+            return None;
+        }
+        self.window.as_ref()?.predict_completion()
     }
 
     pub fn pending(&self) -> Pending {
@@ -255,6 +281,9 @@ impl Tracker {
     /// Folds an accepted update into the record. Fields the update doesn't carry keep their
     /// stored value. Returns whether the progress message changed.
     fn merge(&self, st: &mut TaskState, u: &TaskUpdate, now: i64) -> bool {
+        if let Some(p) = u.progress {
+            st.sample(u.update_time.unwrap_or(now), p);
+        }
         let r = &mut st.rec;
         r.status = u.status;
         r.last_seen = now;
@@ -511,6 +540,9 @@ impl Tracker {
                 return;
             }
             tracing::debug!(task_id = %rec.task_id, stored = %rec.status, memory = %st.rec.status, "memory follows the store");
+            if let Some(p) = rec.progress.filter(|p| Some(*p) != st.rec.progress) {
+                st.sample(rec.update_time.unwrap_or(rec.progress_changed), p);
+            }
             st.rec = self.intern(rec);
             st.pending = Pending::Clean;
             st.written_progress = st.rec.progress;
@@ -573,11 +605,23 @@ impl Tracker {
             .collect()
     }
 
-    /// Calls `f` on every tracked record (metrics scrape). Holds one shard at a time.
-    pub fn for_each(&self, mut f: impl FnMut(&TaskRecord)) {
+    /// Calls `f` on every tracked task (metrics scrape). Holds one shard at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&TaskState)) {
         for e in self.tasks.iter() {
-            f(&e.rec);
+            f(e.value());
         }
+    }
+
+    /// A task's predicted completion (epoch ms), where its progress rate allows one.
+    pub fn predicted_completion(
+        &self,
+        task_id: &str,
+        now: i64,
+        stall_after_ms: i64,
+    ) -> Option<i64> {
+        self.tasks
+            .get(task_id)
+            .and_then(|e| e.predicted_completion(now, stall_after_ms))
     }
 
     /// Worker id -> last seen, epoch ms.

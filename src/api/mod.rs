@@ -325,7 +325,10 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
     let now = crate::now_ms();
     let views: Vec<TaskView> = tasks
         .iter()
-        .map(|r| TaskView::new(r, now, stall_ms))
+        .map(|r| {
+            let predicted = s.tracker.predicted_completion(&r.task_id, now, stall_ms);
+            TaskView::new(r, predicted, now, stall_ms)
+        })
         .collect();
     Json(json!({ "tasks": views, "count": views.len() })).into_response()
 }
@@ -367,8 +370,10 @@ async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Res
         }
     }
     let stall_ms = s.settings.stall_after.as_millis() as i64;
+    let now = crate::now_ms();
+    let predicted = s.tracker.predicted_completion(&task_id, now, stall_ms);
     let mut view =
-        serde_json::to_value(TaskView::new(&rec, crate::now_ms(), stall_ms)).unwrap_or_default();
+        serde_json::to_value(TaskView::new(&rec, predicted, now, stall_ms)).unwrap_or_default();
     view["history"] = json!(history);
     view["attempts"] = json!(attempts);
     Json(view).into_response()

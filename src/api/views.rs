@@ -14,19 +14,24 @@ pub struct TaskView<'a> {
     pub attempt: i32,
     /// When the task times out, where known.
     pub deadline: Option<i64>,
-    /// Estimated finish from the progress rate (timeout prediction; null until known).
+    /// Estimated finish from the progress rate, where the rate allows one.
     pub predicted_completion: Option<i64>,
     /// In flight, and its progress hasn't changed for `--stall-after`.
     pub stalled: bool,
 }
 
 impl<'a> TaskView<'a> {
-    pub fn new(r: &'a TaskRecord, now: i64, stall_after_ms: i64) -> TaskView<'a> {
+    pub fn new(
+        r: &'a TaskRecord,
+        predicted_completion: Option<i64>,
+        now: i64,
+        stall_after_ms: i64,
+    ) -> TaskView<'a> {
         TaskView {
             record: r,
             attempt: r.retry_count.unwrap_or(0),
             deadline: r.deadline_ms(),
-            predicted_completion: None,
+            predicted_completion,
             stalled: r.is_in_flight()
                 && r.progress.is_some()
                 && now - r.progress_changed >= stall_after_ms,

@@ -87,6 +87,16 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         "When each worker last sent an update, Unix seconds.",
         &["worker_id"],
     ),
+    (
+        "taskpulse_task_predicted_completion_timestamp_seconds",
+        "Estimated finish of an in-flight task from its progress rate, Unix seconds.",
+        PER_TASK,
+    ),
+    (
+        "taskpulse_tasks_predicted_timeout",
+        "In-flight tasks predicted to finish after their deadline.",
+        BY_TYPE,
+    ),
 ];
 
 /// Builds the state gauges on every scrape.
@@ -153,14 +163,16 @@ impl Collector for StateCollector {
         let grace_ms = self.cfg.wait_grace.as_millis() as i64;
 
         let mut by_status: HashMap<(Arc<str>, Arc<str>, Status), i64> = HashMap::new();
-        let mut stalled: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
+        // per (workflow_type, task_type) of in-flight tasks: (stalled, predicted to time out)
+        let mut by_type: HashMap<(Arc<str>, Arc<str>), (i64, i64)> = HashMap::new();
         let mut wait: HashMap<Arc<str>, WaitCounts> = HashMap::new();
         let mut oldest_overdue_ms = 0i64;
         let mut worker_tasks: HashMap<Arc<str>, i64> = HashMap::new();
-        let mut candidates: Vec<TaskRecord> = Vec::new();
+        let mut candidates: Vec<(TaskRecord, Option<i64>)> = Vec::new();
         let empty: Arc<str> = Arc::from("");
 
-        self.tracker.for_each(|rec| {
+        self.tracker.for_each(|st| {
+            let rec = &st.rec;
             if rec.status.is_terminal() {
                 return;
             }
@@ -185,12 +197,18 @@ impl Collector for StateCollector {
                 }
                 return;
             }
-            let s = stalled.entry((wf, rec.task_type.clone())).or_default();
-            if let Some(_p) = rec.progress {
+            let counts = by_type.entry((wf, rec.task_type.clone())).or_default();
+            if rec.progress.is_some() {
                 if now - rec.progress_changed >= stall_ms {
-                    *s += 1;
+                    counts.0 += 1;
                 }
-                candidates.push(rec.clone());
+                let predicted = st.predicted_completion(now, stall_ms);
+                if let (Some(p), Some(d)) = (predicted, rec.deadline_ms()) {
+                    if p > d {
+                        counts.1 += 1;
+                    }
+                }
+                candidates.push((rec.clone(), predicted));
             }
         });
 
@@ -203,7 +221,7 @@ impl Collector for StateCollector {
             if cap == 0 {
                 candidates.clear();
             } else {
-                candidates.select_nth_unstable_by(cap - 1, |a, b| {
+                candidates.select_nth_unstable_by(cap - 1, |(a, _), (b, _)| {
                     (a.first_seen, &a.task_id).cmp(&(b.first_seen, &b.task_id))
                 });
                 candidates.truncate(cap);
@@ -211,7 +229,8 @@ impl Collector for StateCollector {
         }
         let progress = gauge_vec(0);
         let deadline = gauge_vec(1);
-        for rec in &candidates {
+        let predicted = gauge_vec(11);
+        for (rec, completion) in &candidates {
             let labels = [
                 rec.workflow_type.as_deref().unwrap_or(""),
                 &rec.task_type,
@@ -226,9 +245,13 @@ impl Collector for StateCollector {
             if let Some(d) = rec.deadline_ms() {
                 deadline.with_label_values(&labels).set(d as f64 / 1000.0);
             }
+            if let Some(c) = completion {
+                predicted.with_label_values(&labels).set(*c as f64 / 1000.0);
+            }
         }
         out.extend(progress.collect());
         out.extend(deadline.collect());
+        out.extend(predicted.collect());
         let omitted_gauge = IntGauge::new(FAMILIES[2].0, FAMILIES[2].1).expect("valid metric");
         omitted_gauge.set(omitted as i64);
         out.extend(omitted_gauge.collect());
@@ -239,11 +262,13 @@ impl Collector for StateCollector {
             tasks.with_label_values(&[wf, tt, st.as_str()]).set(*n);
         }
         out.extend(tasks.collect());
-        let stalled_vec = int_vec(4);
-        for ((wf, tt), n) in &stalled {
-            stalled_vec.with_label_values(&[wf, tt]).set(*n);
+        let (stalled, timing_out) = (int_vec(4), int_vec(12));
+        for ((wf, tt), (n_stalled, n_timing_out)) in &by_type {
+            stalled.with_label_values(&[wf, tt]).set(*n_stalled);
+            timing_out.with_label_values(&[wf, tt]).set(*n_timing_out);
         }
-        out.extend(stalled_vec.collect());
+        out.extend(stalled.collect());
+        out.extend(timing_out.collect());
 
         // 4.3 WAIT queue
         let (waiting, overdue, due) = (int_vec(5), int_vec(6), int_vec(7));
