@@ -8,6 +8,7 @@ mod cli;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod predict;
 mod promtool;
 mod read;
 mod store;
