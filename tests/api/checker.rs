@@ -474,3 +474,50 @@ async fn serve_runs_the_checker_periodically(backend: Backend) {
     );
 }
 store_test!(serve_runs_the_checker_periodically);
+
+/// store_divergence's rewrite is version-guarded too: a write between its check and its repair
+/// makes it a conflict, and the newer row stays.
+struct DivergenceRaced;
+
+impl Rule for DivergenceRaced {
+    fn name(&self) -> &'static str {
+        "store_divergence"
+    }
+    fn check<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, taskpulse::Result<Vec<Violation>>> {
+        async move {
+            let found = taskpulse::checker::StoreDivergence.check(ctx).await?;
+            exec(
+                &ctx.store,
+                "UPDATE tasks SET version = version + 1, progress = 55 WHERE task_id = 'div'",
+            )
+            .await;
+            Ok(found)
+        }
+        .boxed()
+    }
+}
+
+async fn a_divergence_repair_that_loses_the_race_is_a_conflict(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = app(&db).await;
+    running(&app, "div", json!({"updateTime": 1000})).await;
+    app.settle().await;
+    exec(
+        &app.store,
+        "UPDATE tasks SET progress = 3, update_time = 900, version = version + 1 WHERE task_id = 'div'",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (r, m) = pass(
+        &app,
+        vec![Box::new(DivergenceRaced)],
+        settings(true),
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(r.repairs.len(), 1, "{:?}", r.violations);
+    assert_eq!(r.repairs[0].outcome, "conflict");
+    assert_eq!(repairs_counted(&m, "store_divergence", "conflict"), 1);
+    assert_eq!(app.stored("div").await.unwrap().progress, Some(55.0));
+}
+store_test!(a_divergence_repair_that_loses_the_race_is_a_conflict);
