@@ -36,6 +36,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    leadership: Leadership,
     background: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
 }
@@ -67,9 +68,14 @@ impl Application {
         tracker.load(records);
         tracing::info!(tasks = loaded, took = ?started.elapsed(), "rebuilt in-memory state from the store");
 
-        let every = election_period(settings.check_interval);
-        let (leadership, election) =
-            leader::start(&store, every, metrics.checker_leader.clone()).await;
+        let (leadership, election) = leader::start(
+            &store,
+            settings.check_interval,
+            metrics.checker_leader.clone(),
+        )
+        .await;
+        // The leader folds in other replicas' writes at the election's pace.
+        let every = leader::timing(settings.check_interval).0 * 2;
         metrics
             .register(Box::new(StateCollector::new(
                 tracker.clone(),
@@ -88,8 +94,8 @@ impl Application {
         ))];
         let t = tracker.clone();
         background.push(tokio::spawn(async move {
-            while let Some(rec) = conflict_rx.recv().await {
-                t.reload(rec);
+            while let Some((stored, attempted)) = conflict_rx.recv().await {
+                t.lost_to_store(stored, attempted);
             }
         }));
         let t = tracker.clone();
@@ -143,6 +149,7 @@ impl Application {
         Ok(Application {
             listener,
             state,
+            leadership,
             background,
             writer: writer_join,
         })
@@ -161,6 +168,11 @@ impl Application {
 
     pub fn store(&self) -> Store {
         self.state.store.clone()
+    }
+
+    /// Whether this replica leads (always on SQLite).
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
     }
 
     /// Serves until `shutdown` completes, then stops taking requests, writes every coalesced
@@ -195,15 +207,6 @@ impl Application {
             _ => Err(Error::StoreUnavailable),
         }
     }
-}
-
-/// How often replicas try to take the lead (and the leader refreshes from the store): half the
-/// check interval, so a dead leader is replaced within two check intervals.
-fn election_period(check_interval: Duration) -> Duration {
-    if check_interval.is_zero() {
-        return Duration::from_secs(5);
-    }
-    (check_interval / 2).clamp(Duration::from_millis(250), Duration::from_secs(15))
 }
 
 /// The checker's settings from the process's settings.

@@ -16,6 +16,9 @@ pub enum Error {
     #[error("unsupported database URL `{0}`: expected sqlite://PATH or postgres://...")]
     UnsupportedDatabase(String),
 
+    #[error("{0}")]
+    NotMigrated(String),
+
     #[error("the store did not confirm the write in time")]
     StoreUnavailable,
 

@@ -239,7 +239,7 @@ impl Checker {
 /// One pass for `taskpulse check`: against the store alone (no memory, so `store_divergence`
 /// has nothing to compare), repairing only when `repair` is set.
 pub async fn check_once(settings: &crate::Settings, repair: bool) -> Result<PassReport> {
-    let store = Store::connect(&settings.database).await?;
+    let store = Store::connect_within(&settings.database, Duration::from_secs(3)).await?;
     store.ready().await?;
     let metrics = Arc::new(Metrics::new());
     let checker = Checker::new(default_rules(), metrics);

@@ -151,12 +151,19 @@ pub enum Store {
 }
 
 impl Store {
-    /// Connects to `sqlite://PATH` (created if absent) or `postgres://...`.
+    /// Connects to `sqlite://PATH` (created if absent) or `postgres://...`, waiting up to 10 s
+    /// for the server.
     pub async fn connect(url: &str) -> Result<Store> {
+        Self::connect_within(url, std::time::Duration::from_secs(10)).await
+    }
+
+    /// Connects, giving up after `timeout` (a one-shot command shouldn't wait as long as a
+    /// service starting next to its database).
+    pub async fn connect_within(url: &str, timeout: std::time::Duration) -> Result<Store> {
         if url.starts_with("sqlite:") {
-            sqlite::connect(url).await.map(Store::Sqlite)
+            sqlite::connect(url, timeout).await.map(Store::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            postgres::connect(url).await.map(Store::Postgres)
+            postgres::connect(url, timeout).await.map(Store::Postgres)
         } else {
             Err(Error::UnsupportedDatabase(crate::config::redact_url(url)))
         }
@@ -184,6 +191,23 @@ impl Store {
             Store::Sqlite(_) => sqlx::migrate!("migrations/sqlite").iter().count(),
             Store::Postgres(_) => sqlx::migrate!("migrations/postgres").iter().count(),
         } as i64;
+        let has_table: bool = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')")
+                    .fetch_one(pool)
+                    .await?
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        if !has_table {
+            return Err(Error::NotMigrated(
+                "the database has no taskpulse tables; run `taskpulse migrate` (or start `taskpulse serve`, which migrates)".into(),
+            ));
+        }
         let applied: i64 = match self {
             Store::Sqlite(pool) => {
                 sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
@@ -197,8 +221,8 @@ impl Store {
             }
         };
         if applied < expected {
-            return Err(Error::Config(format!(
-                "database has {applied} of {expected} migrations applied; run `taskpulse migrate`"
+            return Err(Error::NotMigrated(format!(
+                "the database has {applied} of {expected} migrations applied; run `taskpulse migrate`"
             )));
         }
         Ok(())

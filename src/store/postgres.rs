@@ -15,10 +15,10 @@ use super::{
 use crate::error::Result;
 use crate::store::{upsert_set_clause, Attempt};
 
-pub(super) async fn connect(url: &str) -> Result<PgPool> {
+pub(super) async fn connect(url: &str, timeout: Duration) -> Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(timeout)
         .connect(url)
         .await?;
     Ok(pool)

@@ -16,7 +16,7 @@ use super::{
 use crate::error::Result;
 use crate::store::{upsert_set_clause, Attempt};
 
-pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
+pub(super) async fn connect(url: &str, timeout: Duration) -> Result<SqlitePool> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -27,7 +27,7 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool> {
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(timeout)
         .connect_with(options)
         .await?;
     Ok(pool)

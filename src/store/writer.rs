@@ -100,12 +100,16 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer. Rows the store refused because it holds something newer or terminal are
-/// sent, as stored, to `conflicts`, so memory can be reloaded from them.
+/// What the store holds for a task whose write lost, and the status that write tried.
+pub type Lost = (TaskRecord, crate::lifecycle::Status);
+
+/// Starts the writer. Rows the store refused because it holds something newer or terminal, and
+/// that nobody waits for (progress writes), are sent to `conflicts` as stored, so memory can
+/// follow the store; the ingest path handles the ones it waits for.
 pub fn spawn(
     store: Store,
     metrics: Arc<Metrics>,
-    conflicts: mpsc::UnboundedSender<TaskRecord>,
+    conflicts: mpsc::UnboundedSender<Lost>,
 ) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = WriterHandle {
@@ -122,7 +126,7 @@ async fn run(
     metrics: Arc<Metrics>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     pending: IntGauge,
-    conflicts: mpsc::UnboundedSender<TaskRecord>,
+    conflicts: mpsc::UnboundedSender<Lost>,
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
@@ -198,7 +202,7 @@ impl PendingBatch {
 async fn write_with_retry(
     store: &Store,
     metrics: &Metrics,
-    conflict_tx: &mpsc::UnboundedSender<TaskRecord>,
+    conflict_tx: &mpsc::UnboundedSender<Lost>,
     pb: PendingBatch,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -209,7 +213,7 @@ async fn write_with_retry(
             Ok(conflicts) => {
                 let mut out = vec![None; pb.batch.tasks.len()];
                 for i in conflicts {
-                    out[i] = Some(resolve_conflict(store, &pb.batch.tasks[i], conflict_tx).await);
+                    out[i] = Some(resolve_conflict(store, &pb.batch.tasks[i]).await);
                 }
                 break out;
             }
@@ -219,7 +223,7 @@ async fn write_with_retry(
                 // report the ones that cannot be stored.
                 metrics.store_write_errors_total.inc();
                 tracing::error!(error = %db, "store rejected a batch; writing its rows one by one");
-                break write_one_by_one(store, metrics, conflict_tx, &pb.batch).await;
+                break write_one_by_one(store, metrics, &pb.batch).await;
             }
             Err(e) => {
                 metrics.store_write_errors_total.inc();
@@ -237,6 +241,15 @@ async fn write_with_retry(
                 .inc();
         }
     }
+    let mut waited = vec![false; outcome.len()];
+    for (i, _) in &pb.acks {
+        waited[*i] = true;
+    }
+    for (i, o) in outcome.iter().enumerate() {
+        if let (Some(Commit::Conflict(Some(stored))), false) = (o, waited[i]) {
+            let _ = conflict_tx.send(((**stored).clone(), pb.batch.tasks[i].status));
+        }
+    }
     for (i, ack) in pb.acks {
         let _ = ack.send(outcome[i].clone().unwrap_or(Commit::Written));
     }
@@ -245,12 +258,7 @@ async fn write_with_retry(
     }
 }
 
-async fn write_one_by_one(
-    store: &Store,
-    metrics: &Metrics,
-    conflict_tx: &mpsc::UnboundedSender<TaskRecord>,
-    batch: &Batch,
-) -> Vec<Option<Commit>> {
+async fn write_one_by_one(store: &Store, metrics: &Metrics, batch: &Batch) -> Vec<Option<Commit>> {
     let mut out = Vec::with_capacity(batch.tasks.len());
     for rec in &batch.tasks {
         let single = Batch {
@@ -276,7 +284,7 @@ async fn write_one_by_one(
         };
         out.push(match store.write_batch(&single).await {
             Ok(c) if c.is_empty() => None,
-            Ok(_) => Some(resolve_conflict(store, rec, conflict_tx).await),
+            Ok(_) => Some(resolve_conflict(store, rec).await),
             Err(e) => {
                 metrics.store_write_errors_total.inc();
                 tracing::error!(task_id = %rec.task_id, error = %e, "store refused a task row");
@@ -312,21 +320,14 @@ async fn write_one_by_one(
 
 /// A conditional write did not apply. If the store already holds exactly this state (a retried
 /// commit that had succeeded), that is success; otherwise memory must follow the store.
-async fn resolve_conflict(
-    store: &Store,
-    ours: &TaskRecord,
-    conflict_tx: &mpsc::UnboundedSender<TaskRecord>,
-) -> Commit {
+async fn resolve_conflict(store: &Store, ours: &TaskRecord) -> Commit {
     match store.get_task(&ours.task_id).await {
         Ok(Some(stored))
             if stored.status == ours.status && stored.update_time == ours.update_time =>
         {
             Commit::Written
         }
-        Ok(Some(stored)) => {
-            let _ = conflict_tx.send(stored.clone());
-            Commit::Conflict(Some(Box::new(stored)))
-        }
+        Ok(Some(stored)) => Commit::Conflict(Some(Box::new(stored))),
         Ok(None) => Commit::Conflict(None),
         Err(e) => {
             tracing::warn!(task_id = %ours.task_id, error = %e, "could not read back a conflicting row");

@@ -125,6 +125,17 @@ impl TestApp {
         let addr = app.local_addr();
         let store = app.store();
         let tracker = app.tracker();
+        // On PostgreSQL a replica leads (and exports state gauges) after its election's claim
+        // delay; tests start once it does, as a lone replica in production does within a second.
+        let leadership = app.leadership();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !leadership.is_leader() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the app never became leader"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async move {
             let _ = rx.await;

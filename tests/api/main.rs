@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod check_cli;
 mod checker;
 mod cli;
 mod ingest;
@@ -11,5 +12,6 @@ mod metrics;
 mod predict;
 mod promtool;
 mod read;
+mod replicas;
 mod store;
 mod throttle;

@@ -1,0 +1,936 @@
+//! Several replicas on one PostgreSQL (issue 3): real `taskpulse serve` processes sharing one
+//! fresh database. Exactly one leads (advisory lock), a late IN_PROGRESS sent to one replica
+//! after another accepted the completion never wins, only the leader exports the state gauges
+//! (refreshed from the store, so nothing is counted twice), and after kill -9 of the leader
+//! another one takes over within two check intervals.
+//!
+//! Every child process is killed when its test ends (`Proc`'s `Drop`), and every wait is
+//! deadline-bounded. The process helpers here are shared with `check_cli`.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use taskpulse::lifecycle::Status;
+use taskpulse::store::Store;
+use tokio::time::Instant;
+
+use crate::helpers::{binary, metric_value, update, Backend, TestDb};
+
+/// Longest a server may take to answer /healthz.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a process may take to exit by default.
+pub(crate) const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Check interval of the replicas under test: the election period is half of it.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Every setting's environment variable, removed from children so the developer's own
+/// environment can't change what a test sees.
+const SETTING_VARS: &[&str] = &[
+    "TASKPULSE_CONFIG",
+    "TASKPULSE_LISTEN",
+    "TASKPULSE_DATABASE",
+    "TASKPULSE_PROGRESS_MIN_INTERVAL",
+    "TASKPULSE_PROGRESS_MIN_DELTA",
+    "TASKPULSE_STALL_AFTER",
+    "TASKPULSE_WAIT_GRACE",
+    "TASKPULSE_CHECK_INTERVAL",
+    "TASKPULSE_REPAIR",
+    "TASKPULSE_MAX_TASK_SERIES",
+    "TASKPULSE_MAX_BODY_BYTES",
+    "TASKPULSE_AUTH_TOKEN",
+    "TASKPULSE_TERMINAL_RETENTION",
+    "TASKPULSE_MAX_PENDING_WRITES",
+    "TASKPULSE_MAX_REPAIRS_PER_RUN",
+    "TASKPULSE_LEASE_GRACE",
+];
+
+/// A free loopback address: bind port 0, read the port, release it.
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().unwrap()
+}
+
+/// One run of the binary, its output going to files (a full pipe can't block it). Killed with
+/// SIGKILL on drop if still running.
+pub(crate) struct Proc {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    what: String,
+}
+
+impl Proc {
+    pub(crate) fn spawn(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let stdout = cwd.join(format!("proc-{n}.stdout"));
+        let stderr = cwd.join(format!("proc-{n}.stderr"));
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        for var in SETTING_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.env("TASKPULSE_LOG", "info,sqlx=warn");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let what = format!("taskpulse {}", args.join(" "));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            child,
+            stdout,
+            stderr,
+            what,
+        }
+    }
+
+    pub(crate) fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub(crate) fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits for the process to end; kills it and fails the test after `limit`.
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "`{}` still running after {limit:?}; killed. stderr:\n{}",
+                    self.what,
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {}", self.child.id());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a command that should end by itself within `limit`: (status, stdout, stderr).
+pub(crate) async fn run(
+    cwd: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> (ExitStatus, String, String) {
+    let mut p = Proc::spawn(cwd, args, &[]);
+    let status = p.wait_exit(limit).await;
+    (status, p.stdout(), p.stderr())
+}
+
+/// A running `taskpulse serve`.
+pub(crate) struct Server {
+    proc: Proc,
+    addr: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Server {
+    /// `serve --listen <free port> ARGS`, ready when /healthz answers. Retries with another
+    /// port if the free one was taken in the meantime.
+    pub(crate) async fn start(cwd: &Path, args: &[&str]) -> Server {
+        for _ in 0..3 {
+            let addr = free_addr();
+            let listen = addr.to_string();
+            let mut all = vec!["serve", "--listen", &listen];
+            all.extend_from_slice(args);
+            let mut proc = Proc::spawn(cwd, &all, &[]);
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if proc.exited().is_some() {
+                    let stderr = proc.stderr();
+                    if stderr.contains("cannot listen") {
+                        break;
+                    }
+                    panic!("`{}` exited at start:\n{stderr}", proc.what);
+                }
+                if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await {
+                    if r.status() == 200 {
+                        return Server { proc, addr, client };
+                    }
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "`{}` did not answer /healthz on {addr} within {START_TIMEOUT:?}. stderr:\n{}",
+                        proc.what,
+                        proc.stderr()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("no free port after 3 tries");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub(crate) async fn ingest(&self, body: &Value) -> Value {
+        let resp = self
+            .client
+            .post(self.url("/api/v1/updates"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/v1/updates");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(
+            status, 200,
+            "ingest on {} answered {status}: {text}",
+            self.addr
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
+        let resp = self.client.get(self.url(path)).send().await.expect(path);
+        assert_eq!(resp.status(), 200, "GET {path} on {}", self.addr);
+        resp.json().await.unwrap()
+    }
+
+    /// `/metrics`, parsed; `None` if the server does not answer (it may have been killed).
+    async fn try_scrape(&self) -> Option<prometheus_parse::Scrape> {
+        let resp = self.client.get(self.url("/metrics")).send().await.ok()?;
+        if resp.status() != 200 {
+            return None;
+        }
+        let text = resp.text().await.ok()?;
+        Some(
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+                .expect("exposition format parses"),
+        )
+    }
+
+    pub(crate) async fn scrape(&self) -> prometheus_parse::Scrape {
+        self.try_scrape()
+            .await
+            .unwrap_or_else(|| panic!("/metrics on {} did not answer", self.addr))
+    }
+
+    /// `taskpulse_checker_leader` of this replica (`None` if it does not answer).
+    async fn leader_gauge(&self) -> Option<f64> {
+        let scrape = self.try_scrape().await?;
+        metric_value(&scrape, "taskpulse_checker_leader", &[])
+    }
+
+    /// SIGTERM, then the exit status.
+    pub(crate) async fn terminate(mut self) -> (ExitStatus, String) {
+        self.proc.signal("-TERM");
+        let status = self.proc.wait_exit(EXIT_TIMEOUT).await;
+        (status, self.proc.stderr())
+    }
+
+    /// SIGKILL: no chance to release anything by itself.
+    async fn kill9(mut self) {
+        self.proc.signal("-KILL");
+        let status = self.proc.wait_exit(EXIT_TIMEOUT).await;
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status}"
+        );
+    }
+
+    fn stderr(&self) -> String {
+        self.proc.stderr()
+    }
+}
+
+/// `n` replicas of `serve` on one database, with a 1 s check interval (election every 500 ms)
+/// and a 200 ms throttle interval.
+async fn replicas(cwd: &Path, db: &TestDb, n: usize) -> Vec<Server> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(
+            Server::start(
+                cwd,
+                &[
+                    "--database",
+                    &db.url,
+                    "--check-interval",
+                    "1s",
+                    "--progress-min-interval",
+                    "200ms",
+                ],
+            )
+            .await,
+        );
+    }
+    out
+}
+
+/// Every replica's `taskpulse_checker_leader` (None for one that does not answer).
+async fn leader_gauges(servers: &[&Server]) -> Vec<Option<f64>> {
+    let mut out = Vec::with_capacity(servers.len());
+    for s in servers {
+        out.push(s.leader_gauge().await);
+    }
+    out
+}
+
+/// Polls until exactly one of `servers` reports `taskpulse_checker_leader 1` (and the others
+/// 0); returns its index. Fails after `limit`.
+async fn wait_for_single_leader(servers: &[&Server], limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let gauges = leader_gauges(servers).await;
+        let leaders: Vec<usize> = (0..gauges.len())
+            .filter(|i| gauges[*i] == Some(1.0))
+            .collect();
+        if leaders.len() == 1
+            && gauges
+                .iter()
+                .all(|g| matches!(g, Some(v) if *v == 0.0 || *v == 1.0))
+        {
+            return leaders[0];
+        }
+        if Instant::now() > deadline {
+            let stderr: Vec<String> = servers.iter().map(|s| s.stderr()).collect();
+            panic!(
+                "no single leader within {limit:?}: taskpulse_checker_leader = {gauges:?}\nstderr:\n{}",
+                stderr.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Over `span`, scraping every 100 ms, the leader gauges stay exactly `expected`.
+async fn assert_leader_stays(servers: &[&Server], expected: usize, span: Duration) {
+    let until = Instant::now() + span;
+    let mut rounds = 0;
+    while Instant::now() < until {
+        let gauges = leader_gauges(servers).await;
+        let want: Vec<Option<f64>> = (0..servers.len())
+            .map(|i| Some(if i == expected { 1.0 } else { 0.0 }))
+            .collect();
+        assert_eq!(
+            gauges, want,
+            "taskpulse_checker_leader must be 1 on replica {expected} only (round {rounds})"
+        );
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rounds >= 5, "only {rounds} scrape rounds in {span:?}");
+}
+
+fn progress_update(id: &str, percent: f64, update_time: i64) -> Value {
+    let mut u = update(id, "IN_PROGRESS");
+    u["progressPercent"] = json!(percent);
+    u["workerId"] = json!("worker-1");
+    u["updateTime"] = json!(update_time);
+    u
+}
+
+fn status_update(id: &str, status: &str, update_time: i64) -> Value {
+    let mut u = update(id, status);
+    u["workerId"] = json!("worker-1");
+    u["updateTime"] = json!(update_time);
+    u
+}
+
+/// What the store holds for a task, read directly.
+async fn stored_status(store: &Store, id: &str) -> Option<Status> {
+    store
+        .get_task(id)
+        .await
+        .expect("store read")
+        .map(|r| r.status)
+}
+
+fn rejected_reasons(answer: &Value) -> Vec<String> {
+    answer["rejected"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["reason"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Samples of one metric family in a scrape, as (task_id label, value).
+fn task_series(scrape: &prometheus_parse::Scrape, name: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (s.labels.get("task_id").unwrap_or("").to_string(), v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Sum of every sample of a family (e.g. `taskpulse_tasks` over all label sets).
+fn family_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    task_series(scrape, name).iter().map(|(_, v)| v).sum()
+}
+
+fn family_present(scrape: &prometheus_parse::Scrape, name: &str) -> bool {
+    scrape.samples.iter().any(|s| s.metric == name)
+}
+
+/// Exactly one of three replicas leads, and stays the only one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_three_replicas_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let servers = replicas(dir.path(), &db, 3).await;
+    let refs: Vec<&Server> = servers.iter().collect();
+    let leader = wait_for_single_leader(&refs, Duration::from_secs(3)).await;
+    // several election rounds (every 500 ms) must not produce a second leader or none
+    assert_leader_stays(&refs, leader, Duration::from_secs(2)).await;
+    for s in servers {
+        let (status, stderr) = s.terminate().await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+}
+
+/// The late IN_PROGRESS (conductor-oss#176) sent to replica B after replica A accepted the
+/// COMPLETED does not win: not when B has to look the task up in the store, not when B still
+/// holds an older state of the task in memory (a status change, which waits for its commit and
+/// conflicts), and not when B's update is a progress-only update acknowledged from memory (its
+/// throttled write conflicts and B's memory follows the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_in_progress_on_another_replica_does_not_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let servers = replicas(dir.path(), &db, 2).await;
+    let refs: Vec<&Server> = servers.iter().collect();
+    // B is the follower: a follower does not fold the store into its memory, so what B has in
+    // memory is exactly what it was sent.
+    let leader = wait_for_single_leader(&refs, Duration::from_secs(3)).await;
+    let (a, b) = (refs[leader], refs[1 - leader]);
+    let store = db.store().await;
+
+    // 1. B has never seen the task: it reads the store before deciding.
+    let r = a.ingest(&progress_update("late-1", 50.0, 1000)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    let r = a.ingest(&status_update("late-1", "COMPLETED", 3000)).await;
+    assert_eq!(r["accepted"], 1, "A accepts the completion: {r}");
+    assert_eq!(
+        stored_status(&store, "late-1").await,
+        Some(Status::Completed)
+    );
+    for t in [2000, 4000] {
+        let r = b.ingest(&progress_update("late-1", 60.0, t)).await;
+        assert_eq!(
+            r["accepted"], 0,
+            "late IN_PROGRESS (updateTime {t}) on B: {r}"
+        );
+        assert_eq!(
+            rejected_reasons(&r),
+            vec!["terminal".to_string()],
+            "late IN_PROGRESS (updateTime {t}) on B: {r}"
+        );
+    }
+    assert_eq!(
+        stored_status(&store, "late-1").await,
+        Some(Status::Completed)
+    );
+    for (name, s) in [("A", a), ("B", b)] {
+        let task = s.get_json("/api/v1/tasks/late-1").await;
+        assert_eq!(task["status"], "COMPLETED", "replica {name}: {task}");
+    }
+    let rejected = |scrape: &prometheus_parse::Scrape| {
+        metric_value(
+            scrape,
+            "taskpulse_transitions_rejected_total",
+            &[("from", "COMPLETED"), ("to", "IN_PROGRESS")],
+        )
+    };
+    assert_eq!(
+        rejected(&b.scrape().await),
+        Some(2.0),
+        "B counts both late updates"
+    );
+
+    // 2. B holds the task as SCHEDULED; the late IN_PROGRESS is a status change for B, written
+    //    at once and answered after the commit, which conflicts with A's COMPLETED.
+    let r = b.ingest(&status_update("late-2", "SCHEDULED", 1000)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    let r = a.ingest(&status_update("late-2", "COMPLETED", 3000)).await;
+    assert_eq!(r["accepted"], 1, "A accepts the completion: {r}");
+    let r = b.ingest(&progress_update("late-2", 70.0, 4000)).await;
+    assert_eq!(
+        (r["accepted"].clone(), rejected_reasons(&r)),
+        (json!(0), vec!["terminal".to_string()]),
+        "B's write conflicts with the stored COMPLETED and the update is rejected: {r}"
+    );
+    assert_eq!(
+        stored_status(&store, "late-2").await,
+        Some(Status::Completed)
+    );
+    let task = b.get_json("/api/v1/tasks/late-2").await;
+    assert_eq!(
+        task["status"], "COMPLETED",
+        "B's memory follows the store: {task}"
+    );
+    assert_eq!(
+        rejected(&b.scrape().await),
+        Some(3.0),
+        "B counts the conflicting update as a rejected transition"
+    );
+
+    // 3. B holds the task as IN_PROGRESS; the late IN_PROGRESS with a newer updateTime is a
+    //    progress-only update for B: acknowledged from memory, its throttled write conflicts.
+    let r = b.ingest(&progress_update("late-3", 10.0, 1000)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    let r = a.ingest(&status_update("late-3", "COMPLETED", 3000)).await;
+    assert_eq!(r["accepted"], 1, "A accepts the completion: {r}");
+    // past B's throttle interval, so B writes the progress at once
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (B answers from memory before the write; what the contract promises is that the write
+    // does not win and B stops showing the task as running)
+    b.ingest(&progress_update("late-3", 80.0, 4000)).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stored = store.get_task("late-3").await.expect("store read").unwrap();
+        assert_eq!(
+            (stored.status, stored.update_time),
+            (Status::Completed, Some(3000)),
+            "the store keeps A's COMPLETED: {stored:?}"
+        );
+        let task = b.get_json("/api/v1/tasks/late-3").await;
+        if task["status"] == "COMPLETED" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's memory still says {} 3 s after its write lost to the stored COMPLETED: {task}",
+            task["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // and it stays so: nothing B holds is written over the completion later
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stored_status(&store, "late-3").await,
+        Some(Status::Completed)
+    );
+    for (name, s) in [("A", a), ("B", b)] {
+        let task = s.get_json("/api/v1/tasks/late-3").await;
+        assert_eq!(task["status"], "COMPLETED", "replica {name}: {task}");
+    }
+
+    store.close().await;
+    for s in servers {
+        let (status, stderr) = s.terminate().await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+}
+
+/// An older update sent to replica B after replica A stored a newer one does not overwrite it,
+/// whether B answers it from memory (progress-only: its throttled write conflicts and B's
+/// memory follows the store) or after the commit (a status change: rejected as `stale`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_update_on_another_replica_does_not_overwrite_a_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let servers = replicas(dir.path(), &db, 2).await;
+    let refs: Vec<&Server> = servers.iter().collect();
+    let leader = wait_for_single_leader(&refs, Duration::from_secs(3)).await;
+    let (a, b) = (refs[leader], refs[1 - leader]);
+    let store = db.store().await;
+    let stored = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let r = store.get_task(id).await.expect("store read").unwrap();
+            (r.status, r.update_time, r.progress)
+        }
+    };
+
+    // progress-only on B
+    let r = b.ingest(&progress_update("newer-1", 10.0, 1000)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    let r = a.ingest(&progress_update("newer-1", 50.0, 5000)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    let newest = (Status::InProgress, Some(5000), Some(50.0));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stored("newer-1").await != newest {
+        assert!(
+            Instant::now() < deadline,
+            "A's update never reached the store: {:?}",
+            stored("newer-1").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await; // past B's throttle interval
+    b.ingest(&progress_update("newer-1", 20.0, 3000)).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        assert_eq!(
+            stored("newer-1").await,
+            newest,
+            "the older update overwrote the newer one"
+        );
+        let task = b.get_json("/api/v1/tasks/newer-1").await;
+        if task["updateTime"] == 5000 && task["progressPercent"] == 50.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's memory does not follow the newer stored row after 3 s: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(stored("newer-1").await, newest);
+
+    // a status change on B, answered after its commit
+    let r = b.ingest(&status_update("newer-2", "SCHEDULED", 1000)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    let r = a.ingest(&progress_update("newer-2", 50.0, 5000)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    assert_eq!(stored("newer-2").await, newest);
+    let r = b.ingest(&progress_update("newer-2", 20.0, 3000)).await;
+    assert_eq!(
+        (r["accepted"].clone(), rejected_reasons(&r)),
+        (json!(0), vec!["stale".to_string()]),
+        "B's write conflicts with the newer stored row: {r}"
+    );
+    assert_eq!(stored("newer-2").await, newest);
+    let task = b.get_json("/api/v1/tasks/newer-2").await;
+    assert_eq!(
+        (task["status"].clone(), task["updateTime"].clone()),
+        (json!("IN_PROGRESS"), json!(5000)),
+        "B's memory follows the store: {task}"
+    );
+
+    store.close().await;
+    for s in servers {
+        let (status, stderr) = s.terminate().await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+}
+
+/// The leader's election connection is closed by the server (a PostgreSQL restart, a network
+/// cut, an idle-session killer): it loses the advisory lock, and the replicas hand over without
+/// ever showing two leaders at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_losing_its_connection_hands_over_without_two_leaders() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let servers = replicas(dir.path(), &db, 2).await;
+    let refs: Vec<&Server> = servers.iter().collect();
+    let admin = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    // Each round the new leader may take the lock before the old one's next election round
+    // notices its connection is gone (both run every 500 ms, in unrelated phases); eight rounds
+    // make a handover with two leaders all but certain to be seen if it can happen.
+    for round in 0..8 {
+        let leader = wait_for_single_leader(&refs, Duration::from_secs(3)).await;
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_all(&admin)
+        .await
+        .expect("terminate the lock holder");
+        assert_eq!(
+            killed,
+            vec![true],
+            "round {round}: one backend holds the lock"
+        );
+        let cut = Instant::now();
+        let mut samples = Vec::new();
+        // both election rounds come within 500 ms of the cut
+        while cut.elapsed() < Duration::from_millis(700) {
+            // The other replica first, the old leader second: the other cannot stop leading
+            // in between, so two 1s mean both led at the moment of the second scrape.
+            let g = leader_gauges(&[refs[1 - leader], refs[leader]]).await;
+            samples.push((cut.elapsed().as_millis(), g.clone()));
+            assert!(
+                g != [Some(1.0), Some(1.0)],
+                "round {round}: two leaders at once {}ms after the leader lost its connection; \
+                 (ms, [other, old leader]): {samples:?}",
+                cut.elapsed().as_millis()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let now_leader = wait_for_single_leader(&refs, CHECK_INTERVAL * 2).await;
+        eprintln!("round {round}: leader {leader} -> {now_leader}");
+    }
+    admin.close().await;
+    for s in servers {
+        let (status, stderr) = s.terminate().await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+}
+
+/// Only the leader exports the state gauges, and they cover the tasks other replicas took in
+/// (refreshed from the store), each counted once. Every replica exports its own ingest counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_exports_state_gauges_and_counts_each_task_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let servers = replicas(dir.path(), &db, 2).await;
+    let refs: Vec<&Server> = servers.iter().collect();
+    let leader = wait_for_single_leader(&refs, Duration::from_secs(3)).await;
+    let (l, f) = (refs[leader], refs[1 - leader]);
+
+    let now = taskpulse::now_ms();
+    let r = l
+        .ingest(&json!([
+            progress_update("gauge-l1", 10.0, now),
+            progress_update("gauge-l2", 20.0, now)
+        ]))
+        .await;
+    assert_eq!(r["accepted"], 2, "{r}");
+    let mut wait = update("gauge-wait", "IN_PROGRESS");
+    wait["taskType"] = json!("WAIT");
+    wait["waitUntil"] = json!(now + 3_600_000);
+    let r = f
+        .ingest(&json!([
+            progress_update("gauge-f1", 30.0, now),
+            progress_update("gauge-f2", 40.0, now),
+            wait
+        ]))
+        .await;
+    assert_eq!(r["accepted"], 3, "{r}");
+
+    // the leader shows every task, those taken in by the follower included
+    let want = vec![
+        ("gauge-f1".to_string(), 0.3),
+        ("gauge-f2".to_string(), 0.4),
+        ("gauge-l1".to_string(), 0.1),
+        ("gauge-l2".to_string(), 0.2),
+    ];
+    let close = |got: &[(String, f64)], want: &[(String, f64)]| {
+        got.len() == want.len()
+            && got
+                .iter()
+                .zip(want)
+                .all(|(g, w)| g.0 == w.0 && (g.1 - w.1).abs() < 1e-6)
+    };
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let scrape = l.scrape().await;
+        let ratios = task_series(&scrape, "taskpulse_task_progress_ratio");
+        let tasks = family_sum(&scrape, "taskpulse_tasks");
+        let waiting = family_sum(&scrape, "taskpulse_wait_tasks");
+        if close(&ratios, &want) && tasks == 5.0 && waiting == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader's state gauges after 4 s: progress {ratios:?}, taskpulse_tasks sum {tasks} (want 5), taskpulse_wait_tasks sum {waiting} (want 1)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // the follower exports no state gauge, but its own ingest counters
+    let fs = f.scrape().await;
+    for name in [
+        "taskpulse_tasks",
+        "taskpulse_task_progress_ratio",
+        "taskpulse_task_deadline_timestamp_seconds",
+        "taskpulse_tasks_stalled",
+        "taskpulse_wait_tasks",
+        "taskpulse_wait_overdue_tasks",
+        "taskpulse_wait_due_next_minute_tasks",
+        "taskpulse_worker_tasks",
+        "taskpulse_task_predicted_completion_timestamp_seconds",
+        "taskpulse_tasks_predicted_timeout",
+    ] {
+        assert!(
+            !family_present(&fs, name),
+            "the follower exports {name}: {:?}",
+            task_series(&fs, name)
+        );
+    }
+    let accepted = |s: &prometheus_parse::Scrape| {
+        metric_value(
+            s,
+            "taskpulse_updates_total",
+            &[("source", "api"), ("outcome", "accepted")],
+        )
+    };
+    assert_eq!(
+        accepted(&fs),
+        Some(3.0),
+        "the follower counts what it took in"
+    );
+    assert_eq!(
+        accepted(&l.scrape().await),
+        Some(2.0),
+        "the leader counts only what it took in"
+    );
+
+    // changes made through the follower reach the leader's gauges: new progress, and a
+    // completion that removes the task (counted once, never left behind)
+    tokio::time::sleep(Duration::from_millis(250)).await; // past the follower's throttle
+    let r = f.ingest(&progress_update("gauge-f1", 85.0, now + 1)).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    let r = f
+        .ingest(&json!([
+            status_update("gauge-f2", "COMPLETED", now + 2),
+            status_update("gauge-l2", "FAILED", now + 2)
+        ]))
+        .await;
+    assert_eq!(r["accepted"], 2, "{r}");
+    let want = vec![
+        ("gauge-f1".to_string(), 0.85),
+        ("gauge-l1".to_string(), 0.1),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let scrape = l.scrape().await;
+        let ratios = task_series(&scrape, "taskpulse_task_progress_ratio");
+        let tasks = family_sum(&scrape, "taskpulse_tasks");
+        if close(&ratios, &want) && tasks == 3.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader's state gauges 4 s after the follower's changes: progress {ratios:?}, taskpulse_tasks sum {tasks} (want 3)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fs = f.scrape().await;
+    assert!(!family_present(&fs, "taskpulse_tasks"));
+    assert!(!family_present(&fs, "taskpulse_task_progress_ratio"));
+
+    for s in servers {
+        let (status, stderr) = s.terminate().await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+}
+
+/// kill -9 of the leader: another replica takes over within two check intervals, only one,
+/// and it runs the checker and exports the state gauges (including tasks the dead leader took
+/// in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_after_kill_9_within_two_check_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut servers = replicas(dir.path(), &db, 3).await;
+    let refs: Vec<&Server> = servers.iter().collect();
+    let leader = wait_for_single_leader(&refs, Duration::from_secs(3)).await;
+
+    let runs_ok = |s: &prometheus_parse::Scrape| {
+        metric_value(s, "taskpulse_checker_runs_total", &[("outcome", "ok")]).unwrap_or(0.0)
+    };
+    // the leader runs the checker; the followers don't
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while runs_ok(&refs[leader].scrape().await) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the leader ran no checker pass in 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, s) in refs.iter().enumerate() {
+        if i != leader {
+            assert_eq!(
+                runs_ok(&s.scrape().await),
+                0.0,
+                "follower {i} ran the checker"
+            );
+        }
+    }
+    let r = refs[leader]
+        .ingest(&progress_update("failover-1", 55.0, taskpulse::now_ms()))
+        .await;
+    assert_eq!(r["accepted"], 1, "{r}");
+
+    let dead = servers.remove(leader);
+    let killed_at = Instant::now();
+    dead.kill9().await;
+    let survivors: Vec<&Server> = servers.iter().collect();
+    let new_leader = wait_for_single_leader(&survivors, Duration::from_secs(5)).await;
+    let took = killed_at.elapsed();
+    eprintln!("failover: a replica took over {took:?} after kill -9 of the leader");
+    let limit = CHECK_INTERVAL * 2 + Duration::from_millis(300);
+    assert!(
+        took <= limit,
+        "a replica took over {took:?} after kill -9 of the leader; the limit is two check intervals ({:?}) plus a margin",
+        CHECK_INTERVAL * 2
+    );
+    assert_leader_stays(&survivors, new_leader, Duration::from_millis(1500)).await;
+
+    // the new leader runs the checker, and exports the task the dead leader took in
+    let l = survivors[new_leader];
+    let before = runs_ok(&l.scrape().await);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let scrape = l.scrape().await;
+        let ratios = task_series(&scrape, "taskpulse_task_progress_ratio");
+        let ran = runs_ok(&scrape);
+        if ran > before
+            && ratios.len() == 1
+            && ratios[0].0 == "failover-1"
+            && (ratios[0].1 - 0.55).abs() < 1e-6
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "3 s after taking over: checker runs ok {ran} (was {before}), progress series {ratios:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other = survivors[1 - new_leader];
+    assert_eq!(
+        runs_ok(&other.scrape().await),
+        0.0,
+        "the remaining follower runs no checker pass"
+    );
+
+    for s in servers {
+        let (status, stderr) = s.terminate().await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+}
