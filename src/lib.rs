@@ -22,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod checker;
 pub mod config;
+pub mod engines;
 pub mod error;
 pub mod ingest;
 pub mod leader;

@@ -1,0 +1,1 @@
+//! The WAIT queue read from Conductor's own PostgreSQL (being written).
