@@ -1,5 +1,6 @@
 //! The HTTP surface (contract sections 2 and 5): ingest, reading state, health and `/metrics`.
 
+pub(crate) mod ingest;
 mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,20 +15,17 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::config::Settings;
-use crate::ingest::{self, Format};
-use crate::lifecycle::{Rejection, Status};
+use crate::ingest::Format;
+use crate::lifecycle::Status;
 use crate::metrics::{Metrics, SOURCE_API};
-use crate::state::{Applied, Tracker};
-use crate::store::{Commit, Store};
+use crate::state::Tracker;
+use crate::store::Store;
 pub use views::TaskView;
-
-/// How long an update that needs a commit waits for it before the client gets 503.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -62,11 +60,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A JSON error body with a status.
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
-fn unavailable(msg: impl Into<String>) -> Response {
+pub(crate) fn unavailable(msg: impl Into<String>) -> Response {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -96,184 +94,30 @@ async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> R
     next.run(req).await
 }
 
-/// One rejected item in the ingest response.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RejectedItem {
-    index: usize,
-    task_id: Option<String>,
-    reason: String,
-    detail: String,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct IngestResponse {
-    accepted: u64,
-    duplicates: u64,
-    rejected: Vec<RejectedItem>,
-}
-
-impl IngestResponse {
-    fn reject(&mut self, index: usize, task_id: Option<String>, r: &Rejection) {
-        self.rejected.push(RejectedItem {
-            index,
-            task_id,
-            reason: r.reason(),
-            detail: r.detail(),
-        });
-    }
-}
-
 /// `POST /api/v1/updates`.
 async fn post_updates(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match ingest::read_body(&s, body) {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than --max-body-bytes ({})",
-                    s.settings.max_body_bytes.display().iec()
-                ),
-            )
-        }
-        Err(e) => return error(e.status(), e.body_text()),
+        Err(r) => return r,
     };
-    if s.draining.load(Ordering::Relaxed) {
-        return unavailable("taskpulse is shutting down");
-    }
-    let pending = s.tracker.writer().pending();
-    if pending > s.settings.max_pending_writes {
-        return unavailable(format!(
-            "the store is behind: {pending} writes waiting (limit --max-pending-writes {})",
-            s.settings.max_pending_writes
-        ));
-    }
     let format = Format::from_content_type(
         headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
     // Parsing and applying is CPU work on the request's own task; it never awaits.
-    let items = match ingest::parse_body(&body, format) {
+    let items = match crate::ingest::parse_body(&body, format) {
         Ok(items) => items,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({ "error": e.to_string(), "line": e.line, "column": e.column })),
-            )
-                .into_response()
-        }
+        Err(e) => return ingest::bad_body(&e),
     };
-    // Tasks that are not in memory may still be in the store (finished past the retention):
-    // bring them back first, with one query for the whole body, so the lifecycle decides on
-    // what the store holds rather than treating them as new.
-    let unknown = s.tracker.unknown(
-        items
-            .iter()
-            .filter_map(|i| i.parsed.as_ref().ok())
-            .map(|u| u.task_id.as_str()),
-    );
-    if !unknown.is_empty() {
-        match s.store.get_tasks(&unknown).await {
-            Ok(found) => s.tracker.load_absent(found),
-            Err(e) => return unavailable(format!("store unavailable: {e}")),
-        }
+    match ingest::accept(&s, items, SOURCE_API).await {
+        Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
+        Err(r) => r,
     }
-    let mut resp = IngestResponse::default();
-    let mut waits = Vec::new();
-    for item in items {
-        match item.parsed {
-            Err(e) => resp.reject(item.index, e.task_id, &e.rejection),
-            Ok(update) => {
-                let task_id = update.task_id.clone();
-                let sent = (update.status, update.update_time);
-                match s.tracker.apply(update) {
-                    Applied::Accepted { commit: None } => resp.accepted += 1,
-                    Applied::Accepted { commit: Some(rx) } => {
-                        waits.push(((item.index, task_id, sent), rx))
-                    }
-                    Applied::Duplicate => resp.duplicates += 1,
-                    Applied::Rejected(r) => resp.reject(item.index, Some(task_id), &r),
-                }
-            }
-        }
-    }
-    if !waits.is_empty() {
-        let (meta, receivers): (Vec<_>, Vec<_>) = waits.into_iter().unzip();
-        let commits = match tokio::time::timeout(
-            COMMIT_TIMEOUT,
-            futures_util::future::join_all(receivers),
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(_) => {
-                s.metrics
-                    .updates_total
-                    .with_label_values(&[SOURCE_API, "accepted"])
-                    .inc_by(resp.accepted);
-                return unavailable(
-                        "the store did not confirm the write in time; retry (accepted updates are kept and a retry is answered as a duplicate)",
-                    );
-            }
-        };
-        for ((index, task_id, (status, update_time)), commit) in meta.into_iter().zip(commits) {
-            match commit {
-                Ok(Commit::Written) => resp.accepted += 1,
-                Ok(Commit::Conflict(Some(stored))) => {
-                    // Another writer (a replica, a repair) got there first: the lifecycle rules
-                    // applied to what the store holds decide.
-                    let stored = *stored;
-                    if stored.status.is_terminal() && stored.status == status {
-                        resp.duplicates += 1;
-                        s.tracker.reload(stored);
-                        continue;
-                    }
-                    let rejection = if stored.status.is_terminal() {
-                        Rejection::Terminal {
-                            from: stored.status,
-                            to: status,
-                        }
-                    } else {
-                        Rejection::Stale {
-                            stored: stored.update_time.unwrap_or(0),
-                            got: update_time.unwrap_or(0),
-                        }
-                    };
-                    s.tracker.lost_to_store(stored, status);
-                    resp.reject(index, Some(task_id), &rejection)
-                }
-                Ok(Commit::Conflict(None)) => resp.reject(
-                    index,
-                    Some(task_id),
-                    &Rejection::Invalid("the store refused the update".into()),
-                ),
-                Ok(Commit::Failed(msg)) => resp.reject(
-                    index,
-                    Some(task_id),
-                    &Rejection::Invalid(format!("the store refused the update: {msg}")),
-                ),
-                Err(_) => return unavailable("taskpulse is shutting down"),
-            }
-        }
-    }
-    let count = |outcome: &str, n: u64| {
-        if n > 0 {
-            s.metrics
-                .updates_total
-                .with_label_values(&[SOURCE_API, outcome])
-                .inc_by(n);
-        }
-    };
-    count("accepted", resp.accepted);
-    count("duplicate", resp.duplicates);
-    count("rejected", resp.rejected.len() as u64);
-    (StatusCode::OK, Json(resp)).into_response()
 }
 
 #[derive(Debug, Deserialize)]
