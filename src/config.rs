@@ -124,6 +124,16 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     pub lease_grace: Option<Duration>,
+
+    /// Conductor server (http://HOST:PORT): serve a Conductor-compatible worker API at /api/ and forward to it [default: none]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conductor_url: Option<String>,
+
+    /// Conductor's own PostgreSQL, read-only, for the WAIT queue [default: none]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conductor_db: Option<String>,
 }
 
 /// `taskpulse check`: the settings, plus how to print.
@@ -172,6 +182,8 @@ pub struct Settings {
     pub max_repairs_per_run: usize,
     #[serde(with = "humantime_serde")]
     pub lease_grace: Duration,
+    pub conductor_url: Option<String>,
+    pub conductor_db: Option<String>,
 }
 
 impl Default for Settings {
@@ -192,6 +204,8 @@ impl Default for Settings {
             max_pending_writes: 100_000,
             max_repairs_per_run: 1000,
             lease_grace: Duration::from_secs(60),
+            conductor_url: None,
+            conductor_db: None,
         }
     }
 }
@@ -214,6 +228,8 @@ const KEYS: &[&str] = &[
     "max-pending-writes",
     "max-repairs-per-run",
     "lease-grace",
+    "conductor-url",
+    "conductor-db",
 ];
 
 impl Settings {
@@ -273,6 +289,25 @@ impl Settings {
         }
         if self.max_pending_writes == 0 {
             return bad("max-pending-writes", "must be greater than 0");
+        }
+        if let Some(url) = &self.conductor_url {
+            if !url.starts_with("http://") {
+                return bad(
+                    "conductor-url",
+                    &format!("must be an http:// URL of the Conductor server (TLS to the engine is not supported; run taskpulse next to it), got `{}`", redact_url(url)),
+                );
+            }
+            if url.parse::<http::Uri>().is_err() {
+                return bad("conductor-url", &format!("is not a valid URL: `{}`", redact_url(url)));
+            }
+        }
+        if let Some(url) = &self.conductor_db {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return bad(
+                    "conductor-db",
+                    &format!("must be a postgres:// URL of Conductor's database, got `{}`", redact_url(url)),
+                );
+            }
         }
         if !(self.database.starts_with("sqlite:")
             || self.database.starts_with("postgres://")

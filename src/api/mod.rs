@@ -45,6 +45,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks", get(list_tasks))
         .route("/tasks/{task_id}", get(get_task))
         .route("/repairs", get(list_repairs))
+        .route(
+            "/conductor/task-status",
+            post(crate::engines::conductor::webhook::task_status),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(landing))

@@ -199,6 +199,12 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, BodyError> {
     }
 }
 
+/// Parses and validates one update given as the text of a JSON object (engine adapters build
+/// updates in this shape so they share the same validation).
+pub fn parse_item_text(text: &str) -> Result<TaskUpdate, ItemError> {
+    parse_item(text)
+}
+
 /// Parses and validates one item (the text of one JSON value).
 fn parse_item(text: &str) -> Result<TaskUpdate, ItemError> {
     let mut de = serde_json::Deserializer::from_str(text);

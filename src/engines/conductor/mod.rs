@@ -3,3 +3,4 @@
 //! behaviour follow `conductor-facts.md`.
 
 pub mod wait_queue;
+pub mod webhook;

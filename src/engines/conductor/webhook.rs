@@ -1,0 +1,198 @@
+//! Conductor's task status webhook: `POST /api/v1/conductor/task-status`.
+//!
+//! With `conductor.task-status-listener.type=task_publisher`, Conductor POSTs a
+//! TaskNotification to `{conductor.status-notifier.notification.url}/{endpointTask}` on every
+//! task status change. Operators point it here with
+//! `conductor.status-notifier.notification.url=http://<taskpulse>/api/v1/conductor` and
+//! `conductor.status-notifier.notification.endpointTask=task-status`.
+//!
+//! A notification is a TaskSummary (times as ISO strings `yyyy-MM-dd'T'HH:mm:ss.SSS'Z'`,
+//! `input`/`output` as JSON strings) plus `workflowTaskType`, `referenceTaskName`,
+//! `retryCount` and `taskDescription`. It is turned into an ordinary update (progress read from
+//! inside the output string) and goes through the same lifecycle and throttle as everything
+//! else, counted with `source="conductor_webhook"`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::api::{ingest, AppState};
+use crate::ingest::{BodyError, Item, ItemError};
+use crate::lifecycle::Rejection;
+
+/// `source` label of updates from the webhook.
+pub const SOURCE: &str = "conductor_webhook";
+
+/// The fields of a TaskNotification taskpulse uses. Everything is optional: a missing field
+/// gets the ordinary validation's message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Notification {
+    task_id: Option<String>,
+    workflow_id: Option<String>,
+    workflow_type: Option<String>,
+    task_type: Option<String>,
+    task_def_name: Option<String>,
+    reference_task_name: Option<String>,
+    retry_count: Option<i64>,
+    status: Option<String>,
+    start_time: Option<String>,
+    update_time: Option<String>,
+    /// The task's output map, serialized as a JSON string.
+    output: Option<String>,
+}
+
+/// ISO time string to epoch ms; Conductor writes 0 (1970) for "not set".
+fn epoch_ms(field: &str, iso: Option<&str>) -> Result<Option<i64>, Rejection> {
+    let Some(iso) = iso.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let t = humantime::parse_rfc3339_weak(iso.trim_end_matches('Z')).map_err(|e| {
+        Rejection::Invalid(format!("`{field}` is not an ISO time ({e}): {iso:?}"))
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Ok((ms > 0).then_some(ms))
+}
+
+impl Notification {
+    /// The notification as an update in taskpulse's own shape, for the ordinary validation.
+    fn to_update(&self) -> Result<Value, Rejection> {
+        let mut u = Map::new();
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                u.insert(k.into(), v);
+            }
+        };
+        put("taskId", json!(self.task_id));
+        put("workflowId", json!(self.workflow_id));
+        put("workflowType", json!(self.workflow_type));
+        put("taskType", json!(self.task_type.as_ref().or(self.task_def_name.as_ref())));
+        put("referenceTaskName", json!(self.reference_task_name));
+        put("retryCount", json!(self.retry_count));
+        put("status", json!(self.status));
+        put("startTime", json!(epoch_ms("startTime", self.start_time.as_deref())?));
+        put("updateTime", json!(epoch_ms("updateTime", self.update_time.as_deref())?));
+        if let Some(output) = self.output.as_deref().filter(|o| !o.is_empty()) {
+            // Only a map can carry progress; anything else in `output` is not ours to judge.
+            if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(output) {
+                let mut progress = Map::new();
+                for key in ["progressPercent", "progress", "progressMessage"] {
+                    if let Some(v) = map.get(key) {
+                        progress.insert(key.into(), v.clone());
+                    }
+                }
+                put("outputData", Value::Object(progress));
+            }
+        }
+        Ok(Value::Object(u))
+    }
+}
+
+/// Parses a webhook body: one notification, or an array of them.
+pub fn parse_notifications(body: &[u8]) -> Result<Vec<Item>, BodyError> {
+    let values: Vec<Value> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items,
+        Ok(v @ Value::Object(_)) => vec![v],
+        Ok(_) => {
+            return Err(BodyError {
+                line: 1,
+                column: 1,
+                message: "expected a TaskNotification object or an array of them".into(),
+            })
+        }
+        Err(e) => {
+            return Err(BodyError {
+                line: e.line(),
+                column: e.column(),
+                message: e.to_string(),
+            })
+        }
+    };
+    Ok(values
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let task_id = v.get("taskId").and_then(Value::as_str).map(str::to_string);
+            let parsed = serde_json::from_value::<Notification>(v)
+                .map_err(|e| Rejection::Invalid(format!("not a TaskNotification: {e}")))
+                .and_then(|n| n.to_update())
+                .map_err(|rejection| ItemError {
+                    task_id: task_id.clone(),
+                    rejection,
+                })
+                .and_then(|u| crate::ingest::parse_item_text(&u.to_string()));
+            Item { index, parsed }
+        })
+        .collect())
+}
+
+/// `POST /api/v1/conductor/task-status`.
+pub async fn task_status(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match ingest::read_body(&s, body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let items = match parse_notifications(&body) {
+        Ok(items) => items,
+        Err(e) => return ingest::bad_body(&e),
+    };
+    match ingest::accept(&s, items, SOURCE).await {
+        Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Status;
+
+    #[test]
+    fn a_task_notification_becomes_an_update() {
+        let body = br#"{"workflowId":"wf-1","workflowType":"media","correlationId":"c",
+            "scheduledTime":"2026-11-21T10:00:00.000Z","startTime":"2026-11-21T10:00:01.500Z",
+            "updateTime":"2026-11-21T10:00:05.250Z","endTime":"1970-01-01T00:00:00.000Z",
+            "status":"IN_PROGRESS","executionTime":0,"queueWaitTime":1500,
+            "taskDefName":"encode","taskType":"encode","input":"{\"file\":\"a.mp4\"}",
+            "output":"{\"progress\":40,\"progressMessage\":\"chunk 4/10\",\"other\":[1,2]}",
+            "taskId":"t-1","workflowPriority":0,"workflowTaskType":"SIMPLE",
+            "referenceTaskName":"encode_ref","retryCount":1,"taskDescription":"d"}"#;
+        let items = parse_notifications(body).unwrap();
+        let u = items[0].parsed.as_ref().unwrap();
+        assert_eq!(u.task_id, "t-1");
+        assert_eq!(u.workflow_id, "wf-1");
+        assert_eq!(u.task_type.as_deref(), Some("encode"));
+        assert_eq!(u.status, Status::InProgress);
+        assert_eq!(u.progress, Some(40.0));
+        assert_eq!(u.progress_message.as_deref(), Some("chunk 4/10"));
+        assert_eq!(u.retry_count, Some(1));
+        assert_eq!(u.reference_task_name.as_deref(), Some("encode_ref"));
+        assert_eq!(u.start_time, Some(1_795_255_201_500));
+        assert_eq!(u.update_time, Some(1_795_255_205_250));
+    }
+
+    #[test]
+    fn bad_notifications_are_rejected_one_by_one() {
+        let body = br#"[{"taskId":"a","workflowId":"w","taskType":"t","status":"COMPLETED","output":"not json"},
+                        {"taskId":"b","workflowId":"w","taskType":"t","status":"COMPLETED","updateTime":"yesterday"},
+                        {"taskId":"c","workflowId":"w","taskType":"t","status":"RUNNING"},
+                        {"taskId":"d","workflowId":"w","taskType":"t","status":"IN_PROGRESS","output":"{\"progress\":400}"}]"#;
+        let items = parse_notifications(body).unwrap();
+        assert!(items[0].parsed.is_ok(), "output that isn't a map carries no progress");
+        let reason = |i: usize| items[i].parsed.as_ref().unwrap_err().rejection.reason();
+        assert!(reason(1).contains("updateTime"), "{}", reason(1));
+        assert!(reason(2).contains("status"), "{}", reason(2));
+        assert!(reason(3).contains("progress"), "{}", reason(3));
+        assert_eq!(items[1].parsed.as_ref().unwrap_err().task_id.as_deref(), Some("b"));
+        assert!(parse_notifications(b"{oops").is_err());
+        assert!(parse_notifications(b"42").is_err());
+    }
+}
