@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::checker::{self, CheckSettings, Checker, Context};
 use crate::config::{redact_url, Settings};
+use crate::engines::conductor::proxy::Proxy;
 use crate::error::{Error, Result};
 use crate::leader::{self, Leadership};
 use crate::metrics::scrape::{ScrapeConfig, StateCollector};
@@ -139,12 +140,29 @@ impl Application {
                 settings.listen
             ))
         })?;
+        let conductor = settings
+            .conductor_url
+            .as_deref()
+            .map(|url| Arc::new(Proxy::new(url, settings.progress_min_interval)));
+        if let Some(px) = &conductor {
+            tracing::info!(engine = %px.base(), "Conductor worker proxy on /api/");
+            let px = px.clone();
+            let quiet = settings.terminal_retention;
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    px.sweep(quiet);
+                }
+            }));
+        }
         let state = AppState {
             tracker,
             store,
             metrics,
             settings: Arc::new(settings),
             draining: Arc::new(AtomicBool::new(false)),
+            conductor,
         };
         Ok(Application {
             listener,

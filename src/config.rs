@@ -298,14 +298,20 @@ impl Settings {
                 );
             }
             if url.parse::<http::Uri>().is_err() {
-                return bad("conductor-url", &format!("is not a valid URL: `{}`", redact_url(url)));
+                return bad(
+                    "conductor-url",
+                    &format!("is not a valid URL: `{}`", redact_url(url)),
+                );
             }
         }
         if let Some(url) = &self.conductor_db {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return bad(
                     "conductor-db",
-                    &format!("must be a postgres:// URL of Conductor's database, got `{}`", redact_url(url)),
+                    &format!(
+                        "must be a postgres:// URL of Conductor's database, got `{}`",
+                        redact_url(url)
+                    ),
                 );
             }
         }

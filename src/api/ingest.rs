@@ -103,6 +103,25 @@ pub(crate) async fn accept(
     items: Vec<Item>,
     source: &str,
 ) -> Result<IngestResponse, Response> {
+    apply(s, items, source, true).await
+}
+
+/// Like [`accept`], without waiting for commits: for updates whose sender is answered by
+/// someone else (the worker proxy answers with the engine's response).
+pub(crate) async fn accept_nowait(
+    s: &AppState,
+    items: Vec<Item>,
+    source: &str,
+) -> Result<IngestResponse, Response> {
+    apply(s, items, source, false).await
+}
+
+async fn apply(
+    s: &AppState,
+    items: Vec<Item>,
+    source: &str,
+    wait: bool,
+) -> Result<IngestResponse, Response> {
     // Tasks that are not in memory may still be in the store (finished past the retention):
     // bring them back first, with one query for the whole body, so the lifecycle decides on
     // what the store holds rather than treating them as new.
@@ -128,6 +147,7 @@ pub(crate) async fn accept(
                 let sent = (update.status, update.update_time);
                 match s.tracker.apply(update) {
                     Applied::Accepted { commit: None } => resp.accepted += 1,
+                    Applied::Accepted { commit: Some(_) } if !wait => resp.accepted += 1,
                     Applied::Accepted { commit: Some(rx) } => {
                         waits.push(((item.index, task_id, sent), rx))
                     }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Set when shutdown starts: readiness turns false and new updates get 503.
     pub draining: Arc<AtomicBool>,
+    /// The Conductor worker proxy, with `--conductor-url`.
+    pub conductor: Option<Arc<crate::engines::conductor::proxy::Proxy>>,
 }
 
 /// The router with every route.
@@ -56,6 +58,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .route(
+            "/api/{*rest}",
+            axum::routing::any(crate::engines::conductor::proxy::handle),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(
             state.settings.max_body_bytes.as_u64() as usize,

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub checker_violations: IntGaugeVec,
     pub checker_repairs_total: IntCounterVec,
     pub checker_leader: IntGauge,
+    pub heartbeats_total: IntCounterVec,
     /// `progress_updates_total{outcome="written"}` and `{outcome="coalesced"}`, looked up once:
     /// they are bumped on every progress update.
     progress_written: IntCounter,
@@ -137,6 +138,11 @@ impl Metrics {
                 "Checker repairs by rule and outcome (repaired, conflict, failed, skipped).",
                 &["rule", "outcome"],
             ),
+            heartbeats_total: counter_vec(
+                "taskpulse_conductor_heartbeats_total",
+                "Lease heartbeats through the Conductor worker proxy, by outcome (forwarded, coalesced).",
+                &["outcome"],
+            ),
             checker_leader: IntGauge::new(
                 "taskpulse_checker_leader",
                 "1 on the replica that leads (runs the checker, exports the state gauges), else 0.",
@@ -158,6 +164,7 @@ impl Metrics {
             Box::new(m.checker_violations.clone()),
             Box::new(m.checker_repairs_total.clone()),
             Box::new(m.checker_leader.clone()),
+            Box::new(m.heartbeats_total.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -2,5 +2,6 @@
 //! Conductor's own PostgreSQL, and checker rules that ask the engine. Wire formats and
 //! behaviour follow `conductor-facts.md`.
 
+pub mod proxy;
 pub mod wait_queue;
 pub mod webhook;

@@ -52,9 +52,8 @@ fn epoch_ms(field: &str, iso: Option<&str>) -> Result<Option<i64>, Rejection> {
     let Some(iso) = iso.filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let t = humantime::parse_rfc3339_weak(iso.trim_end_matches('Z')).map_err(|e| {
-        Rejection::Invalid(format!("`{field}` is not an ISO time ({e}): {iso:?}"))
-    })?;
+    let t = humantime::parse_rfc3339_weak(iso.trim_end_matches('Z'))
+        .map_err(|e| Rejection::Invalid(format!("`{field}` is not an ISO time ({e}): {iso:?}")))?;
     let ms = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -74,12 +73,21 @@ impl Notification {
         put("taskId", json!(self.task_id));
         put("workflowId", json!(self.workflow_id));
         put("workflowType", json!(self.workflow_type));
-        put("taskType", json!(self.task_type.as_ref().or(self.task_def_name.as_ref())));
+        put(
+            "taskType",
+            json!(self.task_type.as_ref().or(self.task_def_name.as_ref())),
+        );
         put("referenceTaskName", json!(self.reference_task_name));
         put("retryCount", json!(self.retry_count));
         put("status", json!(self.status));
-        put("startTime", json!(epoch_ms("startTime", self.start_time.as_deref())?));
-        put("updateTime", json!(epoch_ms("updateTime", self.update_time.as_deref())?));
+        put(
+            "startTime",
+            json!(epoch_ms("startTime", self.start_time.as_deref())?),
+        );
+        put(
+            "updateTime",
+            json!(epoch_ms("updateTime", self.update_time.as_deref())?),
+        );
         if let Some(output) = self.output.as_deref().filter(|o| !o.is_empty()) {
             // Only a map can carry progress; anything else in `output` is not ours to judge.
             if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(output) {
@@ -135,7 +143,10 @@ pub fn parse_notifications(body: &[u8]) -> Result<Vec<Item>, BodyError> {
 }
 
 /// `POST /api/v1/conductor/task-status`.
-pub async fn task_status(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn task_status(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let body = match ingest::read_body(&s, body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -186,12 +197,18 @@ mod tests {
                         {"taskId":"c","workflowId":"w","taskType":"t","status":"RUNNING"},
                         {"taskId":"d","workflowId":"w","taskType":"t","status":"IN_PROGRESS","output":"{\"progress\":400}"}]"#;
         let items = parse_notifications(body).unwrap();
-        assert!(items[0].parsed.is_ok(), "output that isn't a map carries no progress");
+        assert!(
+            items[0].parsed.is_ok(),
+            "output that isn't a map carries no progress"
+        );
         let reason = |i: usize| items[i].parsed.as_ref().unwrap_err().rejection.reason();
         assert!(reason(1).contains("updateTime"), "{}", reason(1));
         assert!(reason(2).contains("status"), "{}", reason(2));
         assert!(reason(3).contains("progress"), "{}", reason(3));
-        assert_eq!(items[1].parsed.as_ref().unwrap_err().task_id.as_deref(), Some("b"));
+        assert_eq!(
+            items[1].parsed.as_ref().unwrap_err().task_id.as_deref(),
+            Some("b")
+        );
         assert!(parse_notifications(b"{oops").is_err());
         assert!(parse_notifications(b"42").is_err());
     }

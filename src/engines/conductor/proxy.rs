@@ -1,0 +1,518 @@
+//! The worker proxy: with `--conductor-url`, taskpulse serves a Conductor-compatible API at
+//! `/api/` and forwards to the engine. Workers point their SDK at taskpulse
+//! (`CONDUCTOR_SERVER_URL=http://<taskpulse>/api`) and taskpulse learns every task they are
+//! handed and every update they send, without changing Conductor.
+//!
+//! What reaches the engine is decided by what the engine must see (conductor-facts.md):
+//!
+//! - **Polls** (`GET /api/tasks/poll/...`) and the next-task answer of `update-v2` are passed
+//!   through; the tasks in them are learned (ids, type, workflow, worker, timeouts, seq,
+//!   iteration) before the worker gets them, so the worker's first update finds its task known.
+//! - **Lease heartbeats** (`extendLease: true`) carry the progress conductor-oss#224 asks for;
+//!   the engine drops their output, so taskpulse is where that progress lives. They are
+//!   coalesced per task (answered at once, as the engine would) with at most one going upstream
+//!   per `min(--progress-min-interval, responseTimeoutSeconds / 2)`, so the engine never times
+//!   out a live task.
+//! - **Every other update is forwarded at once**, including a yielding IN_PROGRESS with
+//!   `callbackAfterSeconds` (the engine must see it to requeue the task). Top-level
+//!   `progressPercent`/`progress`/`progressMessage` are moved into `outputData` first.
+//! - **Terminal updates go upstream in order** (one update at a time per task), and a
+//!   non-terminal update for a task whose terminal update was accepted is never sent upstream:
+//!   that alone stops the conductor-oss#176 overwrite for every task going through taskpulse.
+//!   Each forwarded terminal update is kept until the engine is seen to hold it
+//!   (`lost_terminal_update`).
+//! - **Everything else** under `/api/` passes through unchanged (method, path, query, headers,
+//!   body, status, streaming). Engine errors reach the worker as they are; a dead engine is a
+//!   502 and a slow one a 504, and then nothing is recorded as accepted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value};
+
+use crate::api::{error, ingest, AppState};
+use crate::ingest::{Format, Item};
+use crate::lifecycle::Status;
+
+/// `source` label of updates learned by the proxy.
+pub const SOURCE: &str = "conductor_proxy";
+/// Longest the engine may take to start answering a proxied request.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeat period when the task's `responseTimeoutSeconds` is unknown.
+const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+
+/// A terminal update that went upstream, kept until the engine is seen to hold it.
+#[derive(Clone, Debug)]
+pub struct ForwardedTerminal {
+    pub workflow_id: String,
+    pub status: Status,
+    /// The TaskResult as forwarded, to post again if the engine lost it.
+    pub body: Bytes,
+    pub forwarded_at: Instant,
+}
+
+/// The proxy's state, shared by every request.
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+    /// The engine's base URL, without a trailing `/` or `/api`.
+    base: String,
+    heartbeat_min_interval: Duration,
+    /// Task id -> when a heartbeat for it last went upstream.
+    last_heartbeat: DashMap<Arc<str>, Instant>,
+    /// Per-task lock: one update per task at a time goes upstream, in order.
+    locks: DashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>,
+    /// Terminal updates forwarded and not yet seen held by the engine.
+    pub forwarded: DashMap<String, ForwardedTerminal>,
+}
+
+impl Proxy {
+    /// `url` is the engine's address (`http://conductor:8080`; a trailing `/api` is accepted).
+    pub fn new(url: &str, heartbeat_min_interval: Duration) -> Proxy {
+        let base = url.trim_end_matches('/');
+        let base = base.strip_suffix("/api").unwrap_or(base).to_string();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        Proxy {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            base,
+            heartbeat_min_interval,
+            last_heartbeat: DashMap::new(),
+            locks: DashMap::new(),
+            forwarded: DashMap::new(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request to the engine; `path_and_query` starts with `/api/`.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response, Response> {
+        let uri: Uri = format!("{}{}", self.base, path_and_query)
+            .parse()
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
+        strip_hop_by_hop(&mut headers);
+        if let Some(authority) = uri.authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        let mut req = http::Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, Body::new(body)))
+            }
+            Ok(Err(e)) => Err(error(
+                StatusCode::BAD_GATEWAY,
+                format!("Conductor at {} is unreachable: {e}", self.base),
+            )),
+            Err(_) => Err(error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "Conductor at {} did not answer within {}s",
+                    self.base,
+                    UPSTREAM_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    fn lock_for(&self, task_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        if let Some(l) = self.locks.get(task_id) {
+            return l.clone();
+        }
+        self.locks
+            .entry(Arc::from(task_id))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    /// Forgets per-task state of tasks that finished or went quiet (called by the sweeper).
+    pub fn sweep(&self, quiet_for: Duration) {
+        self.last_heartbeat
+            .retain(|_, at| at.elapsed() < quiet_for.max(DEFAULT_HEARTBEAT_EVERY * 4));
+        // A lock only this map refers to is not held by any request.
+        self.locks.retain(|_, l| Arc::strong_count(l) > 1);
+    }
+}
+
+/// Headers that belong to one connection, not to the message.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    if let Some(listed) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_string())
+    {
+        for name in listed.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for h in HOP {
+        headers.remove(h);
+    }
+}
+
+/// Every `/api/` request that isn't taskpulse's own.
+pub async fn handle(State(s): State<AppState>, req: Request) -> Response {
+    let Some(px) = s.conductor.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint (the Conductor proxy is off: start with --conductor-url)",
+        );
+    };
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if method == Method::GET && path.starts_with("/api/tasks/poll/") {
+        return poll(&s, &px, req).await;
+    }
+    if method == Method::POST && (path == "/api/tasks" || path == "/api/tasks/update-v2") {
+        return update(&s, &px, req, path == "/api/tasks/update-v2").await;
+    }
+    let (parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or(path);
+    px.send(parts.method, &pq, parts.headers, body)
+        .await
+        .unwrap_or_else(|r| r)
+}
+
+/// Reads a whole body, up to `limit` bytes.
+async fn collect(body: Body, limit: usize) -> Result<Bytes, Response> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {limit} bytes"),
+        )),
+        Err(e) => Err(error(
+            StatusCode::BAD_GATEWAY,
+            format!("reading a body failed: {e}"),
+        )),
+    }
+}
+
+/// Rebuilds a response around a body already read.
+fn respond(parts: http::response::Parts, body: Bytes) -> Response {
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Learns the tasks in an engine answer (a Task, an array of Tasks, or nothing).
+async fn learn_tasks(s: &AppState, body: &[u8]) {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    let Ok(items) = crate::ingest::parse_body(body, Format::Json) else {
+        return;
+    };
+    // Workers get their tasks without waiting for taskpulse's store.
+    if let Err(r) = ingest::accept_nowait(s, items, SOURCE).await {
+        tracing::debug!(status = %r.status(), "proxy: could not record polled tasks");
+    }
+}
+
+async fn poll(s: &AppState, px: &Proxy, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let resp = match px.send(parts.method, &pq, parts.headers, body).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = match collect(body, s.settings.max_body_bytes.as_u64() as usize * 4).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    learn_tasks(s, &bytes).await;
+    respond(parts, bytes)
+}
+
+/// What taskpulse reads from a TaskResult.
+struct TaskResult {
+    task_id: String,
+    status: Option<Status>,
+    extend_lease: bool,
+    workflow_id: String,
+}
+
+/// Moves top-level progress fields into `outputData` (the engine only keeps `outputData`) and
+/// reads what the proxy needs. `None` when the body is not a TaskResult object.
+fn normalize(v: &mut Value) -> Option<TaskResult> {
+    let obj = v.as_object_mut()?;
+    let mut moved = Map::new();
+    for key in ["progressPercent", "progress", "progressMessage"] {
+        if let Some(val) = obj.remove(key) {
+            moved.insert(key.to_string(), val);
+        }
+    }
+    if !moved.is_empty() {
+        let output = obj
+            .entry("outputData")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !output.is_object() {
+            *output = Value::Object(Map::new());
+        }
+        if let Some(out) = output.as_object_mut() {
+            for (k, val) in moved {
+                out.entry(k).or_insert(val);
+            }
+        }
+    }
+    Some(TaskResult {
+        task_id: obj.get("taskId")?.as_str()?.to_string(),
+        status: obj
+            .get("status")
+            .and_then(Value::as_str)
+            .and_then(Status::parse),
+        extend_lease: obj
+            .get("extendLease")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        workflow_id: obj
+            .get("workflowInstanceId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+    })
+}
+
+/// The engine's answer to an update it accepted, given by taskpulse itself: the task id as text
+/// for `POST /api/tasks`, no next task for `update-v2`.
+fn local_answer(task_id: &str, v2: bool) -> Response {
+    if v2 {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "",
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            task_id.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Records an update in taskpulse (after the engine took it, or instead of sending it).
+async fn record(s: &AppState, body: &Value) {
+    let parsed = crate::ingest::parse_item_text(&body.to_string());
+    let items = vec![Item { index: 0, parsed }];
+    if let Err(r) = ingest::accept_nowait(s, items, SOURCE).await {
+        tracing::debug!(status = %r.status(), "proxy: could not record an update");
+    }
+}
+
+async fn update(s: &AppState, px: &Proxy, req: Request, v2: bool) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match collect(body, s.settings.max_body_bytes.as_u64() as usize).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        // Not ours to judge: the engine answers it as it would.
+        Err(_) => {
+            let path = parts.uri.path().to_string();
+            return px
+                .send(parts.method, &path, parts.headers, Body::from(bytes))
+                .await
+                .unwrap_or_else(|r| r);
+        }
+    };
+    let Some(result) = normalize(&mut value) else {
+        let path = parts.uri.path().to_string();
+        return px
+            .send(parts.method, &path, parts.headers, Body::from(bytes))
+            .await
+            .unwrap_or_else(|r| r);
+    };
+    let lock = px.lock_for(&result.task_id);
+    let _in_order = lock.lock().await;
+
+    let known = s.tracker.get(&result.task_id);
+    let terminal_accepted = known.as_ref().is_some_and(|r| r.status.is_terminal());
+    let is_terminal = result.status.is_some_and(Status::is_terminal);
+    if terminal_accepted && !is_terminal {
+        // conductor-oss#176: never let a late non-terminal update reach the engine after the
+        // terminal one. Recording it counts the rejected transition.
+        record(s, &value).await;
+        return local_answer(&result.task_id, v2);
+    }
+    if result.extend_lease && result.status == Some(Status::InProgress) {
+        record(s, &value).await;
+        let every = known
+            .as_ref()
+            .and_then(|r| r.response_timeout_seconds)
+            .filter(|t| *t > 0)
+            .map(|t| Duration::from_millis(t as u64 * 500))
+            .unwrap_or(DEFAULT_HEARTBEAT_EVERY)
+            .min(px.heartbeat_min_interval);
+        let due = px
+            .last_heartbeat
+            .get(result.task_id.as_str())
+            .is_none_or(|at| at.elapsed() >= every);
+        if !due {
+            s.metrics
+                .heartbeats_total
+                .with_label_values(&["coalesced"])
+                .inc();
+            return local_answer(&result.task_id, v2);
+        }
+        s.metrics
+            .heartbeats_total
+            .with_label_values(&["forwarded"])
+            .inc();
+    }
+    let body = Bytes::from(value.to_string());
+    let mut headers = parts.headers;
+    headers.remove(header::CONTENT_LENGTH);
+    let resp = match px
+        .send(
+            parts.method,
+            parts.uri.path(),
+            headers,
+            Body::from(body.clone()),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !resp.status().is_success() {
+        return resp; // the engine's error, as it is; nothing recorded
+    }
+    let (rparts, rbody) = resp.into_parts();
+    let answer = match collect(rbody, s.settings.max_body_bytes.as_u64() as usize * 4).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if result.extend_lease {
+        px.last_heartbeat
+            .insert(Arc::from(result.task_id.as_str()), Instant::now());
+    } else {
+        record(s, &value).await;
+    }
+    if let Some(status) = result.status.filter(|st| st.is_terminal()) {
+        px.forwarded.insert(
+            result.task_id.clone(),
+            ForwardedTerminal {
+                workflow_id: result.workflow_id.clone(),
+                status,
+                body,
+                forwarded_at: Instant::now(),
+            },
+        );
+        px.last_heartbeat.remove(result.task_id.as_str());
+    }
+    if v2 {
+        learn_tasks(s, &answer).await;
+    }
+    respond(rparts, answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn top_level_progress_moves_into_output_data() {
+        let mut v = json!({"taskId": "t", "workflowInstanceId": "w", "status": "IN_PROGRESS",
+                           "progressPercent": 40, "progressMessage": "m", "extendLease": true,
+                           "outputData": {"progressPercent": 10, "keep": 1}});
+        let r = normalize(&mut v).unwrap();
+        assert_eq!(r.task_id, "t");
+        assert_eq!(r.workflow_id, "w");
+        assert!(r.extend_lease);
+        assert_eq!(r.status, Some(Status::InProgress));
+        assert!(v.get("progressPercent").is_none());
+        // the worker's own outputData wins over a top-level duplicate
+        assert_eq!(
+            v["outputData"],
+            json!({"progressPercent": 10, "keep": 1, "progressMessage": "m"})
+        );
+        let mut v = json!({"taskId": "t", "status": "COMPLETED", "progress": 100});
+        normalize(&mut v).unwrap();
+        assert_eq!(v["outputData"], json!({"progress": 100}));
+        assert!(normalize(&mut json!([1, 2])).is_none());
+        assert!(normalize(&mut json!({"status": "COMPLETED"})).is_none());
+    }
+
+    #[test]
+    fn the_engine_base_url_is_normalized() {
+        assert_eq!(
+            Proxy::new("http://c:8080/api/", Duration::from_secs(5)).base(),
+            "http://c:8080"
+        );
+        assert_eq!(
+            Proxy::new("http://c:8080", Duration::from_secs(5)).base(),
+            "http://c:8080"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer engine-token"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["authorization"], "Bearer engine-token");
+    }
+}
