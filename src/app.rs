@@ -18,6 +18,7 @@ use crate::api::{self, AppState};
 use crate::checker::{self, CheckSettings, Checker, Context};
 use crate::config::{redact_url, Settings};
 use crate::engines::conductor::proxy::Proxy;
+use crate::engines::conductor::rules::LostTerminalUpdate;
 use crate::error::{Error, Result};
 use crate::leader::{self, Leadership};
 use crate::metrics::scrape::{ScrapeConfig, StateCollector};
@@ -118,8 +119,41 @@ impl Application {
                 retention_ms,
             )));
         }
+        let conductor = settings
+            .conductor_url
+            .as_deref()
+            .map(|url| Arc::new(Proxy::new(url, settings.progress_min_interval)));
+        if let Some(px) = &conductor {
+            tracing::info!(engine = %px.base(), "Conductor worker proxy on /api/");
+            let sweep = px.clone();
+            let quiet = settings.terminal_retention;
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    sweep.sweep(quiet);
+                }
+            }));
+            // Every replica verifies the terminal updates it forwarded, soon after sending them.
+            let verifier = Checker::side_loop(
+                vec![Box::new(LostTerminalUpdate { px: px.clone() })],
+                metrics.clone(),
+            );
+            let ctx = Context {
+                store: store.clone(),
+                tracker: Some(tracker.clone()),
+                now: 0,
+                settings: check_settings(&settings, settings.repair),
+            };
+            background.push(tokio::spawn(run_checker(
+                verifier,
+                ctx,
+                None,
+                Duration::from_secs(1),
+            )));
+        }
         if !settings.check_interval.is_zero() {
-            let checker = Checker::new(checker::default_rules(), metrics.clone());
+            let checker = Checker::new(checker::rules_for(conductor.as_ref()), metrics.clone());
             let ctx = Context {
                 store: store.clone(),
                 tracker: Some(tracker.clone()),
@@ -129,7 +163,7 @@ impl Application {
             background.push(tokio::spawn(run_checker(
                 checker,
                 ctx,
-                leadership.clone(),
+                Some(leadership.clone()),
                 settings.check_interval,
             )));
         }
@@ -140,22 +174,6 @@ impl Application {
                 settings.listen
             ))
         })?;
-        let conductor = settings
-            .conductor_url
-            .as_deref()
-            .map(|url| Arc::new(Proxy::new(url, settings.progress_min_interval)));
-        if let Some(px) = &conductor {
-            tracing::info!(engine = %px.base(), "Conductor worker proxy on /api/");
-            let px = px.clone();
-            let quiet = settings.terminal_retention;
-            background.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SWEEP_EVERY);
-                loop {
-                    tick.tick().await;
-                    px.sweep(quiet);
-                }
-            }));
-        }
         let state = AppState {
             tracker,
             store,
@@ -238,11 +256,11 @@ pub fn check_settings(settings: &Settings, repair: bool) -> CheckSettings {
     }
 }
 
-/// Runs a checker pass every `interval` while this replica leads.
+/// Runs a checker pass every `interval` (while this replica leads, when `leadership` is given).
 async fn run_checker(
     checker: Checker,
     mut ctx: Context,
-    leadership: Leadership,
+    leadership: Option<Leadership>,
     interval: Duration,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -250,7 +268,7 @@ async fn run_checker(
     tick.tick().await;
     loop {
         tick.tick().await;
-        if !leadership.is_leader() {
+        if leadership.as_ref().is_some_and(|l| !l.is_leader()) {
             continue;
         }
         ctx.now = crate::now_ms();

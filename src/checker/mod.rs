@@ -28,6 +28,17 @@ use crate::store::{RepairRecord, Store, TaskRecord};
 
 pub use rules::{default_rules, LeaseExpired, StoreDivergence, SuccessorFinished, WaitOverdue};
 
+/// The rules for a process: the engine-less ones, or with `--conductor-url` the ones that ask
+/// the engine in place of `successor_finished` and `wait_overdue`, plus `lost_terminal_update`.
+pub fn rules_for(
+    proxy: Option<&Arc<crate::engines::conductor::proxy::Proxy>>,
+) -> Vec<Box<dyn Rule>> {
+    match proxy {
+        None => default_rules(),
+        Some(px) => crate::engines::conductor::rules::engine_rules(px.clone()),
+    }
+}
+
 /// What a rule found.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -59,6 +70,16 @@ pub enum RepairPlan {
         stored: TaskRecord,
         detail: String,
     },
+    /// Ask the engine to put it right (post a lost update again, re-run its decider).
+    Engine {
+        action: Arc<dyn EngineAction>,
+        detail: String,
+    },
+}
+
+/// A repair the engine carries out. Must be idempotent: the engine ignores a repeat.
+pub trait EngineAction: Send + Sync + std::fmt::Debug {
+    fn run(&self) -> futures_util::future::BoxFuture<'_, std::result::Result<(), String>>;
 }
 
 /// Settings a pass depends on.
@@ -104,6 +125,9 @@ pub struct PassReport {
 pub struct Checker {
     rules: Vec<Box<dyn Rule>>,
     metrics: Arc<Metrics>,
+    /// Count passes in `checker_runs_total` (false for side loops such as the proxy's
+    /// verification of forwarded terminal updates).
+    count_runs: bool,
 }
 
 impl Checker {
@@ -114,12 +138,27 @@ impl Checker {
                 .with_label_values(&[r.name()])
                 .set(0);
         }
-        Checker { rules, metrics }
+        Checker {
+            rules,
+            metrics,
+            count_runs: true,
+        }
+    }
+
+    /// A checker whose passes are not counted as checker runs.
+    pub fn side_loop(rules: Vec<Box<dyn Rule>>, metrics: Arc<Metrics>) -> Checker {
+        Checker {
+            count_runs: false,
+            ..Checker::new(rules, metrics)
+        }
     }
 
     /// Runs every rule once and applies (or skips) their repairs.
     pub async fn run_pass(&self, ctx: &Context) -> Result<PassReport> {
         let result = self.pass(ctx).await;
+        if !self.count_runs {
+            return result;
+        }
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics
             .checker_runs_total
@@ -207,6 +246,19 @@ impl Checker {
                         audit.detail = format!("{detail}; failed: {e}");
                         self.audit_failure(ctx, &audit).await;
                     }
+                }
+            }
+            RepairPlan::Engine { action, detail } => {
+                audit.detail = detail.clone();
+                match action.run().await {
+                    Ok(()) => audit.outcome = "repaired".into(),
+                    Err(e) => {
+                        audit.outcome = "failed".into();
+                        audit.detail = format!("{detail}; the engine refused: {e}");
+                    }
+                }
+                if let Err(e) = ctx.store.record_repair(&audit).await {
+                    tracing::warn!(error = %e, "could not write the audit row of an engine repair");
                 }
             }
             RepairPlan::ReloadMemory {

@@ -3,5 +3,6 @@
 //! behaviour follow `conductor-facts.md`.
 
 pub mod proxy;
+pub mod rules;
 pub mod wait_queue;
 pub mod webhook;

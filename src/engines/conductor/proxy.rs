@@ -78,6 +78,15 @@ pub struct Proxy {
     pub forwarded: DashMap<String, ForwardedTerminal>,
 }
 
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("base", &self.base)
+            .field("forwarded", &self.forwarded.len())
+            .finish()
+    }
+}
+
 impl Proxy {
     /// `url` is the engine's address (`http://conductor:8080`; a trailing `/api` is accepted).
     pub fn new(url: &str, heartbeat_min_interval: Duration) -> Proxy {
