@@ -15,3 +15,4 @@ mod read;
 mod replicas;
 mod store;
 mod throttle;
+mod webhook;
