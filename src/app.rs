@@ -61,7 +61,11 @@ impl Application {
             store::writer::spawn(store.clone(), metrics.clone(), conflict_tx);
         let (throttle, timer_rx) =
             Throttle::new(settings.progress_min_interval, settings.progress_min_delta);
-        let tracker = Arc::new(Tracker::new(throttle, writer, metrics.clone()));
+        let mut tracker = Tracker::new(throttle, writer, metrics.clone());
+        if settings.conductor_db.is_some() {
+            tracker = tracker.without_wait_lag();
+        }
+        let tracker = Arc::new(tracker);
 
         let retention_ms = settings.terminal_retention.as_millis() as i64;
         let started = std::time::Instant::now();
@@ -78,6 +82,8 @@ impl Application {
         .await;
         // The leader folds in other replicas' writes at the election's pace.
         let every = leader::timing(settings.check_interval).0 * 2;
+        // With --conductor-db the WAIT queue is read from Conductor's own tables.
+        let wait_source = None;
         metrics
             .register(Box::new(StateCollector::new(
                 tracker.clone(),
@@ -87,6 +93,7 @@ impl Application {
                     max_task_series: settings.max_task_series,
                 },
                 leadership.clone(),
+                wait_source,
             )))
             .expect("state gauges register once");
 

@@ -129,6 +129,9 @@ pub struct Tracker {
     throttle: Throttle,
     writer: WriterHandle,
     metrics: Arc<Metrics>,
+    /// Measure WAIT wake-up lag from the updates seen (false when it is read from the engine's
+    /// own queue, so nothing is counted twice).
+    wait_lag_from_updates: bool,
 }
 
 impl Tracker {
@@ -140,7 +143,14 @@ impl Tracker {
             throttle,
             writer,
             metrics,
+            wait_lag_from_updates: true,
         }
+    }
+
+    /// WAIT wake-up lag is measured elsewhere (from Conductor's queue).
+    pub fn without_wait_lag(mut self) -> Tracker {
+        self.wait_lag_from_updates = false;
+        self
     }
 
     pub fn writer(&self) -> &WriterHandle {
@@ -423,7 +433,7 @@ impl Tracker {
                 .with_label_values(&[&rec.task_type, rec.status.as_str()])
                 .observe((end - start) as f64 / 1000.0);
         }
-        if &*rec.task_type == "WAIT" && rec.status.is_successful() {
+        if self.wait_lag_from_updates && &*rec.task_type == "WAIT" && rec.status.is_successful() {
             if let Some(wake) = rec.wait_until {
                 let lag = (end - wake).max(0) as f64 / 1000.0;
                 self.metrics

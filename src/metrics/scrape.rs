@@ -13,6 +13,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts};
 
+use crate::engines::conductor::wait_queue::WaitSnapshot;
 use crate::leader::Leadership;
 use crate::lifecycle::Status;
 use crate::now_ms;
@@ -104,13 +105,21 @@ pub struct StateCollector {
     tracker: Arc<Tracker>,
     cfg: ScrapeConfig,
     leadership: Leadership,
+    /// With `--conductor-db`, the WAIT queue as read from Conductor's own tables; otherwise
+    /// the WAIT gauges come from the updates taskpulse sees.
+    wait_source: Option<tokio::sync::watch::Receiver<WaitSnapshot>>,
     descs: Vec<Desc>,
 }
 
 impl StateCollector {
     /// Only the leading replica exports the state gauges, so Prometheus never counts a task
     /// twice when several replicas share one store.
-    pub fn new(tracker: Arc<Tracker>, cfg: ScrapeConfig, leadership: Leadership) -> StateCollector {
+    pub fn new(
+        tracker: Arc<Tracker>,
+        cfg: ScrapeConfig,
+        leadership: Leadership,
+        wait_source: Option<tokio::sync::watch::Receiver<WaitSnapshot>>,
+    ) -> StateCollector {
         let descs = FAMILIES
             .iter()
             .map(|(name, help, labels)| {
@@ -127,6 +136,7 @@ impl StateCollector {
             tracker,
             cfg,
             leadership,
+            wait_source,
             descs,
         }
     }
@@ -271,6 +281,24 @@ impl Collector for StateCollector {
         out.extend(timing_out.collect());
 
         // 4.3 WAIT queue
+        if let Some(source) = &self.wait_source {
+            let snap = source.borrow();
+            wait = snap
+                .by_workflow_type
+                .iter()
+                .map(|(wf, c)| {
+                    (
+                        Arc::from(wf.as_str()),
+                        WaitCounts {
+                            waiting: c.waiting,
+                            overdue: c.overdue,
+                            due_next_minute: c.due_next_minute,
+                        },
+                    )
+                })
+                .collect();
+            oldest_overdue_ms = (snap.oldest_overdue_seconds * 1000.0) as i64;
+        }
         let (waiting, overdue, due) = (int_vec(5), int_vec(6), int_vec(7));
         for (wf, c) in &wait {
             waiting.with_label_values(&[wf]).set(c.waiting);
