@@ -19,6 +19,7 @@ use crate::checker::{self, CheckSettings, Checker, Context};
 use crate::config::{redact_url, Settings};
 use crate::engines::conductor::proxy::Proxy;
 use crate::engines::conductor::rules::LostTerminalUpdate;
+use crate::engines::conductor::wait_queue;
 use crate::error::{Error, Result};
 use crate::leader::{self, Leadership};
 use crate::metrics::scrape::{ScrapeConfig, StateCollector};
@@ -29,6 +30,8 @@ use crate::throttle::{self, Throttle};
 
 /// How often finished tasks, idle limiter state and idle workers are swept from memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the WAIT queue is read from Conductor's database (besides every notification).
+const WAIT_REFRESH: Duration = Duration::from_secs(5);
 /// A worker with no in-flight task disappears from the worker gauges after this long unseen.
 const WORKER_IDLE: Duration = Duration::from_secs(3600);
 /// Longest a shutdown waits for the store to take the last writes.
@@ -83,7 +86,27 @@ impl Application {
         // The leader folds in other replicas' writes at the election's pace.
         let every = leader::timing(settings.check_interval).0 * 2;
         // With --conductor-db the WAIT queue is read from Conductor's own tables.
-        let wait_source = None;
+        let mut wait_reader = None;
+        let wait_source = match &settings.conductor_db {
+            None => None,
+            Some(url) => {
+                let (rx, task) = wait_queue::spawn(
+                    url,
+                    settings.wait_grace,
+                    WAIT_REFRESH,
+                    metrics.wait_wakeup_lag_seconds.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read the WAIT queue from `{}` (--conductor-db): {e}",
+                        redact_url(url)
+                    ))
+                })?;
+                wait_reader = Some(task);
+                Some(rx)
+            }
+        };
         metrics
             .register(Box::new(StateCollector::new(
                 tracker.clone(),
@@ -97,10 +120,11 @@ impl Application {
             )))
             .expect("state gauges register once");
 
-        let mut background = vec![tokio::spawn(throttle::run_timers(
+        let mut background: Vec<JoinHandle<()>> = wait_reader.into_iter().collect();
+        background.push(tokio::spawn(throttle::run_timers(
             tracker.clone(),
             timer_rx,
-        ))];
+        )));
         let t = tracker.clone();
         background.push(tokio::spawn(async move {
             while let Some((stored, attempted)) = conflict_rx.recv().await {

@@ -127,6 +127,10 @@ pub fn task_info(json_data: &str) -> TaskInfo {
         #[serde(rename = "waitTimeout", default)]
         wait_timeout: Option<Value>,
     }
+    // (a derived struct would also take a JSON array, field by field)
+    if !json_data.trim_start().starts_with('{') {
+        return TaskInfo::default();
+    }
     let Ok(raw) = serde_json::from_str::<Raw>(json_data) else {
         return TaskInfo::default();
     };
@@ -299,6 +303,11 @@ fn backoff(failures: u32, base: Duration) -> Duration {
 
 /// A pool on Conductor's database whose every session is read-only. `url`: `postgres://...`.
 pub async fn connect_read_only(url: &str) -> Result<PgPool> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::Config(
+            "--conductor-db: expected a postgres://... URL".into(),
+        ));
+    }
     let mut options: PgConnectOptions = url
         .parse()
         .map_err(|e| Error::Config(format!("--conductor-db: {e}")))?;
@@ -306,7 +315,7 @@ pub async fn connect_read_only(url: &str) -> Result<PgPool> {
         options = options.application_name(APPLICATION_NAME);
     }
     let pool = PgPoolOptions::new()
-        // one for reads, one held by the listener
+        // one for reads, one held by the listener, one spare while a dead one is replaced
         .max_connections(3)
         .min_connections(0)
         .acquire_timeout(CONNECT_TIMEOUT)
