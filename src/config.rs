@@ -43,6 +43,8 @@ pub enum Command {
     /// One consistency pass over the store: exit 0 = clean, 1 = violations found, 2 = error.
     /// Repairs only with --repair.
     Check(CheckArgs),
+    /// Simulate an engine against a running taskpulse and report throughput and latency.
+    Loadgen(crate::loadgen::LoadgenArgs),
 }
 
 /// One optional field per setting. `None` means "not given on the command line", so the

@@ -27,6 +27,7 @@ pub mod error;
 pub mod ingest;
 pub mod leader;
 pub mod lifecycle;
+pub mod loadgen;
 pub mod metrics;
 pub mod predict;
 pub mod state;

@@ -44,6 +44,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.migrate().await?;
             println!("migrations applied to {}", redact_url(&settings.database));
         }
+        Command::Loadgen(args) => {
+            if let Some(addr) = args.sink {
+                taskpulse::loadgen::sink(addr).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = taskpulse::loadgen::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
         Command::Check(args) => {
             let settings = Settings::load(cli.config.as_deref(), &args.settings)?;
             // Only an explicit --repair repairs here; TASKPULSE_REPAIR is meant for `serve`.

@@ -181,6 +181,9 @@ impl Metrics {
         for outcome in ["ok", "error"] {
             m.checker_runs_total.with_label_values(&[outcome]);
         }
+        for outcome in ["forwarded", "coalesced"] {
+            m.heartbeats_total.with_label_values(&[outcome]);
+        }
         m
     }
 

@@ -1,0 +1,416 @@
+//! `taskpulse loadgen`: simulates an engine against a running taskpulse (or anything that
+//! takes the same requests), to measure what taskpulse costs and how that grows with the work.
+//!
+//! N tasks report progress at R updates per second each; a share of them are WAIT tasks with
+//! wake-up times; every task finishes after K updates and is replaced by a new one, so tasks
+//! finish at N * R / K per second. Updates go as single-update requests over keep-alive
+//! connections or as NDJSON batches. The report gives accepted updates per second and request
+//! latency percentiles. `taskpulse loadgen --sink` instead runs the baseline server: it reads
+//! each body and answers 200, to show what the network path itself allows.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+/// How updates are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One update per request, keep-alive connections.
+    Single,
+    /// NDJSON bodies of `--batch` updates.
+    Ndjson,
+}
+
+/// `taskpulse loadgen` options.
+#[derive(Debug, Clone, Args)]
+pub struct LoadgenArgs {
+    /// Base URL of the taskpulse under test
+    #[arg(long, default_value = "http://127.0.0.1:9477")]
+    pub target: String,
+    /// Tasks reporting at the same time
+    #[arg(long, default_value_t = 1000)]
+    pub tasks: usize,
+    /// Updates per second per task (0 = as fast as the target answers)
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// How long to run
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// single: one update per request; ndjson: batches
+    #[arg(long, value_enum, default_value_t = Mode::Ndjson)]
+    pub mode: Mode,
+    /// Updates per NDJSON request
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Concurrent connections
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Share of tasks that are WAIT tasks (0 to 1)
+    #[arg(long, default_value_t = 0.1)]
+    pub wait_fraction: f64,
+    /// Updates per task before it completes (tasks finish at tasks * rate / this per second)
+    #[arg(long, default_value_t = 100)]
+    pub updates_per_task: u32,
+    /// Bearer token, when taskpulse runs with --auth-token
+    #[arg(long, env = "TASKPULSE_AUTH_TOKEN")]
+    pub token: Option<String>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Instead of generating load, run the baseline server on this address: it reads each body
+    /// and answers 200
+    #[arg(long, value_name = "ADDR")]
+    pub sink: Option<SocketAddr>,
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mode: Mode,
+    pub tasks: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub updates_sent: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub accepted_per_second: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:?} mode, {} tasks, {:.1}s: {} requests, {} updates sent",
+            self.mode, self.tasks, self.seconds, self.requests, self.updates_sent
+        )?;
+        writeln!(
+            f,
+            "accepted {} ({:.0}/s), duplicates {}, rejected {}, failed requests {}",
+            self.accepted, self.accepted_per_second, self.duplicates, self.rejected, self.errors
+        )?;
+        write!(
+            f,
+            "request latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max
+        )
+    }
+}
+
+/// One simulated task.
+struct SimTask {
+    id: String,
+    workflow: String,
+    wait: bool,
+    sent: u32,
+}
+
+/// The tasks one connection drives.
+struct Workload {
+    /// Unique per run, so a second run against the same taskpulse doesn't hit finished tasks.
+    run: String,
+    conn: usize,
+    tasks: Vec<SimTask>,
+    next: usize,
+    generation: u64,
+    updates_per_task: u32,
+    wait_every: usize,
+}
+
+impl Workload {
+    fn new(conn: usize, count: usize, wait_fraction: f64, updates_per_task: u32) -> Workload {
+        let wait_every = if wait_fraction <= 0.0 {
+            usize::MAX
+        } else {
+            (1.0 / wait_fraction.min(1.0)).round().max(1.0) as usize
+        };
+        let mut w = Workload {
+            run: format!("{:x}", crate::now_ms()),
+            conn,
+            tasks: Vec::with_capacity(count),
+            next: 0,
+            generation: 0,
+            updates_per_task: updates_per_task.max(2),
+            wait_every,
+        };
+        for i in 0..count {
+            let t = w.fresh(i);
+            w.tasks.push(t);
+        }
+        w
+    }
+
+    fn fresh(&mut self, slot: usize) -> SimTask {
+        self.generation += 1;
+        SimTask {
+            id: format!("lg{}-{}-{}-{}", self.run, self.conn, slot, self.generation),
+            workflow: format!("lgwf{}-{}-{}", self.run, self.conn, self.generation / 10),
+            wait: slot % self.wait_every == 0,
+            sent: 0,
+        }
+    }
+
+    /// Appends the next update (one JSON object, no newline) to `out`.
+    fn next_update(&mut self, out: &mut String, now_ms: i64) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        let slot = self.next % self.tasks.len();
+        self.next += 1;
+        let k = self.updates_per_task;
+        let t = &mut self.tasks[slot];
+        t.sent += 1;
+        let done = t.sent >= k;
+        let progress = (t.sent as f64 * 100.0 / k as f64).min(100.0);
+        let status = if done { "COMPLETED" } else { "IN_PROGRESS" };
+        let _ = write!(
+            out,
+            r#"{{"taskId":"{}","workflowId":"{}","status":"{}","updateTime":{}"#,
+            t.id, t.workflow, status, now_ms
+        );
+        if t.sent == 1 {
+            if t.wait {
+                let _ = write!(
+                    out,
+                    r#","taskType":"WAIT","workflowType":"loadgen","waitUntil":{}"#,
+                    now_ms + 30_000
+                );
+            } else {
+                let _ = write!(
+                    out,
+                    r#","taskType":"lg_task","workflowType":"loadgen","startTime":{},"timeoutSeconds":3600,"responseTimeoutSeconds":600,"workerId":"lg-worker-{}""#,
+                    now_ms, self.conn
+                );
+            }
+        }
+        if !t.wait {
+            let _ = write!(out, r#","progressPercent":{progress:.1}"#);
+        }
+        out.push('}');
+        if done {
+            let fresh = self.fresh(slot);
+            self.tasks[slot] = fresh;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    requests: AtomicU64,
+    updates: AtomicU64,
+    accepted: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+    errors: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    accepted: u64,
+    duplicates: u64,
+    rejected: Vec<serde::de::IgnoredAny>,
+}
+
+/// Runs the load and reports.
+pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        args.tasks >= args.connections,
+        "--tasks must be at least --connections"
+    );
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    let url: http::Uri = format!("{}/api/v1/updates", args.target.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--target is not a URL: {e}"))?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.connections)
+        .build(connector);
+    let totals = Arc::new(Totals::default());
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let per_conn_rate = args.rate * args.tasks as f64 / args.connections as f64;
+    let mut handles = Vec::new();
+    for conn in 0..args.connections {
+        let share =
+            args.tasks / args.connections + usize::from(conn < args.tasks % args.connections);
+        let mut work = Workload::new(conn, share, args.wait_fraction, args.updates_per_task);
+        let client = client.clone();
+        let url = url.clone();
+        let totals = totals.clone();
+        let args = args.clone();
+        handles.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            let per_request = if args.mode == Mode::Single {
+                1
+            } else {
+                args.batch
+            };
+            let mut body = String::with_capacity(per_request * 200);
+            let mut sent: u64 = 0;
+            while Instant::now() < deadline {
+                if per_conn_rate > 0.0 {
+                    let due = started + Duration::from_secs_f64(sent as f64 / per_conn_rate);
+                    if due > deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                body.clear();
+                let now_ms = crate::now_ms();
+                for i in 0..per_request {
+                    if i > 0 {
+                        body.push('\n');
+                    }
+                    work.next_update(&mut body, now_ms);
+                }
+                let content_type = if args.mode == Mode::Single {
+                    "application/json"
+                } else {
+                    "application/x-ndjson"
+                };
+                let mut req = http::Request::post(url.clone())
+                    .header(http::header::CONTENT_TYPE, content_type)
+                    .body(Body::from(Bytes::from(body.clone())))
+                    .expect("valid request");
+                if let Some(token) = &args.token {
+                    if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                        req.headers_mut().insert(http::header::AUTHORIZATION, v);
+                    }
+                }
+                let t0 = Instant::now();
+                let outcome = async {
+                    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                    let ok = resp.status().is_success();
+                    let bytes = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .to_bytes();
+                    if !ok {
+                        return Err("non-2xx answer".to_string());
+                    }
+                    Ok::<_, String>(bytes)
+                }
+                .await;
+                let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                sent += per_request as u64;
+                totals.requests.fetch_add(1, Ordering::Relaxed);
+                totals
+                    .updates
+                    .fetch_add(per_request as u64, Ordering::Relaxed);
+                match outcome {
+                    // the baseline sink answers 200 without a body: every update counts as taken
+                    Ok(b) if b.is_empty() => {
+                        totals
+                            .accepted
+                            .fetch_add(per_request as u64, Ordering::Relaxed);
+                    }
+                    Ok(b) => match serde_json::from_slice::<Answer>(&b) {
+                        Ok(a) => {
+                            totals.accepted.fetch_add(a.accepted, Ordering::Relaxed);
+                            totals.duplicates.fetch_add(a.duplicates, Ordering::Relaxed);
+                            totals
+                                .rejected
+                                .fetch_add(a.rejected.len() as u64, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            totals.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                    Err(_) => {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    for h in handles {
+        hist.add(h.await?)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let t = &totals;
+    let accepted = t.accepted.load(Ordering::Relaxed);
+    Ok(Report {
+        mode: args.mode,
+        tasks: args.tasks,
+        seconds,
+        requests: t.requests.load(Ordering::Relaxed),
+        updates_sent: t.updates.load(Ordering::Relaxed),
+        accepted,
+        duplicates: t.duplicates.load(Ordering::Relaxed),
+        rejected: t.rejected.load(Ordering::Relaxed),
+        errors: t.errors.load(Ordering::Relaxed),
+        accepted_per_second: accepted as f64 / seconds,
+        latency_ms_p50: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        latency_ms_p99: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        latency_ms_max: hist.max() as f64 / 1000.0,
+    })
+}
+
+/// The baseline: an HTTP server that reads each body and answers 200, nothing else.
+pub async fn sink(addr: SocketAddr) -> anyhow::Result<()> {
+    async fn take(body: Bytes) -> axum::http::StatusCode {
+        std::hint::black_box(body.len());
+        axum::http::StatusCode::OK
+    }
+    let app = axum::Router::new()
+        .route("/api/v1/updates", axum::routing::post(take))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("loadgen sink listening on {}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workload_finishes_and_replaces_tasks() {
+        let mut w = Workload::new(0, 10, 0.1, 4);
+        let mut out = String::new();
+        let mut completed = 0;
+        for _ in 0..40 {
+            out.clear();
+            w.next_update(&mut out, 1_000);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+            if v["status"] == "COMPLETED" {
+                completed += 1;
+            }
+        }
+        assert_eq!(completed, 10, "each of 10 tasks finishes after 4 updates");
+        assert!(
+            w.tasks.iter().all(|t| t.sent == 0),
+            "finished tasks were replaced"
+        );
+        // one in ten is a WAIT task, announced with its wake-up time on its first update
+        out.clear();
+        let mut w = Workload::new(1, 10, 0.1, 4);
+        w.next_update(&mut out, 5);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["taskType"], "WAIT");
+        assert_eq!(v["waitUntil"], 30_005);
+    }
+}
