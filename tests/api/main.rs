@@ -6,6 +6,7 @@ mod helpers;
 mod check_cli;
 mod checker;
 mod cli;
+mod conductor;
 mod conductor_db;
 mod ingest;
 mod lifecycle;

@@ -335,15 +335,10 @@ fn normalize(v: &mut Value) -> Option<TaskResult> {
 }
 
 /// The engine's answer to an update it accepted, given by taskpulse itself: the task id as text
-/// for `POST /api/tasks`, no next task for `update-v2`.
+/// for `POST /api/tasks`, and for `update-v2` a 204 (the SDK reads it as "no next task").
 fn local_answer(task_id: &str, v2: bool) -> Response {
     if v2 {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            "",
-        )
-            .into_response()
+        StatusCode::NO_CONTENT.into_response()
     } else {
         (
             StatusCode::OK,
