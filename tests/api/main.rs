@@ -3,11 +3,15 @@
 
 mod helpers;
 
+mod alerts;
 mod check_cli;
 mod checker;
 mod cli;
 mod conductor;
 mod conductor_db;
+mod drift;
+mod e2e;
+mod helm;
 mod ingest;
 mod lifecycle;
 mod metrics;
