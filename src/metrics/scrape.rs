@@ -94,6 +94,11 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         PER_TASK,
     ),
     (
+        "taskpulse_task_worker_info",
+        "The worker of an in-flight task's current attempt; always 1 (join on the task labels).",
+        &["workflow_type", "task_type", "workflow_id", "task_id", "worker_id"],
+    ),
+    (
         "taskpulse_tasks_predicted_timeout",
         "In-flight tasks predicted to finish after their deadline.",
         BY_TYPE,
@@ -240,6 +245,7 @@ impl Collector for StateCollector {
         let progress = gauge_vec(0);
         let deadline = gauge_vec(1);
         let predicted = gauge_vec(11);
+        let worker_info = int_vec(12);
         for (rec, completion) in &candidates {
             let labels = [
                 rec.workflow_type.as_deref().unwrap_or(""),
@@ -258,10 +264,15 @@ impl Collector for StateCollector {
             if let Some(c) = completion {
                 predicted.with_label_values(&labels).set(*c as f64 / 1000.0);
             }
+            if let Some(w) = &rec.worker_id {
+                let [wf, tt, wid, tid] = labels;
+                worker_info.with_label_values(&[wf, tt, wid, tid, w]).set(1);
+            }
         }
         out.extend(progress.collect());
         out.extend(deadline.collect());
         out.extend(predicted.collect());
+        out.extend(worker_info.collect());
         let omitted_gauge = IntGauge::new(FAMILIES[2].0, FAMILIES[2].1).expect("valid metric");
         omitted_gauge.set(omitted as i64);
         out.extend(omitted_gauge.collect());
@@ -272,7 +283,7 @@ impl Collector for StateCollector {
             tasks.with_label_values(&[wf, tt, st.as_str()]).set(*n);
         }
         out.extend(tasks.collect());
-        let (stalled, timing_out) = (int_vec(4), int_vec(12));
+        let (stalled, timing_out) = (int_vec(4), int_vec(13));
         for ((wf, tt), (n_stalled, n_timing_out)) in &by_type {
             stalled.with_label_values(&[wf, tt]).set(*n_stalled);
             timing_out.with_label_values(&[wf, tt]).set(*n_timing_out);

@@ -813,3 +813,53 @@ async fn a_finish_without_update_time_is_timed_at_arrival(backend: Backend) {
     );
 }
 store_test!(a_finish_without_update_time_is_timed_at_arrival);
+
+/// `taskpulse_task_worker_info` names the worker of each in-flight task's current attempt, so
+/// dashboards can join it on the task labels; it follows a new worker and ends with the task.
+async fn worker_info_follows_the_current_attempt(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    accept_all(
+        &app,
+        with(
+            update("wi", "IN_PROGRESS"),
+            json!({"progressPercent": 5, "workerId": "worker-a"}),
+        ),
+    )
+    .await;
+    accept_all(
+        &app,
+        with(
+            update("no-worker", "IN_PROGRESS"),
+            json!({"progressPercent": 5}),
+        ),
+    )
+    .await;
+    let scrape = app.scrape().await;
+    let info = samples(&scrape, "taskpulse_task_worker_info");
+    assert_eq!(info.len(), 1, "only tasks with a worker have one");
+    assert_eq!(info[0].labels.get("task_id"), Some("wi"));
+    assert_eq!(info[0].labels.get("worker_id"), Some("worker-a"));
+    assert_eq!(info[0].labels.get("workflow_id"), Some("wf-wi"));
+    assert_eq!(number(info[0]), 1.0);
+
+    accept_all(
+        &app,
+        with(
+            update("wi", "IN_PROGRESS"),
+            json!({"progressPercent": 6, "workerId": "worker-b", "retryCount": 1}),
+        ),
+    )
+    .await;
+    let scrape = app.scrape().await;
+    let workers: Vec<_> = samples(&scrape, "taskpulse_task_worker_info")
+        .iter()
+        .map(|s| s.labels.get("worker_id").unwrap().to_string())
+        .collect();
+    assert_eq!(workers, ["worker-b"]);
+
+    accept_all(&app, update("wi", "COMPLETED")).await;
+    let scrape = app.scrape().await;
+    assert!(samples(&scrape, "taskpulse_task_worker_info").is_empty());
+}
+store_test!(worker_info_follows_the_current_attempt);
