@@ -45,6 +45,7 @@
 //! [`Emulator::updates_for`]). There is no workflow engine behind it: no decider, no timeouts,
 //! no retries; tests schedule tasks with [`Emulator::start_task`].
 
+pub mod engine_rules;
 pub mod facts;
 pub mod sdk;
 
