@@ -14,7 +14,7 @@ use super::{Emulator, TaskSpec};
 use crate::helpers::{Backend, TestApp, TestDb};
 
 /// The checker with the engine rules, kept across passes as the serving process keeps it.
-fn checker(px: &Arc<Proxy>) -> Checker {
+fn engine_checker(px: &Arc<Proxy>) -> Checker {
     Checker::new(rules_for(Some(px)), Arc::new(Metrics::new()))
 }
 
@@ -57,7 +57,7 @@ async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend)
         .await;
     }
     app.settle().await;
-    let checker = checker(&px);
+    let checker = engine_checker(&px);
     let r = pass(&app, &checker).await;
     let found = r
         .violations
@@ -94,7 +94,7 @@ async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend)
 
     // an engine that can't be reached makes the repair `failed`, audited (a later pass retries)
     let dead = Arc::new(Proxy::new("http://127.0.0.1:1", Duration::from_secs(5)));
-    let r = pass(&app, &checker(&dead)).await;
+    let r = pass(&app, &engine_checker(&dead)).await;
     assert!(!r.repairs.is_empty());
     assert!(
         r.repairs.iter().all(|a| a.outcome == "failed"),
@@ -149,7 +149,7 @@ async fn successor_finished_syncs_to_the_engine_or_only_reports(backend: Backend
         .await;
     }
     app.settle().await;
-    let checker = checker(&px);
+    let checker = engine_checker(&px);
     let r = pass(&app, &checker).await;
     let found: Vec<_> = r
         .violations
