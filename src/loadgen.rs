@@ -6,7 +6,9 @@
 //! finish at N * R / K per second. Updates go as single-update requests over keep-alive
 //! connections or as NDJSON batches. The report gives accepted updates per second and request
 //! latency percentiles. `taskpulse loadgen --sink` instead runs the baseline server: it reads
-//! each body and answers 200, to show what the network path itself allows.
+//! each body and answers 200, to show what the network path itself allows. With
+//! `--protocol pushgateway` the same workload goes to a Prometheus Pushgateway (one group per
+//! task), the alternative users reach for today, for a side-by-side.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -31,6 +33,14 @@ pub enum Mode {
     Single,
     /// NDJSON bodies of `--batch` updates.
     Ndjson,
+}
+
+/// Where updates go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Taskpulse,
+    Pushgateway,
 }
 
 /// `taskpulse loadgen` options.
@@ -69,6 +79,11 @@ pub struct LoadgenArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// taskpulse: POST /api/v1/updates. pushgateway: the alternative users reach for today,
+    /// each task's progress pushed to a Prometheus Pushgateway as a group of its own
+    /// (PUT /metrics/job/loadgen/task_id/ID), one update per request
+    #[arg(long, value_enum, default_value_t = Protocol::Taskpulse)]
+    pub protocol: Protocol,
     /// Instead of generating load, run the baseline server on this address: it reads each body
     /// and answers 200
     #[arg(long, value_name = "ADDR")]
@@ -166,6 +181,31 @@ impl Workload {
         }
     }
 
+    /// Writes the next update as a Pushgateway push: the group path into `path` and the text
+    /// exposition body into `out`.
+    fn next_push(&mut self, path: &mut String, out: &mut String) {
+        if self.tasks.is_empty() {
+            return;
+        }
+        let slot = self.next % self.tasks.len();
+        self.next += 1;
+        let k = self.updates_per_task;
+        let t = &mut self.tasks[slot];
+        t.sent += 1;
+        let progress = (t.sent as f64 / k as f64).min(1.0);
+        let _ = write!(path, "/metrics/job/loadgen/task_id/{}", t.id);
+        let _ = writeln!(
+            out,
+            "loadgen_task_progress_ratio{{workflow_type=\"loadgen\",task_type=\"lg_task\",workflow_id=\"{}\"}} {progress}",
+            t.workflow
+        );
+        // A finished task's group is simply no longer pushed: the Pushgateway keeps it.
+        if t.sent >= k {
+            let fresh = self.fresh(slot);
+            self.tasks[slot] = fresh;
+        }
+    }
+
     /// Appends the next update (one JSON object, no newline) to `out`.
     fn next_update(&mut self, out: &mut String, now_ms: i64) {
         if self.tasks.is_empty() {
@@ -235,9 +275,14 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
         "--tasks must be at least --connections"
     );
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    let url: http::Uri = format!("{}/api/v1/updates", args.target.trim_end_matches('/'))
+    let base = args.target.trim_end_matches('/').to_string();
+    let url: http::Uri = format!("{base}/api/v1/updates")
         .parse()
         .map_err(|e| anyhow::anyhow!("--target is not a URL: {e}"))?;
+    anyhow::ensure!(
+        args.protocol == Protocol::Taskpulse || args.mode == Mode::Single,
+        "--protocol pushgateway pushes one task per request: use --mode single"
+    );
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
@@ -254,6 +299,7 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
         let mut work = Workload::new(conn, share, args.wait_fraction, args.updates_per_task);
         let client = client.clone();
         let url = url.clone();
+        let base = base.clone();
         let totals = totals.clone();
         let args = args.clone();
         handles.push(tokio::spawn(async move {
@@ -264,6 +310,7 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
                 args.batch
             };
             let mut body = String::with_capacity(per_request * 200);
+            let mut path = String::with_capacity(128);
             let mut sent: u64 = 0;
             while Instant::now() < deadline {
                 if per_conn_rate > 0.0 {
@@ -274,22 +321,33 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 body.clear();
-                let now_ms = crate::now_ms();
-                for i in 0..per_request {
-                    if i > 0 {
-                        body.push('\n');
-                    }
-                    work.next_update(&mut body, now_ms);
-                }
-                let content_type = if args.mode == Mode::Single {
-                    "application/json"
+                path.clear();
+                let req = if args.protocol == Protocol::Pushgateway {
+                    work.next_push(&mut path, &mut body);
+                    http::Request::put(format!("{base}{path}"))
+                        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                        .body(Body::from(Bytes::from(body.clone())))
                 } else {
-                    "application/x-ndjson"
+                    let now_ms = crate::now_ms();
+                    for i in 0..per_request {
+                        if i > 0 {
+                            body.push('\n');
+                        }
+                        work.next_update(&mut body, now_ms);
+                    }
+                    let content_type = if args.mode == Mode::Single {
+                        "application/json"
+                    } else {
+                        "application/x-ndjson"
+                    };
+                    http::Request::post(url.clone())
+                        .header(http::header::CONTENT_TYPE, content_type)
+                        .body(Body::from(Bytes::from(body.clone())))
                 };
-                let mut req = http::Request::post(url.clone())
-                    .header(http::header::CONTENT_TYPE, content_type)
-                    .body(Body::from(Bytes::from(body.clone())))
-                    .expect("valid request");
+                let Ok(mut req) = req else {
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 if let Some(token) = &args.token {
                     if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
                         req.headers_mut().insert(http::header::AUTHORIZATION, v);
@@ -412,5 +470,31 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["taskType"], "WAIT");
         assert_eq!(v["waitUntil"], 30_005);
+    }
+
+    #[test]
+    fn pushgateway_pushes_one_group_per_task() {
+        let mut w = Workload::new(0, 2, 0.0, 2);
+        let (mut path, mut body) = (String::new(), String::new());
+        w.next_push(&mut path, &mut body);
+        assert!(
+            path.starts_with("/metrics/job/loadgen/task_id/lg"),
+            "{path}"
+        );
+        assert!(
+            body.starts_with("loadgen_task_progress_ratio{workflow_type=\"loadgen\""),
+            "{body}"
+        );
+        assert!(body.trim_end().ends_with(" 0.5"), "{body}");
+        let first = path.clone();
+        for _ in 0..3 {
+            path.clear();
+            body.clear();
+            w.next_push(&mut path, &mut body);
+        }
+        assert_ne!(
+            path, first,
+            "finished tasks are replaced by new ones (new groups)"
+        );
     }
 }
