@@ -182,15 +182,16 @@ section_checker() {
     "$BIN" check --database "sqlite://$WORK/big.db" >/dev/null || true
     t1=$(date +%s.%N)
     start_taskpulse rebuild --database "sqlite://$WORK/big.db" --check-interval 0
-    local rebuilt rss
+    local rebuilt rss loaded
     rebuilt="$(grep -o 'tasks=[0-9]* took=[^ ]*' "$WORK/rebuild.log" | head -1)"
+    loaded="$(grep -o 'tasks=[0-9]*' <<<"$rebuilt" | cut -d= -f2)"
     rss="$(rss_kib "$TP_PID")"
     stop "$TP_PID"
     echo "| what | figure |"
     echo "|---|---|"
     printf '| `taskpulse check` (one pass, all rules, process start included) | %.2f s |\n' "$(echo "$t1 - $t0" | bc -l)"
     printf '| start-up rebuild | %s |\n' "$rebuilt"
-    printf '| RSS after the rebuild | %.0f MiB (%.0f B per task) |\n' "$(echo "$rss / 1024" | bc -l)" "$(echo "$rss * 1024 / $n" | bc -l)"
+    printf '| RSS after the rebuild | %.0f MiB (%.0f B per task) |\n' "$(echo "$rss / 1024" | bc -l)" "$(echo "$rss * 1024 / ${loaded:-$n}" | bc -l)"
     echo
 }
 
