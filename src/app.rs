@@ -64,7 +64,8 @@ impl Application {
             store::writer::spawn(store.clone(), metrics.clone(), conflict_tx);
         let (throttle, timer_rx) =
             Throttle::new(settings.progress_min_interval, settings.progress_min_delta);
-        let mut tracker = Tracker::new(throttle, writer, metrics.clone());
+        let mut tracker = Tracker::new(throttle, writer, metrics.clone())
+            .with_max_tracked(settings.max_tracked_tasks);
         if settings.conductor_db.is_some() {
             tracker = tracker.without_wait_lag();
         }
@@ -135,8 +136,12 @@ impl Application {
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
-                tick.tick().await;
-                t.sweep(retention_ms, WORKER_IDLE.as_millis() as i64);
+                tokio::select! {
+                    _ = tick.tick() => t.sweep(retention_ms, WORKER_IDLE.as_millis() as i64),
+                    // A flood of new tasks went far over --max-tracked-tasks: evict now.
+                    _ = t.eviction_wanted() => {}
+                }
+                t.evict_over_cap();
             }
         }));
 
@@ -250,12 +255,15 @@ impl Application {
     ) -> Result<()> {
         let draining = self.state.draining.clone();
         let router = api::router(self.state.clone());
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                draining.store(true, Ordering::SeqCst);
-            })
-            .await?;
+        let limits = ConnLimits {
+            header_read_timeout: self.state.settings.header_read_timeout,
+            max_connections: self.state.settings.max_connections,
+        };
+        serve(self.listener, router, limits, async move {
+            shutdown.await;
+            draining.store(true, Ordering::SeqCst);
+        })
+        .await;
 
         let tracker = &self.state.tracker;
         let flushed = tracker.flush_all();
@@ -274,6 +282,94 @@ impl Application {
             _ => Err(Error::StoreUnavailable),
         }
     }
+}
+
+/// What one client may hold of the server.
+struct ConnLimits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+/// The accept loop: `axum::serve` without its blind spots for slow clients.
+///
+/// `axum::serve` offers neither a header-read timeout nor a cap on connections, so a slowloris
+/// client (opening connections and sending a request head byte by byte, or nothing at all) could
+/// hold an unbounded number of sockets and tasks. Here every connection:
+///
+/// - holds one of `--max-connections` permits; at the cap the loop stops accepting, so further
+///   clients wait in the kernel's listen backlog (and are served as permits free up) instead of
+///   taking memory and file descriptors;
+/// - is closed by hyper when a request head (including the first one, and the next one on an
+///   idle keep-alive connection) has not fully arrived within `--header-read-timeout`.
+///
+/// The body deadline (`--body-read-timeout`) is a router layer, see `api::router`.
+///
+/// On `shutdown` the listener closes, every connection finishes the request it is serving and
+/// closes (idle ones at once), and this returns when all have: the same graceful shutdown
+/// `axum::serve` gives, so SIGTERM still drains before the final flush.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tokio::sync::{watch, Semaphore};
+
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (close_tx, close_rx) = watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin, as
+                    // axum::serve does.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut close = close_rx.clone();
+        let header_read_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(error = %e, "connection closed with an error");
+                    }
+                }
+                _ = close.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = close_tx.send(());
+    // Every connection gives its permit back when it is done.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
 }
 
 /// The checker's settings from the process's settings.

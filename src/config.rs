@@ -136,6 +136,31 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conductor_db: Option<String>,
+
+    /// Read the bearer token from this file (a mounted Kubernetes Secret); one trailing newline is ignored [default: none]
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Unfinished tasks kept in memory, at most; the least recently updated leave memory (not the store) [default: 1000000]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tracked_tasks: Option<usize>,
+
+    /// A connection that has not sent a complete request head within this time is closed [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+
+    /// A request whose body has not fully arrived this long after its head gets 408 [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub body_read_timeout: Option<Duration>,
+
+    /// Open HTTP connections, at most; further ones wait in the listen backlog [default: 1024]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// `taskpulse check`: the settings, plus how to print.
@@ -186,6 +211,14 @@ pub struct Settings {
     pub lease_grace: Duration,
     pub conductor_url: Option<String>,
     pub conductor_db: Option<String>,
+    /// Where `auth_token` was read from; resolved into `auth_token` by [`Settings::load`].
+    pub auth_token_file: Option<PathBuf>,
+    pub max_tracked_tasks: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -208,6 +241,12 @@ impl Default for Settings {
             lease_grace: Duration::from_secs(60),
             conductor_url: None,
             conductor_db: None,
+            auth_token_file: None,
+            // ~800 B per tracked task: about 800 MB at the cap.
+            max_tracked_tasks: 1_000_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -232,6 +271,11 @@ const KEYS: &[&str] = &[
     "lease-grace",
     "conductor-url",
     "conductor-db",
+    "auth-token-file",
+    "max-tracked-tasks",
+    "header-read-timeout",
+    "body-read-timeout",
+    "max-connections",
 ];
 
 impl Settings {
@@ -259,11 +303,45 @@ impl Settings {
             .map(|key| key.as_str().to_ascii_lowercase().replace('_', "-").into())
             .filter(|key| KEYS.contains(&key.as_str()));
         figment = figment.merge(env).merge(Serialized::defaults(flags));
-        let settings: Settings = figment
+        let mut settings: Settings = figment
             .extract()
             .map_err(|e| Error::Config(describe_figment_error(e)))?;
+        settings.read_token_file()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// With `auth-token-file`, reads the token from the file (Kubernetes mounts a Secret as a
+    /// file, so the token never has to sit in the pod spec or the process's arguments). One
+    /// trailing newline (`echo TOKEN > file`) is not part of the token. The file's contents never
+    /// appear in an error message.
+    pub fn read_token_file(&mut self) -> Result<()> {
+        let Some(path) = &self.auth_token_file else {
+            return Ok(());
+        };
+        if self.auth_token.is_some() {
+            return Err(Error::Config(
+                "`auth-token` and `auth-token-file` are both set; use one".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "`auth-token-file`: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let token = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
+        if token.trim().is_empty() {
+            return Err(Error::Config(format!(
+                "`auth-token-file`: {} is empty",
+                path.display()
+            )));
+        }
+        self.auth_token = Some(Secret(token.to_string()));
+        Ok(())
     }
 
     /// Checks the values a type can't: ranges and relations between settings.
@@ -288,6 +366,24 @@ impl Settings {
             if token.0.trim().is_empty() {
                 return bad("auth-token", "is set but empty");
             }
+        }
+        if self.max_tracked_tasks == 0 {
+            return bad("max-tracked-tasks", "must be greater than 0");
+        }
+        if self.header_read_timeout.is_zero() {
+            return bad("header-read-timeout", "must be greater than 0 (e.g. 10s)");
+        }
+        if self.body_read_timeout.is_zero() {
+            return bad("body-read-timeout", "must be greater than 0 (e.g. 30s)");
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return bad(
+                "max-connections",
+                &format!(
+                    "must be between 1 and 1000000, got {}",
+                    self.max_connections
+                ),
+            );
         }
         if self.max_pending_writes == 0 {
             return bad("max-pending-writes", "must be greater than 0");
@@ -468,12 +564,81 @@ mod tests {
     }
 
     #[test]
+    fn token_file_is_read_trimmed_and_exclusive() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        write!(file, "tok en\r\n").unwrap();
+        let env = env_from(&[("AUTH_TOKEN_FILE", file.path().to_str().unwrap())]);
+        let s = Settings::load_from(None, &SettingsArgs::default(), env).unwrap();
+        assert_eq!(s.auth_token, Some(Secret("tok en".into())));
+
+        let flags = SettingsArgs {
+            auth_token: Some("a".into()),
+            auth_token_file: Some(file.path().to_path_buf()),
+            ..Default::default()
+        };
+        let err = Settings::load_from(None, &flags, env_from(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both"), "{err}");
+
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let flags = SettingsArgs {
+            auth_token_file: Some(empty.path().to_path_buf()),
+            ..Default::default()
+        };
+        let err = Settings::load_from(None, &flags, env_from(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth-token-file") && err.contains("empty"),
+            "{err}"
+        );
+
+        let flags = SettingsArgs {
+            auth_token_file: Some("/nonexistent/taskpulse-token".into()),
+            ..Default::default()
+        };
+        let err = Settings::load_from(None, &flags, env_from(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn overload_settings_have_defaults_and_reject_zero() {
+        let s = Settings::load_from(None, &SettingsArgs::default(), env_from(&[])).unwrap();
+        assert_eq!(s.max_tracked_tasks, 1_000_000);
+        assert_eq!(s.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(s.max_connections, 1024);
+        let env = env_from(&[("MAX_CONNECTIONS", "0")]);
+        let err = Settings::load_from(None, &SettingsArgs::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max-connections"), "{err}");
+        let env = env_from(&[("MAX_TRACKED_TASKS", "0")]);
+        let err = Settings::load_from(None, &SettingsArgs::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max-tracked-tasks"), "{err}");
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_output() {
         let s = Settings {
             auth_token: Some(Secret("hunter2".into())),
             ..Default::default()
         };
         assert!(!format!("{s:?}").contains("hunter2"));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "s3cr3t-from-file").unwrap();
+        let mut s = Settings {
+            auth_token_file: Some(file.path().to_path_buf()),
+            ..Default::default()
+        };
+        s.read_token_file().unwrap();
+        assert_eq!(s.auth_token, Some(Secret("s3cr3t-from-file".into())));
+        assert!(!format!("{s:?}").contains("s3cr3t"));
         assert_eq!(
             redact_url("postgres://u:pw@host/db"),
             "postgres://u:***@host/db"

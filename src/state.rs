@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use dashmap::{DashMap, DashSet};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::ingest::TaskUpdate;
 use crate::lifecycle::{self, Current, Diff, Rejection, Status, Verdict};
@@ -43,6 +43,10 @@ pub struct TaskState {
     /// The (attempt, worker) pair changed since the last write.
     attempt_dirty: bool,
     rejections_logged: u8,
+    /// When this entry was last created or updated in memory (epoch ms): the eviction order.
+    /// Not `rec.last_seen`, which a task loaded back from the store keeps from long ago; the
+    /// task just brought back for an update must not be the first one evicted again.
+    touched: i64,
     /// Recent (time, progress) samples for timeout prediction; boxed, and only for tasks that
     /// report progress, so tasks without progress pay one pointer.
     window: Option<Box<ProgressWindow>>,
@@ -56,6 +60,7 @@ impl TaskState {
             message_dirty: false,
             attempt_dirty: false,
             rejections_logged: 0,
+            touched: now_ms(),
             window: None,
             rec,
         };
@@ -132,6 +137,18 @@ pub struct Tracker {
     /// Measure WAIT wake-up lag from the updates seen (false when it is read from the engine's
     /// own queue, so nothing is counted twice).
     wait_lag_from_updates: bool,
+    /// `--max-tracked-tasks`: tasks kept in memory, at most (see [`Tracker::evict_over_cap`]).
+    max_tracked: usize,
+    /// Woken when a new task puts the table far over the cap, so the sweeper evicts at once
+    /// instead of at its next tick; the request that noticed does no scanning itself.
+    evict_now: Notify,
+}
+
+/// How far over `--max-tracked-tasks` the table may grow between sweeps before a new task wakes
+/// the sweeper early: a tenth of the cap, so a full eviction scan runs at most once per
+/// cap/10 new tasks (amortized O(10) per insert) and never on the request path.
+fn slack(cap: usize) -> usize {
+    (cap / 10).max(1)
 }
 
 impl Tracker {
@@ -144,7 +161,97 @@ impl Tracker {
             writer,
             metrics,
             wait_lag_from_updates: true,
+            max_tracked: usize::MAX,
+            evict_now: Notify::new(),
         }
+    }
+
+    /// Caps the tasks kept in memory (`--max-tracked-tasks`).
+    pub fn with_max_tracked(mut self, cap: usize) -> Tracker {
+        self.max_tracked = cap.max(1);
+        self
+    }
+
+    /// The cap on tasks kept in memory.
+    pub fn max_tracked(&self) -> usize {
+        self.max_tracked
+    }
+
+    /// Resolves when a new task has put the table far over the cap (the sweeper then evicts
+    /// without waiting for its next tick).
+    pub async fn eviction_wanted(&self) {
+        self.evict_now.notified().await
+    }
+
+    /// Called after a new task entered memory (no entry held: `len` reads every shard).
+    fn check_cap(&self) {
+        if self.max_tracked != usize::MAX
+            && self.tasks.len() > self.max_tracked.saturating_add(slack(self.max_tracked))
+        {
+            self.evict_now.notify_one();
+        }
+    }
+
+    /// Evicts tasks until at most `--max-tracked-tasks` remain in memory; returns how many left.
+    ///
+    /// The policy: finished tasks go first (they are only kept for duplicate detection, which
+    /// the store can answer as well), then unfinished ones, least recently updated (`last_seen`)
+    /// first (in memory: a task loaded back from the store counts as updated when it was
+    /// loaded). An evicted task leaves memory only: a coalesced progress value is handed to the
+    /// writer before the entry is dropped, so the store holds everything memory held. When an
+    /// update for it arrives later, ingest finds it missing from memory and loads it from the
+    /// store before the lifecycle decides (see `api::ingest`), exactly as for a finished task
+    /// past `--terminal-retention`.
+    ///
+    /// This runs from the sweeper, not on the request path: it scans the whole table, one shard
+    /// at a time, and takes each victim's entry only briefly. A task updated between the scan
+    /// and its removal is kept (its `touched` time moved), so an eviction never loses an update.
+    pub fn evict_over_cap(&self) -> usize {
+        let len = self.tasks.len();
+        if len <= self.max_tracked {
+            return 0;
+        }
+        let excess = len - self.max_tracked;
+        let mut candidates: Vec<(bool, i64, Arc<str>)> = self
+            .tasks
+            .iter()
+            .map(|e| (!e.rec.status.is_terminal(), e.touched, e.key().clone()))
+            .collect();
+        if excess < candidates.len() {
+            candidates.select_nth_unstable(excess - 1);
+            candidates.truncate(excess);
+        }
+        let now = now_ms();
+        let mut evicted = 0;
+        for (_, seen, id) in candidates {
+            if let Some(mut entry) = self.tasks.get_mut(&*id) {
+                let st = entry.value_mut();
+                if st.touched != seen {
+                    continue;
+                }
+                if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
+                    self.send_task(st, WriteKind::Progress, now, None, None);
+                }
+            }
+            if self
+                .tasks
+                .remove_if(&*id, |_, st| {
+                    st.touched == seen && st.pending == Pending::Clean
+                })
+                .is_some()
+            {
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            self.metrics.tasks_evicted_total.inc_by(evicted as u64);
+            tracing::debug!(
+                evicted,
+                cap = self.max_tracked,
+                "over --max-tracked-tasks: least recently updated tasks left memory"
+            );
+        }
+        evicted
     }
 
     /// WAIT wake-up lag is measured elsewhere (from Conductor's queue).
@@ -218,6 +325,8 @@ impl Tracker {
                 }
                 let event = event(&st.rec, None, "accepted", None, now);
                 let commit = self.write_now(&id, st, now, Some(event));
+                drop(entry);
+                self.check_cap();
                 Applied::Accepted { commit }
             }
         }
@@ -294,6 +403,7 @@ impl Tracker {
         if let Some(p) = u.progress {
             st.sample(u.update_time.unwrap_or(now), p);
         }
+        st.touched = now;
         let r = &mut st.rec;
         r.status = u.status;
         r.last_seen = now;
@@ -472,6 +582,8 @@ impl Tracker {
             let rec = self.intern(rec);
             self.tasks.insert(rec.task_id.clone(), TaskState::new(rec));
         }
+        // A store with more unfinished tasks than the cap: keep the most recently updated.
+        self.evict_over_cap();
     }
 
     /// Of `ids`, those not in memory (each once).
@@ -492,6 +604,7 @@ impl Tracker {
                 v.insert(TaskState::new(rec));
             }
         }
+        self.check_cap();
     }
 
     /// Shares the record's names with the rest of the table.
@@ -562,10 +675,14 @@ impl Tracker {
     /// Folds in rows read from the store (the leader's view of what other replicas accepted):
     /// unknown tasks are added, known ones follow the store where it is newer.
     pub fn merge_from_store(&self, records: Vec<TaskRecord>) {
+        // At the cap, what other replicas hold stays in the store: adding it would only evict
+        // it again. (`len` reads every shard, so it is read once, not per row.)
+        let mut room = self.max_tracked.saturating_sub(self.tasks.len());
         for rec in records {
             if self.tasks.contains_key(&*rec.task_id) {
                 self.reload(rec);
-            } else {
+            } else if room > 0 {
+                room -= 1;
                 self.load_absent(vec![rec]);
             }
         }

@@ -22,6 +22,14 @@ use crate::store::Commit;
 /// How long an update that needs a commit waits for it before the client gets 503.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a client waiting for a commit looks at the writer's health: once the store is
+/// known to fail, it gets 503 within this, not after the whole [`COMMIT_TIMEOUT`].
+const HEALTH_POLL: Duration = Duration::from_millis(100);
+
+/// The answer to an update that needs a commit while the store is failing. What was accepted
+/// stays in memory and in the writer's queue, so the retry the client makes is a duplicate.
+const STORE_FAILING: &str = "the store is unavailable; retry (accepted updates are kept and written when it is back, and a retry is answered as a duplicate)";
+
 /// One rejected item in the ingest response.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -132,6 +140,12 @@ async fn apply(
             .map(|u| u.task_id.as_str()),
     );
     if !unknown.is_empty() {
+        // Unknown tasks are new (they need a commit) or must be read from the store first:
+        // neither can succeed while the store is failing, so don't make the client wait for
+        // the pool's connect timeout.
+        if s.tracker.writer().store_failing() {
+            return Err(unavailable(STORE_FAILING));
+        }
         match s.store.get_tasks(&unknown).await {
             Ok(found) => s.tracker.load_absent(found),
             Err(e) => return Err(unavailable(format!("store unavailable: {e}"))),
@@ -139,6 +153,11 @@ async fn apply(
     }
     let mut resp = IngestResponse::default();
     let mut waits = Vec::new();
+    let store_failing = wait && s.tracker.writer().store_failing();
+    // A retried completion is a duplicate from memory, but while the store fails its first
+    // attempt may still be waiting in the writer: a 200 now would acknowledge a completion
+    // that is not durable yet. The client gets 503 until the store is back.
+    let mut unconfirmed_duplicate = false;
     for item in items {
         match item.parsed {
             Err(e) => resp.reject(item.index, e.task_id, &e.rejection),
@@ -151,29 +170,32 @@ async fn apply(
                     Applied::Accepted { commit: Some(rx) } => {
                         waits.push(((item.index, task_id, sent), rx))
                     }
-                    Applied::Duplicate => resp.duplicates += 1,
+                    Applied::Duplicate => {
+                        resp.duplicates += 1;
+                        unconfirmed_duplicate |= store_failing && sent.0.is_terminal();
+                    }
                     Applied::Rejected(r) => resp.reject(item.index, Some(task_id), &r),
                 }
             }
         }
     }
+    if unconfirmed_duplicate && waits.is_empty() {
+        s.metrics
+            .updates_total
+            .with_label_values(&[source, "accepted"])
+            .inc_by(resp.accepted);
+        return Err(unavailable(STORE_FAILING));
+    }
     if !waits.is_empty() {
         let (meta, receivers): (Vec<_>, Vec<_>) = waits.into_iter().unzip();
-        let commits = match tokio::time::timeout(
-            COMMIT_TIMEOUT,
-            futures_util::future::join_all(receivers),
-        )
-        .await
-        {
+        let commits = match wait_for_commits(s, receivers).await {
             Ok(c) => c,
-            Err(_) => {
+            Err(why) => {
                 s.metrics
                     .updates_total
                     .with_label_values(&[source, "accepted"])
                     .inc_by(resp.accepted);
-                return Err(unavailable(
-                    "the store did not confirm the write in time; retry (accepted updates are kept and a retry is answered as a duplicate)",
-                ));
+                return Err(unavailable(why));
             }
         };
         for ((index, task_id, (status, update_time)), commit) in meta.into_iter().zip(commits) {
@@ -228,4 +250,31 @@ async fn apply(
     count("duplicate", resp.duplicates);
     count("rejected", resp.rejected.len() as u64);
     Ok(resp)
+}
+
+/// Waits for the commits an acknowledgement needs, up to [`COMMIT_TIMEOUT`], but gives up as
+/// soon as the writer reports the store failing: the commit cannot come until the store is
+/// back, and a quick 503 lets the client back off instead of holding a connection for 10 s.
+async fn wait_for_commits(
+    s: &AppState,
+    receivers: Vec<tokio::sync::oneshot::Receiver<Commit>>,
+) -> Result<Vec<Result<Commit, tokio::sync::oneshot::error::RecvError>>, &'static str> {
+    let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+    let all = futures_util::future::join_all(receivers);
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            // A commit that arrived wins over a failure seen at the same time.
+            biased;
+            commits = &mut all => return Ok(commits),
+            _ = tokio::time::sleep(HEALTH_POLL) => {
+                if s.tracker.writer().store_failing() {
+                    return Err(STORE_FAILING);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err("the store did not confirm the write in time; retry (accepted updates are kept and a retry is answered as a duplicate)");
+                }
+            }
+        }
+    }
 }

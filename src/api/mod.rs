@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::any(crate::engines::conductor::proxy::handle),
         )
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), body_deadline))
         .layer(DefaultBodyLimit::max(
             state.settings.max_body_bytes.as_u64() as usize,
         ))
@@ -83,6 +84,86 @@ pub(crate) fn unavailable(msg: impl Into<String>) -> Response {
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// `--body-read-timeout`: a request whose body has not fully arrived this long after its head
+/// gets 408 and its connection is closed.
+///
+/// Without it a client that sends a head with `Content-Length: 8000000` and then trickles (or
+/// stops) would hold its connection, and the handler waiting for the body, forever. The deadline
+/// runs from when the head was read; a body nobody reads costs nothing.
+async fn body_deadline(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let limit = s.settings.body_read_timeout;
+    let expired = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| {
+        axum::body::Body::new(DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+            limit,
+            expired: expired.clone(),
+        })
+    });
+    let resp = next.run(req).await;
+    if !expired.load(Ordering::Relaxed) {
+        return resp;
+    }
+    let mut r = error(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request body did not arrive within --body-read-timeout ({})",
+            humantime::format_duration(limit)
+        ),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// The body did not arrive in time (`--body-read-timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {}", humantime::format_duration(*.0))]
+struct BodyTimeout(Duration);
+
+/// A request body that fails once its deadline has passed.
+struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    expired: Arc<AtomicBool>,
+}
+
+impl axum::body::HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(BodyTimeout(this.limit).into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> Response {

@@ -11,6 +11,12 @@ use crate::lifecycle::{Rejection, Status};
 
 /// Longest accepted id or name. Label values come from these, so they must stay short.
 pub const MAX_ID_LEN: usize = 256;
+/// Longest accepted value of a field that only ever becomes a metric label *shared by many
+/// series* (`taskType`, `workflowType`, `workerId`). Every one of them is repeated in every
+/// series and every scrape, so a hostile sender could otherwise multiply the size of `/metrics`;
+/// 128 bytes is far above any real task or worker name. Ids that identify one task
+/// (`taskId`, `workflowId`) keep [`MAX_ID_LEN`].
+pub const MAX_LABEL_LEN: usize = 128;
 /// Longest kept progress message; longer ones are cut, not rejected.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
@@ -217,8 +223,8 @@ impl RawUpdate {
         Ok(TaskUpdate {
             task_id,
             workflow_id,
-            task_type: optional_id("taskType", self.task_type.or(self.task_def_name))?,
-            workflow_type: optional_id("workflowType", self.workflow_type)?,
+            task_type: optional_label("taskType", self.task_type.or(self.task_def_name))?,
+            workflow_type: optional_label("workflowType", self.workflow_type)?,
             reference_task_name: optional_id("referenceTaskName", self.reference_task_name)?,
             seq: small_int("seq", self.seq)?,
             iteration: small_int("iteration", self.iteration)?,
@@ -226,7 +232,7 @@ impl RawUpdate {
             status,
             progress,
             progress_message,
-            worker_id: optional_id("workerId", self.worker_id)?,
+            worker_id: optional_label("workerId", self.worker_id)?,
             start_time: non_negative("startTime", self.start_time)?,
             update_time: non_negative("updateTime", self.update_time)?,
             timeout_seconds: non_negative("timeoutSeconds", self.timeout_seconds)?,
@@ -266,6 +272,18 @@ fn optional_id(field: &str, v: Option<String>) -> Result<Option<String>, Rejecti
             "`{field}` must not contain control characters"
         ))),
         Some(s) => Ok(Some(s)),
+    }
+}
+
+/// An optional name that becomes a shared metric label: an id, at most [`MAX_LABEL_LEN`] bytes.
+/// Quotes, backslashes, `#`, `}` and any unicode are fine: the exposition encoder escapes them.
+fn optional_label(field: &str, v: Option<String>) -> Result<Option<String>, Rejection> {
+    match optional_id(field, v)? {
+        Some(s) if s.len() > MAX_LABEL_LEN => Err(Rejection::Invalid(format!(
+            "`{field}` is {} bytes long; at most {MAX_LABEL_LEN} are allowed (it becomes a metric label)",
+            s.len()
+        ))),
+        other => Ok(other),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub checker_repairs_total: IntCounterVec,
     pub checker_leader: IntGauge,
     pub heartbeats_total: IntCounterVec,
+    /// Tasks that left memory because of `--max-tracked-tasks` (they stay in the store).
+    pub tasks_evicted_total: IntCounter,
     /// `progress_updates_total{outcome="written"}` and `{outcome="coalesced"}`, looked up once:
     /// they are bumped on every progress update.
     progress_written: IntCounter,
@@ -143,6 +145,11 @@ impl Metrics {
                 "Lease heartbeats through the Conductor worker proxy, by outcome (forwarded, coalesced).",
                 &["outcome"],
             ),
+            tasks_evicted_total: IntCounter::new(
+                "taskpulse_tasks_evicted_total",
+                "Tasks that left memory (not the store) because --max-tracked-tasks was reached, least recently updated first.",
+            )
+            .expect("valid metric"),
             checker_leader: IntGauge::new(
                 "taskpulse_checker_leader",
                 "1 on the replica that leads (runs the checker, exports the state gauges), else 0.",
@@ -165,6 +172,7 @@ impl Metrics {
             Box::new(m.checker_repairs_total.clone()),
             Box::new(m.checker_leader.clone()),
             Box::new(m.heartbeats_total.clone()),
+            Box::new(m.tasks_evicted_total.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

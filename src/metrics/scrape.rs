@@ -96,7 +96,13 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     (
         "taskpulse_task_worker_info",
         "The worker of an in-flight task's current attempt; always 1 (join on the task labels).",
-        &["workflow_type", "task_type", "workflow_id", "task_id", "worker_id"],
+        &[
+            "workflow_type",
+            "task_type",
+            "workflow_id",
+            "task_id",
+            "worker_id",
+        ],
     ),
     (
         "taskpulse_tasks_predicted_timeout",

@@ -143,6 +143,29 @@ impl Batch {
     }
 }
 
+/// How long taking a PostgreSQL connection from the pool may wait, once running. sqlx retries a
+/// refused connection until this runs out, so it is also how long a store outage takes to
+/// surface as an error: the writer flags the store failing (and ingest answers 503 at once)
+/// after this, not after the 10 s a starting service waits for its database.
+const PG_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connects to PostgreSQL, waiting up to `timeout` for the server, with a pool whose acquire
+/// timeout is the shorter [`PG_ACQUIRE_TIMEOUT`].
+async fn connect_postgres(url: &str, timeout: std::time::Duration) -> Result<sqlx::PgPool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let this_try = left
+            .min(PG_ACQUIRE_TIMEOUT)
+            .max(std::time::Duration::from_millis(100));
+        match postgres::connect(url, this_try).await {
+            Err(Error::Database(sqlx::Error::PoolTimedOut))
+                if tokio::time::Instant::now() < deadline => {}
+            other => return other,
+        }
+    }
+}
+
 /// SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -163,7 +186,7 @@ impl Store {
         if url.starts_with("sqlite:") {
             sqlite::connect(url, timeout).await.map(Store::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            postgres::connect(url, timeout).await.map(Store::Postgres)
+            connect_postgres(url, timeout).await.map(Store::Postgres)
         } else {
             Err(Error::UnsupportedDatabase(crate::config::redact_url(url)))
         }
@@ -284,6 +307,46 @@ impl Store {
             Store::Sqlite(pool) => pool.close().await,
             Store::Postgres(pool) => pool.close().await,
         }
+    }
+}
+
+/// Whether a failed store call is about the store being unreachable, restarting, overloaded or
+/// locked (so the same write will succeed later), rather than the store refusing the data.
+///
+/// The writer uses this to decide between retrying a batch forever and splitting it row by row
+/// to find a row the store refuses: splitting on an outage would answer waiting clients with
+/// "refused" and drop rows that only needed the store to come back. PostgreSQL reports a
+/// shutdown (`57P01`) and a server still starting (`57P03`) as database errors, and SQLite
+/// reports a lock held by another process as `SQLITE_BUSY`, so the error kind alone is not
+/// enough: the SQLSTATE class or SQLite result code decides.
+pub fn is_transient(e: &Error) -> bool {
+    let Error::Database(e) = e else {
+        return matches!(e, Error::Io(_) | Error::StoreUnavailable);
+    };
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if let Ok(n) = code.parse::<i64>() {
+                // SQLite: the primary result code is the low byte of the extended one.
+                // BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR, FULL, CANTOPEN, PROTOCOL.
+                matches!(n & 0xff, 5 | 6 | 7 | 8 | 9 | 10 | 13 | 14 | 15)
+            } else {
+                // PostgreSQL SQLSTATE classes: connection exception, insufficient resources,
+                // operator intervention (shutdown, cancel), system error, transaction rollback
+                // (serialization, deadlock), and lock not available.
+                ["08", "53", "57", "58", "40"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || code == "55P03"
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 

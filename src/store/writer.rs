@@ -9,8 +9,15 @@
 //!
 //! Unboundedness is deliberate and guarded elsewhere: the ingest path refuses updates that need a
 //! commit once `pending()` passes `--max-pending-writes`.
+//!
+//! A batch that fails because the store is unreachable, restarting or locked is retried with
+//! backoff, forever: every op in it was accepted into memory, and some of them were promised to
+//! a client as "kept and written later". While it fails, [`WriterHandle::store_failing`] says
+//! so, and the ingest path answers updates that need a commit with 503 at once instead of
+//! letting each client wait for a commit that cannot come.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +25,15 @@ use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Attempt, Batch, Store, TaskEvent, TaskRecord};
+use super::{is_transient, Attempt, Batch, Store, TaskEvent, TaskRecord};
 use crate::metrics::Metrics;
 
 /// Most ops taken into one transaction.
 const MAX_BATCH: usize = 8192;
+
+/// Longest pause between two attempts at a failing batch: short enough that writes resume
+/// within seconds of the store coming back, long enough not to hammer a store that is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Why a task row is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +86,8 @@ pub enum Op {
 pub struct WriterHandle {
     tx: mpsc::UnboundedSender<Op>,
     pending: IntGauge,
+    /// Epoch ms of the first failed attempt of the batch being retried; 0 while writes succeed.
+    failing_since: Arc<AtomicI64>,
 }
 
 impl WriterHandle {
@@ -91,6 +104,21 @@ impl WriterHandle {
     /// Ops queued or being written.
     pub fn pending(&self) -> usize {
         self.pending.get().max(0) as usize
+    }
+
+    /// True while the writer is retrying a batch the store failed for a reason that is not the
+    /// data (unreachable, restarting, locked). Cleared by the next successful commit. The
+    /// ingest path uses it to refuse updates that need a commit at once, with 503.
+    pub fn store_failing(&self) -> bool {
+        self.failing_since.load(Ordering::Relaxed) != 0
+    }
+
+    /// Since when (epoch ms) the store has been failing, if it is.
+    pub fn store_failing_since(&self) -> Option<i64> {
+        match self.failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
     }
 
     /// Waits until everything sent so far is committed.
@@ -115,9 +143,11 @@ pub fn spawn(
     let handle = WriterHandle {
         tx,
         pending: metrics.store_pending_writes.clone(),
+        failing_since: Arc::new(AtomicI64::new(0)),
     };
     let pending = handle.pending.clone();
-    let join = tokio::spawn(run(store, metrics, rx, pending, conflicts));
+    let health = handle.failing_since.clone();
+    let join = tokio::spawn(run(store, metrics, rx, pending, health, conflicts));
     (handle, join)
 }
 
@@ -126,6 +156,7 @@ async fn run(
     metrics: Arc<Metrics>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     pending: IntGauge,
+    health: Arc<AtomicI64>,
     conflicts: mpsc::UnboundedSender<Lost>,
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
@@ -135,7 +166,7 @@ async fn run(
         for op in ops.drain(..) {
             pb.add(op);
         }
-        write_with_retry(&store, &metrics, &conflicts, pb).await;
+        write_with_retry(&store, &metrics, &health, &conflicts, pb).await;
         pending.sub(taken);
     }
 }
@@ -202,34 +233,55 @@ impl PendingBatch {
 async fn write_with_retry(
     store: &Store,
     metrics: &Metrics,
+    health: &AtomicI64,
     conflict_tx: &mpsc::UnboundedSender<Lost>,
     pb: PendingBatch,
 ) {
     let mut backoff = Duration::from_millis(50);
-    let mut attempt = 0u32;
+    // Attempts that failed on the data, not on the store's availability.
+    let mut refused = 0u32;
     let outcome: Vec<Option<Commit>> = loop {
-        attempt += 1;
         match store.write_batch(&pb.batch).await {
             Ok(conflicts) => {
+                if health.swap(0, Ordering::Relaxed) != 0 {
+                    tracing::info!("store writes succeed again");
+                }
                 let mut out = vec![None; pb.batch.tasks.len()];
                 for i in conflicts {
                     out[i] = Some(resolve_conflict(store, &pb.batch.tasks[i]).await);
                 }
                 break out;
             }
-            Err(crate::Error::Database(sqlx::Error::Database(db))) if attempt >= 3 => {
+            Err(e @ crate::Error::Database(sqlx::Error::Database(_)))
+                if !is_transient(&e) && refused >= 2 =>
+            {
                 // The server refuses the data itself, not the connection. Retrying the batch
                 // forever would stall every other task; write rows one by one instead and
                 // report the ones that cannot be stored.
                 metrics.store_write_errors_total.inc();
-                tracing::error!(error = %db, "store rejected a batch; writing its rows one by one");
-                break write_one_by_one(store, metrics, &pb.batch).await;
+                tracing::error!(error = %e, "store rejected a batch; writing its rows one by one");
+                break write_one_by_one(store, metrics, health, &pb.batch).await;
             }
             Err(e) => {
                 metrics.store_write_errors_total.inc();
+                if is_transient(&e) {
+                    if health
+                        .compare_exchange(
+                            0,
+                            crate::now_ms().max(1),
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        tracing::error!(error = %e, "the store is failing; writes are kept and retried, updates that need a commit get 503");
+                    }
+                } else {
+                    refused += 1;
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, rows = pb.batch.tasks.len(), "store write failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     };
@@ -258,7 +310,12 @@ async fn write_with_retry(
     }
 }
 
-async fn write_one_by_one(store: &Store, metrics: &Metrics, batch: &Batch) -> Vec<Option<Commit>> {
+async fn write_one_by_one(
+    store: &Store,
+    metrics: &Metrics,
+    health: &AtomicI64,
+    batch: &Batch,
+) -> Vec<Option<Commit>> {
     let mut out = Vec::with_capacity(batch.tasks.len());
     for rec in &batch.tasks {
         let single = Batch {
@@ -282,15 +339,17 @@ async fn write_one_by_one(store: &Store, metrics: &Metrics, batch: &Batch) -> Ve
                 .cloned()
                 .collect(),
         };
-        out.push(match store.write_batch(&single).await {
-            Ok(c) if c.is_empty() => None,
-            Ok(_) => Some(resolve_conflict(store, rec).await),
-            Err(e) => {
-                metrics.store_write_errors_total.inc();
-                tracing::error!(task_id = %rec.task_id, error = %e, "store refused a task row");
-                Some(Commit::Failed(e.to_string()))
-            }
-        });
+        out.push(
+            match write_transient_retried(store, metrics, health, &single).await {
+                Ok(c) if c.is_empty() => None,
+                Ok(_) => Some(resolve_conflict(store, rec).await),
+                Err(e) => {
+                    metrics.store_write_errors_total.inc();
+                    tracing::error!(task_id = %rec.task_id, error = %e, "store refused a task row");
+                    Some(Commit::Failed(e.to_string()))
+                }
+            },
+        );
     }
     // History and attempts of tasks without a row in this batch (rejected updates).
     let orphans = Batch {
@@ -310,12 +369,45 @@ async fn write_one_by_one(store: &Store, metrics: &Metrics, batch: &Batch) -> Ve
             .collect(),
     };
     if !orphans.events.is_empty() || !orphans.attempts.is_empty() {
-        if let Err(e) = store.write_batch(&orphans).await {
+        if let Err(e) = write_transient_retried(store, metrics, health, &orphans).await {
             metrics.store_write_errors_total.inc();
             tracing::error!(error = %e, events = orphans.events.len(), "store refused task history");
         }
     }
     out
+}
+
+/// One write, retried with backoff for as long as it fails for transient reasons (so a store
+/// outage while a refused batch is being split doesn't turn good rows into refused ones).
+async fn write_transient_retried(
+    store: &Store,
+    metrics: &Metrics,
+    health: &AtomicI64,
+    batch: &Batch,
+) -> crate::Result<Vec<usize>> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.write_batch(batch).await {
+            Err(e) if is_transient(&e) => {
+                metrics.store_write_errors_total.inc();
+                let _ = health.compare_exchange(
+                    0,
+                    crate::now_ms().max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                tracing::warn!(error = %e, retry_in = ?backoff, "store write failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            other => {
+                if other.is_ok() {
+                    health.store(0, Ordering::Relaxed);
+                }
+                return other;
+            }
+        }
+    }
 }
 
 /// A conditional write did not apply. If the store already holds exactly this state (a retried

@@ -11,7 +11,7 @@ use taskpulse::lifecycle::Status;
 use taskpulse::store::{Batch, Store, TaskRecord};
 
 use crate::helpers::{stored_version, update, Backend, TestDb};
-use crate::replicas::{run, Server, EXIT_TIMEOUT};
+use crate::process::{run, Server, EXIT_TIMEOUT};
 
 /// A task row as taskpulse would have stored it, seen last at `last_seen`.
 fn row(id: &str, workflow: &str, task_type: &str, status: Status, last_seen: i64) -> TaskRecord {
@@ -63,7 +63,7 @@ async fn write(store: &Store, tasks: Vec<TaskRecord>) {
 async fn check(cwd: &Path, url: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let mut all = vec!["check", "--database", url];
     all.extend_from_slice(args);
-    let (status, stdout, stderr) = run(cwd, &all, EXIT_TIMEOUT).await;
+    let (status, stdout, stderr) = run(cwd, &all, &[], EXIT_TIMEOUT).await;
     (status.code(), stdout, stderr)
 }
 
@@ -100,6 +100,7 @@ async fn check_is_clean_after_migrate(backend: Backend) {
     let (status, stdout, stderr) = run(
         dir.path(),
         &["migrate", "--database", db.url.as_str()],
+        &[],
         EXIT_TIMEOUT,
     )
     .await;
@@ -137,6 +138,7 @@ async fn check_is_clean_after_serving_healthy_tasks() {
     let server = Server::start(
         dir.path(),
         &["--database", &db.url, "--check-interval", "0"],
+        &[],
     )
     .await;
     let now = taskpulse::now_ms();
@@ -146,8 +148,10 @@ async fn check_is_clean_after_serving_healthy_tasks() {
     running["timeoutSeconds"] = json!(3600);
     running["responseTimeoutSeconds"] = json!(600);
     running["seq"] = json!(1);
+    // A finished task of another workflow. (In the same workflow, a finished seq 2 that
+    // appeared after seq 1's last update, with seq 1 still running, is the conductor-oss#176
+    // shape that `successor_finished` reports.)
     let mut done = update("healthy-2", "COMPLETED");
-    done["workflowId"] = json!("wf-healthy-1");
     done["seq"] = json!(2);
     let mut waiting = update("healthy-wait", "IN_PROGRESS");
     waiting["taskType"] = json!("WAIT");
@@ -318,6 +322,7 @@ async fn check_exits_2_when_the_database_is_unreachable() {
     let (status, stdout, stderr) = run(
         dir.path(),
         &["check", "--database", "postgres://postgres@127.0.0.1:1/x"],
+        &[],
         Duration::from_secs(30),
     )
     .await;

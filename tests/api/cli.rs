@@ -2,263 +2,17 @@
 //! signals, restarts, crashes and bad settings. Every child process is bounded in time and
 //! killed when its test ends; nothing runs on the default port 9477.
 
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use taskpulse::store::Store;
 
-use crate::helpers::{binary, metric_value, update, Backend, TestDb};
-
-/// Longest a server may take to answer /healthz.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a process may take to exit (after a signal, or a command that should end).
-const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Every setting's environment variable, removed from children so the developer's own
-/// environment can't change what a test sees.
-const SETTING_VARS: &[&str] = &[
-    "TASKPULSE_CONFIG",
-    "TASKPULSE_LISTEN",
-    "TASKPULSE_DATABASE",
-    "TASKPULSE_PROGRESS_MIN_INTERVAL",
-    "TASKPULSE_PROGRESS_MIN_DELTA",
-    "TASKPULSE_STALL_AFTER",
-    "TASKPULSE_WAIT_GRACE",
-    "TASKPULSE_CHECK_INTERVAL",
-    "TASKPULSE_REPAIR",
-    "TASKPULSE_MAX_TASK_SERIES",
-    "TASKPULSE_MAX_BODY_BYTES",
-    "TASKPULSE_AUTH_TOKEN",
-    "TASKPULSE_TERMINAL_RETENTION",
-    "TASKPULSE_MAX_PENDING_WRITES",
-];
-
-/// A free loopback address: bind port 0, read the port, release it.
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().unwrap()
-}
+use crate::helpers::{metric_value, update, Backend, TestDb};
+use crate::process::{free_addr, run, Server, EXIT_TIMEOUT};
 
 fn sqlite_url(dir: &Path, file: &str) -> String {
     format!("sqlite://{}", dir.join(file).display())
-}
-
-/// One run of the binary, its output going to files (a full pipe can't block it). Killed with
-/// SIGKILL on drop if still running.
-struct Proc {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    what: String,
-}
-
-impl Proc {
-    fn spawn(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let stdout = cwd.join(format!("proc-{n}.stdout"));
-        let stderr = cwd.join(format!("proc-{n}.stderr"));
-        let mut cmd = Command::new(binary());
-        cmd.args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        for var in SETTING_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.env("TASKPULSE_LOG", "info,sqlx=warn");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let what = format!(
-            "taskpulse {}{}",
-            args.join(" "),
-            envs.iter()
-                .map(|(k, v)| format!(" [{k}={v}]"))
-                .collect::<String>()
-        );
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Proc {
-            child,
-            stdout,
-            stderr,
-            what,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Waits for the process to end; kills it and fails the test after `EXIT_TIMEOUT`.
-    async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            if tokio::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "`{}` still running after {EXIT_TIMEOUT:?}; killed. stderr:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {sig} {}", self.child.id());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs a command that should end by itself (within `EXIT_TIMEOUT`).
-async fn run(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let mut p = Proc::spawn(cwd, args, envs);
-    let status = p.wait_exit().await;
-    (status, p.stdout(), p.stderr())
-}
-
-/// A running `taskpulse serve`.
-struct Server {
-    proc: Proc,
-    addr: SocketAddr,
-    client: reqwest::Client,
-}
-
-impl Server {
-    /// `serve --listen <free port> ARGS`, ready when /healthz answers. Retries with another
-    /// port if the free one was taken in the meantime.
-    async fn start(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Server {
-        for _ in 0..3 {
-            let addr = free_addr();
-            let listen = addr.to_string();
-            let mut all = vec!["serve", "--listen", &listen];
-            all.extend_from_slice(args);
-            match Server::start_at(addr, cwd, &all, envs).await {
-                Ok(s) => return s,
-                Err(stderr) if stderr.contains("cannot listen") => continue,
-                Err(stderr) => panic!("taskpulse {} exited at start:\n{stderr}", all.join(" ")),
-            }
-        }
-        panic!("no free port after 3 tries");
-    }
-
-    /// Runs `args` (the caller picks how the address is set) and waits for /healthz on `addr`.
-    /// `Err(stderr)` if the process exits first.
-    async fn start_at(
-        addr: SocketAddr,
-        cwd: &Path,
-        args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Result<Server, String> {
-        let mut proc = Proc::spawn(cwd, args, envs);
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if proc.exited().is_some() {
-                return Err(proc.stderr());
-            }
-            if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await {
-                if r.status() == 200 {
-                    return Ok(Server { proc, addr, client });
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "`{}` did not answer /healthz on {addr} within {START_TIMEOUT:?}. stderr:\n{}",
-                    proc.what,
-                    proc.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn ingest(&self, body: &Value) -> Value {
-        let resp = self
-            .client
-            .post(self.url("/api/v1/updates"))
-            .json(body)
-            .send()
-            .await
-            .expect("POST /api/v1/updates");
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert_eq!(status, 200, "ingest answered {status}: {text}");
-        serde_json::from_str(&text).unwrap()
-    }
-
-    async fn get_json(&self, path: &str) -> Value {
-        let resp = self.client.get(self.url(path)).send().await.expect(path);
-        assert_eq!(resp.status(), 200, "GET {path}");
-        resp.json().await.unwrap()
-    }
-
-    async fn scrape(&self) -> prometheus_parse::Scrape {
-        let resp = self.client.get(self.url("/metrics")).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let text = resp.text().await.unwrap();
-        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-            .expect("exposition format parses")
-    }
-
-    /// SIGTERM, then the exit status (the test fails if it takes longer than `EXIT_TIMEOUT`).
-    async fn terminate(mut self) -> (ExitStatus, String) {
-        self.proc.signal("-TERM");
-        let status = self.proc.wait_exit().await;
-        (status, self.proc.stderr())
-    }
-
-    /// SIGKILL: no chance to flush anything.
-    async fn kill9(mut self) {
-        self.proc.signal("-KILL");
-        let status = self.proc.wait_exit().await;
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "{status}"
-        );
-    }
 }
 
 fn progress_update(id: &str, percent: f64) -> Value {
@@ -487,7 +241,7 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
     for (extra, envs, names) in cases {
         let mut args = vec!["serve", "--listen", &listen, "--database", &db];
         args.extend(extra);
-        let (status, _, stderr) = run(dir.path(), &args, &envs).await;
+        let (status, _, stderr) = run(dir.path(), &args, &envs, EXIT_TIMEOUT).await;
         let what = format!("taskpulse {} {envs:?}", args.join(" "));
         assert_eq!(
             status.code(),
@@ -596,7 +350,7 @@ async fn migrate_creates_the_tables(backend: Backend) {
     let db = TestDb::new(backend).await;
     let args = ["migrate", "--database", db.url.as_str()];
     for round in 0..2 {
-        let (status, stdout, stderr) = run(dir.path(), &args, &[]).await;
+        let (status, stdout, stderr) = run(dir.path(), &args, &[], EXIT_TIMEOUT).await;
         assert_eq!(
             status.code(),
             Some(0),

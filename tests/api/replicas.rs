@@ -5,13 +5,9 @@
 //! another one takes over within two check intervals.
 //!
 //! Every child process is killed when its test ends (`Proc`'s `Drop`), and every wait is
-//! deadline-bounded. The process helpers here are shared with `check_cli`.
+//! deadline-bounded (see `process`).
 
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -19,265 +15,16 @@ use taskpulse::lifecycle::Status;
 use taskpulse::store::Store;
 use tokio::time::Instant;
 
-use crate::helpers::{binary, metric_value, update, Backend, TestDb};
+use crate::helpers::{metric_value, update, Backend, TestDb};
+use crate::process::Server;
 
-/// Longest a server may take to answer /healthz.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest a process may take to exit by default.
-pub(crate) const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Check interval of the replicas under test: the election period is half of it.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Every setting's environment variable, removed from children so the developer's own
-/// environment can't change what a test sees.
-const SETTING_VARS: &[&str] = &[
-    "TASKPULSE_CONFIG",
-    "TASKPULSE_LISTEN",
-    "TASKPULSE_DATABASE",
-    "TASKPULSE_PROGRESS_MIN_INTERVAL",
-    "TASKPULSE_PROGRESS_MIN_DELTA",
-    "TASKPULSE_STALL_AFTER",
-    "TASKPULSE_WAIT_GRACE",
-    "TASKPULSE_CHECK_INTERVAL",
-    "TASKPULSE_REPAIR",
-    "TASKPULSE_MAX_TASK_SERIES",
-    "TASKPULSE_MAX_BODY_BYTES",
-    "TASKPULSE_AUTH_TOKEN",
-    "TASKPULSE_TERMINAL_RETENTION",
-    "TASKPULSE_MAX_PENDING_WRITES",
-    "TASKPULSE_MAX_REPAIRS_PER_RUN",
-    "TASKPULSE_LEASE_GRACE",
-];
-
-/// A free loopback address: bind port 0, read the port, release it.
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().unwrap()
-}
-
-/// One run of the binary, its output going to files (a full pipe can't block it). Killed with
-/// SIGKILL on drop if still running.
-pub(crate) struct Proc {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    what: String,
-}
-
-impl Proc {
-    pub(crate) fn spawn(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let stdout = cwd.join(format!("proc-{n}.stdout"));
-        let stderr = cwd.join(format!("proc-{n}.stderr"));
-        let mut cmd = Command::new(binary());
-        cmd.args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        for var in SETTING_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.env("TASKPULSE_LOG", "info,sqlx=warn");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let what = format!("taskpulse {}", args.join(" "));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        Proc {
-            child,
-            stdout,
-            stderr,
-            what,
-        }
-    }
-
-    pub(crate) fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    pub(crate) fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Waits for the process to end; kills it and fails the test after `limit`.
-    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "`{}` still running after {limit:?}; killed. stderr:\n{}",
-                    self.what,
-                    self.stderr()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {sig} {}", self.child.id());
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs a command that should end by itself within `limit`: (status, stdout, stderr).
-pub(crate) async fn run(
-    cwd: &Path,
-    args: &[&str],
-    limit: Duration,
-) -> (ExitStatus, String, String) {
-    let mut p = Proc::spawn(cwd, args, &[]);
-    let status = p.wait_exit(limit).await;
-    (status, p.stdout(), p.stderr())
-}
-
-/// A running `taskpulse serve`.
-pub(crate) struct Server {
-    proc: Proc,
-    addr: SocketAddr,
-    client: reqwest::Client,
-}
-
-impl Server {
-    /// `serve --listen <free port> ARGS`, ready when /healthz answers. Retries with another
-    /// port if the free one was taken in the meantime.
-    pub(crate) async fn start(cwd: &Path, args: &[&str]) -> Server {
-        for _ in 0..3 {
-            let addr = free_addr();
-            let listen = addr.to_string();
-            let mut all = vec!["serve", "--listen", &listen];
-            all.extend_from_slice(args);
-            let mut proc = Proc::spawn(cwd, &all, &[]);
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
-            let deadline = Instant::now() + START_TIMEOUT;
-            loop {
-                if proc.exited().is_some() {
-                    let stderr = proc.stderr();
-                    if stderr.contains("cannot listen") {
-                        break;
-                    }
-                    panic!("`{}` exited at start:\n{stderr}", proc.what);
-                }
-                if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await {
-                    if r.status() == 200 {
-                        return Server { proc, addr, client };
-                    }
-                }
-                if Instant::now() > deadline {
-                    panic!(
-                        "`{}` did not answer /healthz on {addr} within {START_TIMEOUT:?}. stderr:\n{}",
-                        proc.what,
-                        proc.stderr()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("no free port after 3 tries");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub(crate) async fn ingest(&self, body: &Value) -> Value {
-        let resp = self
-            .client
-            .post(self.url("/api/v1/updates"))
-            .json(body)
-            .send()
-            .await
-            .expect("POST /api/v1/updates");
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        assert_eq!(
-            status, 200,
-            "ingest on {} answered {status}: {text}",
-            self.addr
-        );
-        serde_json::from_str(&text).unwrap()
-    }
-
-    pub(crate) async fn get_json(&self, path: &str) -> Value {
-        let resp = self.client.get(self.url(path)).send().await.expect(path);
-        assert_eq!(resp.status(), 200, "GET {path} on {}", self.addr);
-        resp.json().await.unwrap()
-    }
-
-    /// `/metrics`, parsed; `None` if the server does not answer (it may have been killed).
-    async fn try_scrape(&self) -> Option<prometheus_parse::Scrape> {
-        let resp = self.client.get(self.url("/metrics")).send().await.ok()?;
-        if resp.status() != 200 {
-            return None;
-        }
-        let text = resp.text().await.ok()?;
-        Some(
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-                .expect("exposition format parses"),
-        )
-    }
-
-    pub(crate) async fn scrape(&self) -> prometheus_parse::Scrape {
-        self.try_scrape()
-            .await
-            .unwrap_or_else(|| panic!("/metrics on {} did not answer", self.addr))
-    }
-
-    /// `taskpulse_checker_leader` of this replica (`None` if it does not answer).
-    async fn leader_gauge(&self) -> Option<f64> {
-        let scrape = self.try_scrape().await?;
-        metric_value(&scrape, "taskpulse_checker_leader", &[])
-    }
-
-    /// SIGTERM, then the exit status.
-    pub(crate) async fn terminate(mut self) -> (ExitStatus, String) {
-        self.proc.signal("-TERM");
-        let status = self.proc.wait_exit(EXIT_TIMEOUT).await;
-        (status, self.proc.stderr())
-    }
-
-    /// SIGKILL: no chance to release anything by itself.
-    async fn kill9(mut self) {
-        self.proc.signal("-KILL");
-        let status = self.proc.wait_exit(EXIT_TIMEOUT).await;
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "{status}"
-        );
-    }
-
-    fn stderr(&self) -> String {
-        self.proc.stderr()
-    }
+/// `taskpulse_checker_leader` of a replica (`None` if it does not answer).
+async fn leader_gauge(server: &Server) -> Option<f64> {
+    let scrape = server.try_scrape().await?;
+    metric_value(&scrape, "taskpulse_checker_leader", &[])
 }
 
 /// `n` replicas of `serve` on one database, with a 1 s check interval (election every 500 ms)
@@ -296,6 +43,7 @@ async fn replicas(cwd: &Path, db: &TestDb, n: usize) -> Vec<Server> {
                     "--progress-min-interval",
                     "200ms",
                 ],
+                &[],
             )
             .await,
         );
@@ -307,7 +55,7 @@ async fn replicas(cwd: &Path, db: &TestDb, n: usize) -> Vec<Server> {
 async fn leader_gauges(servers: &[&Server]) -> Vec<Option<f64>> {
     let mut out = Vec::with_capacity(servers.len());
     for s in servers {
-        out.push(s.leader_gauge().await);
+        out.push(leader_gauge(s).await);
     }
     out
 }

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# soak.sh: taskpulse at a steady load against PostgreSQL for a long time (issue 7, "soak").
+#
+# What it does: creates a fresh database on the PostgreSQL server at PG_ADMIN_URL (default
+# postgres://postgres@127.0.0.1:5432/postgres), starts the release binary (`taskpulse serve`,
+# built if missing) on it, and runs `taskpulse loadgen` against it for DURATION at a steady
+# rate (TASKS tasks x RATE updates/s each; tasks complete and new ones start all along). Every
+# SAMPLE_EVERY it samples the server's RSS (/proc/PID/status VmRSS), the size of /metrics, the
+# pending writes and the tracked tasks, into samples.tsv. At the end it waits for the writer to
+# drain, snapshots the in-memory tasks (GET /api/v1/tasks), stops the server with SIGTERM (which
+# flushes), and checks:
+#   - the log has no ERROR line (and reports the WARN count),
+#   - every task's final status and progress in memory is what the store holds,
+#   - `taskpulse check` exits 0,
+#   - RSS at the end is within RSS_GROWTH_LIMIT (default 1.5x) of the first sample after the
+#     terminal retention (11 min; finished tasks stay in memory 10 min), else after warm-up.
+#
+# How long: DURATION (default 30m) plus about 20 s to start and check.
+# Usage: scripts/soak.sh [DURATION]            e.g. scripts/soak.sh 2m
+#   env: PG_ADMIN_URL, TASKS (default 500), RATE (default 2), SAMPLE_EVERY (default 30),
+#        TASKPULSE_BIN, KEEP=1 (keep the work dir and the database)
+# Exit status: 0 when every check passed.
+set -euo pipefail
+
+DURATION="${1:-30m}"
+TASKS="${TASKS:-500}"
+RATE="${RATE:-2}"
+SAMPLE_EVERY="${SAMPLE_EVERY:-30}"
+RSS_GROWTH_LIMIT="${RSS_GROWTH_LIMIT:-1.5}"
+PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${TASKPULSE_BIN:-$ROOT/target/release/taskpulse}"
+if [[ ! -x "$BIN" ]]; then
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
+command -v psql >/dev/null || { echo "soak.sh needs psql" >&2; exit 2; }
+
+WORK="$(mktemp -d -t taskpulse-soak-XXXXXX)"
+DBNAME="taskpulse_soak_$(date +%s)"
+DATABASE="${PG_ADMIN_URL%/*}/$DBNAME"
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+BASE="http://127.0.0.1:$PORT"
+SERVER_PID=""
+LOADGEN_PID=""
+cleanup() {
+    [[ -n "$LOADGEN_PID" ]] && kill "$LOADGEN_PID" 2>/dev/null || true
+    [[ -n "$SERVER_PID" ]] && kill -9 "$SERVER_PID" 2>/dev/null || true
+    if [[ -n "${KEEP:-}" ]]; then
+        echo "kept $WORK and database $DBNAME"
+    else
+        psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $DBNAME" >/dev/null 2>&1 || true
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+to_seconds() {
+    local d="$1"
+    case "$d" in
+        *h) echo $(( ${d%h} * 3600 )) ;;
+        *m) echo $(( ${d%m} * 60 )) ;;
+        *s) echo "${d%s}" ;;
+        *) echo "$d" ;;
+    esac
+}
+SECONDS_TOTAL="$(to_seconds "$DURATION")"
+
+psql -q "$PG_ADMIN_URL" -c "CREATE DATABASE $DBNAME" >/dev/null
+env -u TASKPULSE_CONFIG TASKPULSE_LOG="info,sqlx=warn" "$BIN" serve --listen "127.0.0.1:$PORT" \
+    --database "$DATABASE" --progress-min-interval 5s >"$WORK/serve.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 200); do
+    curl -fsS "$BASE/readyz" >/dev/null 2>&1 && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log"; echo "serve exited" >&2; exit 1; }
+    sleep 0.1
+done
+curl -fsS "$BASE/readyz" >/dev/null
+
+echo "soak: $DURATION, $TASKS tasks x $RATE/s against $DBNAME (pid $SERVER_PID, $BASE)"
+"$BIN" loadgen --target "$BASE" --tasks "$TASKS" --rate "$RATE" --duration "${SECONDS_TOTAL}s" \
+    --mode ndjson --batch 200 --connections 2 --updates-per-task 50 --json >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
+LOADGEN_PID=$!
+
+metric() { # metric NAME: the sum of its samples in one scrape
+    curl -fsS "$BASE/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
+}
+printf "elapsed_s\trss_kib\tmetrics_bytes\tpending_writes\ttracked_tasks\n" | tee "$WORK/samples.tsv"
+START=$(date +%s)
+while kill -0 "$LOADGEN_PID" 2>/dev/null; do
+    now=$(( $(date +%s) - START ))
+    rss=$(awk '/VmRSS/ { print $2 }' "/proc/$SERVER_PID/status")
+    size=$(curl -fsS "$BASE/metrics" | wc -c)
+    pending=$(metric taskpulse_store_pending_writes)
+    tracked=$(metric taskpulse_tasks)
+    printf "%s\t%s\t%s\t%s\t%s\n" "$now" "$rss" "$size" "$pending" "$tracked" | tee -a "$WORK/samples.tsv"
+    for _ in $(seq 1 "$SAMPLE_EVERY"); do
+        kill -0 "$LOADGEN_PID" 2>/dev/null || break
+        sleep 1
+    done
+done
+wait "$LOADGEN_PID" || { cat "$WORK/loadgen.err"; echo "loadgen failed" >&2; exit 1; }
+LOADGEN_PID=""
+
+# Let the writer drain and the coalesced progress reach its interval, then snapshot memory.
+for _ in $(seq 1 100); do
+    [[ "$(metric taskpulse_store_pending_writes)" == "0" ]] && break
+    sleep 0.1
+done
+sleep 6
+# Every unfinished task, and the most recent finished ones (the list API returns at most 10,000).
+for what in "status=IN_PROGRESS&" "status=SCHEDULED&" ""; do
+    curl -fsS "$BASE/api/v1/tasks?${what}limit=10000"
+    echo
+done >"$WORK/memory.json"
+kill -TERM "$SERVER_PID"
+for _ in $(seq 1 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$SERVER_PID" 2>/dev/null; then echo "serve did not stop within 15 s" >&2; exit 1; fi
+wait "$SERVER_PID" && rc=0 || rc=$?
+SERVER_PID=""
+
+psql -qAt "$DATABASE" -F $'\t' -c "SELECT task_id, status, coalesce(progress::text, '') FROM tasks" >"$WORK/stored.tsv"
+"$BIN" check --database "$DATABASE" >"$WORK/check.out" 2>&1 && check_rc=0 || check_rc=$?
+
+python3 - "$WORK" "$rc" "$check_rc" "$RSS_GROWTH_LIMIT" <<'PY'
+import json, sys
+work, rc, check_rc, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+fail = []
+log = open(f"{work}/serve.log", errors="replace").read().splitlines()
+errors = [l for l in log if " ERROR " in l]
+warns = [l for l in log if " WARN " in l]
+if errors:
+    fail.append(f"{len(errors)} ERROR lines in the log, first: {errors[0]}")
+if rc != 0:
+    fail.append(f"serve exited {rc} after SIGTERM")
+if check_rc != 0:
+    fail.append(f"taskpulse check exited {check_rc}: " + open(f"{work}/check.out").read()[-2000:])
+by_id = {}
+for line in open(f"{work}/memory.json"):
+    if line.strip():
+        for t in json.loads(line)["tasks"]:
+            by_id[t["taskId"]] = t
+mem = list(by_id.values())
+stored = {}
+for line in open(f"{work}/stored.tsv"):
+    tid, status, progress = line.rstrip("\n").split("\t")
+    stored[tid] = (status, float(progress) if progress else None)
+mismatch = []
+for t in mem:
+    s = stored.get(t["taskId"])
+    want = (t["status"], t.get("progressPercent"))
+    if s is None or s[0] != want[0] or (want[1] is not None and abs((s[1] or 0) - want[1]) > 1e-3):
+        mismatch.append(f"{t['taskId']}: memory {want}, store {s}")
+if mismatch:
+    fail.append(f"{len(mismatch)} of {len(mem)} tasks differ between memory and store, e.g. {mismatch[:3]}")
+rows = [l.split("\t") for l in open(f"{work}/samples.tsv").read().splitlines()[1:]]
+rss = [int(r[1]) for r in rows if r[1]]
+# Finished tasks stay in memory for --terminal-retention (10 min), so memory grows for the
+# first 10 minutes by design: the baseline is the first sample after that, else after warm-up.
+after = [i for i, r in enumerate(rows) if int(r[0]) >= 660]
+base_i = after[0] if after else 1
+if len(rss) >= 3 and base_i < len(rss) - 1:
+    base = rss[base_i]
+    if rss[-1] > base * limit:
+        fail.append(f"RSS grew from {base} KiB to {rss[-1]} KiB (limit x{limit})")
+lg = open(f"{work}/loadgen.json").read()
+print(f"loadgen: {lg.strip()[:600]}")
+print(f"samples: {len(rows)}; RSS KiB first/max/last: {rss[0] if rss else '-'}/{max(rss) if rss else '-'}/{rss[-1] if rss else '-'}; "
+      f"/metrics bytes last: {rows[-1][2] if rows else '-'}")
+print(f"log: {len(errors)} ERROR, {len(warns)} WARN; tasks in memory at the end: {len(mem)}, rows stored: {len(stored)}, "
+      f"memory/store mismatches: {len(mismatch)}; serve exit {rc}; check exit {check_rc}")
+for f in fail:
+    print("FAIL: " + f)
+print("soak: " + ("FAILED" if fail else "OK"))
+sys.exit(1 if fail else 0)
+PY

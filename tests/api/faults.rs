@@ -1,0 +1,723 @@
+//! Faults to survive (issue 7): the store stopping, slowing down or locked, a bad database
+//! path, crashes with the SQLite WAL in place, and the engine unreachable behind the Conductor
+//! proxy. Every wait is bounded by a deadline; every child process and private PostgreSQL
+//! cluster is stopped when its test ends, pass or fail.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use taskpulse::store::Store;
+
+use crate::helpers::{binary, update, Backend, TestApp, TestDb};
+
+/// A free loopback port: bind port 0, read the port, release it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command run as the `postgres` user when the tests run as root (initdb refuses root, and
+/// root ignores directory permissions).
+fn as_unprivileged(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A private PostgreSQL cluster in a temp dir, on a free port, trust auth, that a test may stop
+/// and start at will without disturbing the shared test server. Drop stops it (immediate) and
+/// removes the directory.
+struct PgCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PgCluster {
+    /// None when no PostgreSQL server binaries are installed.
+    fn start() -> Option<PgCluster> {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+            .collect();
+        versions.sort();
+        let bin = versions.pop()?;
+        let dir = tempfile::Builder::new()
+            .prefix("taskpulse-pg-")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown the cluster dir to postgres");
+        }
+        let out = as_unprivileged(&bin.join("initdb"))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = PgCluster {
+            bin,
+            dir,
+            port: free_port(),
+        };
+        cluster.start_again();
+        Some(cluster)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        as_unprivileged(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl")
+    }
+
+    /// Starts (again) on the same port; waits until it accepts connections (at most 20 s).
+    fn start_again(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        let out = self.pg_ctl(&[
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "20",
+            "start",
+        ]);
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Fast shutdown: clients are disconnected, the server is gone when this returns.
+    fn stop(&self) {
+        let out = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "20"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]);
+    }
+}
+
+fn progress(id: &str, percent: f64) -> Value {
+    let mut u = update(id, "IN_PROGRESS");
+    u["progressPercent"] = json!(percent);
+    u["workerId"] = json!("worker-1");
+    u
+}
+
+/// POSTs a body; the status, the Retry-After header, the body and how long it took.
+async fn post(app: &TestApp, body: &Value) -> (u16, Option<String>, Value, Duration) {
+    let started = Instant::now();
+    let resp = app
+        .client
+        .post(app.url("/api/v1/updates"))
+        .timeout(Duration::from_secs(20))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /api/v1/updates answers");
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, retry_after, body, started.elapsed())
+}
+
+async fn status_of(app: &TestApp, path: &str) -> u16 {
+    app.client
+        .get(app.url(path))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Polls `f` every 100 ms until it is true; fails the test after `limit`.
+async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// PostgreSQL stops under load and comes back. Meanwhile progress flows into memory, updates that
+/// need a commit get 503 with Retry-After (quickly, once the writer knows), /readyz says 503; after
+/// it is back, writes resume by themselves and every acknowledged update is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_refuses_commits_keeps_progress_and_recovers() {
+    let Some(pg) = PgCluster::start() else {
+        eprintln!("no PostgreSQL server binaries under /usr/lib/postgresql; skipped");
+        return;
+    };
+    let app = TestApp::start(taskpulse::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: pg.url(),
+        progress_min_interval: Duration::from_millis(200),
+        check_interval: Duration::ZERO,
+        ..taskpulse::Settings::default()
+    })
+    .await;
+    for id in ["pg-a", "pg-b", "pg-c", "pg-d"] {
+        let (status, _, body, _) = post(&app, &progress(id, 10.0)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(status_of(&app, "/readyz").await, 200);
+
+    pg.stop();
+
+    // Progress-only updates are answered from memory, store or no store.
+    let mut pct = 10.0;
+    for _ in 0..10 {
+        pct += 1.0;
+        let (status, _, body, took) = post(&app, &progress("pg-a", pct)).await;
+        assert_eq!(status, 200, "progress while the store is down: {body}");
+        assert!(took < Duration::from_secs(1), "progress took {took:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // In memory at once (the read API's task view also wants the store, for history).
+    let in_memory = app.tracker.get("pg-a").unwrap();
+    assert_eq!(in_memory.progress, Some(pct as f32));
+
+    // A completion needs a commit: 503 + Retry-After, never 200. The first may wait until the
+    // writer has seen the store fail (the pool's 3 s acquire timeout), not the full 10 s.
+    let (status, retry_after, body, took) = post(&app, &update("pg-b", "COMPLETED")).await;
+    assert_eq!(status, 503, "completion while the store is down: {body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    assert!(took < Duration::from_secs(9), "first 503 took {took:?}");
+    // Once the writer knows, the next ones are refused at once, and so is a new task.
+    let (status, retry_after, body, took) = post(&app, &update("pg-c", "FAILED")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry_after.is_some());
+    assert!(
+        took < Duration::from_secs(1),
+        "503 once known took {took:?}"
+    );
+    let (status, _, body, took) = post(&app, &update("pg-new", "IN_PROGRESS")).await;
+    assert_eq!(status, 503, "new task while the store is down: {body}");
+    assert!(took < Duration::from_secs(1), "new task 503 took {took:?}");
+    // The client's retry of the completion is not acknowledged while it isn't durable.
+    let (status, _, body, _) = post(&app, &update("pg-b", "COMPLETED")).await;
+    assert_eq!(
+        status, 503,
+        "retried completion while the store is down: {body}"
+    );
+    assert_eq!(status_of(&app, "/readyz").await, 503);
+    assert_eq!(status_of(&app, "/healthz").await, 200);
+    let errors = app
+        .metric_value("taskpulse_store_write_errors_total", &[])
+        .await
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "write errors counted: {errors}");
+
+    pg.start_again();
+
+    // Writes resume by themselves; the retried completion is now a duplicate with a 200.
+    until("store ready again", Duration::from_secs(15), || async {
+        status_of(&app, "/readyz").await == 200
+    })
+    .await;
+    until(
+        "retried completion acknowledged",
+        Duration::from_secs(15),
+        || async {
+            let (status, _, body, _) = post(&app, &update("pg-b", "COMPLETED")).await;
+            status == 200 && body["duplicates"] == 1
+        },
+    )
+    .await;
+    let (status, _, body, _) = post(&app, &update("pg-d", "COMPLETED")).await;
+    assert_eq!(status, 200, "completion after recovery: {body}");
+    assert_eq!(body["accepted"], 1, "{body}");
+    until("writes drained", Duration::from_secs(10), || async {
+        app.metric_value("taskpulse_store_pending_writes", &[])
+            .await
+            == Some(0.0)
+    })
+    .await;
+    // The coalesced progress waits one interval before its write.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.settle().await;
+
+    let store = Store::connect(&pg.url()).await.unwrap();
+    for (id, want) in [
+        ("pg-b", "COMPLETED"),
+        ("pg-c", "FAILED"),
+        ("pg-d", "COMPLETED"),
+    ] {
+        let rec = store.get_task(id).await.unwrap().expect(id);
+        assert_eq!(rec.status.as_str(), want, "{id}");
+    }
+    let a = store.get_task("pg-a").await.unwrap().unwrap();
+    assert_eq!(a.progress, Some(pct as f32), "newest progress stored");
+    store.close().await;
+    app.shutdown().await;
+}
+
+/// A lock on the tasks table makes the store slow, not the ingest path: progress is answered
+/// at once, /healthz answers, what waits is visible and bounded by --max-pending-writes, past
+/// which updates get 503; once the lock goes, everything waiting is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_locked_table_bounds_pending_and_keeps_ingest_responsive() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.progress_min_interval = Duration::from_millis(100);
+        s.check_interval = Duration::ZERO;
+        s.max_pending_writes = 5;
+    })
+    .await;
+    let ids: Vec<String> = (0..20).map(|i| format!("lock-{i}")).collect();
+    for id in &ids {
+        let (status, _, body, _) = post(&app, &progress(id, 1.0)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    app.settle().await;
+
+    let Store::Postgres(pool) = db.store().await else {
+        unreachable!()
+    };
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+
+    let (mut ok, mut refused, mut max_pending) = (0, 0, 0.0f64);
+    let started = Instant::now();
+    let mut pct = 1.0;
+    while started.elapsed() < Duration::from_secs(3) {
+        pct += 1.0;
+        for id in &ids {
+            let (status, retry_after, body, took) = post(&app, &progress(id, pct)).await;
+            assert!(took < Duration::from_secs(1), "progress took {took:?}");
+            match status {
+                200 => ok += 1,
+                503 => {
+                    assert!(retry_after.is_some(), "503 without Retry-After");
+                    refused += 1
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        let pending = app
+            .metric_value("taskpulse_store_pending_writes", &[])
+            .await
+            .unwrap();
+        max_pending = max_pending.max(pending);
+        assert_eq!(status_of(&app, "/healthz").await, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(ok > 0, "some progress was accepted under the lock");
+    assert!(refused > 0, "past --max-pending-writes updates get 503");
+    // Admission checks before a body is applied (one update past the limit per body); the
+    // throttle's timers may add the one coalesced value each task had waiting.
+    let bound = (5 + 1 + ids.len()) as f64;
+    assert!(
+        (1.0..=bound).contains(&max_pending),
+        "pending writes visible and bounded by {bound}: {max_pending}"
+    );
+    eprintln!("under the lock: {ok} accepted, {refused} refused, at most {max_pending} pending");
+    // A completion past the limit is refused at once too.
+    let (status, _, body, took) = post(&app, &update("lock-0", "COMPLETED")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(took < Duration::from_secs(1));
+
+    locker.commit().await.unwrap();
+    until("writes drained", Duration::from_secs(10), || async {
+        app.metric_value("taskpulse_store_pending_writes", &[])
+            .await
+            == Some(0.0)
+    })
+    .await;
+    let (status, _, body, _) = post(&app, &update("lock-0", "COMPLETED")).await;
+    assert_eq!(status, 200, "completion after the lock: {body}");
+    let rec = app.stored("lock-0").await.unwrap();
+    assert_eq!(rec.status.as_str(), "COMPLETED");
+    pool.close().await;
+    app.shutdown().await;
+}
+
+/// Another process holding SQLite's write lock makes writes wait (busy_timeout), not fail:
+/// the completion is acknowledged once the lock is gone, and progress is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_by_another_connection_is_waited_for() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.check_interval = Duration::ZERO;
+    })
+    .await;
+    let (status, _, body, _) = post(&app, &progress("sq-lock", 5.0)).await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        other.close().await.unwrap();
+    });
+
+    let completion = {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/updates");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = client
+                .post(url)
+                .timeout(Duration::from_secs(20))
+                .json(&update("sq-lock", "COMPLETED"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body, took) = post(&app, &progress("sq-lock", 6.0)).await;
+    assert!(
+        status == 200 || status == 503,
+        "progress under the lock: {status} {body}"
+    );
+    assert!(took < Duration::from_secs(1), "progress took {took:?}");
+    let (status, took) = completion.await.unwrap();
+    assert_eq!(status, 200, "completion once the lock is gone");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the completion waited for the lock: {took:?}"
+    );
+    holder.await.unwrap();
+    app.settle().await;
+    let rec = app.stored("sq-lock").await.unwrap();
+    assert_eq!(rec.status.as_str(), "COMPLETED");
+    app.shutdown().await;
+}
+
+/// A child `taskpulse` process, killed on drop.
+struct Proc {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, cwd: &Path) -> Proc {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr = cwd.join(format!("faults-{n}.stderr"));
+        cmd.current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .env("TASKPULSE_LOG", "info,sqlx=warn")
+            .env_remove("TASKPULSE_CONFIG")
+            .env_remove("TASKPULSE_DATABASE")
+            .env_remove("TASKPULSE_LISTEN");
+        Proc {
+            child: cmd.spawn().expect("start taskpulse"),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("still running after {limit:?}; stderr:\n{}", self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A bad SQLite location stops `serve` at start with exit 2 and a message naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_unusable_path_fails_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_parent = dir.path().join("no-such-dir").join("sub").join("x.db");
+    let read_only = dir.path().join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    // The unprivileged user must reach the directory, and be unable to write in it.
+    Command::new("chmod")
+        .args(["755"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    Command::new("chmod")
+        .args(["555"])
+        .arg(&read_only)
+        .status()
+        .unwrap();
+    let in_read_only = read_only.join("x.db");
+    for path in [missing_parent, in_read_only] {
+        let url = format!("sqlite://{}", path.display());
+        let mut cmd = as_unprivileged(&binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--database", &url]);
+        let mut p = Proc::spawn(cmd, dir.path());
+        let status = p.wait_exit(Duration::from_secs(15)).await;
+        let stderr = p.stderr();
+        assert_eq!(status.code(), Some(2), "{url}: {status}; stderr:\n{stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "the message names {}:\n{stderr}",
+            path.display()
+        );
+        assert!(!path.exists());
+    }
+}
+
+/// One kill -9 under steady load, then a SIGTERM, with the SQLite WAL in place: every
+/// acknowledged completion survives both restarts, and `taskpulse check` finds nothing illegal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_and_sigterm_keep_every_acknowledged_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k9.db").display());
+    let start = |port: u16| {
+        let mut cmd = Command::new(binary());
+        let listen = format!("127.0.0.1:{port}");
+        cmd.args([
+            "serve",
+            "--listen",
+            &listen,
+            "--database",
+            &db,
+            "--progress-min-interval",
+            "200ms",
+            "--check-interval",
+            "0",
+        ]);
+        Proc::spawn(cmd, dir.path())
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let wait_healthy = |addr: SocketAddr, client: reqwest::Client| async move {
+        until("server answers /healthz", Duration::from_secs(10), || {
+            let client = client.clone();
+            async move {
+                client
+                    .get(format!("http://{addr}/healthz"))
+                    .send()
+                    .await
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+    };
+
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = start(port);
+    wait_healthy(addr, client.clone()).await;
+
+    // Steady load: tasks start, report progress, complete; completions acknowledged are kept.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let load = {
+        let (client, acked) = (client.clone(), acked.clone());
+        tokio::spawn(async move {
+            let url = format!("http://{addr}/api/v1/updates");
+            for n in 0.. {
+                let id = format!("k9-{n}");
+                let mut body: Vec<Value> = (0..5).map(|p| progress(&id, p as f64 * 20.0)).collect();
+                body.push(update(&id, "COMPLETED"));
+                for (i, u) in body.iter().enumerate() {
+                    match client.post(&url).json(u).send().await {
+                        Ok(r) if r.status() == 200 && i == 5 => {
+                            acked.lock().unwrap().push(id.clone())
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.signal("-KILL");
+    let mut server = server;
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(10), load).await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 3, "load ran: {} completions", acked.len());
+    assert!(
+        dir.path().join("k9.db-wal").exists(),
+        "the crash leaves the WAL behind"
+    );
+
+    let check_stored = |acked: Vec<String>| {
+        let db = db.clone();
+        async move {
+            let store = Store::connect(&db).await.unwrap();
+            for id in &acked {
+                let rec = store.get_task(id).await.unwrap();
+                assert_eq!(
+                    rec.map(|r| r.status.as_str()),
+                    Some("COMPLETED"),
+                    "acknowledged completion of {id}"
+                );
+            }
+            store.close().await;
+        }
+    };
+
+    // Restart after the crash, then stop it cleanly and start it once more.
+    let mut server = start(port);
+    wait_healthy(addr, client.clone()).await;
+    check_stored(acked.clone()).await;
+    let r = client
+        .post(format!("http://{addr}/api/v1/updates"))
+        .json(&update("after-crash", "COMPLETED"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.signal("-TERM");
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+    let mut server = start(port);
+    wait_healthy(addr, client.clone()).await;
+    let mut all = acked.clone();
+    all.push("after-crash".into());
+    check_stored(all).await;
+    server.signal("-TERM");
+    let status = server.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+
+    let mut check = Command::new(binary());
+    check.args(["check", "--database", &db]);
+    let mut p = Proc::spawn(check, dir.path());
+    let status = p.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "taskpulse check:\n{}", p.stderr());
+}
+
+/// The engine down behind the Conductor proxy: workers get 502 at once, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conductor_proxy_answers_502_quickly_when_the_engine_is_down() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let closed = free_port();
+    let app = TestApp::spawn_with(&db, |s| {
+        s.conductor_url = Some(format!("http://127.0.0.1:{closed}"));
+        s.check_interval = Duration::ZERO;
+    })
+    .await;
+    for (method, path, body) in [
+        ("GET", "/api/tasks/poll/encode?workerid=w1", None),
+        (
+            "POST",
+            "/api/tasks",
+            Some(json!({"taskId": "px-1", "workflowInstanceId": "wf-px", "status": "IN_PROGRESS"})),
+        ),
+    ] {
+        let started = Instant::now();
+        let mut req = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .timeout(Duration::from_secs(10));
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("the proxy answers");
+        let took = started.elapsed();
+        assert_eq!(resp.status(), 502, "{method} {path}");
+        assert!(
+            took < Duration::from_secs(3),
+            "{method} {path} took {took:?}"
+        );
+    }
+    app.shutdown().await;
+}
