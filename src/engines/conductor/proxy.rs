@@ -334,6 +334,17 @@ fn normalize(v: &mut Value) -> Option<TaskResult> {
     })
 }
 
+/// The proxy's reading of a TaskResult, exposed for the fuzzer and tests: the body read as
+/// `update` reads it (`serde_json::from_slice`, then `normalize`), the normalized value run
+/// through the update validation it is recorded with, and what the proxy decides on: the task
+/// id, the status and `extendLease`. `None` when the body is not a TaskResult object.
+pub fn inspect_task_result(body: &[u8]) -> Option<(String, Option<Status>, bool)> {
+    let mut value: Value = serde_json::from_slice(body).ok()?;
+    let result = normalize(&mut value)?;
+    let _ = crate::ingest::parse_item_text(&value.to_string());
+    Some((result.task_id, result.status, result.extend_lease))
+}
+
 /// The engine's answer to an update it accepted, given by taskpulse itself: the task id as text
 /// for `POST /api/tasks`, and for `update-v2` a 204 (the SDK reads it as "no next task").
 fn local_answer(task_id: &str, v2: bool) -> Response {
@@ -492,6 +503,23 @@ mod tests {
         assert_eq!(v["outputData"], json!({"progress": 100}));
         assert!(normalize(&mut json!([1, 2])).is_none());
         assert!(normalize(&mut json!({"status": "COMPLETED"})).is_none());
+    }
+
+    #[test]
+    fn a_task_result_is_read_as_the_proxy_reads_it() {
+        let body = br#"{"taskId":"t","workflowInstanceId":"w","status":"IN_PROGRESS",
+                        "extendLease":true,"progressPercent":40}"#;
+        assert_eq!(
+            inspect_task_result(body),
+            Some(("t".to_string(), Some(Status::InProgress), true))
+        );
+        assert_eq!(
+            inspect_task_result(br#"{"taskId":"t","status":"BOGUS"}"#),
+            Some(("t".to_string(), None, false))
+        );
+        assert_eq!(inspect_task_result(b"not json"), None);
+        assert_eq!(inspect_task_result(b"[1,2]"), None);
+        assert_eq!(inspect_task_result(br#"{"taskId":7}"#), None);
     }
 
     #[test]
