@@ -175,30 +175,18 @@ impl Application {
                 vec![Box::new(LostTerminalUpdate { px: px.clone() })],
                 metrics.clone(),
             );
-            let ctx = Context {
-                store: store.clone(),
-                tracker: Some(tracker.clone()),
-                now: 0,
-                settings: check_settings(&settings, settings.repair),
-            };
             background.push(tokio::spawn(run_checker(
                 verifier,
-                ctx,
+                serving_context(&store, &tracker, &settings),
                 None,
                 Duration::from_secs(1),
             )));
         }
         if !settings.check_interval.is_zero() {
             let checker = Checker::new(checker::rules_for(conductor.as_ref()), metrics.clone());
-            let ctx = Context {
-                store: store.clone(),
-                tracker: Some(tracker.clone()),
-                now: 0,
-                settings: check_settings(&settings, settings.repair),
-            };
             background.push(tokio::spawn(run_checker(
                 checker,
-                ctx,
+                serving_context(&store, &tracker, &settings),
                 Some(leadership.clone()),
                 settings.check_interval,
             )));
@@ -370,6 +358,17 @@ async fn serve(
     // Every connection gives its permit back when it is done.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = permits.acquire_many(all).await;
+}
+
+/// What a checker pass inside `serve` sees: the store, this process's memory, and repairs as
+/// `--repair` says (`now` is set at each pass).
+fn serving_context(store: &Store, tracker: &Arc<Tracker>, settings: &Settings) -> Context {
+    Context {
+        store: store.clone(),
+        tracker: Some(tracker.clone()),
+        now: 0,
+        settings: check_settings(settings, settings.repair),
+    }
 }
 
 /// The checker's settings from the process's settings.

@@ -7,26 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::alerts::promtool;
 use crate::helpers::{update, Backend, TestApp, TestDb};
-
-/// `promtool` on PATH, or `None` after a skip note. With `TASKPULSE_REQUIRE_TOOLS=1` (set by
-/// `scripts/test.sh`) a missing tool is a failure, not a skip.
-fn promtool() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("promtool is not on PATH and TASKPULSE_REQUIRE_TOOLS=1 (scripts/test.sh installs it: apt-get install prometheus)");
-        }
-        eprintln!(
-            "SKIPPED: promtool is not on PATH (apt-get install prometheus, or run scripts/test.sh)"
-        );
-    }
-    found
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_lint() {
