@@ -181,17 +181,31 @@ impl Workload {
         }
     }
 
-    /// Writes the next update as a Pushgateway push: the group path into `path` and the text
-    /// exposition body into `out`.
-    fn next_push(&mut self, path: &mut String, out: &mut String) {
+    /// Picks the next task round-robin and counts one more update for it.
+    fn advance(&mut self) -> Option<usize> {
         if self.tasks.is_empty() {
-            return;
+            return None;
         }
         let slot = self.next % self.tasks.len();
         self.next += 1;
+        self.tasks[slot].sent += 1;
+        Some(slot)
+    }
+
+    /// Replaces the task in `slot` with a new one once it has sent all its updates.
+    fn retire_if_done(&mut self, slot: usize) {
+        if self.tasks[slot].sent >= self.updates_per_task {
+            let fresh = self.fresh(slot);
+            self.tasks[slot] = fresh;
+        }
+    }
+
+    /// Writes the next update as a Pushgateway push: the group path into `path` and the text
+    /// exposition body into `out`.
+    fn next_push(&mut self, path: &mut String, out: &mut String) {
+        let Some(slot) = self.advance() else { return };
         let k = self.updates_per_task;
-        let t = &mut self.tasks[slot];
-        t.sent += 1;
+        let t = &self.tasks[slot];
         let progress = (t.sent as f64 / k as f64).min(1.0);
         let _ = write!(path, "/metrics/job/loadgen/task_id/{}", t.id);
         let _ = writeln!(
@@ -200,22 +214,14 @@ impl Workload {
             t.workflow
         );
         // A finished task's group is simply no longer pushed: the Pushgateway keeps it.
-        if t.sent >= k {
-            let fresh = self.fresh(slot);
-            self.tasks[slot] = fresh;
-        }
+        self.retire_if_done(slot);
     }
 
     /// Appends the next update (one JSON object, no newline) to `out`.
     fn next_update(&mut self, out: &mut String, now_ms: i64) {
-        if self.tasks.is_empty() {
-            return;
-        }
-        let slot = self.next % self.tasks.len();
-        self.next += 1;
+        let Some(slot) = self.advance() else { return };
         let k = self.updates_per_task;
-        let t = &mut self.tasks[slot];
-        t.sent += 1;
+        let t = &self.tasks[slot];
         let done = t.sent >= k;
         let progress = (t.sent as f64 * 100.0 / k as f64).min(100.0);
         let status = if done { "COMPLETED" } else { "IN_PROGRESS" };
@@ -243,10 +249,7 @@ impl Workload {
             let _ = write!(out, r#","progressPercent":{progress:.1}"#);
         }
         out.push('}');
-        if done {
-            let fresh = self.fresh(slot);
-            self.tasks[slot] = fresh;
-        }
+        self.retire_if_done(slot);
     }
 }
 

@@ -286,6 +286,32 @@ impl Store {
     }
 }
 
+/// One version-guarded repair and its audit row, in one transaction. A macro because the two
+/// backends' pools and query types differ while the steps are the same; `$sql` adapts the
+/// shared `$N` placeholder syntax to the backend.
+macro_rules! repair_in_tx {
+    ($pool:expr, $sql:expr, $update:expr, $insert:expr, $after:expr, $version:expr, $audit:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let done = if $version == 0 {
+            bind_record!(sqlx::query(&$sql($insert)), $after)
+                .execute(&mut *tx)
+                .await?
+        } else {
+            bind_record!(sqlx::query(&$sql($update)), $after)
+                .bind($version)
+                .execute(&mut *tx)
+                .await?
+        };
+        let written = done.rows_affected() == 1;
+        $audit.outcome = if written { "repaired" } else { "conflict" }.into();
+        bind_repair!(sqlx::query(&$sql(INSERT_REPAIR)), $audit)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(written)
+    }};
+}
+
 async fn repair_sqlite(
     pool: &SqlitePool,
     update: &str,
@@ -294,24 +320,15 @@ async fn repair_sqlite(
     expected_version: i64,
     audit: &mut RepairRecord,
 ) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    let done = if expected_version == 0 {
-        bind_record!(sqlx::query(&for_sqlite(insert)), after)
-            .execute(&mut *tx)
-            .await?
-    } else {
-        bind_record!(sqlx::query(&for_sqlite(update)), after)
-            .bind(expected_version)
-            .execute(&mut *tx)
-            .await?
-    };
-    let written = done.rows_affected() == 1;
-    audit.outcome = if written { "repaired" } else { "conflict" }.into();
-    bind_repair!(sqlx::query(&for_sqlite(INSERT_REPAIR)), audit)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(written)
+    repair_in_tx!(
+        pool,
+        for_sqlite,
+        update,
+        insert,
+        after,
+        expected_version,
+        audit
+    )
 }
 
 async fn repair_pg(
@@ -322,22 +339,13 @@ async fn repair_pg(
     expected_version: i64,
     audit: &mut RepairRecord,
 ) -> Result<bool> {
-    let mut tx = pool.begin().await?;
-    let done = if expected_version == 0 {
-        bind_record!(sqlx::query(insert), after)
-            .execute(&mut *tx)
-            .await?
-    } else {
-        bind_record!(sqlx::query(update), after)
-            .bind(expected_version)
-            .execute(&mut *tx)
-            .await?
-    };
-    let written = done.rows_affected() == 1;
-    audit.outcome = if written { "repaired" } else { "conflict" }.into();
-    bind_repair!(sqlx::query(INSERT_REPAIR), audit)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(written)
+    repair_in_tx!(
+        pool,
+        str::to_string,
+        update,
+        insert,
+        after,
+        expected_version,
+        audit
+    )
 }
