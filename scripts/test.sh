@@ -318,11 +318,12 @@ drop_stale_test_databases() {
 
 run_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
-        # one process per test, one closing summary line for the whole suite
-        cargo nextest run --all-targets --no-fail-fast "$@"
+        # one process per test, one closing summary line for the whole suite; the bench
+        # targets are measurements (cargo bench), not tests
+        cargo nextest run --lib --bins --tests --no-fail-fast "$@"
     else
         log "cargo-nextest not found; using cargo test (cargo install --locked cargo-nextest for one summary)"
-        cargo test --all-targets --no-fail-fast "$@"
+        cargo test --lib --bins --tests --no-fail-fast "$@"
     fi
 }
 

@@ -108,18 +108,16 @@ impl Application {
                 Some(rx)
             }
         };
-        metrics
-            .register(Box::new(StateCollector::new(
-                tracker.clone(),
-                ScrapeConfig {
-                    stall_after: settings.stall_after,
-                    wait_grace: settings.wait_grace,
-                    max_task_series: settings.max_task_series,
-                },
-                leadership.clone(),
-                wait_source,
-            )))
-            .expect("state gauges register once");
+        metrics.set_state(StateCollector::new(
+            tracker.clone(),
+            ScrapeConfig {
+                stall_after: settings.stall_after,
+                wait_grace: settings.wait_grace,
+                max_task_series: settings.max_task_series,
+            },
+            leadership.clone(),
+            wait_source,
+        ));
 
         let mut background: Vec<JoinHandle<()>> = wait_reader.into_iter().collect();
         background.push(tokio::spawn(throttle::run_timers(

@@ -739,6 +739,11 @@ impl Tracker {
         }
     }
 
+    /// Runs `f` on one task's state, holding its shard only for the call.
+    pub fn inspect<R>(&self, task_id: &str, f: impl FnOnce(&TaskState) -> R) -> Option<R> {
+        self.tasks.get(task_id).map(|e| f(e.value()))
+    }
+
     /// A task's predicted completion (epoch ms), where its progress rate allows one.
     pub fn predicted_completion(
         &self,

@@ -8,6 +8,7 @@
 //! stale, and nothing has to remember to delete it.
 
 pub mod scrape;
+pub mod text;
 
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -20,6 +21,8 @@ pub const SOURCE_API: &str = "api";
 /// The registered metrics. One instance per process, shared by `Arc`.
 pub struct Metrics {
     registry: Registry,
+    /// The scrape-time state gauges, which write their own text (see [`scrape`]).
+    state: std::sync::OnceLock<scrape::StateCollector>,
     pub updates_total: IntCounterVec,
     pub transitions_rejected_total: IntCounterVec,
     pub progress_updates_total: IntCounterVec,
@@ -61,6 +64,7 @@ impl Metrics {
         );
         let m = Metrics {
             registry: Registry::new(),
+            state: std::sync::OnceLock::new(),
             progress_written: progress_updates_total.with_label_values(&["written"]),
             progress_coalesced: progress_updates_total.with_label_values(&["coalesced"]),
             progress_updates_total,
@@ -195,9 +199,11 @@ impl Metrics {
         m
     }
 
-    /// Adds a collector (the scrape-time state gauges).
-    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
-        self.registry.register(c)
+    /// Adds the scrape-time state gauges, written after the registered metrics. Set once.
+    pub fn set_state(&self, state: scrape::StateCollector) {
+        if self.state.set(state).is_err() {
+            tracing::warn!("the state gauges were already set; keeping the first");
+        }
     }
 
     pub fn progress_updates(&self, written: bool) {
@@ -215,6 +221,10 @@ impl Metrics {
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        if let Some(state) = self.state.get() {
+            state.write_text(&mut text);
+        }
+        text
     }
 }

@@ -4,24 +4,25 @@
 //! gauge. Per-task series are capped by `--max-task-series`: past the cap the oldest in-flight
 //! tasks are kept (so a task's series doesn't flicker in and out as others come and go) and the
 //! rest are counted in `taskpulse_task_series_omitted`.
+//!
+//! The text is written directly ([`super::text`]), not through the prometheus crate's vectors:
+//! at 100,000 tracked tasks the crate's per-series hashing and protobuf round trip cost several
+//! times the walk itself (the `scrape` bench target measures both sides).
+//!
+//! Counting by (workflow type, task type) keys on the addresses of the interned strings first,
+//! which hashes three words instead of two strings per task, then folds the few groups by
+//! content, so two equal strings that were not shared still count as one series.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts};
-
+use super::text;
 use crate::engines::conductor::wait_queue::WaitSnapshot;
 use crate::leader::Leadership;
 use crate::lifecycle::Status;
 use crate::now_ms;
-use crate::state::Tracker;
-use crate::store::TaskRecord;
-
-const PER_TASK: &[&str] = &["workflow_type", "task_type", "workflow_id", "task_id"];
-const BY_TYPE: &[&str] = &["workflow_type", "task_type"];
+use crate::state::{TaskState, Tracker};
 
 /// Settings the state gauges depend on.
 #[derive(Clone, Debug)]
@@ -31,85 +32,65 @@ pub struct ScrapeConfig {
     pub max_task_series: usize,
 }
 
-/// The families this collector emits: name, help, labels.
-const FAMILIES: &[(&str, &str, &[&str])] = &[
-    (
-        "taskpulse_task_progress_ratio",
-        "Progress of an in-flight task, 0 to 1.",
-        PER_TASK,
-    ),
-    (
-        "taskpulse_task_deadline_timestamp_seconds",
-        "When the task times out (start + timeoutSeconds), Unix seconds.",
-        PER_TASK,
-    ),
-    (
-        "taskpulse_task_series_omitted",
-        "In-flight tasks with progress left out of the per-task series by --max-task-series.",
-        &[],
-    ),
-    (
-        "taskpulse_tasks",
-        "Tracked non-terminal tasks.",
-        &["workflow_type", "task_type", "status"],
-    ),
-    (
-        "taskpulse_tasks_stalled",
-        "In-flight tasks whose progress hasn't moved for --stall-after.",
-        BY_TYPE,
-    ),
-    (
-        "taskpulse_wait_tasks",
-        "WAIT tasks waiting.",
-        &["workflow_type"],
-    ),
-    (
-        "taskpulse_wait_overdue_tasks",
-        "WAIT tasks past their wake-up time plus --wait-grace.",
-        &["workflow_type"],
-    ),
-    (
-        "taskpulse_wait_due_next_minute_tasks",
-        "WAIT tasks due to wake within 60 seconds.",
-        &["workflow_type"],
-    ),
-    (
-        "taskpulse_wait_oldest_overdue_seconds",
-        "Lateness of the most overdue WAIT task, 0 if none.",
-        &[],
-    ),
-    (
-        "taskpulse_worker_tasks",
-        "In-flight tasks last reported by each worker.",
-        &["worker_id"],
-    ),
-    (
-        "taskpulse_worker_last_seen_timestamp_seconds",
-        "When each worker last sent an update, Unix seconds.",
-        &["worker_id"],
-    ),
-    (
-        "taskpulse_task_predicted_completion_timestamp_seconds",
-        "Estimated finish of an in-flight task from its progress rate, Unix seconds.",
-        PER_TASK,
-    ),
-    (
-        "taskpulse_task_worker_info",
-        "The worker of an in-flight task's current attempt; always 1 (join on the task labels).",
-        &[
-            "workflow_type",
-            "task_type",
-            "workflow_id",
-            "task_id",
-            "worker_id",
-        ],
-    ),
-    (
-        "taskpulse_tasks_predicted_timeout",
-        "In-flight tasks predicted to finish after their deadline.",
-        BY_TYPE,
-    ),
-];
+/// A family this exporter writes: name and help (all are gauges).
+struct Family(&'static str, &'static str);
+
+const PROGRESS: Family = Family(
+    "taskpulse_task_progress_ratio",
+    "Progress of an in-flight task, 0 to 1.",
+);
+const DEADLINE: Family = Family(
+    "taskpulse_task_deadline_timestamp_seconds",
+    "When the task times out (start + timeoutSeconds), Unix seconds.",
+);
+const PREDICTED: Family = Family(
+    "taskpulse_task_predicted_completion_timestamp_seconds",
+    "Estimated finish of an in-flight task from its progress rate, Unix seconds.",
+);
+const WORKER_INFO: Family = Family(
+    "taskpulse_task_worker_info",
+    "The worker of an in-flight task's current attempt; always 1 (join on the task labels).",
+);
+const OMITTED: Family = Family(
+    "taskpulse_task_series_omitted",
+    "In-flight tasks with progress left out of the per-task series by --max-task-series.",
+);
+const TASKS: Family = Family("taskpulse_tasks", "Tracked non-terminal tasks.");
+const STALLED: Family = Family(
+    "taskpulse_tasks_stalled",
+    "In-flight tasks whose progress hasn't moved for --stall-after.",
+);
+const PREDICTED_TIMEOUT: Family = Family(
+    "taskpulse_tasks_predicted_timeout",
+    "In-flight tasks predicted to finish after their deadline.",
+);
+const WAITING: Family = Family("taskpulse_wait_tasks", "WAIT tasks waiting.");
+const OVERDUE: Family = Family(
+    "taskpulse_wait_overdue_tasks",
+    "WAIT tasks past their wake-up time plus --wait-grace.",
+);
+const DUE_NEXT_MINUTE: Family = Family(
+    "taskpulse_wait_due_next_minute_tasks",
+    "WAIT tasks due to wake within 60 seconds.",
+);
+const OLDEST_OVERDUE: Family = Family(
+    "taskpulse_wait_oldest_overdue_seconds",
+    "Lateness of the most overdue WAIT task, 0 if none.",
+);
+const WORKER_TASKS: Family = Family(
+    "taskpulse_worker_tasks",
+    "In-flight tasks last reported by each worker.",
+);
+const WORKER_SEEN: Family = Family(
+    "taskpulse_worker_last_seen_timestamp_seconds",
+    "When each worker last sent an update, Unix seconds.",
+);
+
+impl Family {
+    fn header(&self, out: &mut String) {
+        text::header(out, self.0, self.1, "gauge");
+    }
+}
 
 /// Builds the state gauges on every scrape.
 pub struct StateCollector {
@@ -119,7 +100,115 @@ pub struct StateCollector {
     /// With `--conductor-db`, the WAIT queue as read from Conductor's own tables; otherwise
     /// the WAIT gauges come from the updates taskpulse sees.
     wait_source: Option<tokio::sync::watch::Receiver<WaitSnapshot>>,
-    descs: Vec<Desc>,
+}
+
+/// Counts of one (workflow type, task type).
+#[derive(Default)]
+struct TypeCounts {
+    by_status: [i64; Status::ALL.len()],
+    stalled: i64,
+    predicted_timeout: i64,
+}
+
+impl TypeCounts {
+    fn add(&mut self, o: &TypeCounts) {
+        for (a, b) in self.by_status.iter_mut().zip(o.by_status) {
+            *a += b;
+        }
+        self.stalled += o.stalled;
+        self.predicted_timeout += o.predicted_timeout;
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct WaitCounts {
+    waiting: i64,
+    overdue: i64,
+    due_next_minute: i64,
+}
+
+/// The address of an interned string, the cheap first-pass key (0 for none).
+fn addr(s: Option<&Arc<str>>) -> usize {
+    s.map_or(0, |s| Arc::as_ptr(s) as *const u8 as usize)
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// (workflow type, task type) by the strings' addresses, with the strings kept for the fold.
+type ByTypeAddr = FastMap<(usize, usize), (Arc<str>, Arc<str>, TypeCounts)>;
+
+/// The four per-task families, each written into its own buffer (a family's lines must be
+/// together) and joined at the end.
+#[derive(Default)]
+struct PerTask {
+    progress: String,
+    deadline: String,
+    predicted: String,
+    worker: String,
+    /// `{workflow_type="..",task_type="..",workflow_id="..",task_id=".."`, without the brace
+    /// that closes it, reused for every task.
+    labels: String,
+}
+
+impl PerTask {
+    fn clear(&mut self) {
+        self.progress.clear();
+        self.deadline.clear();
+        self.predicted.clear();
+        self.worker.clear();
+    }
+
+    fn add(&mut self, st: &TaskState, predicted: Option<i64>) {
+        let rec = &st.rec;
+        let l = &mut self.labels;
+        l.clear();
+        l.push_str("{workflow_type=\"");
+        text::label_value(l, rec.workflow_type.as_deref().unwrap_or(""));
+        l.push_str("\",task_type=\"");
+        text::label_value(l, &rec.task_type);
+        l.push_str("\",workflow_id=\"");
+        text::label_value(l, &rec.workflow_id);
+        l.push_str("\",task_id=\"");
+        text::label_value(l, &rec.task_id);
+        l.push('"');
+        let line = |out: &mut String, name: &str, v: f64| {
+            out.push_str(name);
+            out.push_str(l);
+            out.push('}');
+            text::value_f64(out, v);
+        };
+        if let Some(p) = rec.progress {
+            line(&mut self.progress, PROGRESS.0, f64::from(p) / 100.0);
+        }
+        if let Some(d) = rec.deadline_ms() {
+            line(&mut self.deadline, DEADLINE.0, d as f64 / 1000.0);
+        }
+        if let Some(c) = predicted {
+            line(&mut self.predicted, PREDICTED.0, c as f64 / 1000.0);
+        }
+        if let Some(w) = &rec.worker_id {
+            let out = &mut self.worker;
+            out.push_str(WORKER_INFO.0);
+            out.push_str(l);
+            out.push_str(",worker_id=\"");
+            text::label_value(out, w);
+            out.push_str("\"} 1\n");
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        for (family, lines) in [
+            (&PROGRESS, &self.progress),
+            (&DEADLINE, &self.deadline),
+            (&PREDICTED, &self.predicted),
+            (&WORKER_INFO, &self.worker),
+        ] {
+            if !lines.is_empty() {
+                family.header(out);
+                out.push_str(lines);
+            }
+        }
+    }
 }
 
 impl StateCollector {
@@ -131,81 +220,69 @@ impl StateCollector {
         leadership: Leadership,
         wait_source: Option<tokio::sync::watch::Receiver<WaitSnapshot>>,
     ) -> StateCollector {
-        let descs = FAMILIES
-            .iter()
-            .map(|(name, help, labels)| {
-                Desc::new(
-                    name.to_string(),
-                    help.to_string(),
-                    labels.iter().map(|l| l.to_string()).collect(),
-                    HashMap::new(),
-                )
-                .expect("valid metric description")
-            })
-            .collect();
         StateCollector {
             tracker,
             cfg,
             leadership,
             wait_source,
-            descs,
         }
     }
-}
 
-fn gauge_vec(i: usize) -> GaugeVec {
-    let (name, help, labels) = FAMILIES[i];
-    GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
-}
-
-fn int_vec(i: usize) -> IntGaugeVec {
-    let (name, help, labels) = FAMILIES[i];
-    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
-}
-
-#[derive(Default)]
-struct WaitCounts {
-    waiting: i64,
-    overdue: i64,
-    due_next_minute: i64,
-}
-
-impl Collector for StateCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+    /// Appends the state gauges, in the text format, to `out`.
+    pub fn write_text(&self, out: &mut String) {
         if !self.leadership.is_leader() {
-            return Vec::new();
+            return;
         }
         let now = now_ms();
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
         let grace_ms = self.cfg.wait_grace.as_millis() as i64;
+        let cap = self.cfg.max_task_series;
 
-        let mut by_status: HashMap<(Arc<str>, Arc<str>, Status), i64> = HashMap::new();
-        // per (workflow_type, task_type) of in-flight tasks: (stalled, predicted to time out)
-        let mut by_type: HashMap<(Arc<str>, Arc<str>), (i64, i64)> = HashMap::new();
-        let mut wait: HashMap<Arc<str>, WaitCounts> = HashMap::new();
+        // First pass, keyed by string addresses: (workflow type, task type) -> counts, and
+        // workflow type -> WAIT counts, worker -> in-flight tasks.
+        let mut by_type = ByTypeAddr::default();
+        let mut wait: FastMap<usize, (Arc<str>, WaitCounts)> = FastMap::default();
+        let mut workers: FastMap<usize, (Arc<str>, i64)> = FastMap::default();
         let mut oldest_overdue_ms = 0i64;
-        let mut worker_tasks: HashMap<Arc<str>, i64> = HashMap::new();
-        let mut candidates: Vec<(TaskRecord, Option<i64>)> = Vec::new();
         let empty: Arc<str> = Arc::from("");
+        // Every in-flight task with progress, by age, in case the cap is exceeded.
+        let mut candidates: Vec<(i64, Arc<str>)> = Vec::new();
+        // Written as the walk goes while under the cap, which saves a second lookup per task
+        // in the common case; thrown away if the cap turns out to be exceeded.
+        let mut per_task = PerTask::default();
 
         self.tracker.for_each(|st| {
             let rec = &st.rec;
             if rec.status.is_terminal() {
                 return;
             }
-            let wf = rec.workflow_type.clone().unwrap_or_else(|| empty.clone());
-            *by_status
-                .entry((wf.clone(), rec.task_type.clone(), rec.status))
-                .or_default() += 1;
+            let wf_addr = addr(rec.workflow_type.as_ref());
             if let Some(w) = &rec.worker_id {
-                *worker_tasks.entry(w.clone()).or_default() += 1;
+                workers
+                    .entry(addr(Some(w)))
+                    .or_insert_with(|| (w.clone(), 0))
+                    .1 += 1;
             }
+            let key = (wf_addr, addr(Some(&rec.task_type)));
+            let counts = &mut by_type
+                .entry(key)
+                .or_insert_with(|| {
+                    (
+                        rec.workflow_type.clone().unwrap_or_else(|| empty.clone()),
+                        rec.task_type.clone(),
+                        TypeCounts::default(),
+                    )
+                })
+                .2;
+            counts.by_status[rec.status as usize] += 1;
             if rec.is_waiting() {
-                let c = wait.entry(wf).or_default();
+                let c = &mut wait
+                    .entry(wf_addr)
+                    .or_insert_with(|| {
+                        let wf = rec.workflow_type.clone().unwrap_or_else(|| empty.clone());
+                        (wf, WaitCounts::default())
+                    })
+                    .1;
                 c.waiting += 1;
                 if let Some(wake) = rec.wait_until {
                     let late = now - wake;
@@ -218,129 +295,150 @@ impl Collector for StateCollector {
                 }
                 return;
             }
-            let counts = by_type.entry((wf, rec.task_type.clone())).or_default();
             if rec.progress.is_some() {
                 if now - rec.progress_changed >= stall_ms {
-                    counts.0 += 1;
+                    counts.stalled += 1;
                 }
                 let predicted = st.predicted_completion(now, stall_ms);
                 if let (Some(p), Some(d)) = (predicted, rec.deadline_ms()) {
                     if p > d {
-                        counts.1 += 1;
+                        counts.predicted_timeout += 1;
                     }
                 }
-                candidates.push((rec.clone(), predicted));
+                candidates.push((rec.first_seen, rec.task_id.clone()));
+                if candidates.len() <= cap {
+                    per_task.add(st, predicted);
+                } else if candidates.len() == cap + 1 {
+                    per_task.clear();
+                }
             }
         });
 
-        let mut out = Vec::with_capacity(FAMILIES.len());
-
-        // 4.1 per task, capped
-        let omitted = candidates.len().saturating_sub(self.cfg.max_task_series);
-        if omitted > 0 {
-            let cap = self.cfg.max_task_series;
-            if cap == 0 {
-                candidates.clear();
-            } else {
-                candidates.select_nth_unstable_by(cap - 1, |(a, _), (b, _)| {
-                    (a.first_seen, &a.task_id).cmp(&(b.first_seen, &b.task_id))
+        // 4.1 per task, capped: past the cap, the oldest tasks, looked up again.
+        let omitted = candidates.len().saturating_sub(cap);
+        if omitted > 0 && cap > 0 {
+            candidates.select_nth_unstable_by(cap - 1, |a, b| a.cmp(b));
+            candidates.truncate(cap);
+            for (_, id) in &candidates {
+                self.tracker.inspect(id, |st| {
+                    if st.rec.is_in_flight() && st.rec.progress.is_some() {
+                        per_task.add(st, st.predicted_completion(now, stall_ms));
+                    }
                 });
-                candidates.truncate(cap);
             }
         }
-        let progress = gauge_vec(0);
-        let deadline = gauge_vec(1);
-        let predicted = gauge_vec(11);
-        let worker_info = int_vec(12);
-        for (rec, completion) in &candidates {
-            let labels = [
-                rec.workflow_type.as_deref().unwrap_or(""),
-                &rec.task_type,
-                &rec.workflow_id,
-                &rec.task_id,
-            ];
-            if let Some(p) = rec.progress {
-                progress
-                    .with_label_values(&labels)
-                    .set(f64::from(p) / 100.0);
-            }
-            if let Some(d) = rec.deadline_ms() {
-                deadline.with_label_values(&labels).set(d as f64 / 1000.0);
-            }
-            if let Some(c) = completion {
-                predicted.with_label_values(&labels).set(*c as f64 / 1000.0);
-            }
-            if let Some(w) = &rec.worker_id {
-                let [wf, tt, wid, tid] = labels;
-                worker_info.with_label_values(&[wf, tt, wid, tid, w]).set(1);
-            }
-        }
-        out.extend(progress.collect());
-        out.extend(deadline.collect());
-        out.extend(predicted.collect());
-        out.extend(worker_info.collect());
-        let omitted_gauge = IntGauge::new(FAMILIES[2].0, FAMILIES[2].1).expect("valid metric");
-        omitted_gauge.set(omitted as i64);
-        out.extend(omitted_gauge.collect());
+        per_task.write(out);
+        OMITTED.header(out);
+        text::sample_i64(out, OMITTED.0, &[], omitted as i64);
 
-        // 4.2 aggregates
-        let tasks = int_vec(3);
-        for ((wf, tt, st), n) in &by_status {
-            tasks.with_label_values(&[wf, tt, st.as_str()]).set(*n);
+        // 4.2 aggregates, folded by content (and sorted, for a stable output).
+        let mut types: BTreeMap<(Arc<str>, Arc<str>), TypeCounts> = BTreeMap::new();
+        for (_, (wf, tt, c)) in by_type {
+            types.entry((wf, tt)).or_default().add(&c);
         }
-        out.extend(tasks.collect());
-        let (stalled, timing_out) = (int_vec(4), int_vec(13));
-        for ((wf, tt), (n_stalled, n_timing_out)) in &by_type {
-            stalled.with_label_values(&[wf, tt]).set(*n_stalled);
-            timing_out.with_label_values(&[wf, tt]).set(*n_timing_out);
+        if !types.is_empty() {
+            TASKS.header(out);
+            for ((wf, tt), c) in &types {
+                for (status, n) in Status::ALL.iter().zip(c.by_status) {
+                    if n > 0 {
+                        let labels = [
+                            ("workflow_type", &**wf),
+                            ("task_type", &**tt),
+                            ("status", status.as_str()),
+                        ];
+                        text::sample_i64(out, TASKS.0, &labels, n);
+                    }
+                }
+            }
         }
-        out.extend(stalled.collect());
-        out.extend(timing_out.collect());
+        // Only types with in-flight (not WAIT) tasks have the in-flight gauges.
+        let in_flight: Vec<_> = types
+            .iter()
+            .filter(|((_, tt), _)| &**tt != "WAIT")
+            .collect();
+        for (family, pick) in [
+            (
+                &STALLED,
+                (|c: &TypeCounts| c.stalled) as fn(&TypeCounts) -> i64,
+            ),
+            (&PREDICTED_TIMEOUT, |c: &TypeCounts| c.predicted_timeout),
+        ] {
+            if in_flight.is_empty() {
+                break;
+            }
+            family.header(out);
+            for ((wf, tt), c) in &in_flight {
+                let labels = [("workflow_type", &**wf), ("task_type", &**tt)];
+                text::sample_i64(out, family.0, &labels, pick(c));
+            }
+        }
 
         // 4.3 WAIT queue
-        if let Some(source) = &self.wait_source {
-            let snap = source.borrow();
-            wait = snap
-                .by_workflow_type
-                .iter()
-                .map(|(wf, c)| {
-                    (
+        let mut wait_by_wf: BTreeMap<Arc<str>, WaitCounts> = BTreeMap::new();
+        match &self.wait_source {
+            Some(source) => {
+                let snap = source.borrow();
+                for (wf, c) in &snap.by_workflow_type {
+                    wait_by_wf.insert(
                         Arc::from(wf.as_str()),
                         WaitCounts {
                             waiting: c.waiting,
                             overdue: c.overdue,
                             due_next_minute: c.due_next_minute,
                         },
-                    )
-                })
-                .collect();
-            oldest_overdue_ms = (snap.oldest_overdue_seconds * 1000.0) as i64;
+                    );
+                }
+                oldest_overdue_ms = (snap.oldest_overdue_seconds * 1000.0) as i64;
+            }
+            None => {
+                for (_, (wf, c)) in wait {
+                    let e = wait_by_wf.entry(wf).or_default();
+                    e.waiting += c.waiting;
+                    e.overdue += c.overdue;
+                    e.due_next_minute += c.due_next_minute;
+                }
+            }
         }
-        let (waiting, overdue, due) = (int_vec(5), int_vec(6), int_vec(7));
-        for (wf, c) in &wait {
-            waiting.with_label_values(&[wf]).set(c.waiting);
-            overdue.with_label_values(&[wf]).set(c.overdue);
-            due.with_label_values(&[wf]).set(c.due_next_minute);
+        for (family, pick) in [
+            (
+                &WAITING,
+                (|c: &WaitCounts| c.waiting) as fn(&WaitCounts) -> i64,
+            ),
+            (&OVERDUE, |c: &WaitCounts| c.overdue),
+            (&DUE_NEXT_MINUTE, |c: &WaitCounts| c.due_next_minute),
+        ] {
+            if wait_by_wf.is_empty() {
+                break;
+            }
+            family.header(out);
+            for (wf, c) in &wait_by_wf {
+                text::sample_i64(out, family.0, &[("workflow_type", wf)], pick(c));
+            }
         }
-        out.extend(waiting.collect());
-        out.extend(overdue.collect());
-        out.extend(due.collect());
-        let oldest = Gauge::new(FAMILIES[8].0, FAMILIES[8].1).expect("valid metric");
-        oldest.set(oldest_overdue_ms as f64 / 1000.0);
-        out.extend(oldest.collect());
+        OLDEST_OVERDUE.header(out);
+        text::sample_f64(
+            out,
+            OLDEST_OVERDUE.0,
+            &[],
+            oldest_overdue_ms as f64 / 1000.0,
+        );
 
-        // 4.6 workers
-        let (w_tasks, w_seen) = (int_vec(9), gauge_vec(10));
-        for (worker, seen) in self.tracker.workers() {
-            w_tasks
-                .with_label_values(&[&worker])
-                .set(worker_tasks.get(&worker).copied().unwrap_or(0));
-            w_seen
-                .with_label_values(&[&worker])
-                .set(seen as f64 / 1000.0);
+        // 4.6 workers: every worker seen recently, with its in-flight task count.
+        let mut tasks_of: HashMap<Arc<str>, i64> = HashMap::new();
+        for (_, (w, n)) in workers {
+            *tasks_of.entry(w).or_default() += n;
         }
-        out.extend(w_tasks.collect());
-        out.extend(w_seen.collect());
-        out
+        let seen: BTreeMap<Arc<str>, i64> = self.tracker.workers().into_iter().collect();
+        if !seen.is_empty() {
+            WORKER_TASKS.header(out);
+            for w in seen.keys() {
+                let n = tasks_of.get(w).copied().unwrap_or(0);
+                text::sample_i64(out, WORKER_TASKS.0, &[("worker_id", w)], n);
+            }
+            WORKER_SEEN.header(out);
+            for (w, at) in &seen {
+                text::sample_f64(out, WORKER_SEEN.0, &[("worker_id", w)], *at as f64 / 1000.0);
+            }
+        }
     }
 }
