@@ -356,6 +356,18 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if s.draining.load(Ordering::Relaxed) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
+    // The writer knows first: a store that answers pings but refuses writes (disk full, read-
+    // only, a lock held) is not ready either.
+    if let Some(since) = s.tracker.writer().store_failing_since() {
+        let secs = (crate::now_ms() - since).max(0) as f64 / 1000.0;
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store not ready: writes have been failing for {secs:.1}s and are being retried ({} pending)",
+                s.metrics.store_pending_writes.get()
+            ),
+        );
+    }
     match tokio::time::timeout(Duration::from_secs(2), s.store.ready()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready", "store": s.store.kind() })).into_response(),
         Ok(Err(e)) => error(

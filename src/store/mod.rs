@@ -326,18 +326,25 @@ pub fn is_transient(e: &Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            if let Ok(n) = code.parse::<i64>() {
+            // Decided by the backend, not by the code's look: many SQLSTATEs are all digits
+            // ("08006", "40001", "53100") and would read as SQLite result codes.
+            let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            if sqlite {
+                let n = code.parse::<i64>().unwrap_or_default();
                 // SQLite: the primary result code is the low byte of the extended one.
                 // BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR, FULL, CANTOPEN, PROTOCOL.
                 matches!(n & 0xff, 5 | 6 | 7 | 8 | 9 | 10 | 13 | 14 | 15)
             } else {
                 // PostgreSQL SQLSTATE classes: connection exception, insufficient resources,
                 // operator intervention (shutdown, cancel), system error, transaction rollback
-                // (serialization, deadlock), and lock not available.
+                // (serialization, deadlock), lock not available, and a read-only transaction:
+                // a primary that failed over and came back as a standby, or a database set
+                // read-only for maintenance, takes writes again later.
                 ["08", "53", "57", "58", "40"]
                     .iter()
                     .any(|class| code.starts_with(class))
                     || code == "55P03"
+                    || code == "25006"
             }
         }
         sqlx::Error::Io(_)

@@ -397,6 +397,98 @@ async fn postgres_locked_table_bounds_pending_and_keeps_ingest_responsive() {
     app.shutdown().await;
 }
 
+/// A store that answers pings but refuses writes (the database set read-only, as a primary
+/// that came back as a standby would be): the writer retries, /readyz says 503 with the
+/// writer's reason while a plain ping still works, completions get 503, and once writes are
+/// allowed again everything waiting is stored and /readyz is 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_makes_readyz_fail_and_writes_resume() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let name = db.url.rsplit_once('/').unwrap().1.to_string();
+    let app = TestApp::spawn_with(&db, |s| {
+        s.progress_min_interval = Duration::from_millis(100);
+        s.check_interval = Duration::ZERO;
+    })
+    .await;
+    let (status, _, body, _) = post(&app, &progress("ro-a", 10.0)).await;
+    assert_eq!(status, 200, "{body}");
+    app.settle().await;
+    assert_eq!(status_of(&app, "/readyz").await, 200);
+
+    let admin = sqlx::PgPool::connect(&crate::helpers::postgres_admin_url())
+        .await
+        .unwrap();
+    let set_read_only = |on: bool| {
+        let admin = admin.clone();
+        let name = name.clone();
+        async move {
+            let sql = if on {
+                format!("ALTER DATABASE {name} SET default_transaction_read_only = on")
+            } else {
+                format!("ALTER DATABASE {name} RESET default_transaction_read_only")
+            };
+            sqlx::query(&sql).execute(&admin).await.unwrap();
+            // Sessions take the setting when they start: end the open ones.
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                .bind(&name)
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    };
+    set_read_only(true).await;
+
+    // A progress change makes the writer try, and fail.
+    let (status, _, body, _) = post(&app, &progress("ro-a", 20.0)).await;
+    assert_eq!(status, 200, "progress goes to memory: {body}");
+    until(
+        "/readyz 503 from the writer",
+        Duration::from_secs(15),
+        || async { status_of(&app, "/readyz").await == 503 },
+    )
+    .await;
+    let resp = app.get("/readyz").await;
+    let why = resp.text().await.unwrap();
+    assert!(why.contains("writes have been failing"), "{why}");
+    // The store itself still answers: this is the writer's knowledge, not a failed ping.
+    let store = db.store().await;
+    store
+        .ready()
+        .await
+        .expect("a read-only database answers pings");
+    store.close().await;
+    let (status, retry_after, body, _) = post(&app, &update("ro-a", "COMPLETED")).await;
+    assert_eq!(status, 503, "completion while writes fail: {body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    let errors = app
+        .metric_value("taskpulse_store_write_errors_total", &[])
+        .await
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "write errors counted: {errors}");
+
+    set_read_only(false).await;
+    until("/readyz 200 again", Duration::from_secs(15), || async {
+        status_of(&app, "/readyz").await == 200
+    })
+    .await;
+    until(
+        "completion acknowledged",
+        Duration::from_secs(15),
+        || async { post(&app, &update("ro-a", "COMPLETED")).await.0 == 200 },
+    )
+    .await;
+    app.settle().await;
+    let rec = app.stored("ro-a").await.unwrap();
+    assert_eq!(rec.status.as_str(), "COMPLETED");
+    assert_eq!(
+        rec.progress,
+        Some(20.0),
+        "the progress accepted meanwhile is stored"
+    );
+    admin.close().await;
+    app.shutdown().await;
+}
+
 /// Another process holding SQLite's write lock makes writes wait (busy_timeout), not fail:
 /// the completion is acknowledged once the lock is gone, and progress is answered meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
