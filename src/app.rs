@@ -153,10 +153,13 @@ impl Application {
                 retention_ms,
             )));
         }
-        let conductor = settings
-            .conductor_url
-            .as_deref()
-            .map(|url| Arc::new(Proxy::new(url, settings.progress_min_interval)));
+        let conductor = settings.conductor_url.as_deref().map(|url| {
+            Arc::new(Proxy::new(
+                url,
+                settings.progress_min_interval,
+                settings.conductor_timeout,
+            ))
+        });
         if let Some(px) = &conductor {
             tracing::info!(engine = %px.base(), "Conductor worker proxy on /api/");
             let sweep = px.clone();

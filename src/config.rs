@@ -132,6 +132,11 @@ pub struct SettingsArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conductor_url: Option<String>,
 
+    /// Longest the Conductor server may take to answer a proxied request before the worker gets 504; above the longest long-poll your workers ask for [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub conductor_timeout: Option<Duration>,
+
     /// Conductor's own PostgreSQL, read-only, for the WAIT queue [default: none]
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,6 +215,8 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub lease_grace: Duration,
     pub conductor_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub conductor_timeout: Duration,
     pub conductor_db: Option<String>,
     /// Where `auth_token` was read from; resolved into `auth_token` by [`Settings::load`].
     pub auth_token_file: Option<PathBuf>,
@@ -240,6 +247,7 @@ impl Default for Settings {
             max_repairs_per_run: 1000,
             lease_grace: Duration::from_secs(60),
             conductor_url: None,
+            conductor_timeout: Duration::from_secs(30),
             conductor_db: None,
             auth_token_file: None,
             // ~800 B per tracked task: about 800 MB at the cap.
@@ -270,6 +278,7 @@ const KEYS: &[&str] = &[
     "max-repairs-per-run",
     "lease-grace",
     "conductor-url",
+    "conductor-timeout",
     "conductor-db",
     "auth-token-file",
     "max-tracked-tasks",
@@ -387,6 +396,9 @@ impl Settings {
         }
         if self.max_pending_writes == 0 {
             return bad("max-pending-writes", "must be greater than 0");
+        }
+        if self.conductor_timeout.is_zero() {
+            return bad("conductor-timeout", "must be greater than 0 (e.g. 30s)");
         }
         if let Some(url) = &self.conductor_url {
             if !url.starts_with("http://") {
@@ -611,6 +623,12 @@ mod tests {
         assert_eq!(s.header_read_timeout, Duration::from_secs(10));
         assert_eq!(s.body_read_timeout, Duration::from_secs(30));
         assert_eq!(s.max_connections, 1024);
+        assert_eq!(s.conductor_timeout, Duration::from_secs(30));
+        let env = env_from(&[("CONDUCTOR_TIMEOUT", "0s")]);
+        let err = Settings::load_from(None, &SettingsArgs::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("conductor-timeout"), "{err}");
         let env = env_from(&[("MAX_CONNECTIONS", "0")]);
         let err = Settings::load_from(None, &SettingsArgs::default(), env)
             .unwrap_err()

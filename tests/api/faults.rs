@@ -813,3 +813,61 @@ async fn conductor_proxy_answers_502_quickly_when_the_engine_is_down() {
     }
     app.shutdown().await;
 }
+
+/// The engine slow behind the Conductor proxy (it takes the connection and never answers):
+/// workers get 504 after `--conductor-timeout`, never a hang, and the proxy keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conductor_proxy_answers_504_when_the_engine_is_silent() {
+    use tokio::io::AsyncReadExt;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = silent.accept().await {
+            // Read what arrives, answer nothing.
+            held.push(tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+            }));
+        }
+    });
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.conductor_url = Some(format!("http://{engine}"));
+        s.conductor_timeout = Duration::from_secs(1);
+        s.check_interval = Duration::ZERO;
+    })
+    .await;
+    for (method, path, body) in [
+        ("GET", "/api/tasks/poll/encode?workerid=w1", None),
+        (
+            "POST",
+            "/api/tasks",
+            Some(
+                json!({"taskId": "slow-1", "workflowInstanceId": "wf-slow", "status": "IN_PROGRESS"}),
+            ),
+        ),
+    ] {
+        let started = Instant::now();
+        let mut req = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .timeout(Duration::from_secs(15));
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("the proxy answers");
+        let took = started.elapsed();
+        assert_eq!(resp.status(), 504, "{method} {path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("--conductor-timeout"), "{text}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+            "{method} {path} took {took:?}"
+        );
+    }
+    // taskpulse itself stays responsive meanwhile.
+    assert_eq!(status_of(&app, "/healthz").await, 200);
+    app.shutdown().await;
+    hold.abort();
+}

@@ -49,8 +49,6 @@ use crate::lifecycle::Status;
 
 /// `source` label of updates learned by the proxy.
 pub const SOURCE: &str = "conductor_proxy";
-/// Longest the engine may take to start answering a proxied request.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Heartbeat period when the task's `responseTimeoutSeconds` is unknown.
 const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
@@ -70,6 +68,8 @@ pub struct Proxy {
     /// The engine's base URL, without a trailing `/` or `/api`.
     base: String,
     heartbeat_min_interval: Duration,
+    /// Longest the engine may take to start answering (`--conductor-timeout`).
+    upstream_timeout: Duration,
     /// Task id -> when a heartbeat for it last went upstream.
     last_heartbeat: DashMap<Arc<str>, Instant>,
     /// Per-task lock: one update per task at a time goes upstream, in order.
@@ -89,7 +89,9 @@ impl std::fmt::Debug for Proxy {
 
 impl Proxy {
     /// `url` is the engine's address (`http://conductor:8080`; a trailing `/api` is accepted).
-    pub fn new(url: &str, heartbeat_min_interval: Duration) -> Proxy {
+    /// `upstream_timeout` bounds how long a worker waits for the engine's answer; past it the
+    /// worker gets 504 instead of a hang.
+    pub fn new(url: &str, heartbeat_min_interval: Duration, upstream_timeout: Duration) -> Proxy {
         let base = url.trim_end_matches('/');
         let base = base.strip_suffix("/api").unwrap_or(base).to_string();
         let mut connector = HttpConnector::new();
@@ -99,6 +101,7 @@ impl Proxy {
             client: Client::builder(TokioExecutor::new()).build(connector),
             base,
             heartbeat_min_interval,
+            upstream_timeout,
             last_heartbeat: DashMap::new(),
             locks: DashMap::new(),
             forwarded: DashMap::new(),
@@ -130,7 +133,7 @@ impl Proxy {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(req)).await {
+        match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -143,9 +146,8 @@ impl Proxy {
             Err(_) => Err(error(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "Conductor at {} did not answer within {}s",
-                    self.base,
-                    UPSTREAM_TIMEOUT.as_secs()
+                    "Conductor at {} did not answer within {:?} (--conductor-timeout)",
+                    self.base, self.upstream_timeout
                 ),
             )),
         }
@@ -525,11 +527,21 @@ mod tests {
     #[test]
     fn the_engine_base_url_is_normalized() {
         assert_eq!(
-            Proxy::new("http://c:8080/api/", Duration::from_secs(5)).base(),
+            Proxy::new(
+                "http://c:8080/api/",
+                Duration::from_secs(5),
+                Duration::from_secs(30)
+            )
+            .base(),
             "http://c:8080"
         );
         assert_eq!(
-            Proxy::new("http://c:8080", Duration::from_secs(5)).base(),
+            Proxy::new(
+                "http://c:8080",
+                Duration::from_secs(5),
+                Duration::from_secs(30)
+            )
+            .base(),
             "http://c:8080"
         );
     }

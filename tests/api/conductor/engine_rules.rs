@@ -42,7 +42,11 @@ async fn setup(backend: Backend) -> (Emulator, TestDb, TestApp, Arc<Proxy>) {
         s.check_interval = Duration::ZERO;
     })
     .await;
-    let px = Arc::new(Proxy::new(&emu.url(), Duration::from_secs(5)));
+    let px = Arc::new(Proxy::new(
+        &emu.url(),
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    ));
     (emu, db, app, px)
 }
 
@@ -93,7 +97,11 @@ async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend)
     );
 
     // an engine that can't be reached makes the repair `failed`, audited (a later pass retries)
-    let dead = Arc::new(Proxy::new("http://127.0.0.1:1", Duration::from_secs(5)));
+    let dead = Arc::new(Proxy::new(
+        "http://127.0.0.1:1",
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    ));
     let r = pass(&app, &engine_checker(&dead)).await;
     assert!(!r.repairs.is_empty());
     assert!(
