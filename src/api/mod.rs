@@ -276,22 +276,40 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
 async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Response {
     let rec = match s.tracker.get(&task_id) {
         Some(r) => Some(r),
-        None => match s.store.get_task(&task_id).await {
-            Ok(r) => r,
-            Err(e) => return unavailable(format!("store unavailable: {e}")),
-        },
+        None => {
+            match tokio::time::timeout(Duration::from_secs(2), s.store.get_task(&task_id)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return unavailable(format!("store unavailable: {e}")),
+                Err(_) => return unavailable("store unavailable: no answer within 2s"),
+            }
+        }
     };
     let Some(rec) = rec else {
         return error(StatusCode::NOT_FOUND, format!("unknown task `{task_id}`"));
     };
-    let (history, attempts) = match tokio::try_join!(
-        s.store.task_history(&task_id, 50),
-        s.store.task_attempts(&task_id)
-    ) {
-        Ok(x) => x,
-        Err(e) => return unavailable(format!("store unavailable: {e}")),
+    // History lives in the store. When it can't answer (promptly), a task in memory is still
+    // shown, with what memory knows and the reason the rest is missing: during an outage the
+    // current state is what an operator looks for.
+    let from_store = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::try_join!(
+            s.store.task_history(&task_id, 50),
+            s.store.task_attempts(&task_id)
+        )
+    })
+    .await;
+    let (history, mut attempts, history_error) = match from_store {
+        Ok(Ok((h, a))) => (h, a, None),
+        Ok(Err(e)) => (
+            Vec::new(),
+            Vec::new(),
+            Some(format!("store unavailable: {e}")),
+        ),
+        Err(_) => (
+            Vec::new(),
+            Vec::new(),
+            Some("store unavailable: no answer within 2s".to_string()),
+        ),
     };
-    let mut attempts = attempts;
     // The current attempt is in memory at once; its row may still be on its way to the store.
     if let Some(worker) = &rec.worker_id {
         let n = rec.retry_count.unwrap_or(0);
@@ -315,6 +333,10 @@ async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Res
         serde_json::to_value(TaskView::new(&rec, predicted, now, stall_ms)).unwrap_or_default();
     view["history"] = json!(history);
     view["attempts"] = json!(attempts);
+    if let Some(why) = history_error {
+        // Only the in-memory part is shown; say so rather than pass off an empty history.
+        view["historyUnavailable"] = json!(why);
+    }
     Json(view).into_response()
 }
 

@@ -235,9 +235,29 @@ async fn postgres_outage_refuses_commits_keeps_progress_and_recovers() {
         assert!(took < Duration::from_secs(1), "progress took {took:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // In memory at once (the read API's task view also wants the store, for history).
+    // In memory at once, and the task view shows it from memory, saying the history is missing.
     let in_memory = app.tracker.get("pg-a").unwrap();
     assert_eq!(in_memory.progress, Some(pct as f32));
+    let started = Instant::now();
+    let resp = app.get("/api/v1/tasks/pg-a").await;
+    assert_eq!(resp.status().as_u16(), 200, "task view during the outage");
+    let view: Value = resp.json().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "task view took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(view["progressPercent"], json!(pct), "{view}");
+    assert!(
+        view["historyUnavailable"]
+            .as_str()
+            .is_some_and(|w| w.contains("store unavailable")),
+        "{view}"
+    );
+    assert_eq!(view["attempts"].as_array().map(Vec::len), Some(1), "{view}");
+    // A task the store alone would know gets 503.
+    let resp = app.get("/api/v1/tasks/never-seen").await;
+    assert_eq!(resp.status().as_u16(), 503);
 
     // A completion needs a commit: 503 + Retry-After, never 200. The first may wait until the
     // writer has seen the store fail (the pool's 3 s acquire timeout), not the full 10 s.
