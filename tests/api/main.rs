@@ -17,6 +17,7 @@ mod hostile;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod pgcluster;
 mod predict;
 mod process;
 mod promtool;

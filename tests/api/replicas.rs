@@ -682,3 +682,171 @@ async fn failover_after_kill_9_within_two_check_intervals() {
         assert_eq!(status.code(), Some(0), "{stderr}");
     }
 }
+
+/// Two replicas on a private PostgreSQL cluster under steady load: the database stops and
+/// starts again, then the leader is killed with -9 and a new replica joins. Afterwards exactly
+/// one replica leads and stays the only one, every acknowledged completion is stored as
+/// COMPLETED (the late IN_PROGRESS sent to the other replica after each one never overwrote
+/// it), every expired lease was repaired exactly once, and `taskpulse check` finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_survive_a_database_restart_and_a_leader_kill() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let Some(pg) = crate::pgcluster::PgCluster::start() else {
+        eprintln!("no PostgreSQL server binaries under /usr/lib/postgresql; skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let args = [
+        "--database",
+        &url,
+        "--check-interval",
+        "1s",
+        "--progress-min-interval",
+        "200ms",
+        "--lease-grace",
+        "1s",
+    ];
+    let mut servers = vec![
+        Server::start(dir.path(), &args, &[]).await,
+        Server::start(dir.path(), &args, &[]).await,
+    ];
+    // Tasks whose lease runs out within seconds: the checker times each out, once.
+    let leases: Vec<String> = (0..10).map(|i| format!("lease-{i}")).collect();
+    for (i, id) in leases.iter().enumerate() {
+        let mut u = progress_update(id, 10.0, taskpulse::now_ms());
+        u["responseTimeoutSeconds"] = json!(1);
+        servers[i % 2].ingest(&u).await;
+    }
+
+    // Steady load on both replicas: each task's progress and completion go to one replica, and
+    // a late IN_PROGRESS (newer updateTime, the conductor-oss#176 shape) to the other.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+    let load = {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("steady-{n}");
+                let (a, b) = (addrs[n % 2], addrs[(n + 1) % 2]);
+                let post = |addr: std::net::SocketAddr, body: Value| {
+                    client
+                        .post(format!("http://{addr}/api/v1/updates"))
+                        .json(&body)
+                        .send()
+                };
+                let t = taskpulse::now_ms();
+                let _ = post(a, progress_update(&id, 40.0, t)).await;
+                if let Ok(r) = post(a, status_update(&id, "COMPLETED", t + 1)).await {
+                    if r.status() == 200 {
+                        let body: Value = r.json().await.unwrap_or_default();
+                        if body["accepted"] == 1 || body["duplicates"] == 1 {
+                            acked.lock().unwrap().push(id.clone());
+                        }
+                    }
+                }
+                let _ = post(b, progress_update(&id, 60.0, t + 2)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refs: Vec<&Server> = servers.iter().collect();
+    wait_for_single_leader(&refs, Duration::from_secs(5)).await;
+
+    // The database goes away for two seconds and comes back.
+    tokio::task::block_in_place(|| pg.stop());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| pg.start_again());
+    let leader = wait_for_single_leader(&refs, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // The leader dies; a new replica joins.
+    let dead = servers.remove(leader);
+    dead.kill9().await;
+    servers.push(Server::start(dir.path(), &args, &[]).await);
+    let refs: Vec<&Server> = servers.iter().collect();
+    let leader = wait_for_single_leader(&refs, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(10), load)
+        .await
+        .expect("the load stops")
+        .unwrap();
+    assert_leader_stays(&refs, leader, Duration::from_millis(1500)).await;
+
+    let store = Store::connect(&url).await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 20,
+        "the load ran: {} completions",
+        acked.len()
+    );
+    for id in &acked {
+        assert_eq!(
+            stored_status(&store, id).await,
+            Some(Status::Completed),
+            "acknowledged completion of {id}"
+        );
+    }
+    // Every lease ends TIMED_OUT, repaired once, whoever led at the time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for id in &leases {
+        while stored_status(&store, id).await != Some(Status::TimedOut) {
+            assert!(
+                Instant::now() < deadline,
+                "{id} not timed out by the checker"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let Store::Postgres(pool) = &store else {
+        unreachable!()
+    };
+    let twice: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT task_id, rule, count(*) FROM repairs WHERE outcome = 'repaired' \
+         GROUP BY task_id, rule HAVING count(*) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        twice.is_empty(),
+        "repairs applied more than once: {twice:?}"
+    );
+    let (repaired,): (i64,) = sqlx::query_as(
+        "SELECT count(DISTINCT task_id) FROM repairs WHERE outcome = 'repaired' AND task_id LIKE 'lease-%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(repaired, leases.len() as i64, "each lease repaired");
+    store.close().await;
+    eprintln!(
+        "{} acknowledged completions, {} leases repaired once each",
+        acked.len(),
+        repaired
+    );
+
+    for s in servers {
+        let (status, stderr) = s.terminate().await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+    let (status, out, err) = crate::process::run(
+        dir.path(),
+        &["check", "--database", &url],
+        &[],
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "taskpulse check:\n{out}{err}");
+}
