@@ -73,6 +73,13 @@ pub struct LoadgenArgs {
     /// Updates per task before it completes (tasks finish at tasks * rate / this per second)
     #[arg(long, default_value_t = 100)]
     pub updates_per_task: u32,
+    /// Tasks never complete: after --updates-per-task updates each is abandoned and replaced by
+    /// a new one (with --updates-per-task 1, a flood of distinct unfinished tasks)
+    #[arg(long)]
+    pub never_finish: bool,
+    /// Stop after sending this many updates in all (0 = no limit; --duration still applies)
+    #[arg(long, default_value_t = 0)]
+    pub max_updates: u64,
     /// Bearer token, when taskpulse runs with --auth-token
     #[arg(long, env = "TASKPULSE_AUTH_TOKEN")]
     pub token: Option<String>,
@@ -145,15 +152,24 @@ struct Workload {
     next: usize,
     generation: u64,
     updates_per_task: u32,
-    wait_every: usize,
+    /// Every this many slots is a WAIT task; None with --wait-fraction 0.
+    wait_every: Option<usize>,
+    /// Send the completion after the last update (false: abandon the task instead).
+    finish: bool,
 }
 
 impl Workload {
-    fn new(conn: usize, count: usize, wait_fraction: f64, updates_per_task: u32) -> Workload {
+    fn new(
+        conn: usize,
+        count: usize,
+        wait_fraction: f64,
+        updates_per_task: u32,
+        finish: bool,
+    ) -> Workload {
         let wait_every = if wait_fraction <= 0.0 {
-            usize::MAX
+            None
         } else {
-            (1.0 / wait_fraction.min(1.0)).round().max(1.0) as usize
+            Some((1.0 / wait_fraction.min(1.0)).round().max(1.0) as usize)
         };
         let mut w = Workload {
             run: format!("{:x}", crate::now_ms()),
@@ -161,8 +177,10 @@ impl Workload {
             tasks: Vec::with_capacity(count),
             next: 0,
             generation: 0,
-            updates_per_task: updates_per_task.max(2),
+            // A finishing task needs one update to start and one to finish.
+            updates_per_task: updates_per_task.max(if finish { 2 } else { 1 }),
             wait_every,
+            finish,
         };
         for i in 0..count {
             let t = w.fresh(i);
@@ -176,7 +194,7 @@ impl Workload {
         SimTask {
             id: format!("lg{}-{}-{}-{}", self.run, self.conn, slot, self.generation),
             workflow: format!("lgwf{}-{}-{}", self.run, self.conn, self.generation / 10),
-            wait: slot % self.wait_every == 0,
+            wait: self.wait_every.is_some_and(|n| slot % n == 0),
             sent: 0,
         }
     }
@@ -222,7 +240,7 @@ impl Workload {
         let Some(slot) = self.advance() else { return };
         let k = self.updates_per_task;
         let t = &self.tasks[slot];
-        let done = t.sent >= k;
+        let done = self.finish && t.sent >= k;
         let progress = (t.sent as f64 * 100.0 / k as f64).min(100.0);
         let status = if done { "COMPLETED" } else { "IN_PROGRESS" };
         let _ = write!(
@@ -255,6 +273,8 @@ impl Workload {
 
 #[derive(Default)]
 struct Totals {
+    /// Updates claimed by the connections so far, for --max-updates.
+    reserved: AtomicU64,
     requests: AtomicU64,
     updates: AtomicU64,
     accepted: AtomicU64,
@@ -299,7 +319,13 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
     for conn in 0..args.connections {
         let share =
             args.tasks / args.connections + usize::from(conn < args.tasks % args.connections);
-        let mut work = Workload::new(conn, share, args.wait_fraction, args.updates_per_task);
+        let mut work = Workload::new(
+            conn,
+            share,
+            args.wait_fraction,
+            args.updates_per_task,
+            !args.never_finish,
+        );
         let client = client.clone();
         let url = url.clone();
         let base = base.clone();
@@ -316,6 +342,15 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
             let mut path = String::with_capacity(128);
             let mut sent: u64 = 0;
             while Instant::now() < deadline {
+                // --max-updates: reserve this request's updates from the shared budget.
+                if args.max_updates > 0
+                    && totals
+                        .reserved
+                        .fetch_add(per_request as u64, Ordering::Relaxed)
+                        >= args.max_updates
+                {
+                    break;
+                }
                 if per_conn_rate > 0.0 {
                     let due = started + Duration::from_secs_f64(sent as f64 / per_conn_rate);
                     if due > deadline {
@@ -450,7 +485,7 @@ mod tests {
 
     #[test]
     fn the_workload_finishes_and_replaces_tasks() {
-        let mut w = Workload::new(0, 10, 0.1, 4);
+        let mut w = Workload::new(0, 10, 0.1, 4, true);
         let mut out = String::new();
         let mut completed = 0;
         for _ in 0..40 {
@@ -468,7 +503,7 @@ mod tests {
         );
         // one in ten is a WAIT task, announced with its wake-up time on its first update
         out.clear();
-        let mut w = Workload::new(1, 10, 0.1, 4);
+        let mut w = Workload::new(1, 10, 0.1, 4, true);
         w.next_update(&mut out, 5);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["taskType"], "WAIT");
@@ -476,8 +511,27 @@ mod tests {
     }
 
     #[test]
+    fn never_finish_floods_distinct_unfinished_tasks() {
+        let mut w = Workload::new(0, 3, 0.0, 1, false);
+        let mut ids = std::collections::HashSet::new();
+        let mut out = String::new();
+        for _ in 0..30 {
+            out.clear();
+            w.next_update(&mut out, 1_000);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+            assert_eq!(v["status"], "IN_PROGRESS", "{v}");
+            assert_eq!(
+                v["taskType"], "lg_task",
+                "every update starts a new task: {v}"
+            );
+            ids.insert(v["taskId"].as_str().unwrap().to_string());
+        }
+        assert_eq!(ids.len(), 30, "30 updates, 30 distinct tasks");
+    }
+
+    #[test]
     fn pushgateway_pushes_one_group_per_task() {
-        let mut w = Workload::new(0, 2, 0.0, 2);
+        let mut w = Workload::new(0, 2, 0.0, 2, true);
         let (mut path, mut body) = (String::new(), String::new());
         w.next_push(&mut path, &mut body);
         assert!(
