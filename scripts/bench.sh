@@ -5,6 +5,9 @@
 #   scripts/bench.sh            # all sections
 #   scripts/bench.sh ingest     # one section: ingest | writes | scrape | checker | pushgateway
 #
+# Long runs with checks of their own: scripts/soak.sh (30 min), scripts/flood.sh (10M task ids),
+# scripts/kill9.sh (20 crashes).
+#
 # Needs PostgreSQL at $TASKPULSE_TEST_POSTGRES (scripts/test.sh starts it) for the PostgreSQL rows.
 set -euo pipefail
 
@@ -128,11 +131,16 @@ section_writes() {
     echo
 }
 
-# load_tasks N : N tasks with progress, one update each
+# load_tasks N : exactly N tasks with progress, one update each (each update starts a new task
+# that stays unfinished), then waits for the writer to drain
 load_tasks() {
     "$BIN" loadgen --target "http://127.0.0.1:$PORT" --json --mode ndjson --batch 1000 \
-        --tasks "$1" --rate 0 --connections 2 --wait-fraction 0 --updates-per-task 1000000 \
-        --duration "$(( $1 / 30000 + 5 ))s" >/dev/null
+        --tasks 10000 --rate 0 --connections 2 --wait-fraction 0 --never-finish \
+        --updates-per-task 1 --max-updates "$1" --duration 30m >/dev/null
+    for _ in $(seq 1 100); do
+        [[ "$(metric taskpulse_store_pending_writes)" == "0" ]] && break
+        sleep 0.1
+    done
 }
 
 scrape_ms() {
@@ -168,6 +176,10 @@ section_scrape() {
     echo
     echo "(the cap-100000 rows are a restart on the same database: their RSS is after the rebuild from the store)"
     echo
+    echo "### Rendering /metrics in process (cargo bench --bench scrape: no HTTP, no client)"
+    echo
+    cargo bench -q --bench scrape 2>/dev/null
+    echo
 }
 
 section_checker() {
@@ -176,6 +188,8 @@ section_checker() {
     echo
     start_taskpulse fill --database "sqlite://$WORK/big.db" --check-interval 0
     load_tasks "$n"
+    local filled_rss
+    filled_rss="$(rss_kib "$TP_PID")"
     stop "$TP_PID"
     local t0 t1
     t0=$(date +%s.%N)
@@ -191,6 +205,7 @@ section_checker() {
     echo "|---|---|"
     printf '| `taskpulse check` (one pass, all rules, process start included) | %.2f s |\n' "$(echo "$t1 - $t0" | bc -l)"
     printf '| start-up rebuild | %s |\n' "$rebuilt"
+    printf '| RSS right after taking the %s tasks in | %.0f MiB (%.0f B per task) |\n' "$n" "$(echo "$filled_rss / 1024" | bc -l)" "$(echo "$filled_rss * 1024 / $n" | bc -l)"
     printf '| RSS after the rebuild | %.0f MiB (%.0f B per task) |\n' "$(echo "$rss / 1024" | bc -l)" "$(echo "$rss * 1024 / ${loaded:-$n}" | bc -l)"
     echo
 }
