@@ -4,8 +4,7 @@
 //! cluster is stopped when its test ends, pass or fail.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -13,6 +12,7 @@ use taskpulse::store::Store;
 
 use crate::helpers::{binary, update, Backend, TestApp, TestDb};
 use crate::pgcluster::{as_unprivileged, free_port, PgCluster};
+use crate::process::{run, Proc};
 
 fn progress(id: &str, percent: f64) -> Value {
     let mut u = update(id, "IN_PROGRESS");
@@ -431,69 +431,6 @@ async fn sqlite_locked_by_another_connection_is_waited_for() {
     app.shutdown().await;
 }
 
-/// A child `taskpulse` process, killed on drop.
-struct Proc {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, cwd: &Path) -> Proc {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stderr = cwd.join(format!("faults-{n}.stderr"));
-        cmd.current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .env("TASKPULSE_LOG", "info,sqlx=warn")
-            .env_remove("TASKPULSE_CONFIG")
-            .env_remove("TASKPULSE_DATABASE")
-            .env_remove("TASKPULSE_LISTEN");
-        Proc {
-            child: cmd.spawn().expect("start taskpulse"),
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("still running after {limit:?}; stderr:\n{}", self.stderr());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// A bad SQLite location stops `serve` at start with exit 2 and a message naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_unusable_path_fails_at_start_naming_it() {
@@ -515,9 +452,10 @@ async fn sqlite_unusable_path_fails_at_start_naming_it() {
     let in_read_only = read_only.join("x.db");
     for path in [missing_parent, in_read_only] {
         let url = format!("sqlite://{}", path.display());
+        let args = ["serve", "--listen", "127.0.0.1:0", "--database", &url];
         let mut cmd = as_unprivileged(&binary());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--database", &url]);
-        let mut p = Proc::spawn(cmd, dir.path());
+        cmd.args(args);
+        let mut p = Proc::from_command(cmd, dir.path(), format!("taskpulse {}", args.join(" ")));
         let status = p.wait_exit(Duration::from_secs(15)).await;
         let stderr = p.stderr();
         assert_eq!(status.code(), Some(2), "{url}: {status}; stderr:\n{stderr}");
@@ -537,20 +475,22 @@ async fn kill_9_under_load_and_sigterm_keep_every_acknowledged_completion() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("k9.db").display());
     let start = |port: u16| {
-        let mut cmd = Command::new(binary());
         let listen = format!("127.0.0.1:{port}");
-        cmd.args([
-            "serve",
-            "--listen",
-            &listen,
-            "--database",
-            &db,
-            "--progress-min-interval",
-            "200ms",
-            "--check-interval",
-            "0",
-        ]);
-        Proc::spawn(cmd, dir.path())
+        Proc::spawn(
+            dir.path(),
+            &[
+                "serve",
+                "--listen",
+                &listen,
+                "--database",
+                &db,
+                "--progress-min-interval",
+                "200ms",
+                "--check-interval",
+                "0",
+            ],
+            &[],
+        )
     };
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -653,11 +593,14 @@ async fn kill_9_under_load_and_sigterm_keep_every_acknowledged_completion() {
     let status = server.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
 
-    let mut check = Command::new(binary());
-    check.args(["check", "--database", &db]);
-    let mut p = Proc::spawn(check, dir.path());
-    let status = p.wait_exit(Duration::from_secs(15)).await;
-    assert_eq!(status.code(), Some(0), "taskpulse check:\n{}", p.stderr());
+    let (status, out, err) = run(
+        dir.path(),
+        &["check", "--database", &db],
+        &[],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "taskpulse check:\n{out}{err}");
 }
 
 /// The engine down behind the Conductor proxy: workers get 502 at once, never a hang.

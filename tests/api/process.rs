@@ -39,22 +39,8 @@ impl Proc {
     /// `taskpulse ARGS` in `cwd`, with `envs` on top of an environment scrubbed of every
     /// `TASKPULSE_*` setting (logging stays at info).
     pub fn spawn(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let stdout = cwd.join(format!("proc-{n}.stdout"));
-        let stderr = cwd.join(format!("proc-{n}.stderr"));
         let mut cmd = Command::new(binary());
-        cmd.args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("TASKPULSE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("TASKPULSE_LOG", "info,sqlx=warn");
+        cmd.args(args);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -65,6 +51,29 @@ impl Proc {
                 .map(|(k, v)| format!(" [{k}={v}]"))
                 .collect::<String>()
         );
+        Proc::from_command(cmd, cwd, what)
+    }
+
+    /// A prepared command (another user's, say) run the same way: in `cwd`, output to files,
+    /// every `TASKPULSE_*` setting not set on `cmd` itself removed.
+    pub fn from_command(mut cmd: Command, cwd: &Path, what: String) -> Proc {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let stdout = cwd.join(format!("proc-{n}.stdout"));
+        let stderr = cwd.join(format!("proc-{n}.stderr"));
+        let own: Vec<_> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("TASKPULSE_") && !own.contains(&key) {
+                cmd.env_remove(key);
+            }
+        }
+        if !own.iter().any(|k| k == "TASKPULSE_LOG") {
+            cmd.env("TASKPULSE_LOG", "info,sqlx=warn");
+        }
+        cmd.current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
