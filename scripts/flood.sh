@@ -11,8 +11,8 @@
 #   - the tracked tasks never exceeded the documented bound: CAP plus a tenth (the slack past
 #     which a new task wakes the sweeper), plus the 2,000 updates one body per connection holds,
 #   - evictions = accepted tasks - tracked tasks, and the store holds a row for every accepted one,
-#   - the RSS at the end is within RSS_GROWTH_LIMIT (default 1.5x) of the RSS when the cap was
-#     first reached: past the cap, memory no longer grows with the number of ids,
+#   - memory stops growing: after the cap is reached, the peak RSS of the second half of the
+#     samples is within RSS_GROWTH_LIMIT (default 1.5x) of the first half's,
 #   - the log has no ERROR line.
 #
 # How long: TOTAL / (about 30,000 to 50,000 new tasks/s on 2 cores): 10M takes 4 to 6 minutes,
@@ -104,11 +104,16 @@ if last[3] != accepted - last[2]:
     fail.append(f"evictions {last[3]} != accepted {accepted} - tracked {last[2]}")
 if stored != accepted:
     fail.append(f"the store holds {stored} tasks, {accepted} were accepted")
+# Bounded means it stops growing: once the cap is reached, the second half of the samples peaks
+# no higher than the first half did (times the limit). Peaks of windows, not single samples,
+# which swing with the allocator and with checker passes.
 at_cap = [r for r in rows if r[3] > 0]
-if at_cap and len(at_cap) > 1:
-    base = at_cap[0][1]
-    if last[1] > base * limit:
-        fail.append(f"RSS grew from {base} KiB at the cap to {last[1]} KiB (limit x{limit})")
+half = len(at_cap) // 2
+if half >= 2:
+    first, second = max(r[1] for r in at_cap[:half]), max(r[1] for r in at_cap[half:])
+    print(f"RSS KiB peak: {first} in the first half after the cap, {second} in the second (x{second / first:.3f})")
+    if second > first * limit:
+        fail.append(f"RSS grew from a peak of {first} KiB to {second} KiB (limit x{limit})")
 errors = [l for l in open(f"{work}/serve.log", errors="replace") if " ERROR " in l]
 if errors:
     fail.append(f"{len(errors)} ERROR lines in the log, first: {errors[0].strip()}")
