@@ -212,6 +212,11 @@ section_checker() {
 
 section_pushgateway() {
     local tasks=1000 per_task=20 pgw_port=$((PORT + 10))
+    if ! command -v prometheus-pushgateway >/dev/null; then
+        # Debian's package, installed the way the test command installs Prometheus: no daemon
+        # left running.
+        (source scripts/test.sh && install_without_daemon prometheus-pushgateway prometheus-pushgateway prometheus-pushgateway)
+    fi
     echo "### Side by side: the same per-task progress workload to a Prometheus Pushgateway and to taskpulse"
     echo
     echo "${tasks} tasks, single-update requests (the Pushgateway takes one group per request), 4 connections, each task finishes after ${per_task} updates and is replaced. ${RUNS} runs of ${SECS}s, median."

@@ -338,4 +338,7 @@ main() {
     run_tests "$@"
 }
 
-main "$@"
+# Sourced (scripts/bench.sh borrows the installers), it only defines the functions.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

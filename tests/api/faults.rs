@@ -697,3 +697,143 @@ async fn conductor_proxy_answers_504_when_the_engine_is_silent() {
     app.shutdown().await;
     hold.abort();
 }
+
+/// A small tmpfs of the test's own, unmounted on drop; None when mounting is not allowed (not
+/// root), in which case the test says so and does nothing.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::Builder::new()
+            .prefix("taskpulse-disk-")
+            .tempdir()
+            .unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with one file until the filesystem refuses more.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// SQLite on a full disk. At start: exit 2 with a message naming the database. While running:
+/// the writer's "database or disk is full" is retried, not dropped; updates that need a commit
+/// get 503, /readyz says 503; once space is freed, everything taken in is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
+    let Some(full) = SmallDisk::mount("256k") else {
+        eprintln!("cannot mount a tmpfs here (not root); skipped");
+        return;
+    };
+    full.fill();
+    let path = full.path().join("x.db");
+    let url = format!("sqlite://{}", path.display());
+    let (status, _, stderr) = run(
+        full.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--database", &url],
+        &[],
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(status.code(), Some(2), "full disk at start: {status}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&path.display().to_string()) && stderr.contains("full"),
+        "the message names {} and says the disk is full:\n{stderr}",
+        path.display()
+    );
+    drop(full);
+
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let url = format!("sqlite://{}", disk.path().join("t.db").display());
+    let app = TestApp::start(taskpulse::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: url.clone(),
+        check_interval: Duration::ZERO,
+        ..taskpulse::Settings::default()
+    })
+    .await;
+    let (status, _, body, _) = post(&app, &progress("disk-0", 5.0)).await;
+    assert_eq!(status, 200, "{body}");
+    app.settle().await;
+    let filler = disk.fill();
+
+    // New tasks need a commit: an NDJSON body of 3,000 is more than any WAL space left over.
+    let body: String = (0..3000)
+        .map(|i| format!("{}\n", update(&format!("disk-new-{i:04}-{}", "x".repeat(120)), "IN_PROGRESS")))
+        .collect();
+    let send = || async {
+        app.client
+            .post(app.url("/api/v1/updates"))
+            .header("content-type", "application/x-ndjson")
+            .timeout(Duration::from_secs(20))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+    };
+    let resp = send().await;
+    assert_eq!(resp.status().as_u16(), 503, "new tasks on a full disk");
+    assert!(resp.headers().get("retry-after").is_some());
+    until("/readyz 503 on a full disk", Duration::from_secs(10), || async {
+        status_of(&app, "/readyz").await == 503
+    })
+    .await;
+    let errors = app
+        .metric_value("taskpulse_store_write_errors_total", &[])
+        .await
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "write errors counted: {errors}");
+    // Progress for a known task is still taken into memory.
+    let (status, _, body, _) = post(&app, &progress("disk-0", 6.0)).await;
+    assert_eq!(status, 200, "progress on a full disk: {body}");
+
+    std::fs::remove_file(&filler).unwrap();
+    until("/readyz 200 after space is freed", Duration::from_secs(15), || async {
+        status_of(&app, "/readyz").await == 200
+    })
+    .await;
+    until("the retried body acknowledged", Duration::from_secs(15), || async {
+        send().await.status().as_u16() == 200
+    })
+    .await;
+    app.settle().await;
+    let store = Store::connect(&url).await.unwrap();
+    let Store::Sqlite(pool) = &store else {
+        unreachable!()
+    };
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks WHERE task_id LIKE 'disk-new-%'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 3000, "every task taken in is stored");
+    store.close().await;
+    app.shutdown().await;
+}
