@@ -738,7 +738,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -754,14 +757,20 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
     full.fill();
     let path = full.path().join("x.db");
     let url = format!("sqlite://{}", path.display());
+    let cwd = tempfile::tempdir().unwrap(); // not on the full disk: the child's output goes here
     let (status, _, stderr) = run(
-        full.path(),
+        cwd.path(),
         &["serve", "--listen", "127.0.0.1:0", "--database", &url],
         &[],
         Duration::from_secs(15),
     )
     .await;
-    assert_eq!(status.code(), Some(2), "full disk at start: {status}; stderr:\n{stderr}");
+    eprintln!("start-up on a full disk:\n{stderr}");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "full disk at start: {status}; stderr:\n{stderr}"
+    );
     assert!(
         stderr.contains(&path.display().to_string()) && stderr.contains("full"),
         "the message names {} and says the disk is full:\n{stderr}",
@@ -787,7 +796,15 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
 
     // New tasks need a commit: an NDJSON body of 3,000 is more than any WAL space left over.
     let body: String = (0..3000)
-        .map(|i| format!("{}\n", update(&format!("disk-new-{i:04}-{}", "x".repeat(120)), "IN_PROGRESS")))
+        .map(|i| {
+            format!(
+                "{}\n",
+                update(
+                    &format!("disk-new-{i:04}-{}", "x".repeat(120)),
+                    "IN_PROGRESS"
+                )
+            )
+        })
         .collect();
     let send = || async {
         app.client
@@ -802,9 +819,11 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
     let resp = send().await;
     assert_eq!(resp.status().as_u16(), 503, "new tasks on a full disk");
     assert!(resp.headers().get("retry-after").is_some());
-    until("/readyz 503 on a full disk", Duration::from_secs(10), || async {
-        status_of(&app, "/readyz").await == 503
-    })
+    until(
+        "/readyz 503 on a full disk",
+        Duration::from_secs(10),
+        || async { status_of(&app, "/readyz").await == 503 },
+    )
     .await;
     let errors = app
         .metric_value("taskpulse_store_write_errors_total", &[])
@@ -816,13 +835,17 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
     assert_eq!(status, 200, "progress on a full disk: {body}");
 
     std::fs::remove_file(&filler).unwrap();
-    until("/readyz 200 after space is freed", Duration::from_secs(15), || async {
-        status_of(&app, "/readyz").await == 200
-    })
+    until(
+        "/readyz 200 after space is freed",
+        Duration::from_secs(15),
+        || async { status_of(&app, "/readyz").await == 200 },
+    )
     .await;
-    until("the retried body acknowledged", Duration::from_secs(15), || async {
-        send().await.status().as_u16() == 200
-    })
+    until(
+        "the retried body acknowledged",
+        Duration::from_secs(15),
+        || async { send().await.status().as_u16() == 200 },
+    )
     .await;
     app.settle().await;
     let store = Store::connect(&url).await.unwrap();
