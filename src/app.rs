@@ -73,9 +73,12 @@ impl Application {
 
         let retention_ms = settings.terminal_retention.as_millis() as i64;
         let started = std::time::Instant::now();
-        let records = store.load_tasks(crate::now_ms() - retention_ms).await?;
-        let loaded = records.len();
-        tracker.load(records);
+        let loaded = store
+            .each_task(crate::now_ms() - retention_ms, &mut |rec| {
+                tracker.load_one(rec)
+            })
+            .await?;
+        tracker.loaded();
         tracing::info!(tasks = loaded, took = ?started.elapsed(), "rebuilt in-memory state from the store");
 
         let (leadership, election) = leader::start(

@@ -579,10 +579,21 @@ impl Tracker {
     /// Puts records read from the store into memory (start-up rebuild).
     pub fn load(&self, records: Vec<TaskRecord>) {
         for rec in records {
-            let rec = self.intern(rec);
-            self.tasks.insert(rec.task_id.clone(), TaskState::new(rec));
+            self.load_one(rec);
         }
-        // A store with more unfinished tasks than the cap: keep the most recently updated.
+        self.loaded();
+    }
+
+    /// Puts one stored task into memory (the start-up rebuild, row by row); call
+    /// [`Tracker::loaded`] after the last.
+    pub fn load_one(&self, rec: TaskRecord) {
+        let rec = self.intern(rec);
+        self.tasks.insert(rec.task_id.clone(), TaskState::new(rec));
+    }
+
+    /// After loading: a store with more unfinished tasks than the cap keeps the most recently
+    /// updated in memory.
+    pub fn loaded(&self) {
         self.evict_over_cap();
     }
 
