@@ -83,7 +83,7 @@ impl From<RepairRow> for RepairRecord {
 }
 
 /// SQL is written once with `$N` placeholders; SQLite reads them as `?N`.
-fn for_sqlite(sql: &str) -> String {
+pub(super) fn for_sqlite(sql: &str) -> String {
     sql.replace('$', "?")
 }
 

@@ -278,10 +278,31 @@ impl Store {
         terminal_since: i64,
         each: &mut (dyn FnMut(TaskRecord) + Send),
     ) -> Result<usize> {
-        match self {
-            Store::Sqlite(pool) => sqlite::load_tasks(pool, terminal_since, each).await,
-            Store::Postgres(pool) => postgres::load_tasks(pool, terminal_since, each).await,
+        use futures_util::TryStreamExt;
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE terminal_at IS NULL OR terminal_at >= $1"
+        );
+        // One loop over either backend's row stream (the pools' types differ).
+        macro_rules! stream_into {
+            ($pool:expr, $sql:expr) => {{
+                let mut rows = sqlx::query_as::<_, TaskRow>($sql)
+                    .bind(terminal_since)
+                    .fetch($pool);
+                let mut n = 0;
+                while let Some(row) = rows.try_next().await? {
+                    each(TaskRecord::try_from(row)?);
+                    n += 1;
+                }
+                n
+            }};
         }
+        Ok(match self {
+            Store::Sqlite(pool) => {
+                let sql = audit::for_sqlite(&sql);
+                stream_into!(pool, &sql)
+            }
+            Store::Postgres(pool) => stream_into!(pool, &sql),
+        })
     }
 
     pub async fn get_task(&self, task_id: &str) -> Result<Option<TaskRecord>> {

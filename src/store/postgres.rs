@@ -130,25 +130,6 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
     Ok(conflicts)
 }
 
-pub(super) async fn load_tasks(
-    pool: &PgPool,
-    terminal_since: i64,
-    each: &mut (dyn FnMut(TaskRecord) + Send),
-) -> Result<usize> {
-    use futures_util::TryStreamExt;
-    let sql =
-        format!("SELECT {TASK_COLUMNS} FROM tasks WHERE terminal_at IS NULL OR terminal_at >= $1");
-    let mut rows = sqlx::query_as::<_, TaskRow>(&sql)
-        .bind(terminal_since)
-        .fetch(pool);
-    let mut n = 0;
-    while let Some(row) = rows.try_next().await? {
-        each(TaskRecord::try_from(row)?);
-        n += 1;
-    }
-    Ok(n)
-}
-
 pub(super) async fn get_task(pool: &PgPool, task_id: &str) -> Result<Option<TaskRecord>> {
     let row: Option<TaskRow> = sqlx::query_as(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"

@@ -121,25 +121,6 @@ pub(super) async fn write_batch(pool: &SqlitePool, batch: &Batch) -> Result<Vec<
     Ok(conflicts)
 }
 
-pub(super) async fn load_tasks(
-    pool: &SqlitePool,
-    terminal_since: i64,
-    each: &mut (dyn FnMut(TaskRecord) + Send),
-) -> Result<usize> {
-    use futures_util::TryStreamExt;
-    let sql =
-        format!("SELECT {TASK_COLUMNS} FROM tasks WHERE terminal_at IS NULL OR terminal_at >= ?");
-    let mut rows = sqlx::query_as::<_, TaskRow>(&sql)
-        .bind(terminal_since)
-        .fetch(pool);
-    let mut n = 0;
-    while let Some(row) = rows.try_next().await? {
-        each(TaskRecord::try_from(row)?);
-        n += 1;
-    }
-    Ok(n)
-}
-
 pub(super) async fn get_task(pool: &SqlitePool, task_id: &str) -> Result<Option<TaskRecord>> {
     let row: Option<TaskRow> = sqlx::query_as(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?"
