@@ -603,16 +603,10 @@ async fn kill_9_under_load_and_sigterm_keep_every_acknowledged_completion() {
     assert_eq!(status.code(), Some(0), "taskpulse check:\n{out}{err}");
 }
 
-/// The engine down behind the Conductor proxy: workers get 502 at once, never a hang.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conductor_proxy_answers_502_quickly_when_the_engine_is_down() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let closed = free_port();
-    let app = TestApp::spawn_with(&db, |s| {
-        s.conductor_url = Some(format!("http://127.0.0.1:{closed}"));
-        s.check_interval = Duration::ZERO;
-    })
-    .await;
+/// What a worker sees through the proxy: a poll and a task update, each as (request, status,
+/// body, how long it took). Each request gives up after 15 s, so a hang fails the test.
+async fn worker_calls(app: &TestApp) -> Vec<(String, u16, String, Duration)> {
+    let mut out = Vec::new();
     for (method, path, body) in [
         ("GET", "/api/tasks/poll/encode?workerid=w1", None),
         (
@@ -625,17 +619,31 @@ async fn conductor_proxy_answers_502_quickly_when_the_engine_is_down() {
         let mut req = app
             .client
             .request(method.parse().unwrap(), app.url(path))
-            .timeout(Duration::from_secs(10));
+            .timeout(Duration::from_secs(15));
         if let Some(b) = &body {
             req = req.json(b);
         }
         let resp = req.send().await.expect("the proxy answers");
-        let took = started.elapsed();
-        assert_eq!(resp.status(), 502, "{method} {path}");
-        assert!(
-            took < Duration::from_secs(3),
-            "{method} {path} took {took:?}"
-        );
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        out.push((format!("{method} {path}"), status, text, started.elapsed()));
+    }
+    out
+}
+
+/// The engine down behind the Conductor proxy: workers get 502 at once, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conductor_proxy_answers_502_quickly_when_the_engine_is_down() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let closed = free_port();
+    let app = TestApp::spawn_with(&db, |s| {
+        s.conductor_url = Some(format!("http://127.0.0.1:{closed}"));
+        s.check_interval = Duration::ZERO;
+    })
+    .await;
+    for (what, status, _, took) in worker_calls(&app).await {
+        assert_eq!(status, 502, "{what}");
+        assert!(took < Duration::from_secs(3), "{what} took {took:?}");
     }
     app.shutdown().await;
 }
@@ -664,32 +672,12 @@ async fn conductor_proxy_answers_504_when_the_engine_is_silent() {
         s.check_interval = Duration::ZERO;
     })
     .await;
-    for (method, path, body) in [
-        ("GET", "/api/tasks/poll/encode?workerid=w1", None),
-        (
-            "POST",
-            "/api/tasks",
-            Some(
-                json!({"taskId": "slow-1", "workflowInstanceId": "wf-slow", "status": "IN_PROGRESS"}),
-            ),
-        ),
-    ] {
-        let started = Instant::now();
-        let mut req = app
-            .client
-            .request(method.parse().unwrap(), app.url(path))
-            .timeout(Duration::from_secs(15));
-        if let Some(b) = &body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.expect("the proxy answers");
-        let took = started.elapsed();
-        assert_eq!(resp.status(), 504, "{method} {path}");
-        let text = resp.text().await.unwrap();
+    for (what, status, text, took) in worker_calls(&app).await {
+        assert_eq!(status, 504, "{what}");
         assert!(text.contains("--conductor-timeout"), "{text}");
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_secs(6),
-            "{method} {path} took {took:?}"
+            "{what} took {took:?}"
         );
     }
     // taskpulse itself stays responsive meanwhile.
