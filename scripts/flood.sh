@@ -26,17 +26,10 @@ TOTAL="${1:-10000000}"
 CAP="${CAP:-100000}"
 SAMPLE_EVERY="${SAMPLE_EVERY:-5}"
 RSS_GROWTH_LIMIT="${RSS_GROWTH_LIMIT:-1.5}"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="${TASKPULSE_BIN:-$ROOT/target/release/taskpulse}"
-if [[ ! -x "$BIN" ]]; then
-    (cd "$ROOT" && cargo build --release --quiet)
-fi
-
+# shellcheck source=lib/long-run.sh
+source "$(dirname "$0")/lib/long-run.sh"
+long_run_setup
 WORK="$(mktemp -d -t taskpulse-flood-XXXXXX)"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-BASE="http://127.0.0.1:$PORT"
-SERVER_PID=""
-LOADGEN_PID=""
 cleanup() {
     [[ -n "$LOADGEN_PID" ]] && kill "$LOADGEN_PID" 2>/dev/null || true
     [[ -n "$SERVER_PID" ]] && kill -9 "$SERVER_PID" 2>/dev/null || true
@@ -44,14 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-env -u TASKPULSE_CONFIG TASKPULSE_LOG="info,sqlx=warn" "$BIN" serve --listen "127.0.0.1:$PORT" \
-    --database "sqlite://$WORK/flood.db" --max-tracked-tasks "$CAP" >"$WORK/serve.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 200); do
-    curl -fsS "$BASE/readyz" >/dev/null 2>&1 && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log"; echo "serve exited" >&2; exit 1; }
-    sleep 0.1
-done
+start_serve "$WORK/serve.log" --database "sqlite://$WORK/flood.db" --max-tracked-tasks "$CAP"
 
 echo "flood: $TOTAL distinct unfinished tasks, --max-tracked-tasks $CAP (pid $SERVER_PID, $BASE)"
 "$BIN" loadgen --target "$BASE" --never-finish --updates-per-task 1 --wait-fraction 0 \
@@ -59,9 +45,6 @@ echo "flood: $TOTAL distinct unfinished tasks, --max-tracked-tasks $CAP (pid $SE
     --max-updates "$TOTAL" --duration 2h --json >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
 LOADGEN_PID=$!
 
-metric() { # the sum of a family's samples in one scrape
-    curl -fsS "$BASE/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d\n", s + 0 }'
-}
 sample() {
     printf "%s\t%s\t%s\t%s\n" "$(( $(date +%s) - START ))" \
         "$(awk '/VmRSS/ { print $2 }' "/proc/$SERVER_PID/status")" \
@@ -78,10 +61,7 @@ while kill -0 "$LOADGEN_PID" 2>/dev/null; do
 done
 wait "$LOADGEN_PID" || { cat "$WORK/loadgen.err"; echo "loadgen failed" >&2; exit 1; }
 LOADGEN_PID=""
-for _ in $(seq 1 100); do
-    [[ "$(metric taskpulse_store_pending_writes)" == "0" ]] && break
-    sleep 0.1
-done
+wait_drained
 sample
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" && rc=0 || rc=$?

@@ -29,20 +29,14 @@ RATE="${RATE:-2}"
 SAMPLE_EVERY="${SAMPLE_EVERY:-30}"
 RSS_GROWTH_LIMIT="${RSS_GROWTH_LIMIT:-1.5}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="${TASKPULSE_BIN:-$ROOT/target/release/taskpulse}"
-if [[ ! -x "$BIN" ]]; then
-    (cd "$ROOT" && cargo build --release --quiet)
-fi
+# shellcheck source=lib/long-run.sh
+source "$(dirname "$0")/lib/long-run.sh"
+long_run_setup
 command -v psql >/dev/null || { echo "soak.sh needs psql" >&2; exit 2; }
 
 WORK="$(mktemp -d -t taskpulse-soak-XXXXXX)"
 DBNAME="taskpulse_soak_$(date +%s)"
 DATABASE="${PG_ADMIN_URL%/*}/$DBNAME"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-BASE="http://127.0.0.1:$PORT"
-SERVER_PID=""
-LOADGEN_PID=""
 cleanup() {
     [[ -n "$LOADGEN_PID" ]] && kill "$LOADGEN_PID" 2>/dev/null || true
     [[ -n "$SERVER_PID" ]] && kill -9 "$SERVER_PID" 2>/dev/null || true
@@ -67,24 +61,13 @@ to_seconds() {
 SECONDS_TOTAL="$(to_seconds "$DURATION")"
 
 psql -q "$PG_ADMIN_URL" -c "CREATE DATABASE $DBNAME" >/dev/null
-env -u TASKPULSE_CONFIG TASKPULSE_LOG="info,sqlx=warn" "$BIN" serve --listen "127.0.0.1:$PORT" \
-    --database "$DATABASE" --progress-min-interval 5s >"$WORK/serve.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 200); do
-    curl -fsS "$BASE/readyz" >/dev/null 2>&1 && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log"; echo "serve exited" >&2; exit 1; }
-    sleep 0.1
-done
-curl -fsS "$BASE/readyz" >/dev/null
+start_serve "$WORK/serve.log" --database "$DATABASE" --progress-min-interval 5s
 
 echo "soak: $DURATION, $TASKS tasks x $RATE/s against $DBNAME (pid $SERVER_PID, $BASE)"
 "$BIN" loadgen --target "$BASE" --tasks "$TASKS" --rate "$RATE" --duration "${SECONDS_TOTAL}s" \
     --mode ndjson --batch 200 --connections 2 --updates-per-task 50 --json >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
 LOADGEN_PID=$!
 
-metric() { # metric NAME: the sum of its samples in one scrape
-    curl -fsS "$BASE/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { print s + 0 }'
-}
 printf "elapsed_s\trss_kib\tmetrics_bytes\tpending_writes\ttracked_tasks\n" | tee "$WORK/samples.tsv"
 START=$(date +%s)
 while kill -0 "$LOADGEN_PID" 2>/dev/null; do
@@ -103,10 +86,7 @@ wait "$LOADGEN_PID" || { cat "$WORK/loadgen.err"; echo "loadgen failed" >&2; exi
 LOADGEN_PID=""
 
 # Let the writer drain and the coalesced progress reach its interval, then snapshot memory.
-for _ in $(seq 1 100); do
-    [[ "$(metric taskpulse_store_pending_writes)" == "0" ]] && break
-    sleep 0.1
-done
+wait_drained
 sleep 6
 # Every unfinished task, and the most recent finished ones (the list API returns at most 10,000).
 for what in "status=IN_PROGRESS&" "status=SCHEDULED&" ""; do
