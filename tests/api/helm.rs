@@ -133,6 +133,15 @@ fn secret_ref<'a>(container: &'a Value, name: &str) -> &'a Value {
     &e["valueFrom"]["secretKeyRef"]
 }
 
+/// The keys a rendered Secret holds (its values are base64).
+fn secret_keys(secret: &Value) -> Vec<&String> {
+    secret["data"]
+        .as_object()
+        .expect("Secret data")
+        .keys()
+        .collect()
+}
+
 fn is_empty(v: &Value) -> bool {
     v.is_null() || v.as_array().is_some_and(Vec::is_empty)
 }
@@ -587,14 +596,7 @@ fn helm_sqlite_persistence_mounts_a_claim() {
     );
     // the Secret holds the token only: the SQLite URL is no secret
     let secret = objects.one("Secret");
-    assert_eq!(
-        secret["data"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["auth-token"]
-    );
+    assert_eq!(secret_keys(secret), ["auth-token"]);
     assert_eq!(
         secret_ref(c, "TASKPULSE_AUTH_TOKEN")["name"],
         secret["metadata"]["name"]
@@ -628,14 +630,7 @@ fn helm_sidecar_mode_renders_secret_rules_and_dashboards_only() {
         BTreeSet::from(["ConfigMap", "PrometheusRule", "Secret"])
     );
     let secret = objects.one("Secret");
-    assert_eq!(
-        secret["data"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["auth-token", "database-url"]
-    );
+    assert_eq!(secret_keys(secret), ["auth-token", "database-url"]);
     let spec = &objects.one("PrometheusRule")["spec"];
     assert!(alert(spec, "TaskpulseDown")["expr"]
         .as_str()
