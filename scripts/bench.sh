@@ -210,6 +210,15 @@ section_checker() {
     echo
 }
 
+# after_run PID SERIES: what a target on $PORT holds after the load, on one line: scrape ms
+# (median of 5), /metrics bytes, samples of the per-task SERIES, RSS KiB
+after_run() {
+    local ms text
+    ms="$(scrape_ms)"
+    text="$(curl -s "http://127.0.0.1:$PORT/metrics")"
+    echo "$ms $(wc -c <<<"$text") $(grep -c "^$2" <<<"$text") $(rss_kib "$1")"
+}
+
 section_pushgateway() {
     local tasks=1000 per_task=20 pgw_port=$((PORT + 10))
     if ! command -v prometheus-pushgateway >/dev/null; then
@@ -231,19 +240,13 @@ section_pushgateway() {
     PORT=$pgw_port loadgen_median "Pushgateway $(prometheus-pushgateway --version 2>&1 | head -1 | awk '{print $3}')" \
         --protocol pushgateway --mode single --tasks "$tasks" --rate 0 --connections 4 --updates-per-task "$per_task" --wait-fraction 0
     local pgw_scrape pgw_bytes pgw_groups pgw_rss
-    pgw_scrape="$(PORT=$pgw_port scrape_ms)"
-    pgw_bytes="$(curl -s "http://127.0.0.1:$pgw_port/metrics" | wc -c)"
-    pgw_groups="$(curl -s "http://127.0.0.1:$pgw_port/metrics" | grep -c '^loadgen_task_progress_ratio')"
-    pgw_rss="$(rss_kib "$pgw")"
+    read -r pgw_scrape pgw_bytes pgw_groups pgw_rss < <(PORT=$pgw_port after_run "$pgw" loadgen_task_progress_ratio)
     stop "$pgw"
     PORT=$saved_port
     start_taskpulse pgw-side --database "sqlite://$WORK/side.db"
     loadgen_median "taskpulse (SQLite)" --mode single --tasks "$tasks" --rate 0 --connections 4 --updates-per-task "$per_task" --wait-fraction 0
     local tp_scrape tp_bytes tp_series tp_rss
-    tp_scrape="$(scrape_ms)"
-    tp_bytes="$(curl -s "http://127.0.0.1:$PORT/metrics" | wc -c)"
-    tp_series="$(curl -s "http://127.0.0.1:$PORT/metrics" | grep -c '^taskpulse_task_progress_ratio')"
-    tp_rss="$(rss_kib "$TP_PID")"
+    read -r tp_scrape tp_bytes tp_series tp_rss < <(after_run "$TP_PID" taskpulse_task_progress_ratio)
     stop "$TP_PID"
     echo
     echo "| after the runs | Pushgateway | taskpulse |"
