@@ -52,15 +52,7 @@ sample() {
 }
 printf "elapsed_s\trss_kib\ttracked_tasks\tevicted_total\n" | tee "$WORK/samples.tsv"
 START=$(date +%s)
-while kill -0 "$LOADGEN_PID" 2>/dev/null; do
-    sample
-    for _ in $(seq 1 "$SAMPLE_EVERY"); do
-        kill -0 "$LOADGEN_PID" 2>/dev/null || break
-        sleep 1
-    done
-done
-wait "$LOADGEN_PID" || { cat "$WORK/loadgen.err"; echo "loadgen failed" >&2; exit 1; }
-LOADGEN_PID=""
+sample_during_load sample
 wait_drained
 sample
 kill -TERM "$SERVER_PID"

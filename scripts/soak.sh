@@ -70,20 +70,13 @@ LOADGEN_PID=$!
 
 printf "elapsed_s\trss_kib\tmetrics_bytes\tpending_writes\ttracked_tasks\n" | tee "$WORK/samples.tsv"
 START=$(date +%s)
-while kill -0 "$LOADGEN_PID" 2>/dev/null; do
-    now=$(( $(date +%s) - START ))
-    rss=$(awk '/VmRSS/ { print $2 }' "/proc/$SERVER_PID/status")
-    size=$(curl -fsS "$BASE/metrics" | wc -c)
-    pending=$(metric taskpulse_store_pending_writes)
-    tracked=$(metric taskpulse_tasks)
-    printf "%s\t%s\t%s\t%s\t%s\n" "$now" "$rss" "$size" "$pending" "$tracked" | tee -a "$WORK/samples.tsv"
-    for _ in $(seq 1 "$SAMPLE_EVERY"); do
-        kill -0 "$LOADGEN_PID" 2>/dev/null || break
-        sleep 1
-    done
-done
-wait "$LOADGEN_PID" || { cat "$WORK/loadgen.err"; echo "loadgen failed" >&2; exit 1; }
-LOADGEN_PID=""
+sample() {
+    printf "%s\t%s\t%s\t%s\t%s\n" "$(( $(date +%s) - START ))" \
+        "$(awk '/VmRSS/ { print $2 }' "/proc/$SERVER_PID/status")" \
+        "$(curl -fsS "$BASE/metrics" | wc -c)" \
+        "$(metric taskpulse_store_pending_writes)" "$(metric taskpulse_tasks)" | tee -a "$WORK/samples.tsv"
+}
+sample_during_load sample
 
 # Let the writer drain and the coalesced progress reach its interval, then snapshot memory.
 wait_drained

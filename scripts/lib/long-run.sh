@@ -47,3 +47,17 @@ wait_drained() {
         sleep 0.1
     done
 }
+
+# sample_during_load FUNCTION: calls FUNCTION every $SAMPLE_EVERY seconds while the load
+# generator (LOADGEN_PID) runs; then exits with its stderr ($WORK/loadgen.err) if it failed.
+sample_during_load() {
+    while kill -0 "$LOADGEN_PID" 2>/dev/null; do
+        "$1"
+        for _ in $(seq 1 "$SAMPLE_EVERY"); do
+            kill -0 "$LOADGEN_PID" 2>/dev/null || break
+            sleep 1
+        done
+    done
+    wait "$LOADGEN_PID" || { cat "$WORK/loadgen.err"; echo "loadgen failed" >&2; exit 1; }
+    LOADGEN_PID=""
+}
