@@ -238,23 +238,19 @@ async fn write_with_retry(
     pb: PendingBatch,
 ) {
     let mut backoff = Duration::from_millis(50);
-    // Attempts that failed on the data, not on the store's availability.
+    // Attempts that failed on the data, not on the store's availability (outages are retried
+    // inside `write_transient_retried`, for as long as they last).
     let mut refused = 0u32;
     let outcome: Vec<Option<Commit>> = loop {
-        match store.write_batch(&pb.batch).await {
+        match write_transient_retried(store, metrics, health, &pb.batch).await {
             Ok(conflicts) => {
-                if health.swap(0, Ordering::Relaxed) != 0 {
-                    tracing::info!("store writes succeed again");
-                }
                 let mut out = vec![None; pb.batch.tasks.len()];
                 for i in conflicts {
                     out[i] = Some(resolve_conflict(store, &pb.batch.tasks[i]).await);
                 }
                 break out;
             }
-            Err(e @ crate::Error::Database(sqlx::Error::Database(_)))
-                if !is_transient(&e) && refused >= 2 =>
-            {
+            Err(e @ crate::Error::Database(sqlx::Error::Database(_))) if refused >= 2 => {
                 // The server refuses the data itself, not the connection. Retrying the batch
                 // forever would stall every other task; write rows one by one instead and
                 // report the ones that cannot be stored.
@@ -264,21 +260,7 @@ async fn write_with_retry(
             }
             Err(e) => {
                 metrics.store_write_errors_total.inc();
-                if is_transient(&e) {
-                    if health
-                        .compare_exchange(
-                            0,
-                            crate::now_ms().max(1),
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                    {
-                        tracing::error!(error = %e, "the store is failing; writes are kept and retried, updates that need a commit get 503");
-                    }
-                } else {
-                    refused += 1;
-                }
+                refused += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, rows = pb.batch.tasks.len(), "store write failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -377,8 +359,10 @@ async fn write_one_by_one(
     out
 }
 
-/// One write, retried with backoff for as long as it fails for transient reasons (so a store
-/// outage while a refused batch is being split doesn't turn good rows into refused ones).
+/// One write, retried with backoff for as long as it fails for transient reasons (the store
+/// unreachable, restarting, locked, full). The first such failure sets the writer's "store
+/// failing" flag, the next success clears it. Used for whole batches and, while a refused batch
+/// is split, for each row, so an outage meanwhile doesn't turn good rows into refused ones.
 async fn write_transient_retried(
     store: &Store,
     metrics: &Metrics,
@@ -390,19 +374,24 @@ async fn write_transient_retried(
         match store.write_batch(batch).await {
             Err(e) if is_transient(&e) => {
                 metrics.store_write_errors_total.inc();
-                let _ = health.compare_exchange(
-                    0,
-                    crate::now_ms().max(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                tracing::warn!(error = %e, retry_in = ?backoff, "store write failed; retrying");
+                let first = health
+                    .compare_exchange(
+                        0,
+                        crate::now_ms().max(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok();
+                if first {
+                    tracing::error!(error = %e, "the store is failing; writes are kept and retried, updates that need a commit get 503");
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, rows = batch.tasks.len(), "store write failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             other => {
-                if other.is_ok() {
-                    health.store(0, Ordering::Relaxed);
+                if other.is_ok() && health.swap(0, Ordering::Relaxed) != 0 {
+                    tracing::info!("store writes succeed again");
                 }
                 return other;
             }
