@@ -848,3 +848,55 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
     store.close().await;
     app.shutdown().await;
 }
+
+/// A row the store refuses for its data (a CHECK constraint here), in a batch with good rows:
+/// after two refused attempts the writer splits the batch, the good rows are stored and
+/// acknowledged, and the refused one is rejected naming the store's reason, not retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_store_refuses_is_rejected_and_the_rest_of_its_batch_stored() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn_with(&db, |s| s.check_interval = Duration::ZERO).await;
+    let Store::Postgres(pool) = db.store().await else {
+        unreachable!()
+    };
+    sqlx::query("ALTER TABLE tasks ADD CONSTRAINT no_poison CHECK (task_id <> 'poison')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let body = json!([
+        update("good-1", "IN_PROGRESS"),
+        update("poison", "IN_PROGRESS"),
+        update("good-2", "IN_PROGRESS")
+    ]);
+    let (status, _, answer, took) = post(&app, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let rejected = answer["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{answer}");
+    assert_eq!(rejected[0]["taskId"], "poison");
+    assert!(
+        rejected[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no_poison")),
+        "the store's reason is named: {answer}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "split after two refusals, took {took:?}"
+    );
+    for id in ["good-1", "good-2"] {
+        assert_eq!(
+            app.stored(id).await.unwrap().status.as_str(),
+            "IN_PROGRESS",
+            "{id}"
+        );
+    }
+    assert!(app.stored("poison").await.is_none());
+    assert_eq!(
+        status_of(&app, "/readyz").await,
+        200,
+        "a refused row is not an outage"
+    );
+    pool.close().await;
+    app.shutdown().await;
+}
