@@ -195,8 +195,8 @@ impl Tracker {
     /// Evicts tasks until at most `--max-tracked-tasks` remain in memory; returns how many left.
     ///
     /// The policy: finished tasks go first (they are only kept for duplicate detection, which
-    /// the store can answer as well), then unfinished ones, least recently updated (`last_seen`)
-    /// first (in memory: a task loaded back from the store counts as updated when it was
+    /// the store can answer as well), then unfinished ones, least recently touched in memory
+    /// first (`touched`: a task loaded back from the store counts as updated when it was
     /// loaded). An evicted task leaves memory only: a coalesced progress value is handed to the
     /// writer before the entry is dropped, so the store holds everything memory held. When an
     /// update for it arrives later, ingest finds it missing from memory and loads it from the
@@ -689,14 +689,16 @@ impl Tracker {
         // At the cap, what other replicas hold stays in the store: adding it would only evict
         // it again. (`len` reads every shard, so it is read once, not per row.)
         let mut room = self.max_tracked.saturating_sub(self.tasks.len());
+        let mut absent = Vec::new();
         for rec in records {
             if self.tasks.contains_key(&*rec.task_id) {
                 self.reload(rec);
             } else if room > 0 {
                 room -= 1;
-                self.load_absent(vec![rec]);
+                absent.push(rec);
             }
         }
+        self.load_absent(absent);
     }
 
     /// Records of tasks whose state the store should hold exactly: nothing waiting to be
