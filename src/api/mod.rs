@@ -276,13 +276,10 @@ async fn list_tasks(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Re
 async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Response {
     let rec = match s.tracker.get(&task_id) {
         Some(r) => Some(r),
-        None => {
-            match tokio::time::timeout(Duration::from_secs(2), s.store.get_task(&task_id)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return unavailable(format!("store unavailable: {e}")),
-                Err(_) => return unavailable("store unavailable: no answer within 2s"),
-            }
-        }
+        None => match within_store_timeout(s.store.get_task(&task_id)).await {
+            Ok(r) => r,
+            Err(why) => return unavailable(format!("store unavailable: {why}")),
+        },
     };
     let Some(rec) = rec else {
         return error(StatusCode::NOT_FOUND, format!("unknown task `{task_id}`"));
@@ -290,7 +287,7 @@ async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Res
     // History lives in the store. When it can't answer (promptly), a task in memory is still
     // shown, with what memory knows and the reason the rest is missing: during an outage the
     // current state is what an operator looks for.
-    let from_store = tokio::time::timeout(Duration::from_secs(2), async {
+    let from_store = within_store_timeout(async {
         tokio::try_join!(
             s.store.task_history(&task_id, 50),
             s.store.task_attempts(&task_id)
@@ -298,16 +295,11 @@ async fn get_task(State(s): State<AppState>, Path(task_id): Path<String>) -> Res
     })
     .await;
     let (history, mut attempts, history_error) = match from_store {
-        Ok(Ok((h, a))) => (h, a, None),
-        Ok(Err(e)) => (
+        Ok((h, a)) => (h, a, None),
+        Err(why) => (
             Vec::new(),
             Vec::new(),
-            Some(format!("store unavailable: {e}")),
-        ),
-        Err(_) => (
-            Vec::new(),
-            Vec::new(),
-            Some("store unavailable: no answer within 2s".to_string()),
+            Some(format!("store unavailable: {why}")),
         ),
     };
     // The current attempt is in memory at once; its row may still be on its way to the store.
@@ -390,16 +382,30 @@ async fn readyz(State(s): State<AppState>) -> Response {
             ),
         );
     }
-    match tokio::time::timeout(Duration::from_secs(2), s.store.ready()).await {
-        Ok(Ok(())) => Json(json!({ "status": "ready", "store": s.store.kind() })).into_response(),
-        Ok(Err(e)) => error(
+    match within_store_timeout(s.store.ready()).await {
+        Ok(()) => Json(json!({ "status": "ready", "store": s.store.kind() })).into_response(),
+        Err(why) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("store not ready: {e}"),
+            format!("store not ready: {why}"),
         ),
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store not ready: no answer within 2s",
-        ),
+    }
+}
+
+/// Longest a read request (readiness, the task view) waits for the store before answering
+/// without it: a store that hangs must not hang the probes and the API with it.
+const STORE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A store read bounded by [`STORE_READ_TIMEOUT`]; the error says why it gave no answer.
+async fn within_store_timeout<T>(
+    read: impl std::future::Future<Output = crate::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STORE_READ_TIMEOUT, read).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(STORE_READ_TIMEOUT)
+        )),
     }
 }
 
