@@ -9,13 +9,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use taskpulse::ingest::parse_item_text;
+use prometheus::Registry;
+use taskpulse::checker::CheckerMetrics;
+use taskpulse::ingest::{parse_body, Format};
 use taskpulse::leader;
-use taskpulse::metrics::scrape::{ScrapeConfig, StateCollector};
-use taskpulse::metrics::Metrics;
-use taskpulse::state::Tracker;
-use taskpulse::store::{self, Store};
+use taskpulse::metrics::state::{ScrapeConfig, StateCollector};
+use taskpulse::metrics::Exposition;
+use taskpulse::pipeline::{PipelineMetrics, Tracker};
+use taskpulse::store::{self, Store, StoreMetrics};
 use taskpulse::throttle::Throttle;
+use taskpulse::wait::WaitMetrics;
+use tokio_util::sync::CancellationToken;
 
 fn main() {
     let counts: Vec<usize> = std::env::var("SCRAPE_TASKS")
@@ -47,11 +51,26 @@ async fn measure(n: usize, cap: usize, runs: usize) -> (f64, f64, usize) {
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let store = Store::connect(&url).await.expect("open SQLite");
     store.migrate().await.expect("migrate");
-    let metrics = Arc::new(Metrics::new());
+    // The same families a serving process registers, so the render costs the same.
+    let registry = Registry::new();
+    let pipeline_metrics = PipelineMetrics::register(&registry).expect("register");
+    let store_metrics = StoreMetrics::register(&registry).expect("register");
+    let wait_metrics = WaitMetrics::register(&registry).expect("register");
+    let checker_metrics = CheckerMetrics::register(&registry).expect("register");
     let (conflict_tx, _conflicts) = tokio::sync::mpsc::unbounded_channel();
-    let (writer, _writer_join) = store::writer::spawn(store.clone(), metrics.clone(), conflict_tx);
+    let (writer, _writer_join) = store::writer::spawn(
+        store.clone(),
+        store_metrics,
+        conflict_tx,
+        CancellationToken::new(),
+    );
     let (throttle, _timers) = Throttle::new(Duration::from_secs(5), 0.0);
-    let tracker = Arc::new(Tracker::new(throttle, writer, metrics.clone()));
+    let tracker = Arc::new(Tracker::new(
+        throttle,
+        writer,
+        pipeline_metrics,
+        wait_metrics,
+    ));
     let now = taskpulse::now_ms();
     for round in 0..2 {
         for i in 0..n {
@@ -64,17 +83,19 @@ async fn measure(n: usize, cap: usize, runs: usize) -> (f64, f64, usize) {
                 wk = i % 50,
                 p = 10 + round * 10 + (i % 7) as i64,
             );
-            let update = parse_item_text(&body).expect("valid update");
+            let items = parse_body(body.as_bytes(), Format::Json).expect("valid body");
+            let update = items[0].parsed.as_ref().expect("valid update");
             let _ = tracker.apply(update);
         }
     }
     let (leadership, _election) = leader::start(
         &store,
         Duration::from_secs(3600),
-        metrics.checker_leader.clone(),
+        checker_metrics.leader.clone(),
+        CancellationToken::new(),
     )
     .await;
-    metrics.set_state(StateCollector::new(
+    let state = StateCollector::new(
         tracker.clone(),
         ScrapeConfig {
             stall_after: Duration::from_secs(600),
@@ -83,7 +104,8 @@ async fn measure(n: usize, cap: usize, runs: usize) -> (f64, f64, usize) {
         },
         leadership,
         None,
-    ));
+    );
+    let metrics = Exposition::new(registry, vec![Arc::new(state)]);
     let mut times = Vec::with_capacity(runs);
     let mut bytes = 0;
     for _ in 0..runs {

@@ -16,7 +16,10 @@ RUNS="${RUNS:-3}"
 SECS="${SECS:-10}"
 PG_ADMIN="${TASKPULSE_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
 PG_BASE="${PG_ADMIN%/*}"
-BIN=target/release/taskpulse
+# BIN and LOADGEN may name other builds (to compare two builds side by side); by default the
+# release build of this checkout, built first.
+BIN="${BIN:-target/release/taskpulse}"
+LOADGEN="${LOADGEN:-target/release/taskpulse-loadgen}"
 PORT=19700
 WORK="$(mktemp -d)"
 PIDS=()
@@ -28,7 +31,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q
+if [[ $BIN == target/release/taskpulse || $LOADGEN == target/release/taskpulse-loadgen ]]; then
+    cargo build --release -q
+fi
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -67,7 +72,7 @@ loadgen_median() {
     local rates=() p50s=() p99s=()
     for _ in $(seq 1 "$RUNS"); do
         local out
-        out="$("$BIN" loadgen --target "http://127.0.0.1:$PORT" --duration "${SECS}s" --json "$@")"
+        out="$("$LOADGEN" --target "http://127.0.0.1:$PORT" --duration "${SECS}s" --json "$@")"
         rates+=("$(jq -r .accepted_per_second <<<"$out")")
         p50s+=("$(jq -r .latency_ms_p50 <<<"$out")")
         p99s+=("$(jq -r .latency_ms_p99 <<<"$out")")
@@ -90,7 +95,7 @@ section_ingest() {
     echo
     echo "| target | accepted updates/s | p50 ms | p99 ms |"
     echo "|---|---|---|---|"
-    "$BIN" loadgen --sink "127.0.0.1:$PORT" 2>/dev/null &
+    "$LOADGEN" --sink "127.0.0.1:$PORT" 2>/dev/null &
     local sink=$!
     PIDS+=("$sink")
     sleep 0.5
@@ -114,7 +119,7 @@ section_writes() {
     echo
     start_taskpulse writes --database "sqlite://$WORK/writes.db" --progress-min-interval 5s
     local out
-    out="$("$BIN" loadgen --target "http://127.0.0.1:$PORT" --duration "${secs}s" --json \
+    out="$("$LOADGEN" --target "http://127.0.0.1:$PORT" --duration "${secs}s" --json \
         --mode ndjson --batch 1000 --tasks "$tasks" --rate "$rate" --connections 2 \
         --wait-fraction 0 --updates-per-task 1000000)"
     sleep 6 # let the last interval's coalesced values go out
@@ -134,7 +139,7 @@ section_writes() {
 # load_tasks N : exactly N tasks with progress, one update each (each update starts a new task
 # that stays unfinished), then waits for the writer to drain
 load_tasks() {
-    "$BIN" loadgen --target "http://127.0.0.1:$PORT" --json --mode ndjson --batch 1000 \
+    "$LOADGEN" --target "http://127.0.0.1:$PORT" --json --mode ndjson --batch 1000 \
         --tasks 10000 --rate 0 --connections 2 --wait-fraction 0 --never-finish \
         --updates-per-task 1 --max-updates "$1" --duration 30m >/dev/null
     for _ in $(seq 1 100); do

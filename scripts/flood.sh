@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # flood.sh: a flood of distinct task ids that never finish, against --max-tracked-tasks
-# (issue 7, "hostile input"). Memory must stay bounded while every task stays in the store.
+# (the README's "Failure modes", hostile input). Memory must stay bounded while every task stays in the store.
 #
 # What it does: starts the release binary (`taskpulse serve`, built if missing) on a fresh
 # SQLite file with --max-tracked-tasks CAP, and sends TOTAL updates, each for a new task that
-# never finishes (`taskpulse loadgen --never-finish --updates-per-task 1`, NDJSON batches of
+# never finishes (`taskpulse-loadgen --never-finish --updates-per-task 1`, NDJSON batches of
 # 1,000 over 2 connections). Every SAMPLE_EVERY seconds it records the server's RSS, the tracked
 # non-terminal tasks (taskpulse_tasks) and the evictions (taskpulse_tasks_evicted_total) into
 # samples.tsv. At the end it checks:
@@ -40,7 +40,7 @@ trap cleanup EXIT
 start_serve "$WORK/serve.log" --database "sqlite://$WORK/flood.db" --max-tracked-tasks "$CAP"
 
 echo "flood: $TOTAL distinct unfinished tasks, --max-tracked-tasks $CAP (pid $SERVER_PID, $BASE)"
-"$BIN" loadgen --target "$BASE" --never-finish --updates-per-task 1 --wait-fraction 0 \
+"$LOADGEN" --target "$BASE" --never-finish --updates-per-task 1 --wait-fraction 0 \
     --tasks 10000 --rate 0 --mode ndjson --batch 1000 --connections 2 \
     --max-updates "$TOTAL" --duration 2h --json >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
 LOADGEN_PID=$!

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kill9.sh: crash safety of taskpulse under steady load (issue 7, "kill -9").
+# kill9.sh: crash safety of taskpulse under steady load.
 #
 # What it does: runs the release binary (`taskpulse serve`, built if missing) on a fresh SQLite
 # file (or on DATABASE=postgres://... if set) with --progress-min-interval 1s, and repeats

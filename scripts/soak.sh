@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# soak.sh: taskpulse at a steady load against PostgreSQL for a long time (issue 7, "soak").
+# soak.sh: taskpulse at a steady load against PostgreSQL for a long time.
 #
 # What it does: creates a fresh database on the PostgreSQL server at PG_ADMIN_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres), starts the release binary (`taskpulse serve`,
-# built if missing) on it, and runs `taskpulse loadgen` against it for DURATION at a steady
+# built if missing) on it, and runs `taskpulse-loadgen` against it for DURATION at a steady
 # rate (TASKS tasks x RATE updates/s each; tasks complete and new ones start all along). Every
 # SAMPLE_EVERY it samples the server's RSS (/proc/PID/status VmRSS), the size of /metrics, the
 # pending writes and the tracked tasks, into samples.tsv. At the end it waits for the writer to
@@ -64,7 +64,7 @@ psql -q "$PG_ADMIN_URL" -c "CREATE DATABASE $DBNAME" >/dev/null
 start_serve "$WORK/serve.log" --database "$DATABASE" --progress-min-interval 5s
 
 echo "soak: $DURATION, $TASKS tasks x $RATE/s against $DBNAME (pid $SERVER_PID, $BASE)"
-"$BIN" loadgen --target "$BASE" --tasks "$TASKS" --rate "$RATE" --duration "${SECONDS_TOTAL}s" \
+"$LOADGEN" --target "$BASE" --tasks "$TASKS" --rate "$RATE" --duration "${SECONDS_TOTAL}s" \
     --mode ndjson --batch 200 --connections 2 --updates-per-task 50 --json >"$WORK/loadgen.json" 2>"$WORK/loadgen.err" &
 LOADGEN_PID=$!
 

@@ -1,8 +1,21 @@
-//! Wiring: build every part from the settings, serve until told to stop, then drain.
+//! The composition root: build every part from the settings, ask each engine for what it adds,
+//! serve until told to stop, then shut down in two phases.
 //!
 //! `Application::build` binds the listener before returning, so tests start the real app on
-//! port 0 and read the port back; `run_until` takes the shutdown signal as a future, so tests can
-//! trigger it without signals.
+//! port 0 and read the port back; `run` takes the shutdown as a value, so tests can trigger it
+//! without signals.
+//!
+//! # Shutdown
+//!
+//! 1. **Drain** (first SIGTERM/SIGINT): `/readyz` answers 503 at once, while the API keeps
+//!    serving and acknowledging for `--shutdown-grace`, so load balancers and Kubernetes
+//!    endpoints stop routing here before anything is refused.
+//! 2. **Stop**: the listener closes and every connection finishes the request it is serving;
+//!    the throttle's waiting values go to the writer at once (not after the connections drain,
+//!    so a slow client can't cost an acknowledged value); then sources and loops stop, the
+//!    last values are flushed, the writer commits everything, and `run` returns `Ok`.
+//!
+//! A second signal ([`Shutdown::abort`]) ends this at once with [`Error::Aborted`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,211 +23,304 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
-use crate::checker::{self, CheckSettings, Checker, Context};
-use crate::config::{redact_url, Settings};
-use crate::engines::conductor::proxy::Proxy;
-use crate::engines::conductor::rules::LostTerminalUpdate;
-use crate::engines::conductor::wait_queue;
+use crate::checker::{self, CheckSettings, Checker, CheckerMetrics, Context, PassReport};
+use crate::cli::{CheckArgs, Settings};
+use crate::engines::conductor::Conductor;
+use crate::engines::{Contribution, CoreSettings, Engine, EngineContext};
 use crate::error::{Error, Result};
+use crate::http::server::{self, ConnLimits};
+use crate::http::{HttpState, Routes};
 use crate::leader::{self, Leadership};
-use crate::metrics::scrape::{ScrapeConfig, StateCollector};
-use crate::metrics::Metrics;
-use crate::state::Tracker;
-use crate::store::{self, Store};
-use crate::throttle::{self, Throttle};
+use crate::metrics::state::{ScrapeConfig, StateCollector};
+use crate::metrics::{self, Collector, Exposition};
+use crate::pipeline::{background, Pipeline, PipelineMetrics, Tracker};
+use crate::settings::redact_url;
+use crate::store::{self, Store, StoreMetrics};
+use crate::throttle::Throttle;
+use crate::wait::WaitMetrics;
 
-/// How often finished tasks, idle limiter state and idle workers are swept from memory.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
-/// How often the WAIT queue is read from Conductor's database (besides every notification).
-const WAIT_REFRESH: Duration = Duration::from_secs(5);
-/// A worker with no in-flight task disappears from the worker gauges after this long unseen.
-const WORKER_IDLE: Duration = Duration::from_secs(3600);
-/// Longest a shutdown waits for the store to take the last writes.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the stop phase waits for open connections to finish the requests they are serving.
+pub const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the stop phase waits for the store to take the last writes. With
+/// `--shutdown-grace` and [`CONNECTION_DRAIN_TIMEOUT`] this bounds a shutdown; the Helm chart's
+/// `terminationGracePeriodSeconds` stays above the sum.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often every replica runs the engines' side rules.
+const SIDE_RULES_EVERY: Duration = Duration::from_secs(1);
+
+/// The engines of this build. Adding one is a line here (and its settings in [`crate::cli`]).
+fn engines(
+    settings_conductor: &crate::engines::conductor::ConductorSettings,
+    progress_min_interval: Duration,
+) -> Vec<Box<dyn Engine>> {
+    vec![Box::new(Conductor::new(
+        settings_conductor,
+        progress_min_interval,
+    ))]
+}
+
+/// The two signals a serving process reacts to.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    drain: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl Shutdown {
+    /// Starts the two-phase shutdown.
+    pub fn drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Stops at once, without flushing.
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+}
 
 /// A built, listening taskpulse.
 pub struct Application {
     listener: TcpListener,
-    state: AppState,
+    router: axum::Router,
+    limits: ConnLimits,
+    shutdown_grace: Duration,
+    draining: Arc<AtomicBool>,
+    pipeline: Arc<Pipeline>,
+    store: Store,
     leadership: Leadership,
+    /// Cancelled when the stop phase begins: sources, loops and the election end.
+    stop: CancellationToken,
     background: Vec<JoinHandle<()>>,
+    stop_writer: CancellationToken,
     writer: JoinHandle<()>,
 }
 
 impl Application {
-    /// Connects and migrates the store, rebuilds memory from it, starts the writer and the
-    /// throttle timers, and binds the listener.
+    /// Connects and migrates the store, rebuilds memory from it, starts the writer, the
+    /// engines and the background loops, and binds the listener.
     pub async fn build(settings: Settings) -> Result<Application> {
-        let store = Store::connect(&settings.database).await.map_err(|e| {
-            Error::Config(format!(
-                "cannot open database `{}`: {e}",
-                redact_url(&settings.database)
-            ))
-        })?;
+        let store = Store::connect(&settings.store.database)
+            .await
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot open database `{}`: {e}",
+                    redact_url(&settings.store.database)
+                ))
+            })?;
         store.migrate().await?;
-        let metrics = Arc::new(Metrics::new());
 
-        let (conflict_tx, mut conflict_rx) = mpsc::unbounded_channel();
-        let (writer, writer_join) =
-            store::writer::spawn(store.clone(), metrics.clone(), conflict_tx);
-        let (throttle, timer_rx) =
-            Throttle::new(settings.progress_min_interval, settings.progress_min_delta);
-        let mut tracker = Tracker::new(throttle, writer, metrics.clone())
-            .with_max_tracked(settings.max_tracked_tasks);
-        if settings.conductor_db.is_some() {
-            tracker = tracker.without_wait_lag();
-        }
-        let tracker = Arc::new(tracker);
+        let registry = Registry::new();
+        let registered = |e: prometheus::Error| Error::Config(format!("metrics: {e}"));
+        metrics::register_build_info(&registry).map_err(registered)?;
+        let pipeline_metrics = PipelineMetrics::register(&registry).map_err(registered)?;
+        let store_metrics = StoreMetrics::register(&registry).map_err(registered)?;
+        let wait_metrics = WaitMetrics::register(&registry).map_err(registered)?;
+        let checker_metrics = CheckerMetrics::register(&registry).map_err(registered)?;
+        pipeline_metrics.declare_source(crate::http::ingest::SOURCE);
 
-        let retention_ms = settings.terminal_retention.as_millis() as i64;
+        let stop = CancellationToken::new();
+        let stop_writer = CancellationToken::new();
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let (writer, writer_join) = store::writer::spawn(
+            store.clone(),
+            store_metrics.clone(),
+            lost_tx,
+            stop_writer.clone(),
+        );
+        let (throttle, timer_rx) = Throttle::new(
+            settings.throttle.progress_min_interval,
+            settings.pipeline.progress_min_delta,
+        );
+        let tracker = Arc::new(
+            Tracker::new(
+                throttle,
+                writer,
+                pipeline_metrics.clone(),
+                wait_metrics.clone(),
+            )
+            .with_max_tracked(settings.pipeline.max_tracked_tasks),
+        );
+        let retention = settings.pipeline.terminal_retention;
         let started = std::time::Instant::now();
         let loaded = store
-            .each_task(crate::now_ms() - retention_ms, &mut |rec| {
+            .each_task(crate::now_ms() - retention.as_millis() as i64, &mut |rec| {
                 tracker.load_one(rec)
             })
             .await?;
         tracker.loaded();
         tracing::info!(tasks = loaded, took = ?started.elapsed(), "rebuilt in-memory state from the store");
-
-        let (leadership, election) = leader::start(
-            &store,
-            settings.check_interval,
-            metrics.checker_leader.clone(),
-        )
-        .await;
-        // The leader folds in other replicas' writes at the election's pace.
-        let every = leader::timing(settings.check_interval).0 * 2;
-        // With --conductor-db the WAIT queue is read from Conductor's own tables.
-        let mut wait_reader = None;
-        let wait_source = match &settings.conductor_db {
-            None => None,
-            Some(url) => {
-                let (rx, task) = wait_queue::spawn(
-                    url,
-                    settings.wait_grace,
-                    WAIT_REFRESH,
-                    metrics.wait_wakeup_lag_seconds.clone(),
-                )
-                .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "cannot read the WAIT queue from `{}` (--conductor-db): {e}",
-                        redact_url(url)
-                    ))
-                })?;
-                wait_reader = Some(task);
-                Some(rx)
-            }
-        };
-        metrics.set_state(StateCollector::new(
+        let pipeline = Arc::new(Pipeline::new(
             tracker.clone(),
-            ScrapeConfig {
-                stall_after: settings.stall_after,
-                wait_grace: settings.wait_grace,
-                max_task_series: settings.max_task_series,
-            },
-            leadership.clone(),
-            wait_source,
+            store.clone(),
+            settings.pipeline.max_pending_writes,
         ));
 
-        let mut background: Vec<JoinHandle<()>> = wait_reader.into_iter().collect();
-        background.push(tokio::spawn(throttle::run_timers(
+        let check_interval = settings.check_loop.check_interval;
+        let (leadership, election) = leader::start(
+            &store,
+            check_interval,
+            checker_metrics.leader.clone(),
+            stop.clone(),
+        )
+        .await;
+
+        // The engines: their sources, routes, rules and metrics.
+        let engines = engines(&settings.conductor, settings.throttle.progress_min_interval);
+        let ctx = EngineContext {
+            pipeline: pipeline.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            wait_metrics: wait_metrics.clone(),
+            core: CoreSettings {
+                max_body_bytes: settings.http.max_body_bytes,
+                progress_min_interval: settings.throttle.progress_min_interval,
+                terminal_retention: retention,
+                wait_grace: settings.wait.wait_grace,
+            },
+            stop: stop.clone(),
+        };
+        let mut added = Contribution::default();
+        let mut engine_rules = Vec::new();
+        for engine in &engines {
+            for source in engine.sources() {
+                pipeline_metrics.declare_source(source);
+            }
+            engine_rules.extend(engine.rules());
+            let c = engine.start(&ctx).await?;
+            added.routes = added.routes.merge(c.routes);
+            added.tasks.extend(c.tasks);
+            added.side_rules.extend(c.side_rules);
+            added.collectors.extend(c.collectors);
+            if c.wait_queue.is_some() {
+                if added.wait_queue.is_some() {
+                    tracing::warn!(
+                        engine = engine.name(),
+                        "a second WAIT queue source is ignored"
+                    );
+                } else {
+                    added.wait_queue = c.wait_queue;
+                }
+            }
+        }
+
+        let mut collectors: Vec<Arc<dyn Collector>> = vec![Arc::new(StateCollector::new(
+            tracker.clone(),
+            ScrapeConfig {
+                stall_after: settings.metrics.stall_after,
+                wait_grace: settings.wait.wait_grace,
+                max_task_series: settings.metrics.max_task_series,
+            },
+            leadership.clone(),
+            added.wait_queue,
+        ))];
+        collectors.extend(added.collectors);
+        let exposition = Arc::new(Exposition::new(registry, collectors));
+
+        let mut background: Vec<JoinHandle<()>> = election.into_iter().collect();
+        background.push(tokio::spawn(background::timers(
             tracker.clone(),
             timer_rx,
+            stop.clone(),
         )));
-        let t = tracker.clone();
-        background.push(tokio::spawn(async move {
-            while let Some((stored, attempted)) = conflict_rx.recv().await {
-                t.lost_to_store(stored, attempted);
-            }
-        }));
-        let t = tracker.clone();
-        background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => t.sweep(retention_ms, WORKER_IDLE.as_millis() as i64),
-                    // A flood of new tasks went far over --max-tracked-tasks: evict now.
-                    _ = t.eviction_wanted() => {}
-                }
-                t.evict_over_cap();
-            }
-        }));
-
-        background.extend(election);
+        background.push(tokio::spawn(background::settle_lost(
+            tracker.clone(),
+            lost_rx,
+            stop.clone(),
+        )));
+        background.push(tokio::spawn(background::sweeper(
+            tracker.clone(),
+            retention,
+            stop.clone(),
+        )));
         if matches!(store, Store::Postgres(_)) {
-            background.push(tokio::spawn(refresh_from_store(
+            // The leader folds in other replicas' writes at the election's pace.
+            background.push(tokio::spawn(background::follow_replicas(
                 store.clone(),
                 tracker.clone(),
                 leadership.clone(),
-                every,
-                retention_ms,
+                leader::timing(check_interval).0 * 2,
+                retention,
+                stop.clone(),
             )));
         }
-        let conductor = settings.conductor_url.as_deref().map(|url| {
-            Arc::new(Proxy::new(
-                url,
-                settings.progress_min_interval,
-                settings.conductor_timeout,
-            ))
-        });
-        if let Some(px) = &conductor {
-            tracing::info!(engine = %px.base(), "Conductor worker proxy on /api/");
-            let sweep = px.clone();
-            let quiet = settings.terminal_retention;
-            background.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SWEEP_EVERY);
-                loop {
-                    tick.tick().await;
-                    sweep.sweep(quiet);
-                }
-            }));
-            // Every replica verifies the terminal updates it forwarded, soon after sending them.
-            let verifier = Checker::side_loop(
-                vec![Box::new(LostTerminalUpdate { px: px.clone() })],
-                metrics.clone(),
+        background.extend(added.tasks.into_iter().map(tokio::spawn));
+        let check = CheckSettings::new(
+            &settings.checker,
+            &settings.throttle,
+            &settings.wait,
+            settings.check_loop.repair,
+        );
+        let context = || Context {
+            store: store.clone(),
+            tracker: Some(tracker.clone()),
+            now: 0,
+            settings: check.clone(),
+        };
+        if !added.side_rules.is_empty() {
+            let side = Checker::side_loop(
+                added.side_rules,
+                checker_metrics.clone(),
+                store_metrics.clone(),
             );
-            background.push(tokio::spawn(run_checker(
-                verifier,
-                serving_context(&store, &tracker, &settings),
+            background.push(tokio::spawn(checker::run_loop(
+                side,
+                context(),
                 None,
-                Duration::from_secs(1),
+                SIDE_RULES_EVERY,
+                stop.clone(),
             )));
         }
-        if !settings.check_interval.is_zero() {
-            let checker = Checker::new(checker::rules_for(conductor.as_ref()), metrics.clone());
-            background.push(tokio::spawn(run_checker(
+        if !check_interval.is_zero() {
+            let rules = checker::compose(checker::default_rules(), engine_rules);
+            let checker = Checker::new(rules, checker_metrics, store_metrics);
+            background.push(tokio::spawn(checker::run_loop(
                 checker,
-                serving_context(&store, &tracker, &settings),
+                context(),
                 Some(leadership.clone()),
-                settings.check_interval,
+                check_interval,
+                stop.clone(),
             )));
         }
 
-        let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
+        let listener = TcpListener::bind(settings.http.listen).await.map_err(|e| {
             Error::Config(format!(
                 "cannot listen on `{}` (--listen): {e}",
-                settings.listen
+                settings.http.listen
             ))
         })?;
-        let state = AppState {
-            tracker,
-            store,
-            metrics,
-            settings: Arc::new(settings),
-            draining: Arc::new(AtomicBool::new(false)),
-            conductor,
+        let draining = Arc::new(AtomicBool::new(false));
+        let limits = ConnLimits {
+            header_read_timeout: settings.http.header_read_timeout,
+            max_connections: settings.http.max_connections,
         };
+        let shutdown_grace = settings.http.shutdown_grace;
+        let state = HttpState {
+            pipeline: pipeline.clone(),
+            store: store.clone(),
+            exposition,
+            stall_after: settings.metrics.stall_after,
+            settings: Arc::new(settings.http),
+            draining: draining.clone(),
+        };
+        let router = crate::http::router(state, Routes::merge(Routes::default(), added.routes));
         Ok(Application {
             listener,
-            state,
+            router,
+            limits,
+            shutdown_grace,
+            draining,
+            pipeline,
+            store,
             leadership,
+            stop,
             background,
+            stop_writer,
             writer: writer_join,
         })
     }
@@ -227,11 +333,11 @@ impl Application {
     }
 
     pub fn tracker(&self) -> Arc<Tracker> {
-        self.state.tracker.clone()
+        self.pipeline.tracker().clone()
     }
 
     pub fn store(&self) -> Store {
-        self.state.store.clone()
+        self.store.clone()
     }
 
     /// Whether this replica leads (always on SQLite).
@@ -239,215 +345,110 @@ impl Application {
         self.leadership.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops taking requests, writes every coalesced
-    /// value and waits for the store to commit them.
+    /// Serves until `shutdown` completes, then shuts down in two phases (never aborted).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let draining = self.state.draining.clone();
-        let router = api::router(self.state.clone());
-        let limits = ConnLimits {
-            header_read_timeout: self.state.settings.header_read_timeout,
-            max_connections: self.state.settings.max_connections,
-        };
-        serve(self.listener, router, limits, async move {
+        let s = Shutdown::default();
+        let drain = s.clone();
+        tokio::spawn(async move {
             shutdown.await;
-            draining.store(true, Ordering::SeqCst);
-        })
-        .await;
+            drain.drain();
+        });
+        self.run(s).await
+    }
 
-        let tracker = &self.state.tracker;
-        let flushed = tracker.flush_all();
-        tracing::info!(tasks = flushed, "shutting down: writing coalesced progress");
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, tracker.writer().barrier()).await;
-        for task in &self.background {
-            task.abort();
+    /// Serves until [`Shutdown::drain`], then shuts down as the module docs say.
+    pub async fn run(self, shutdown: Shutdown) -> Result<()> {
+        let stop_http = CancellationToken::new();
+        let server = tokio::spawn(server::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            stop_http.clone(),
+        ));
+        let aborted = shutdown.abort.clone();
+        let abortable = |d: Duration| {
+            let aborted = aborted.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => Ok(()),
+                    _ = aborted.cancelled() => Err(Error::Aborted),
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.drain.cancelled() => {}
+            _ = aborted.cancelled() => return Err(Error::Aborted),
         }
-        self.writer.abort();
-        self.state.store.close().await;
+        self.draining.store(true, Ordering::SeqCst);
+        tracing::info!(grace = ?self.shutdown_grace, "shutting down: /readyz answers 503, still serving for --shutdown-grace (send the signal again to stop at once)");
+        abortable(self.shutdown_grace).await?;
+
+        stop_http.cancel();
+        let connections = server
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let tracker = self.pipeline.tracker();
+        let flushed = tracker.flush_all();
+        tracing::info!(
+            tasks = flushed,
+            "listener closed: writing coalesced progress"
+        );
+        tokio::select! {
+            _ = tokio::time::timeout(CONNECTION_DRAIN_TIMEOUT, connections.closed()) => {}
+            _ = aborted.cancelled() => return Err(Error::Aborted),
+        }
+        self.pipeline.close();
+        self.stop.cancel();
+        for task in self.background {
+            tokio::select! {
+                _ = task => {}
+                _ = aborted.cancelled() => return Err(Error::Aborted),
+            }
+        }
+        tracker.flush_all();
+        let drained = tokio::select! {
+            d = tokio::time::timeout(FLUSH_TIMEOUT, tracker.writer().barrier()) => d,
+            _ = aborted.cancelled() => return Err(Error::Aborted),
+        };
+        self.stop_writer.cancel();
+        if matches!(drained, Ok(true)) {
+            let _ = self.writer.await;
+        }
+        self.store.close().await;
         match drained {
             Ok(true) => {
                 tracing::info!("all writes committed; bye");
                 Ok(())
             }
-            _ => Err(Error::StoreUnavailable),
+            _ => Err(Error::DrainTimeout(FLUSH_TIMEOUT)),
         }
     }
 }
 
-/// What one client may hold of the server.
-struct ConnLimits {
-    header_read_timeout: Duration,
-    max_connections: usize,
-}
-
-/// The accept loop: `axum::serve` without its blind spots for slow clients.
-///
-/// `axum::serve` offers neither a header-read timeout nor a cap on connections, so a slowloris
-/// client (opening connections and sending a request head byte by byte, or nothing at all) could
-/// hold an unbounded number of sockets and tasks. Here every connection:
-///
-/// - holds one of `--max-connections` permits; at the cap the loop stops accepting, so further
-///   clients wait in the kernel's listen backlog (and are served as permits free up) instead of
-///   taking memory and file descriptors;
-/// - is closed by hyper when a request head (including the first one, and the next one on an
-///   idle keep-alive connection) has not fully arrived within `--header-read-timeout`.
-///
-/// The body deadline (`--body-read-timeout`) is a router layer, see `api::router`.
-///
-/// On `shutdown` the listener closes, every connection finishes the request it is serving and
-/// closes (idle ones at once), and this returns when all have: the same graceful shutdown
-/// `axum::serve` gives, so SIGTERM still drains before the final flush.
-async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    limits: ConnLimits,
-    shutdown: impl Future<Output = ()>,
-) {
-    use hyper::server::conn::http1;
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    use tokio::sync::{watch, Semaphore};
-
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let (close_tx, close_rx) = watch::channel(());
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
-        let stream = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off rather than spin, as
-                    // axum::serve does.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let mut close = close_rx.clone();
-        let header_read_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                done = conn.as_mut() => {
-                    if let Err(e) = done {
-                        tracing::debug!(error = %e, "connection closed with an error");
-                    }
-                }
-                _ = close.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let _ = close_tx.send(());
-    // Every connection gives its permit back when it is done.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = permits.acquire_many(all).await;
-}
-
-/// What a checker pass inside `serve` sees: the store, this process's memory, and repairs as
-/// `--repair` says (`now` is set at each pass).
-fn serving_context(store: &Store, tracker: &Arc<Tracker>, settings: &Settings) -> Context {
-    Context {
+/// `taskpulse check`: one pass against the store alone (no memory, so `store_divergence` has
+/// nothing to compare), with the engines' rules, repairing only with `--repair`.
+pub async fn check(args: &CheckArgs) -> Result<PassReport> {
+    let store = Store::connect_within(&args.store.database, Duration::from_secs(3)).await?;
+    store.ready().await?;
+    let engine_rules = engines(&args.conductor, args.throttle.progress_min_interval)
+        .iter()
+        .flat_map(|e| e.rules())
+        .collect();
+    let checker = Checker::new(
+        checker::compose(checker::default_rules(), engine_rules),
+        CheckerMetrics::unregistered(),
+        StoreMetrics::unregistered(),
+    );
+    let ctx = Context {
         store: store.clone(),
-        tracker: Some(tracker.clone()),
-        now: 0,
-        settings: check_settings(settings, settings.repair),
-    }
-}
-
-/// The checker's settings from the process's settings.
-pub fn check_settings(settings: &Settings, repair: bool) -> CheckSettings {
-    CheckSettings {
-        repair,
-        max_repairs_per_run: settings.max_repairs_per_run,
-        // A silent task's last write may lag its last update by one throttle interval.
-        lease_grace: settings.lease_grace + settings.progress_min_interval,
-        wait_grace: settings.wait_grace,
-    }
-}
-
-/// Runs a checker pass every `interval` (while this replica leads, when `leadership` is given).
-async fn run_checker(
-    checker: Checker,
-    mut ctx: Context,
-    leadership: Option<Leadership>,
-    interval: Duration,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        if leadership.as_ref().is_some_and(|l| !l.is_leader()) {
-            // Only the leader's findings are current; a follower exports none.
-            checker.forget_findings();
-            continue;
-        }
-        ctx.now = crate::now_ms();
-        match checker.run_pass(&ctx).await {
-            Ok(report) if report.violations.is_empty() => tracing::debug!("checker: clean"),
-            Ok(report) => tracing::warn!(
-                violations = report.violations.len(),
-                repairs = report.repairs.len(),
-                skipped = report.skipped,
-                "checker found violations"
-            ),
-            Err(e) => tracing::warn!(error = %e, "checker pass failed"),
-        }
-    }
-}
-
-/// On PostgreSQL the leader folds in what other replicas wrote, so its state gauges count every
-/// task once. The first refresh after taking the lead reads every unfinished task; later ones
-/// only rows changed since (with a margin for clock skew between replicas).
-async fn refresh_from_store(
-    store: Store,
-    tracker: Arc<Tracker>,
-    leadership: Leadership,
-    every: Duration,
-    retention_ms: i64,
-) {
-    let margin = (every * 4).as_millis() as i64 + 5_000;
-    let mut since: Option<i64> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if !leadership.is_leader() {
-            since = None;
-            continue;
-        }
-        let started = crate::now_ms();
-        let rows = match since {
-            None => store.load_tasks(started - retention_ms).await,
-            Some(t) => store.changed_since(t - margin).await,
-        };
-        match rows {
-            Ok(rows) => {
-                tracker.merge_from_store(rows);
-                since = Some(started);
-            }
-            Err(e) => tracing::warn!(error = %e, "leader: refreshing from the store failed"),
-        }
-    }
+        tracker: None,
+        now: crate::now_ms(),
+        settings: CheckSettings::new(&args.checker, &args.throttle, &args.wait, args.repair),
+    };
+    let report = checker.run_pass(&ctx).await;
+    store.close().await;
+    report
 }

@@ -1,7 +1,9 @@
-//! The library's error type. Binaries wrap it in `anyhow` at the edge.
+//! The library's error type for start-up, the store and the commands. Binaries wrap it in
+//! `anyhow` at the edge; the ingest path has its own ([`crate::pipeline::IngestError`]).
 
-/// Everything that can go wrong inside taskpulse, typed so callers can react (an HTTP handler
-/// maps `StoreUnavailable` to 503, start-up maps `Config` to a message naming the setting).
+/// Everything that can go wrong outside the ingest path, typed so callers can react
+/// (start-up maps `Config` to exit code 2 with a message naming the setting; the writer retries
+/// what [`crate::store::is_transient`] calls an outage).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid configuration: {0}")]
@@ -19,11 +21,11 @@ pub enum Error {
     #[error("{0}")]
     NotMigrated(String),
 
-    #[error("the store did not confirm the write in time")]
-    StoreUnavailable,
+    #[error("the store did not take the last writes within {0:?} of shutting down")]
+    DrainTimeout(std::time::Duration),
 
-    #[error("taskpulse is shutting down")]
-    ShuttingDown,
+    #[error("stopped by a second signal before the last writes were flushed")]
+    Aborted,
 
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -22,6 +22,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
@@ -69,11 +70,13 @@ pub fn timing(check_interval: Duration) -> (Duration, Duration) {
 }
 
 /// Starts the election. On PostgreSQL it runs in the background; a lone replica leads after
-/// its first claim delay (under a second).
+/// its first claim delay (under a second). When `stop` is cancelled a leader steps down and
+/// closes its connection, which hands the lock to another replica at once.
 pub async fn start(
     store: &Store,
     check_interval: Duration,
     gauge: IntGauge,
+    stop: CancellationToken,
 ) -> (Leadership, Option<JoinHandle<()>>) {
     let leadership = Leadership {
         leading: Arc::new(AtomicBool::new(false)),
@@ -98,9 +101,12 @@ pub async fn start(
                 let mut ticks = tokio::time::interval(tick);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    ticks.tick().await;
-                    elector.round().await;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = ticks.tick() => elector.round().await,
+                    }
                 }
+                elector.step_down();
             });
             (leadership, Some(task))
         }

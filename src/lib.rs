@@ -1,41 +1,41 @@
 //! taskpulse: a monitoring sidecar for workflow engines.
 //!
-//! The modules follow the path an update takes:
+//! The modules follow the path an update takes (`docs/architecture.md`):
 //!
-//! 1. [`ingest`]: parse a request body (JSON object, array or NDJSON) into validated
-//!    [`ingest::TaskUpdate`]s, one verdict per item.
-//! 2. [`lifecycle`]: the task state machine. Decides whether an update is accepted, a duplicate,
-//!    or rejected (`terminal`, `stale`).
-//! 3. [`state`]: the in-memory table of tracked tasks. Every accepted update is visible here at
-//!    once; it decides which store write an update needs, and feeds each task's progress
-//!    samples to [`predict`] (timeout prediction).
-//! 4. [`throttle`]: the per-task `governor` limiter that turns a flood of progress updates into at
-//!    most one store write per interval, without ever losing the newest value.
-//! 5. [`store`]: SQLite or PostgreSQL, written by one batching writer (group commit).
+//! 1. [`http`] takes a request; [`ingest`] parses its body into validated updates, one verdict
+//!    per item (an engine adapter in [`engines`] turns its own wire format or store rows into
+//!    the same updates).
+//! 2. [`pipeline`] takes the parsed batch: admission, the [`lifecycle`] (the task state
+//!    machine), the in-memory table, the [`throttle`] (at most one progress write per task per
+//!    interval, never losing the newest value), and the commits an acknowledgement waits for.
+//! 3. [`store`]: SQLite or PostgreSQL, written by one batching writer (group commit).
 //!
-//! Then the readers of that state: [`metrics`] (Prometheus exposition, generated from current
-//! state at scrape time), [`checker`] (finds illegal states in the store and repairs them,
-//! on the replica [`leader`] elected) and [`api`] (the HTTP surface). [`app`] wires it all together and
-//! [`config`] layers flags, environment and file.
+//! Then the readers of that state: [`metrics`] (the Prometheus exposition, generated from
+//! current state at scrape time, with [`predict`] and [`wait`]), [`checker`] (finds illegal
+//! states in the store and repairs them, on the replica [`leader`] elected), and the read API
+//! in [`http`]. [`model`] holds the types they all share; [`settings`] each subsystem's
+//! settings; [`cli`] the commands; [`app`] composes it all.
 
-pub mod api;
 pub mod app;
 pub mod checker;
-pub mod config;
+pub mod cli;
 pub mod engines;
 pub mod error;
+pub mod http;
 pub mod ingest;
 pub mod leader;
 pub mod lifecycle;
-pub mod loadgen;
 pub mod metrics;
+pub mod model;
+pub mod pipeline;
 pub mod predict;
-pub mod state;
+pub mod settings;
 pub mod store;
 pub mod throttle;
+pub mod wait;
 
 pub use app::Application;
-pub use config::Settings;
+pub use cli::Settings;
 pub use error::{Error, Result};
 
 /// Milliseconds since the Unix epoch, the unit Conductor uses for every timestamp.

@@ -1,4 +1,4 @@
-//! The task state machine (contract section 3).
+//! The task state machine (`docs/contract.md` §3).
 //!
 //! | from \ to            | SCHEDULED | IN_PROGRESS | terminal |
 //! |----------------------|-----------|-------------|----------|
@@ -13,73 +13,7 @@
 //! Independently of the move, an update whose `updateTime` is older than the stored one is
 //! `stale`: engines deliver updates out of order and the older one must not win.
 
-use serde::{Deserialize, Serialize};
-
-/// Conductor's task statuses.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Status {
-    Scheduled,
-    InProgress,
-    Completed,
-    CompletedWithErrors,
-    Failed,
-    FailedWithTerminalError,
-    TimedOut,
-    Canceled,
-    Skipped,
-}
-
-impl Status {
-    pub const ALL: [Status; 9] = [
-        Status::Scheduled,
-        Status::InProgress,
-        Status::Completed,
-        Status::CompletedWithErrors,
-        Status::Failed,
-        Status::FailedWithTerminalError,
-        Status::TimedOut,
-        Status::Canceled,
-        Status::Skipped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Scheduled => "SCHEDULED",
-            Status::InProgress => "IN_PROGRESS",
-            Status::Completed => "COMPLETED",
-            Status::CompletedWithErrors => "COMPLETED_WITH_ERRORS",
-            Status::Failed => "FAILED",
-            Status::FailedWithTerminalError => "FAILED_WITH_TERMINAL_ERROR",
-            Status::TimedOut => "TIMED_OUT",
-            Status::Canceled => "CANCELED",
-            Status::Skipped => "SKIPPED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Terminal statuses are final (contract 3).
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::Scheduled | Status::InProgress)
-    }
-
-    /// Terminal and successful, as Conductor defines it.
-    pub fn is_successful(self) -> bool {
-        matches!(
-            self,
-            Status::Completed | Status::CompletedWithErrors | Status::Skipped
-        )
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::model::Status;
 
 /// Why an update was turned away. The `reason` strings are part of the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,11 +59,10 @@ pub struct Diff {
     pub time_advanced: bool,
 }
 
-/// The lifecycle's verdict on one update.
+/// The lifecycle's verdict on one update to a known task (a task seen for the first time is
+/// always taken: it may be first seen in any status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// First sight of the task.
-    New,
     /// A legal move; `status_changed` says whether the status itself moved.
     Accept {
         status_changed: bool,
@@ -147,16 +80,8 @@ pub struct Current {
 }
 
 /// Decides what happens to an update with status `to` and `update_time`, given the task's
-/// current state (`None` when unknown) and what the update would change.
-pub fn decide(
-    current: Option<Current>,
-    to: Status,
-    update_time: Option<i64>,
-    diff: Diff,
-) -> Verdict {
-    let Some(cur) = current else {
-        return Verdict::New;
-    };
+/// current state and what the update would change.
+pub fn decide(cur: Current, to: Status, update_time: Option<i64>, diff: Diff) -> Verdict {
     if cur.status.is_terminal() {
         // A repeat of the final update (the SDK retries completions) is a duplicate, whatever
         // its updateTime; anything else is an attempt to leave a final state.
@@ -184,13 +109,13 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Status::*;
+    use crate::model::Status::{self, *};
 
-    fn cur(status: Status, t: Option<i64>) -> Option<Current> {
-        Some(Current {
+    fn cur(status: Status, t: Option<i64>) -> Current {
+        Current {
             status,
             update_time: t,
-        })
+        }
     }
     const CHANGED: Diff = Diff {
         content_changed: true,
@@ -202,28 +127,7 @@ mod tests {
     };
 
     #[test]
-    fn statuses_round_trip_and_classify() {
-        for st in Status::ALL {
-            assert_eq!(Status::parse(st.as_str()), Some(st));
-            let json = serde_json::to_string(&st).unwrap();
-            assert_eq!(json, format!("\"{}\"", st.as_str()));
-        }
-        assert_eq!(Status::parse("in_progress"), None);
-        let terminal: Vec<_> = Status::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal())
-            .collect();
-        assert_eq!(terminal.len(), 7);
-        assert!(!Scheduled.is_terminal() && !InProgress.is_terminal());
-        assert!(Skipped.is_successful() && !TimedOut.is_successful());
-    }
-
-    #[test]
     fn the_lifecycle_table() {
-        // unknown -> anything: new
-        for to in Status::ALL {
-            assert_eq!(decide(None, to, Some(1), CHANGED), Verdict::New);
-        }
         // non-terminal -> anything: accepted
         for from in [Scheduled, InProgress] {
             for to in Status::ALL {

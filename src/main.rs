@@ -1,15 +1,25 @@
-//! The `taskpulse` binary: parse the command line, set up logging, run a subcommand.
+//! The `taskpulse` binary: parse the command line, set up logging, run a command, and turn
+//! signals into the two-phase shutdown (`taskpulse::app`).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use taskpulse::config::{redact_url, Cli, Command};
-use taskpulse::{store::Store, Application, Settings};
+use taskpulse::app::{self, Shutdown};
+use taskpulse::cli::{self, CliError, Command};
+use taskpulse::settings::redact_url;
+use taskpulse::store::Store;
+use taskpulse::{Application, Error};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(CliError::Config(e)) => {
+            eprintln!("taskpulse: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TASKPULSE_LOG")
@@ -18,8 +28,12 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli).await {
+    match run(cli.command).await {
         Ok(code) => code,
+        Err(e) if matches!(e.downcast_ref(), Some(Error::Aborted)) => {
+            eprintln!("taskpulse: {e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("taskpulse: error: {e:#}");
             ExitCode::from(2)
@@ -27,42 +41,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Serve(args) => {
-            let settings = Settings::load(cli.config.as_deref(), &args)?;
-            tracing::info!(database = %redact_url(&settings.database), "starting");
-            let app = Application::build(settings).await?;
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(settings) => {
+            tracing::info!(database = %redact_url(&settings.store.database), "starting");
+            let app = Application::build(*settings).await?;
             tracing::info!(listen = %app.local_addr(), "taskpulse listening");
-            app.run_until(shutdown_signal()).await?;
+            app.run(signals()?).await?;
         }
         Command::Migrate(args) => {
-            let settings = Settings::load(cli.config.as_deref(), &args)?;
-            let store = Store::connect(&settings.database)
+            let url = &args.store.database;
+            let store = Store::connect(url)
                 .await
-                .with_context(|| format!("cannot open `{}`", redact_url(&settings.database)))?;
+                .with_context(|| format!("cannot open `{}`", redact_url(url)))?;
             store.migrate().await?;
-            println!("migrations applied to {}", redact_url(&settings.database));
-        }
-        Command::Loadgen(args) => {
-            if let Some(addr) = args.sink {
-                taskpulse::loadgen::sink(addr).await?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let report = taskpulse::loadgen::run(&args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+            println!("migrations applied to {}", redact_url(url));
         }
         Command::Check(args) => {
-            let settings = Settings::load(cli.config.as_deref(), &args.settings)?;
-            // Only an explicit --repair repairs here; TASKPULSE_REPAIR is meant for `serve`.
-            let repair = args.settings.repair == Some(true);
-            let report = taskpulse::checker::check_once(&settings, repair)
+            let report = app::check(&args)
                 .await
-                .with_context(|| format!("checking `{}`", redact_url(&settings.database)))?;
+                .with_context(|| format!("checking `{}`", redact_url(&args.store.database)))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -76,22 +74,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on the first SIGTERM or SIGINT: drain and flush. A second one exits at once.
-async fn shutdown_signal() {
+/// The first SIGTERM or SIGINT drains, a second one aborts.
+fn signals() -> std::io::Result<Shutdown> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("signal received: draining (send it again to exit at once)");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = Shutdown::default();
+    let s = shutdown.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        for phase in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if phase == 0 {
+                s.drain();
+            } else {
+                tracing::warn!("second signal: stopping without flushing");
+                s.abort();
+            }
         }
-        tracing::warn!("second signal: exiting without flushing");
-        std::process::exit(130);
     });
+    Ok(shutdown)
 }

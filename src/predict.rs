@@ -1,4 +1,4 @@
-//! Predicted completion time of an in-flight task from its progress rate (contract 4.1, 4.2).
+//! Predicted completion time of an in-flight task from its progress rate (`docs/contract.md` §4.1, §4.2).
 //!
 //! `taskpulse_task_predicted_completion_timestamp_seconds` and `taskpulse_tasks_predicted_timeout`
 //! both come from [`ProgressWindow::predict_completion`]: the time at which a straight line fitted

@@ -1,4 +1,4 @@
-//! Throttled progress writes (contract 3.1).
+//! Throttled progress writes (`docs/contract.md` §3.1).
 //!
 //! Workers may report progress ten times a second; the store should see at most one progress
 //! write per task per `--progress-min-interval`. A keyed `governor` limiter (one cell per task,

@@ -1,14 +1,15 @@
 # Shared by the long-run scripts (soak.sh, flood.sh); sourced, not run. They serve the release
 # binary on a free port, load it, and read its metrics while it works.
 #
-# After `long_run_setup`: BIN (built if missing), PORT, BASE. `start_serve LOG ARGS...` sets
+# After `long_run_setup`: BIN and LOADGEN (built if missing), PORT, BASE. `start_serve LOG ARGS...` sets
 # SERVER_PID. The caller's cleanup kills SERVER_PID and LOADGEN_PID.
 
 long_run_setup() {
     local root
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
     BIN="${TASKPULSE_BIN:-$root/target/release/taskpulse}"
-    if [[ ! -x "$BIN" ]]; then
+    LOADGEN="${TASKPULSE_LOADGEN:-$root/target/release/taskpulse-loadgen}"
+    if [[ ! -x "$BIN" || ! -x "$LOADGEN" ]]; then
         (cd "$root" && cargo build --release --quiet)
     fi
     PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

@@ -14,6 +14,7 @@
 //! With repairs off (`--repair=false`, or `taskpulse check` without `--repair`) plans are
 //! reported and counted as `skipped`; a pass applies at most `--max-repairs-per-run`.
 
+mod metrics;
 mod rules;
 
 use std::sync::Arc;
@@ -21,22 +22,28 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::metrics::Metrics;
-use crate::state::Tracker;
-use crate::store::{RepairRecord, Store, TaskRecord};
+use tokio_util::sync::CancellationToken;
 
+use crate::error::Result;
+use crate::leader::Leadership;
+use crate::model::{RepairRecord, TaskRecord};
+use crate::pipeline::Tracker;
+use crate::settings::{CheckerSettings, ThrottleSettings, WaitSettings};
+use crate::store::{Store, StoreMetrics, WriteKind};
+
+pub use metrics::CheckerMetrics;
 pub use rules::{default_rules, LeaseExpired, StoreDivergence, SuccessorFinished, WaitOverdue};
 
-/// The rules for a process: the engine-less ones, or with `--conductor-url` the ones that ask
-/// the engine in place of `successor_finished` and `wait_overdue`, plus `lost_terminal_update`.
-pub fn rules_for(
-    proxy: Option<&Arc<crate::engines::conductor::proxy::Proxy>>,
-) -> Vec<Box<dyn Rule>> {
-    match proxy {
-        None => default_rules(),
-        Some(px) => crate::engines::conductor::rules::engine_rules(px.clone()),
+/// The rules of a pass: the core's, where an engine brings a rule of the same name its own in
+/// that place (one that can ask the engine), and then the engine's other rules.
+pub fn compose(mut core: Vec<Box<dyn Rule>>, engine: Vec<Box<dyn Rule>>) -> Vec<Box<dyn Rule>> {
+    for rule in engine {
+        match core.iter().position(|r| r.name() == rule.name()) {
+            Some(i) => core[i] = rule,
+            None => core.push(rule),
+        }
     }
+    core
 }
 
 /// What a rule found.
@@ -92,6 +99,23 @@ pub struct CheckSettings {
     pub wait_grace: Duration,
 }
 
+impl CheckSettings {
+    pub fn new(
+        checker: &CheckerSettings,
+        throttle: &ThrottleSettings,
+        wait: &WaitSettings,
+        repair: bool,
+    ) -> CheckSettings {
+        CheckSettings {
+            repair,
+            max_repairs_per_run: checker.max_repairs_per_run,
+            // A silent task's last write may lag its last update by one throttle interval.
+            lease_grace: checker.lease_grace + throttle.progress_min_interval,
+            wait_grace: wait.wait_grace,
+        }
+    }
+}
+
 /// What a rule sees.
 pub struct Context {
     pub store: Store,
@@ -124,38 +148,45 @@ pub struct PassReport {
 /// The rules and what they report to.
 pub struct Checker {
     rules: Vec<Box<dyn Rule>>,
-    metrics: Arc<Metrics>,
+    metrics: CheckerMetrics,
+    store_metrics: StoreMetrics,
     /// Count passes in `checker_runs_total` (false for side loops such as the proxy's
     /// verification of forwarded terminal updates).
     count_runs: bool,
 }
 
 impl Checker {
-    pub fn new(rules: Vec<Box<dyn Rule>>, metrics: Arc<Metrics>) -> Checker {
+    pub fn new(
+        rules: Vec<Box<dyn Rule>>,
+        metrics: CheckerMetrics,
+        store_metrics: StoreMetrics,
+    ) -> Checker {
         for r in &rules {
-            metrics
-                .checker_violations
-                .with_label_values(&[r.name()])
-                .set(0);
+            metrics.violations.with_label_values(&[r.name()]).set(0);
         }
         Checker {
             rules,
             metrics,
+            store_metrics,
             count_runs: true,
         }
     }
 
     /// A checker whose passes are not counted as checker runs.
-    pub fn side_loop(rules: Vec<Box<dyn Rule>>, metrics: Arc<Metrics>) -> Checker {
+    pub fn side_loop(
+        rules: Vec<Box<dyn Rule>>,
+        metrics: CheckerMetrics,
+        store_metrics: StoreMetrics,
+    ) -> Checker {
         Checker {
             count_runs: false,
-            ..Checker::new(rules, metrics)
+            ..Checker::new(rules, metrics, store_metrics)
         }
     }
 
     /// Drops the violation gauges (a replica that doesn't lead has no current findings).
     pub fn forget_findings(&self) {
-        self.metrics.checker_violations.reset();
+        self.metrics.violations.reset();
     }
 
     /// Runs every rule once and applies (or skips) their repairs.
@@ -165,12 +196,9 @@ impl Checker {
             return result;
         }
         let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.runs_total.with_label_values(&[outcome]).inc();
         self.metrics
-            .checker_runs_total
-            .with_label_values(&[outcome])
-            .inc();
-        self.metrics
-            .checker_last_run_timestamp_seconds
+            .last_run_timestamp_seconds
             .set(crate::now_ms() as f64 / 1000.0);
         result
     }
@@ -181,7 +209,7 @@ impl Checker {
         for rule in &self.rules {
             let found = rule.check(ctx).await?;
             self.metrics
-                .checker_violations
+                .violations
                 .with_label_values(&[rule.name()])
                 .set(found.len() as i64);
             for v in &found {
@@ -203,7 +231,7 @@ impl Checker {
 
     fn count(&self, rule: &str, outcome: &str) {
         self.metrics
-            .checker_repairs_total
+            .repairs_total
             .with_label_values(&[rule, outcome])
             .inc();
     }
@@ -235,10 +263,7 @@ impl Checker {
                 audit.detail = detail.clone();
                 match ctx.store.apply_repair(after, *version, &mut audit).await {
                     Ok(true) => {
-                        self.metrics
-                            .store_writes_total
-                            .with_label_values(&["repair"])
-                            .inc();
+                        self.store_metrics.written(WriteKind::Repair);
                         if let Some(t) = &ctx.tracker {
                             t.reload(after.clone());
                         }
@@ -293,22 +318,40 @@ impl Checker {
     }
 }
 
-/// One pass for `taskpulse check`: against the store alone (no memory, so `store_divergence`
-/// has nothing to compare), repairing only when `repair` is set.
-pub async fn check_once(settings: &crate::Settings, repair: bool) -> Result<PassReport> {
-    let store = Store::connect_within(&settings.database, Duration::from_secs(3)).await?;
-    store.ready().await?;
-    let metrics = Arc::new(Metrics::new());
-    let checker = Checker::new(default_rules(), metrics);
-    let ctx = Context {
-        store: store.clone(),
-        tracker: None,
-        now: crate::now_ms(),
-        settings: crate::app::check_settings(settings, repair),
-    };
-    let report = checker.run_pass(&ctx).await;
-    store.close().await;
-    report
+/// Runs a pass every `interval` (while this replica leads, when `leadership` is given) until
+/// `stop` is cancelled; a pass under way is finished first.
+pub async fn run_loop(
+    checker: Checker,
+    mut ctx: Context,
+    leadership: Option<Leadership>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if leadership.as_ref().is_some_and(|l| !l.is_leader()) {
+            // Only the leader's findings are current; a follower exports none.
+            checker.forget_findings();
+            continue;
+        }
+        ctx.now = crate::now_ms();
+        match checker.run_pass(&ctx).await {
+            Ok(report) if report.violations.is_empty() => tracing::debug!("checker: clean"),
+            Ok(report) => tracing::warn!(
+                violations = report.violations.len(),
+                repairs = report.repairs.len(),
+                skipped = report.skipped,
+                "checker found violations"
+            ),
+            Err(e) => tracing::warn!(error = %e, "checker pass failed"),
+        }
+    }
 }
 
 impl PassReport {

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::{Context, RepairPlan, Rule, Violation};
 use crate::error::Result;
-use crate::lifecycle::Status;
-use crate::store::{TaskRecord, TASK_COLUMNS};
+use crate::model::{Status, TaskRecord, WAIT_TASK_TYPE};
+use crate::store::TASK_COLUMNS;
 
 /// Most violations one rule reports per pass; the next pass picks up the rest. Each one holds
 /// its task's row, evidence and plan until the pass ends, and a pass repairs at most
@@ -41,7 +41,7 @@ pub struct LeaseExpired;
 
 /// Why a task's lease is over, if it is: (which limit, when it ran out, epoch ms).
 fn lease_over(r: &TaskRecord, now: i64, grace: i64) -> Option<(&'static str, i64)> {
-    if r.status.is_terminal() || &*r.task_type == "WAIT" {
+    if r.status.is_terminal() || &*r.task_type == WAIT_TASK_TYPE {
         return None;
     }
     if r.status == Status::InProgress {

@@ -8,13 +8,12 @@
 
 mod update;
 
-pub use update::{TaskUpdate, MAX_ID_LEN, MAX_MESSAGE_LEN};
+pub use update::{OutputProgress, RawUpdate, TaskUpdate, MAX_ID_LEN, MAX_MESSAGE_LEN};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::lifecycle::Rejection;
-use update::RawUpdate;
 
 /// How the body is framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,16 +198,32 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, BodyError> {
     }
 }
 
-/// Parses and validates one update given as the text of a JSON object (engine adapters build
-/// updates in this shape so they share the same validation).
-pub fn parse_item_text(text: &str) -> Result<TaskUpdate, ItemError> {
-    parse_item(text)
+/// Parses and validates one update already read as a JSON value (the worker proxy reads a
+/// TaskResult this way, to forward it as well).
+pub fn parse_value(v: &serde_json::Value) -> Result<TaskUpdate, ItemError> {
+    validated(v, || {
+        v.get("taskId")
+            .and_then(|t| t.as_str())
+            .map(|s| update::truncate(s, MAX_ID_LEN).to_string())
+    })
 }
 
 /// Parses and validates one item (the text of one JSON value).
 fn parse_item(text: &str) -> Result<TaskUpdate, ItemError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let raw: RawUpdate = match serde_path_to_error::deserialize(&mut de) {
+    validated(&mut de, || salvage_task_id(text))
+}
+
+/// Deserializes one update, naming the field that is wrong (`salvage` finds the task id for
+/// the rejection when the item doesn't deserialize), then validates it.
+fn validated<'de, D: serde::Deserializer<'de>>(
+    de: D,
+    salvage: impl FnOnce() -> Option<String>,
+) -> Result<TaskUpdate, ItemError>
+where
+    D::Error: std::fmt::Display,
+{
+    let raw: RawUpdate = match serde_path_to_error::deserialize(de) {
         Ok(raw) => raw,
         Err(e) => {
             let path = e.path().to_string();
@@ -223,7 +238,7 @@ fn parse_item(text: &str) -> Result<TaskUpdate, ItemError> {
                 format!("`{path}`: {inner}")
             };
             return Err(ItemError {
-                task_id: salvage_task_id(text),
+                task_id: salvage(),
                 rejection: Rejection::Invalid(msg),
             });
         }
@@ -249,7 +264,7 @@ fn salvage_task_id(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::Status;
+    use crate::model::Status;
 
     fn ok(items: &[Item]) -> Vec<&TaskUpdate> {
         items

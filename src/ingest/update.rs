@@ -7,7 +7,8 @@
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::lifecycle::{Rejection, Status};
+use crate::lifecycle::Rejection;
+use crate::model::Status;
 
 /// Longest accepted id or name. Label values come from these, so they must stay short.
 pub const MAX_ID_LEN: usize = 256;
@@ -44,40 +45,44 @@ pub struct TaskUpdate {
 }
 
 /// The wire shape. Everything is optional so a missing field gets our message, not serde's.
+///
+/// Engine adapters whose wire format differs (Conductor's TaskNotification, an engine's own
+/// store) fill this in directly and call [`RawUpdate::validate`], so every source shares the
+/// same validation without a detour through JSON text.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct RawUpdate {
-    task_id: Option<String>,
-    workflow_id: Option<String>,
-    workflow_instance_id: Option<String>,
-    task_type: Option<String>,
-    task_def_name: Option<String>,
-    workflow_type: Option<String>,
-    reference_task_name: Option<String>,
-    seq: Option<i64>,
-    iteration: Option<i64>,
-    retry_count: Option<i64>,
-    status: Option<String>,
-    progress_percent: Option<f64>,
-    progress_message: Option<String>,
-    worker_id: Option<String>,
-    start_time: Option<i64>,
-    update_time: Option<i64>,
-    timeout_seconds: Option<i64>,
-    response_timeout_seconds: Option<i64>,
-    wait_until: Option<i64>,
-    wait_timeout: Option<i64>,
-    output_data: Option<OutputProgress>,
+pub struct RawUpdate {
+    pub task_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub workflow_instance_id: Option<String>,
+    pub task_type: Option<String>,
+    pub task_def_name: Option<String>,
+    pub workflow_type: Option<String>,
+    pub reference_task_name: Option<String>,
+    pub seq: Option<i64>,
+    pub iteration: Option<i64>,
+    pub retry_count: Option<i64>,
+    pub status: Option<String>,
+    pub progress_percent: Option<f64>,
+    pub progress_message: Option<String>,
+    pub worker_id: Option<String>,
+    pub start_time: Option<i64>,
+    pub update_time: Option<i64>,
+    pub timeout_seconds: Option<i64>,
+    pub response_timeout_seconds: Option<i64>,
+    pub wait_until: Option<i64>,
+    pub wait_timeout: Option<i64>,
+    pub output_data: Option<OutputProgress>,
 }
 
 /// What taskpulse reads from `outputData`: `progressPercent`, `progressMessage`, and `progress`
 /// when it is a number (the Conductor SDK's examples use it). Everything else in the map is
 /// skipped without being built, and a non-object `outputData` is ignored.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct OutputProgress {
-    progress_percent: Option<f64>,
-    progress: Option<f64>,
-    progress_message: Option<String>,
+pub struct OutputProgress {
+    pub progress_percent: Option<f64>,
+    pub progress: Option<f64>,
+    pub progress_message: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for OutputProgress {
@@ -182,7 +187,7 @@ impl<'de> Deserialize<'de> for IgnoredOrNumber {
 
 impl RawUpdate {
     /// Turns the wire shape into a [`TaskUpdate`], naming the first field that is wrong.
-    pub(crate) fn validate(self) -> Result<TaskUpdate, Rejection> {
+    pub fn validate(self) -> Result<TaskUpdate, Rejection> {
         let invalid = |msg: String| Rejection::Invalid(msg);
         let task_id = required_id("taskId", self.task_id)?;
         let workflow_id = required_id(
@@ -244,7 +249,7 @@ impl RawUpdate {
         })
     }
 
-    pub(crate) fn task_id(&self) -> Option<&str> {
+    pub fn task_id(&self) -> Option<&str> {
         self.task_id.as_deref()
     }
 }

@@ -5,108 +5,21 @@
 //! conditional: it never overwrites a terminal row or a row with a newer `updateTime`, so a
 //! stale write from anywhere (a late batch, another replica) cannot undo a completion.
 
-pub mod audit;
+mod metrics;
 mod postgres;
+mod queries;
+mod repairs;
+mod rows;
 mod sqlite;
 pub mod writer;
 
-use std::sync::Arc;
-
-use serde::Serialize;
-
 use crate::error::{Error, Result};
-use crate::lifecycle::Status;
+use crate::model::{Attempt, TaskEvent, TaskRecord};
+use rows::TaskRow;
 
-pub use audit::{RepairRecord, StoredTask};
+pub use metrics::StoreMetrics;
+pub use rows::TASK_COLUMNS;
 pub use writer::{Commit, Op, WriteKind, WriterHandle};
-
-/// A task as persisted, and as held in memory (the in-memory table wraps it with throttle
-/// bookkeeping). Strings are `Arc<str>` so a snapshot for the writer costs reference counts,
-/// not copies, and repeated names (task types, workflow ids, workers) are shared.
-///
-/// Serialized (camelCase, times in epoch ms) it is the body of the read API's task views.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskRecord {
-    pub task_id: Arc<str>,
-    pub workflow_id: Arc<str>,
-    pub task_type: Arc<str>,
-    pub workflow_type: Option<Arc<str>>,
-    pub reference_task_name: Option<Arc<str>>,
-    pub seq: Option<i32>,
-    pub iteration: Option<i32>,
-    pub retry_count: Option<i32>,
-    pub status: Status,
-    #[serde(rename = "progressPercent")]
-    pub progress: Option<f32>,
-    pub progress_message: Option<Arc<str>>,
-    pub worker_id: Option<Arc<str>>,
-    /// Engine times, epoch ms.
-    pub start_time: Option<i64>,
-    pub update_time: Option<i64>,
-    pub timeout_seconds: Option<i64>,
-    pub response_timeout_seconds: Option<i64>,
-    pub wait_until: Option<i64>,
-    /// taskpulse's own times, epoch ms: first and last accepted update, last progress change.
-    pub first_seen: i64,
-    pub last_seen: i64,
-    pub progress_changed: i64,
-    pub terminal_at: Option<i64>,
-}
-
-impl TaskRecord {
-    /// When the task times out: `startTime + timeoutSeconds` (taskpulse's first sight when the
-    /// engine didn't send `startTime`). `timeoutSeconds = 0` means no timeout, as in Conductor.
-    pub fn deadline_ms(&self) -> Option<i64> {
-        let timeout = self.timeout_seconds.filter(|t| *t > 0)?;
-        let start = self
-            .start_time
-            .filter(|t| *t > 0)
-            .unwrap_or(self.first_seen);
-        Some(start.saturating_add(timeout.saturating_mul(1000)))
-    }
-
-    /// A WAIT task that hasn't finished sits in the WAIT queue.
-    pub fn is_waiting(&self) -> bool {
-        !self.status.is_terminal() && &*self.task_type == "WAIT"
-    }
-
-    /// In flight: not finished and not a WAIT task.
-    pub fn is_in_flight(&self) -> bool {
-        !self.status.is_terminal() && &*self.task_type != "WAIT"
-    }
-}
-
-/// One line of a task's history: an accepted status change or a rejected update.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TaskEvent {
-    #[serde(skip)]
-    pub task_id: Arc<str>,
-    /// taskpulse's time, epoch ms.
-    pub at: i64,
-    /// `accepted` or `rejected`.
-    pub outcome: &'static str,
-    pub from: Option<Status>,
-    pub to: Status,
-    pub reason: Option<String>,
-    pub worker_id: Option<Arc<str>>,
-    pub progress_percent: Option<f32>,
-    pub update_time: Option<i64>,
-}
-
-/// Which worker ran an attempt of a task. Kept after the worker is gone.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Attempt {
-    #[serde(skip)]
-    pub task_id: Arc<str>,
-    /// Conductor's `retryCount` (0 for the first attempt).
-    pub attempt: i32,
-    pub worker_id: Arc<str>,
-    pub first_seen: i64,
-    pub last_seen: i64,
-}
 
 /// A batch for one transaction.
 #[derive(Debug, Default)]
@@ -188,7 +101,7 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             connect_postgres(url, timeout).await.map(Store::Postgres)
         } else {
-            Err(Error::UnsupportedDatabase(crate::config::redact_url(url)))
+            Err(Error::UnsupportedDatabase(crate::settings::redact_url(url)))
         }
     }
 
@@ -280,7 +193,8 @@ impl Store {
     ) -> Result<usize> {
         use futures_util::TryStreamExt;
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE terminal_at IS NULL OR terminal_at >= $1"
+            "SELECT {} FROM tasks WHERE terminal_at IS NULL OR terminal_at >= $1",
+            rows::TASK_COLUMNS
         );
         // One loop over either backend's row stream (the pools' types differ).
         macro_rules! stream_into {
@@ -298,7 +212,7 @@ impl Store {
         }
         Ok(match self {
             Store::Sqlite(pool) => {
-                let sql = audit::for_sqlite(&sql);
+                let sql = rows::for_sqlite(&sql);
                 stream_into!(pool, &sql)
             }
             Store::Postgres(pool) => stream_into!(pool, &sql),
@@ -357,7 +271,7 @@ impl Store {
 /// enough: the SQLSTATE class or SQLite result code decides.
 pub fn is_transient(e: &Error) -> bool {
     let Error::Database(e) = e else {
-        return matches!(e, Error::Io(_) | Error::StoreUnavailable);
+        return matches!(e, Error::Io(_));
     };
     match e {
         sqlx::Error::Database(db) => {
@@ -392,145 +306,3 @@ pub fn is_transient(e: &Error) -> bool {
         _ => false,
     }
 }
-
-/// The SQL condition under which a stored row may be overwritten: it is not terminal, and the
-/// incoming `update_time` is not older. Shared by both backends so they cannot disagree.
-pub(crate) const OVERWRITE_GUARD: &str = "tasks.status NOT IN ('COMPLETED','COMPLETED_WITH_ERRORS','FAILED','FAILED_WITH_TERMINAL_ERROR','TIMED_OUT','CANCELED','SKIPPED') \
-     AND (excluded.update_time IS NULL OR tasks.update_time IS NULL OR excluded.update_time >= tasks.update_time)";
-
-/// Column list shared by both backends, in bind order.
-pub(crate) const TASK_COLUMNS: &str = "task_id, workflow_id, task_type, workflow_type, reference_task_name, seq, iteration, retry_count, status, progress, progress_message, worker_id, start_time, update_time, timeout_seconds, response_timeout_seconds, wait_until, first_seen, last_seen, progress_changed, terminal_at";
-
-/// `SET` clause of the upsert: every column but the key and `first_seen`, plus the version.
-pub(crate) fn upsert_set_clause() -> String {
-    let mut set: Vec<String> = TASK_COLUMNS
-        .split(", ")
-        .filter(|c| *c != "task_id" && *c != "first_seen")
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect();
-    set.push("version = tasks.version + 1".into());
-    set.join(", ")
-}
-
-/// Reads a row into a record; shared row decoding for both backends.
-pub(crate) fn decode_status(s: &str) -> Result<Status> {
-    Status::parse(s).ok_or_else(|| {
-        Error::Database(sqlx::Error::Decode(
-            format!("unknown task status `{s}` in the store").into(),
-        ))
-    })
-}
-
-/// A `tasks` row as both backends return it.
-#[derive(sqlx::FromRow)]
-pub(crate) struct TaskRow {
-    task_id: String,
-    workflow_id: String,
-    task_type: String,
-    workflow_type: Option<String>,
-    reference_task_name: Option<String>,
-    seq: Option<i32>,
-    iteration: Option<i32>,
-    retry_count: Option<i32>,
-    status: String,
-    progress: Option<f32>,
-    progress_message: Option<String>,
-    worker_id: Option<String>,
-    start_time: Option<i64>,
-    update_time: Option<i64>,
-    timeout_seconds: Option<i64>,
-    response_timeout_seconds: Option<i64>,
-    wait_until: Option<i64>,
-    first_seen: i64,
-    last_seen: i64,
-    progress_changed: i64,
-    terminal_at: Option<i64>,
-}
-
-impl TryFrom<TaskRow> for TaskRecord {
-    type Error = Error;
-    fn try_from(r: TaskRow) -> Result<TaskRecord> {
-        Ok(TaskRecord {
-            task_id: r.task_id.into(),
-            workflow_id: r.workflow_id.into(),
-            task_type: r.task_type.into(),
-            workflow_type: r.workflow_type.map(Into::into),
-            reference_task_name: r.reference_task_name.map(Into::into),
-            seq: r.seq,
-            iteration: r.iteration,
-            retry_count: r.retry_count,
-            status: decode_status(&r.status)?,
-            progress: r.progress,
-            progress_message: r.progress_message.map(Into::into),
-            worker_id: r.worker_id.map(Into::into),
-            start_time: r.start_time,
-            update_time: r.update_time,
-            timeout_seconds: r.timeout_seconds,
-            response_timeout_seconds: r.response_timeout_seconds,
-            wait_until: r.wait_until,
-            first_seen: r.first_seen,
-            last_seen: r.last_seen,
-            progress_changed: r.progress_changed,
-            terminal_at: r.terminal_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct EventRow {
-    task_id: String,
-    at: i64,
-    outcome: String,
-    from_status: Option<String>,
-    to_status: String,
-    reason: Option<String>,
-    worker_id: Option<String>,
-    progress: Option<f32>,
-    update_time: Option<i64>,
-}
-
-impl TryFrom<EventRow> for TaskEvent {
-    type Error = Error;
-    fn try_from(r: EventRow) -> Result<TaskEvent> {
-        Ok(TaskEvent {
-            task_id: r.task_id.into(),
-            at: r.at,
-            outcome: if r.outcome == "rejected" {
-                "rejected"
-            } else {
-                "accepted"
-            },
-            from: r.from_status.as_deref().map(decode_status).transpose()?,
-            to: decode_status(&r.to_status)?,
-            reason: r.reason,
-            worker_id: r.worker_id.map(Into::into),
-            progress_percent: r.progress,
-            update_time: r.update_time,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct AttemptRow {
-    task_id: String,
-    attempt: i32,
-    worker_id: String,
-    first_seen: i64,
-    last_seen: i64,
-}
-
-impl From<AttemptRow> for Attempt {
-    fn from(r: AttemptRow) -> Attempt {
-        Attempt {
-            task_id: r.task_id.into(),
-            attempt: r.attempt,
-            worker_id: r.worker_id.into(),
-            first_seen: r.first_seen,
-            last_seen: r.last_seen,
-        }
-    }
-}
-
-pub(crate) const EVENT_COLUMNS: &str =
-    "task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time";
-pub(crate) const ATTEMPT_COLUMNS: &str = "task_id, attempt, worker_id, first_seen, last_seen";

@@ -8,12 +8,13 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use super::{
-    AttemptRow, Batch, EventRow, TaskEvent, TaskRecord, TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS,
+use super::rows::{
+    upsert_set_clause, AttemptRow, EventRow, TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS,
     OVERWRITE_GUARD, TASK_COLUMNS,
 };
+use super::Batch;
 use crate::error::Result;
-use crate::store::{upsert_set_clause, Attempt};
+use crate::model::{Attempt, TaskEvent, TaskRecord};
 
 pub(super) async fn connect(url: &str, timeout: Duration) -> Result<PgPool> {
     let pool = PgPoolOptions::new()
@@ -101,7 +102,7 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
         )
         .bind(e.iter().map(|r| &*r.task_id).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.at).collect::<Vec<_>>())
-        .bind(e.iter().map(|r| r.outcome).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.from.map(|s| s.as_str())).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.to.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>())

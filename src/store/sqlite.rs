@@ -9,12 +9,13 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::{
-    AttemptRow, Batch, EventRow, TaskEvent, TaskRecord, TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS,
+use super::rows::{
+    upsert_set_clause, AttemptRow, EventRow, TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS,
     OVERWRITE_GUARD, TASK_COLUMNS,
 };
+use super::Batch;
 use crate::error::Result;
-use crate::store::{upsert_set_clause, Attempt};
+use crate::model::{Attempt, TaskEvent, TaskRecord};
 
 pub(super) async fn connect(url: &str, timeout: Duration) -> Result<SqlitePool> {
     let options = SqliteConnectOptions::from_str(url)?
@@ -91,7 +92,7 @@ pub(super) async fn write_batch(pool: &SqlitePool, batch: &Batch) -> Result<Vec<
         q.push_values(chunk, |mut b, e| {
             b.push_bind(&*e.task_id)
                 .push_bind(e.at)
-                .push_bind(e.outcome)
+                .push_bind(e.outcome.as_str())
                 .push_bind(e.from.map(|s| s.as_str()))
                 .push_bind(e.to.as_str())
                 .push_bind(e.reason.as_deref())

@@ -24,9 +24,10 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::{is_transient, Attempt, Batch, Store, TaskEvent, TaskRecord};
-use crate::metrics::Metrics;
+use super::{is_transient, Batch, Store, StoreMetrics};
+use crate::model::{Attempt, TaskEvent, TaskRecord};
 
 /// Most ops taken into one transaction.
 const MAX_BATCH: usize = 8192;
@@ -42,6 +43,8 @@ pub enum WriteKind {
     Progress,
     /// A status change, a terminal update or a new task: written at once.
     Status,
+    /// A checker repair (written by the checker's executor, not through the writer).
+    Repair,
 }
 
 impl WriteKind {
@@ -49,6 +52,7 @@ impl WriteKind {
         match self {
             WriteKind::Progress => "progress",
             WriteKind::Status => "status",
+            WriteKind::Repair => "repair",
         }
     }
 }
@@ -91,6 +95,18 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
+    /// A handle and the receiving end of its channel, with no writer behind it: [`spawn`] puts
+    /// the writer there; unit tests read the ops themselves.
+    pub fn channel(pending: IntGauge) -> (WriterHandle, mpsc::UnboundedReceiver<Op>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = WriterHandle {
+            tx,
+            pending,
+            failing_since: Arc::new(AtomicI64::new(0)),
+        };
+        (handle, rx)
+    }
+
     /// Queues an op; false when the writer has stopped.
     pub fn send(&self, op: Op) -> bool {
         self.pending.inc();
@@ -128,39 +144,55 @@ impl WriterHandle {
     }
 }
 
-/// What the store holds for a task whose write lost, and the status that write tried.
-pub type Lost = (TaskRecord, crate::lifecycle::Status);
+/// A write nobody waited for that lost to the store: what the store holds, and what was tried.
+#[derive(Debug)]
+pub struct Lost {
+    pub stored: TaskRecord,
+    pub attempted: TaskRecord,
+}
 
 /// Starts the writer. Rows the store refused because it holds something newer or terminal, and
 /// that nobody waits for (progress writes), are sent to `conflicts` as stored, so memory can
-/// follow the store; the ingest path handles the ones it waits for.
+/// follow the store; the pipeline settles the ones it waits for itself.
+///
+/// The writer runs until `stop` is cancelled (or every handle is dropped), and writes
+/// everything sent before that.
 pub fn spawn(
     store: Store,
-    metrics: Arc<Metrics>,
+    metrics: StoreMetrics,
     conflicts: mpsc::UnboundedSender<Lost>,
+    stop: CancellationToken,
 ) -> (WriterHandle, JoinHandle<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let handle = WriterHandle {
-        tx,
-        pending: metrics.store_pending_writes.clone(),
-        failing_since: Arc::new(AtomicI64::new(0)),
-    };
+    let (handle, rx) = WriterHandle::channel(metrics.pending_writes.clone());
     let pending = handle.pending.clone();
     let health = handle.failing_since.clone();
-    let join = tokio::spawn(run(store, metrics, rx, pending, health, conflicts));
+    let join = tokio::spawn(run(store, metrics, rx, pending, health, conflicts, stop));
     (handle, join)
 }
 
 async fn run(
     store: Store,
-    metrics: Arc<Metrics>,
+    metrics: StoreMetrics,
     mut rx: mpsc::UnboundedReceiver<Op>,
     pending: IntGauge,
     health: Arc<AtomicI64>,
     conflicts: mpsc::UnboundedSender<Lost>,
+    stop: CancellationToken,
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
+    loop {
+        let taken = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut ops, MAX_BATCH) => n,
+            _ = stop.cancelled() => {
+                // Nothing more is taken; what was sent is still written.
+                rx.close();
+                rx.recv_many(&mut ops, MAX_BATCH).await
+            }
+        };
+        if taken == 0 {
+            break;
+        }
         let taken = ops.len() as i64;
         let mut pb = PendingBatch::default();
         for op in ops.drain(..) {
@@ -232,7 +264,7 @@ impl PendingBatch {
 
 async fn write_with_retry(
     store: &Store,
-    metrics: &Metrics,
+    metrics: &StoreMetrics,
     health: &AtomicI64,
     conflict_tx: &mpsc::UnboundedSender<Lost>,
     pb: PendingBatch,
@@ -254,12 +286,12 @@ async fn write_with_retry(
                 // The server refuses the data itself, not the connection. Retrying the batch
                 // forever would stall every other task; write rows one by one instead and
                 // report the ones that cannot be stored.
-                metrics.store_write_errors_total.inc();
+                metrics.write_errors_total.inc();
                 tracing::error!(error = %e, "store rejected a batch; writing its rows one by one");
                 break write_one_by_one(store, metrics, health, &pb.batch).await;
             }
             Err(e) => {
-                metrics.store_write_errors_total.inc();
+                metrics.write_errors_total.inc();
                 refused += 1;
                 tracing::warn!(error = %e, retry_in = ?backoff, rows = pb.batch.tasks.len(), "store write failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -269,10 +301,7 @@ async fn write_with_retry(
     };
     for (i, kind) in pb.kinds.iter().enumerate() {
         if outcome[i].is_none() {
-            metrics
-                .store_writes_total
-                .with_label_values(&[kind.label()])
-                .inc();
+            metrics.written(*kind);
         }
     }
     let mut waited = vec![false; outcome.len()];
@@ -281,7 +310,10 @@ async fn write_with_retry(
     }
     for (i, o) in outcome.iter().enumerate() {
         if let (Some(Commit::Conflict(Some(stored))), false) = (o, waited[i]) {
-            let _ = conflict_tx.send(((**stored).clone(), pb.batch.tasks[i].status));
+            let _ = conflict_tx.send(Lost {
+                stored: (**stored).clone(),
+                attempted: pb.batch.tasks[i].clone(),
+            });
         }
     }
     for (i, ack) in pb.acks {
@@ -294,7 +326,7 @@ async fn write_with_retry(
 
 async fn write_one_by_one(
     store: &Store,
-    metrics: &Metrics,
+    metrics: &StoreMetrics,
     health: &AtomicI64,
     batch: &Batch,
 ) -> Vec<Option<Commit>> {
@@ -326,7 +358,7 @@ async fn write_one_by_one(
                 Ok(c) if c.is_empty() => None,
                 Ok(_) => Some(resolve_conflict(store, rec).await),
                 Err(e) => {
-                    metrics.store_write_errors_total.inc();
+                    metrics.write_errors_total.inc();
                     tracing::error!(task_id = %rec.task_id, error = %e, "store refused a task row");
                     Some(Commit::Failed(e.to_string()))
                 }
@@ -352,7 +384,7 @@ async fn write_one_by_one(
     };
     if !orphans.events.is_empty() || !orphans.attempts.is_empty() {
         if let Err(e) = write_transient_retried(store, metrics, health, &orphans).await {
-            metrics.store_write_errors_total.inc();
+            metrics.write_errors_total.inc();
             tracing::error!(error = %e, events = orphans.events.len(), "store refused task history");
         }
     }
@@ -365,7 +397,7 @@ async fn write_one_by_one(
 /// is split, for each row, so an outage meanwhile doesn't turn good rows into refused ones.
 async fn write_transient_retried(
     store: &Store,
-    metrics: &Metrics,
+    metrics: &StoreMetrics,
     health: &AtomicI64,
     batch: &Batch,
 ) -> crate::Result<Vec<usize>> {
@@ -373,7 +405,7 @@ async fn write_transient_retried(
     loop {
         match store.write_batch(batch).await {
             Err(e) if is_transient(&e) => {
-                metrics.store_write_errors_total.inc();
+                metrics.write_errors_total.inc();
                 let first = health
                     .compare_exchange(
                         0,

@@ -1,5 +1,5 @@
 //! The Prometheus rules in `alerts/`: `promtool check rules` is clean, `promtool test rules`
-//! passes, and those unit tests cover every alert of issue 5 both firing (with its labels and
+//! passes, and those unit tests cover every alert the chart ships both firing (with its labels and
 //! annotations) and not firing. That the rule file is the Helm chart's rendering is checked in
 //! `helm.rs`; that its metric names are exported, in `drift.rs`.
 
@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// The alerts issue 5 asks for, by name.
+/// The alerts the chart ships (the README lists them), by name.
 const ALERTS: &[&str] = &[
     "TaskPredictedTimeout",
     "TaskStalled",
@@ -121,7 +121,7 @@ fn alerts_unit_tests_pass() {
     );
 }
 
-/// Every alert of the rule file is one of issue 5's, every one of those is there, and each
+/// Every alert of the rule file is one of these, every one of those is there, and each
 /// carries a severity, a summary, a description and a dashboard link to a shipped dashboard.
 #[test]
 fn alerts_are_the_issues_with_severity_summary_description_and_dashboard() {

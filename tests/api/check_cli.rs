@@ -1,4 +1,4 @@
-//! `taskpulse check [--repair] [--json]` as a user runs it (contract 1, 4.5; issue 3): one pass
+//! `taskpulse check [--repair] [--json]` as a user runs it (`docs/contract.md` §1, §4.5): one pass
 //! over the store, exit 0 (clean), 1 (violations) or 2 (error). Rows are written straight into
 //! a fresh store so each case holds exactly the state it names; repairs are checked in the
 //! store itself and in its audit table.
@@ -7,8 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use taskpulse::lifecycle::Status;
-use taskpulse::store::{Batch, Store, TaskRecord};
+use taskpulse::model::Status;
+use taskpulse::model::TaskRecord;
+use taskpulse::store::{Batch, Store};
 
 use crate::helpers::{stored_version, update, Backend, TestDb};
 use crate::process::{run, Server, EXIT_TIMEOUT};

@@ -1,16 +1,16 @@
 //! The consistency checker's rules, run in-process against a real app on both stores: each
 //! rule's check, repair, conflict and dry-run paths, the per-run limit, and the audit trail.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::json;
+use taskpulse::checker::CheckerMetrics;
 use taskpulse::checker::{
     default_rules, CheckSettings, Checker, Context, LeaseExpired, PassReport, Rule, Violation,
 };
-use taskpulse::metrics::Metrics;
+use taskpulse::store::StoreMetrics;
 
 use crate::helpers::{exec, Backend, TestApp, TestDb};
 use crate::store_test;
@@ -26,7 +26,7 @@ fn settings(repair: bool) -> CheckSettings {
 
 /// The app with the background checker off, so passes happen only when a test runs one.
 async fn app(db: &TestDb) -> TestApp {
-    TestApp::spawn_with(db, |s| s.check_interval = Duration::ZERO).await
+    TestApp::spawn_with(db, |s| s.check_loop.check_interval = Duration::ZERO).await
 }
 
 /// Runs one pass as if `ahead` had passed, with the app's memory.
@@ -35,9 +35,9 @@ async fn pass(
     rules: Vec<Box<dyn Rule>>,
     cs: CheckSettings,
     ahead: Duration,
-) -> (PassReport, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new());
-    let checker = Checker::new(rules, metrics.clone());
+) -> (PassReport, CheckerMetrics) {
+    let metrics = CheckerMetrics::unregistered();
+    let checker = Checker::new(rules, metrics.clone(), StoreMetrics::unregistered());
     let ctx = Context {
         store: app.store.clone(),
         tracker: Some(app.tracker.clone()),
@@ -56,10 +56,8 @@ fn only<'a>(report: &'a PassReport, rule: &str) -> Vec<&'a Violation> {
         .collect()
 }
 
-fn repairs_counted(m: &Metrics, rule: &str, outcome: &str) -> u64 {
-    m.checker_repairs_total
-        .with_label_values(&[rule, outcome])
-        .get()
+fn repairs_counted(m: &CheckerMetrics, rule: &str, outcome: &str) -> u64 {
+    m.repairs_total.with_label_values(&[rule, outcome]).get()
 }
 
 async fn running(app: &TestApp, id: &str, extra: serde_json::Value) {
@@ -104,12 +102,7 @@ async fn lease_expired_check_dry_run_repair_idempotent(backend: Backend) {
     assert_eq!(r.skipped, 1);
     assert!(r.repairs.is_empty());
     assert_eq!(repairs_counted(&m, "lease_expired", "skipped"), 1);
-    assert_eq!(
-        m.checker_violations
-            .with_label_values(&["lease_expired"])
-            .get(),
-        1
-    );
+    assert_eq!(m.violations.with_label_values(&["lease_expired"]).get(), 1);
     assert_eq!(
         app.stored("silent").await.unwrap().status.as_str(),
         "IN_PROGRESS"
@@ -304,7 +297,7 @@ async fn successor_finished_is_reported_not_repaired(backend: Backend) {
     assert!(r.repairs.is_empty());
     assert_eq!(repairs_counted(&m, "successor_finished", "repaired"), 0);
     assert_eq!(
-        m.checker_violations
+        m.violations
             .with_label_values(&["successor_finished"])
             .get(),
         1
@@ -431,9 +424,9 @@ store_test!(store_divergence_repairs_toward_the_newer_side);
 async fn serve_runs_the_checker_periodically(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.check_interval = Duration::from_millis(300);
-        s.lease_grace = Duration::ZERO;
-        s.progress_min_interval = Duration::from_millis(100);
+        s.check_loop.check_interval = Duration::from_millis(300);
+        s.checker.lease_grace = Duration::ZERO;
+        s.throttle.progress_min_interval = Duration::from_millis(100);
     })
     .await;
     running(&app, "expires", json!({"responseTimeoutSeconds": 1})).await;

@@ -1,4 +1,4 @@
-//! The real `taskpulse` binary (contract 1 and 3.1): `serve` and `migrate` as a user runs them,
+//! The real `taskpulse` binary (`docs/contract.md` §1 and §3.1): `serve` and `migrate` as a user runs them,
 //! signals, restarts, crashes and bad settings. Every child process is bounded in time and
 //! killed when its test ends; nothing runs on the default port 9477.
 

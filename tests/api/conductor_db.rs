@@ -1,17 +1,18 @@
 //! The WAIT queue read from Conductor's own PostgreSQL (`--conductor-db`): a real PostgreSQL
-//! holding Conductor's tables, created here from `conductor-facts.md`, including a
+//! holding Conductor's tables, created here from `docs/engines/conductor.md`, including a
 //! `conductor_queue_state` trigger like the one `experimentalQueueNotify` installs, so
 //! LISTEN/NOTIFY runs for real.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec};
 use serde_json::json;
 use sqlx::PgPool;
-use taskpulse::engines::conductor::wait_queue::{self, WaitCounts, WaitSnapshot, APPLICATION_NAME};
+use taskpulse::engines::conductor::wait_queue::{self, APPLICATION_NAME};
+use taskpulse::wait::{WaitCounts, WaitMetrics, WaitSnapshot};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Backend, TestDb};
 
@@ -195,23 +196,25 @@ impl Conductor {
     }
 }
 
-fn lag_histogram() -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new("test_wait_wakeup_lag_seconds", "test").buckets(vec![1.0, 5.0]),
-        &["workflow_type"],
-    )
-    .unwrap()
+fn lag_histogram() -> WaitMetrics {
+    WaitMetrics::unregistered()
 }
 
 async fn start(
     c: &Conductor,
     grace: Duration,
     refresh_every: Duration,
-    lag: &HistogramVec,
+    lag: &WaitMetrics,
 ) -> (watch::Receiver<WaitSnapshot>, tokio::task::JoinHandle<()>) {
-    wait_queue::spawn(&c.url, grace, refresh_every, lag.clone())
-        .await
-        .expect("the WAIT reader starts")
+    wait_queue::spawn(
+        &c.url,
+        grace,
+        refresh_every,
+        lag.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the WAIT reader starts")
 }
 
 /// Waits (at most `limit`) until the snapshot satisfies `pred`; answers how long it took.
@@ -413,8 +416,16 @@ async fn wakeup_lag_is_observed_as_messages_leave() {
     let c = Conductor::new().await;
     let now = c.now().await;
     let lag = lag_histogram();
-    let count = |wf: &str| lag.with_label_values(&[wf]).get_sample_count();
-    let sum = |wf: &str| lag.with_label_values(&[wf]).get_sample_sum();
+    let count = |wf: &str| {
+        lag.wakeup_lag_seconds
+            .with_label_values(&[wf])
+            .get_sample_count()
+    };
+    let sum = |wf: &str| {
+        lag.wakeup_lag_seconds
+            .with_label_values(&[wf])
+            .get_sample_sum()
+    };
     c.add_wait("late", Some("order"), Some(now - 2_000), now - 2_000)
         .await;
     c.add_wait("early", Some("order"), Some(now + 60_000), now + 60_000)
@@ -571,14 +582,26 @@ async fn failed_reads_keep_the_last_snapshot_and_are_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_fails_without_conductor_tables_or_with_a_bad_url() {
     let db = TestDb::new(Backend::Postgres).await;
-    let err = wait_queue::spawn(&db.url, MINUTE, MINUTE, lag_histogram())
-        .await
-        .expect_err("no queue_message table");
+    let err = wait_queue::spawn(
+        &db.url,
+        MINUTE,
+        MINUTE,
+        lag_histogram(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("no queue_message table");
     assert!(err.to_string().contains("queue_message"), "{err}");
 
-    let err = wait_queue::spawn("mysql://nope/x", MINUTE, MINUTE, lag_histogram())
-        .await
-        .expect_err("not a postgres URL");
+    let err = wait_queue::spawn(
+        "mysql://nope/x",
+        MINUTE,
+        MINUTE,
+        lag_histogram(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("not a postgres URL");
     assert!(err.to_string().contains("--conductor-db"), "{err}");
 }
 
@@ -598,8 +621,8 @@ async fn the_app_exports_the_wait_queue_read_from_conductor() {
     let db = TestDb::new(Backend::Sqlite).await;
     let url = conductor.url.clone();
     let app = crate::helpers::TestApp::spawn_with(&db, move |s| {
-        s.conductor_db = Some(url);
-        s.wait_grace = Duration::from_secs(30);
+        s.conductor.db = Some(url);
+        s.wait.wait_grace = Duration::from_secs(30);
     })
     .await;
     // an update-fed WAIT task is not what the gauges show now

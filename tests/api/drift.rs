@@ -33,9 +33,9 @@ pub const WAIT_WORKFLOW_TYPE: &str = "media";
 /// Settings the workload needs: a checker pass every 300 ms that repairs an expired lease at
 /// once, and a 1 s WAIT grace.
 pub fn workload_settings(s: &mut taskpulse::Settings) {
-    s.check_interval = Duration::from_millis(300);
-    s.lease_grace = Duration::ZERO;
-    s.wait_grace = Duration::from_secs(1);
+    s.check_loop.check_interval = Duration::from_millis(300);
+    s.checker.lease_grace = Duration::ZERO;
+    s.wait.wait_grace = Duration::from_secs(1);
 }
 
 fn task(id: &str, workflow_type: &str, task_type: &str, status: &str) -> Value {
@@ -217,7 +217,7 @@ pub async fn proxy_workload_metrics() -> String {
     use crate::conductor::{Emulator, TaskSpec};
     let emu = Emulator::start().await;
     let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn_with(&db, |s| s.conductor_url = Some(emu.url())).await;
+    let app = TestApp::spawn_with(&db, |s| s.conductor.url = Some(emu.url())).await;
     let id = emu.start_task(
         TaskSpec::new("encode")
             .workflow("wf-heartbeat", WAIT_WORKFLOW_TYPE)
@@ -350,7 +350,7 @@ pub fn rule_files() -> Vec<(PathBuf, String)> {
     let paths = files("alerts", &["yaml", "yml"]);
     assert!(
         !paths.is_empty(),
-        "no alerts/*.yaml: the alert rules (issue 5) are missing"
+        "no alerts/*.yaml: the alert rules are missing"
     );
     paths
         .into_iter()

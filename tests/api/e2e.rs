@@ -369,7 +369,7 @@ async fn dashboards_have_data_and_alerts_fire_and_resolve_through_prometheus_and
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn_with(&db, |s| {
         workload_settings(s);
-        s.stall_after = Duration::from_secs(3);
+        s.metrics.stall_after = Duration::from_secs(3);
     })
     .await;
     let client = reqwest::Client::builder()

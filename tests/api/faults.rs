@@ -1,4 +1,4 @@
-//! Faults to survive (issue 7): the store stopping, slowing down or locked, a bad database
+//! Faults to survive: the store stopping, slowing down or locked, a bad database
 //! path, crashes with the SQLite WAL in place, and the engine unreachable behind the Conductor
 //! proxy. Every wait is bounded by a deadline; every child process and private PostgreSQL
 //! cluster is stopped when its test ends, pass or fail.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use taskpulse::store::Store;
 
-use crate::helpers::{binary, update, Backend, TestApp, TestDb};
+use crate::helpers::{binary, settings_for, update, Backend, TestApp, TestDb};
 use crate::pgcluster::{as_unprivileged, free_port, PgCluster};
 use crate::process::{run, Proc};
 
@@ -73,14 +73,10 @@ async fn postgres_outage_refuses_commits_keeps_progress_and_recovers() {
         eprintln!("no PostgreSQL server binaries under /usr/lib/postgresql; skipped");
         return;
     };
-    let app = TestApp::start(taskpulse::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: pg.url(),
-        progress_min_interval: Duration::from_millis(200),
-        check_interval: Duration::ZERO,
-        ..taskpulse::Settings::default()
-    })
-    .await;
+    let mut settings = settings_for(&pg.url());
+    settings.throttle.progress_min_interval = Duration::from_millis(200);
+    settings.check_loop.check_interval = Duration::ZERO;
+    let app = TestApp::start(settings).await;
     for id in ["pg-a", "pg-b", "pg-c", "pg-d"] {
         let (status, _, body, _) = post(&app, &progress(id, 10.0)).await;
         assert_eq!(status, 200, "{body}");
@@ -204,9 +200,9 @@ async fn postgres_outage_refuses_commits_keeps_progress_and_recovers() {
 async fn postgres_locked_table_bounds_pending_and_keeps_ingest_responsive() {
     let db = TestDb::new(Backend::Postgres).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_millis(100);
-        s.check_interval = Duration::ZERO;
-        s.max_pending_writes = 5;
+        s.throttle.progress_min_interval = Duration::from_millis(100);
+        s.check_loop.check_interval = Duration::ZERO;
+        s.pipeline.max_pending_writes = 5;
     })
     .await;
     let ids: Vec<String> = (0..20).map(|i| format!("lock-{i}")).collect();
@@ -289,8 +285,8 @@ async fn postgres_read_only_makes_readyz_fail_and_writes_resume() {
     let db = TestDb::new(Backend::Postgres).await;
     let name = db.url.rsplit_once('/').unwrap().1.to_string();
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_millis(100);
-        s.check_interval = Duration::ZERO;
+        s.throttle.progress_min_interval = Duration::from_millis(100);
+        s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
     let (status, _, body, _) = post(&app, &progress("ro-a", 10.0)).await;
@@ -379,7 +375,7 @@ async fn sqlite_locked_by_another_connection_is_waited_for() {
     use sqlx::Connection;
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.check_interval = Duration::ZERO;
+        s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
     let (status, _, body, _) = post(&app, &progress("sq-lock", 5.0)).await;
@@ -637,8 +633,8 @@ async fn conductor_proxy_answers_502_quickly_when_the_engine_is_down() {
     let db = TestDb::new(Backend::Sqlite).await;
     let closed = free_port();
     let app = TestApp::spawn_with(&db, |s| {
-        s.conductor_url = Some(format!("http://127.0.0.1:{closed}"));
-        s.check_interval = Duration::ZERO;
+        s.conductor.url = Some(format!("http://127.0.0.1:{closed}"));
+        s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
     for (what, status, _, took) in worker_calls(&app).await {
@@ -667,9 +663,9 @@ async fn conductor_proxy_answers_504_when_the_engine_is_silent() {
     });
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.conductor_url = Some(format!("http://{engine}"));
-        s.conductor_timeout = Duration::from_secs(1);
-        s.check_interval = Duration::ZERO;
+        s.conductor.url = Some(format!("http://{engine}"));
+        s.conductor.timeout = Duration::from_secs(1);
+        s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
     for (what, status, text, took) in worker_calls(&app).await {
@@ -770,13 +766,12 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
         return;
     };
     let url = format!("sqlite://{}", disk.path().join("t.db").display());
-    let app = TestApp::start(taskpulse::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: url.clone(),
-        check_interval: Duration::ZERO,
-        ..taskpulse::Settings::default()
-    })
-    .await;
+    let mut settings = settings_for(&url);
+    settings.throttle.progress_min_interval = taskpulse::Settings::default()
+        .throttle
+        .progress_min_interval;
+    settings.check_loop.check_interval = Duration::ZERO;
+    let app = TestApp::start(settings).await;
     let (status, _, body, _) = post(&app, &progress("disk-0", 5.0)).await;
     assert_eq!(status, 200, "{body}");
     app.settle().await;
@@ -855,7 +850,7 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_the_store_refuses_is_rejected_and_the_rest_of_its_batch_stored() {
     let db = TestDb::new(Backend::Postgres).await;
-    let app = TestApp::spawn_with(&db, |s| s.check_interval = Duration::ZERO).await;
+    let app = TestApp::spawn_with(&db, |s| s.check_loop.check_interval = Duration::ZERO).await;
     let Store::Postgres(pool) = db.store().await else {
         unreachable!()
     };

@@ -383,6 +383,18 @@ fn helm_defaults_render_a_sqlite_deployment_and_service() {
     ] {
         assert_eq!(env_value(c, name).as_deref(), Some(value), "{name}");
     }
+    // Kubernetes kills the pod after terminationGracePeriodSeconds: it must outlast the
+    // shutdown grace, the wait for open requests and the final flush.
+    let shutdown = taskpulse::settings::HttpSettings::default().shutdown_grace
+        + taskpulse::app::CONNECTION_DRAIN_TIMEOUT
+        + taskpulse::app::FLUSH_TIMEOUT;
+    let grace = pod_spec(d)["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace > shutdown.as_secs(),
+        "terminationGracePeriodSeconds {grace} must be above {shutdown:?}"
+    );
 }
 
 #[test]

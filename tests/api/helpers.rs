@@ -4,10 +4,22 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use taskpulse::store::{Store, TaskRecord};
+use taskpulse::model::TaskRecord;
+use taskpulse::store::Store;
 use taskpulse::{Application, Settings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// Settings for an app on `url`, on port 0, with a short throttle interval and no shutdown
+/// grace.
+pub fn settings_for(url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.http.shutdown_grace = Duration::ZERO;
+    s.store.database = url.to_string();
+    s.throttle.progress_min_interval = Duration::from_millis(500);
+    s
+}
 
 /// Where PostgreSQL runs for tests. The test command starts it when it is not running.
 pub fn postgres_admin_url() -> String {
@@ -77,14 +89,10 @@ impl TestDb {
         TestDb { url, _dir: dir }
     }
 
-    /// Settings for an app on this database, on port 0, with a short throttle interval.
+    /// Settings for an app on this database, on port 0, with a short throttle interval and no
+    /// shutdown grace (the grace has tests of its own).
     pub fn settings(&self) -> Settings {
-        Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database: self.url.clone(),
-            progress_min_interval: Duration::from_millis(500),
-            ..Settings::default()
-        }
+        settings_for(&self.url)
     }
 
     /// A direct connection to the store, for checking what was really written.
@@ -101,7 +109,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     /// The app's in-memory table (for running checker passes in-process).
-    pub tracker: std::sync::Arc<taskpulse::state::Tracker>,
+    pub tracker: std::sync::Arc<taskpulse::pipeline::Tracker>,
     pub settings: Settings,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<taskpulse::Result<()>>>,

@@ -1,4 +1,4 @@
-//! Hostile input and overload (issue 7): a flood of distinct tasks against `--max-tracked-tasks`,
+//! Hostile input and overload: a flood of distinct tasks against `--max-tracked-tasks`,
 //! slow clients against the header/body timeouts and `--max-connections`, hostile label values
 //! against the exposition format, and the auth token against the logs. Every wait is bounded.
 
@@ -38,8 +38,8 @@ async fn a_flood_of_unfinished_tasks_stays_within_the_cap_and_evicted_tasks_surv
     let db = TestDb::new(Backend::Sqlite).await;
     // A long throttle interval: a coalesced value is written only by the eviction itself.
     let app = TestApp::spawn_with(&db, |s| {
-        s.max_tracked_tasks = CAP;
-        s.progress_min_interval = Duration::from_secs(3600);
+        s.pipeline.max_tracked_tasks = CAP;
+        s.throttle.progress_min_interval = Duration::from_secs(3600);
     })
     .await;
 
@@ -139,8 +139,8 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> (bool, String
 async fn slow_clients_are_cut_off_and_do_not_starve_others() {
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.header_read_timeout = Duration::from_secs(2);
-        s.body_read_timeout = Duration::from_secs(2);
+        s.http.header_read_timeout = Duration::from_secs(2);
+        s.http.body_read_timeout = Duration::from_secs(2);
     })
     .await;
 
@@ -244,8 +244,8 @@ async fn raw_get(stream: &mut TcpStream, path: &str) -> String {
 async fn beyond_max_connections_new_clients_wait_while_open_ones_work() {
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.max_connections = 2;
-        s.header_read_timeout = Duration::from_secs(20);
+        s.http.max_connections = 2;
+        s.http.header_read_timeout = Duration::from_secs(20);
     })
     .await;
     let mut first = TcpStream::connect(app.addr).await.unwrap();

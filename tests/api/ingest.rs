@@ -1,10 +1,10 @@
-//! Ingest over HTTP (contract 2): body formats, Conductor aliases, per-item rejections, hostile
+//! Ingest over HTTP (`docs/contract.md` §2): body formats, Conductor aliases, per-item rejections, hostile
 //! bodies, stale and duplicate updates, auth and the ingest counters, on both stores.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use taskpulse::config::Secret;
+use taskpulse::settings::Secret;
 
 use crate::helpers::{update, Backend, TestApp, TestDb};
 use crate::store_test;
@@ -585,7 +585,7 @@ async fn a_body_that_is_not_json_gets_400_with_line_and_column() {
 async fn an_update_older_than_the_stored_one_is_stale(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_millis(200);
+        s.throttle.progress_min_interval = Duration::from_millis(200);
     })
     .await;
     let at = |t: i64, extra: Value| {
@@ -707,7 +707,7 @@ store_test!(identical_repeats_are_duplicates_not_errors);
 async fn the_api_needs_the_bearer_token_when_one_is_set(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.auth_token = Some(Secret("s3cret-token".into()));
+        s.http.auth_token = Some(Secret("s3cret-token".into()));
     })
     .await;
     let body = update("auth-1", "IN_PROGRESS");

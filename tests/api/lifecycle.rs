@@ -1,4 +1,4 @@
-//! The task lifecycle over HTTP (contract 3), on both stores.
+//! The task lifecycle over HTTP (`docs/contract.md` §3), on both stores.
 
 use serde_json::json;
 

@@ -1,4 +1,4 @@
-//! `/metrics` (contract 4), read with a real exposition-format parser: values, not just names.
+//! `/metrics` (`docs/contract.md` §4), read with a real exposition-format parser: values, not just names.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -164,7 +164,7 @@ store_test!(per_task_progress_and_deadline_series);
 
 async fn per_task_series_are_capped(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(&db, |s| s.max_task_series = 3).await;
+    let app = TestApp::spawn_with(&db, |s| s.metrics.max_task_series = 3).await;
     for i in 0..5 {
         accept_all(
             &app,
@@ -298,8 +298,8 @@ store_test!(tasks_by_status_count_only_unfinished_tasks);
 async fn stalled_tasks_are_counted_after_stall_after(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.stall_after = Duration::from_millis(300);
-        s.progress_min_interval = Duration::from_millis(200);
+        s.metrics.stall_after = Duration::from_millis(300);
+        s.throttle.progress_min_interval = Duration::from_millis(200);
     })
     .await;
     let stalled = |scrape: &Scrape, tt: &str| {
@@ -380,7 +380,7 @@ store_test!(stalled_tasks_are_counted_after_stall_after);
 
 async fn the_wait_queue(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(&db, |s| s.wait_grace = Duration::from_secs(1)).await;
+    let app = TestApp::spawn_with(&db, |s| s.wait.wait_grace = Duration::from_secs(1)).await;
     let now = taskpulse::now_ms();
     let t0 = Instant::now();
     let wait = |id: &str, wf: &str, wake: Option<i64>| {
@@ -695,7 +695,7 @@ async fn build_info_names_the_version() {
 async fn progress_updates_and_store_writes_are_counted(backend: Backend) {
     let db = TestDb::new(backend).await;
     let interval = Duration::from_millis(500);
-    let app = TestApp::spawn_with(&db, |s| s.progress_min_interval = interval).await;
+    let app = TestApp::spawn_with(&db, |s| s.throttle.progress_min_interval = interval).await;
     let counts = |scrape: &Scrape| {
         let v = |name: &str, label: &str, value: &str| {
             metric_value(scrape, name, &[(label, value)]).expect("series exists")

@@ -106,7 +106,7 @@ store_test!(ten_percent_after_100s_of_300s_times_out_ninety_does_not);
 async fn stalled_tasks_get_no_prediction(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.stall_after = std::time::Duration::from_millis(200)
+        s.metrics.stall_after = std::time::Duration::from_millis(200)
     })
     .await;
     let start = taskpulse::now_ms() - 100_000;

@@ -37,7 +37,7 @@ pub struct Proc {
 
 impl Proc {
     /// `taskpulse ARGS` in `cwd`, with `envs` on top of an environment scrubbed of every
-    /// `TASKPULSE_*` setting (logging stays at info).
+    /// `TASKPULSE_*` setting (logging stays at info, and the shutdown grace is 0).
     pub fn spawn(cwd: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut cmd = Command::new(binary());
         cmd.args(args);
@@ -69,6 +69,10 @@ impl Proc {
         }
         if !own.iter().any(|k| k == "TASKPULSE_LOG") {
             cmd.env("TASKPULSE_LOG", "info,sqlx=warn");
+        }
+        // Stop at once on SIGTERM unless a test asks for the grace (a flag beats this).
+        if !own.iter().any(|k| k == "TASKPULSE_SHUTDOWN_GRACE") {
+            cmd.env("TASKPULSE_SHUTDOWN_GRACE", "0s");
         }
         cmd.current_dir(cwd)
             .stdin(Stdio::null())

@@ -1,4 +1,4 @@
-//! Reading state (contract 5): health, readiness, the task list and one task with its history
+//! Reading state (`docs/contract.md` §5): health, readiness, the task list and one task with its history
 //! and attempts, on both stores.
 
 use std::collections::BTreeSet;
@@ -191,7 +191,7 @@ store_test!(the_task_list_filters_and_limits);
 async fn one_task_with_history_and_attempts(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_millis(200);
+        s.throttle.progress_min_interval = Duration::from_millis(200);
     })
     .await;
     let start = taskpulse::now_ms() - 60_000;
@@ -412,7 +412,7 @@ async fn finished_tasks_past_retention_are_served_from_the_store(backend: Backen
     tokio::time::sleep(Duration::from_millis(30)).await;
     app.shutdown().await;
     let mut short = settings;
-    short.terminal_retention = Duration::from_millis(10);
+    short.pipeline.terminal_retention = Duration::from_millis(10);
     let app = TestApp::start(short).await;
     assert_eq!(listed(&app, "").await, ["ret-live"]);
     assert!(listed(&app, "?status=COMPLETED").await.is_empty());
@@ -434,7 +434,7 @@ store_test!(finished_tasks_past_retention_are_served_from_the_store);
 async fn a_new_attempt_is_listed_at_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_secs(2);
+        s.throttle.progress_min_interval = Duration::from_secs(2);
     })
     .await;
     let run = |retry: i64, worker: &str, t: i64| {
@@ -468,7 +468,7 @@ async fn restart_past_retention(app: TestApp) -> TestApp {
     tokio::time::sleep(Duration::from_millis(30)).await;
     let mut settings = app.settings.clone();
     app.shutdown().await;
-    settings.terminal_retention = Duration::from_millis(10);
+    settings.pipeline.terminal_retention = Duration::from_millis(10);
     let app = TestApp::start(settings).await;
     assert!(listed(&app, "?status=COMPLETED").await.is_empty());
     app

@@ -1,4 +1,4 @@
-//! Several replicas on one PostgreSQL (issue 3): real `taskpulse serve` processes sharing one
+//! Several replicas on one PostgreSQL: real `taskpulse serve` processes sharing one
 //! fresh database. Exactly one leads (advisory lock), a late IN_PROGRESS sent to one replica
 //! after another accepted the completion never wins, only the leader exports the state gauges
 //! (refreshed from the store, so nothing is counted twice), and after kill -9 of the leader
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use taskpulse::lifecycle::Status;
+use taskpulse::model::Status;
 use taskpulse::store::Store;
 use tokio::time::Instant;
 

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use taskpulse::lifecycle::Status;
-use taskpulse::store::{Attempt, Batch, Store, TaskEvent, TaskRecord};
+use taskpulse::model::Status;
+use taskpulse::model::{Attempt, Outcome, TaskEvent, TaskRecord};
+use taskpulse::store::{Batch, Store};
 
 use crate::helpers::{stored_version, Backend, TestDb};
 use crate::store_test;
@@ -112,13 +113,13 @@ store_test!(conditional_writes_protect_terminal_and_newer_rows);
 /// sighting and the latest last sighting.
 async fn history_and_attempts(backend: Backend) {
     let (_db, store) = migrated(backend).await;
-    let event = |at: i64, outcome: &'static str, from: Option<Status>, to: Status| TaskEvent {
+    let event = |at: i64, outcome: Outcome, from: Option<Status>, to: Status| TaskEvent {
         task_id: Arc::from("t"),
         at,
         outcome,
         from,
         to,
-        reason: (outcome == "rejected").then(|| "terminal".to_string()),
+        reason: (outcome == Outcome::Rejected).then(|| "terminal".to_string()),
         worker_id: Some("w1".into()),
         progress_percent: Some(10.0),
         update_time: Some(at),
@@ -134,9 +135,19 @@ async fn history_and_attempts(backend: Backend) {
         .write_batch(&Batch {
             tasks: vec![rec("t", Status::InProgress, Some(1), None)],
             events: vec![
-                event(1, "accepted", None, Status::InProgress),
-                event(2, "accepted", Some(Status::InProgress), Status::Completed),
-                event(3, "rejected", Some(Status::Completed), Status::InProgress),
+                event(1, Outcome::Accepted, None, Status::InProgress),
+                event(
+                    2,
+                    Outcome::Accepted,
+                    Some(Status::InProgress),
+                    Status::Completed,
+                ),
+                event(
+                    3,
+                    Outcome::Rejected,
+                    Some(Status::Completed),
+                    Status::InProgress,
+                ),
             ],
             task_events: vec![],
             attempts: vec![attempt(0, "w1", 1), attempt(1, "w2", 2)],
@@ -154,7 +165,7 @@ async fn history_and_attempts(backend: Backend) {
     assert_eq!(h.len(), 2);
     assert_eq!(
         (h[0].at, h[0].outcome, h[0].reason.as_deref()),
-        (3, "rejected", Some("terminal"))
+        (3, Outcome::Rejected, Some("terminal"))
     );
     assert_eq!(h[1].to, Status::Completed);
     let a = store.task_attempts("t").await.unwrap();
@@ -233,7 +244,7 @@ async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
     let accepted = TaskEvent {
         task_id: Arc::from("t"),
         at: 20,
-        outcome: "accepted",
+        outcome: Outcome::Accepted,
         from: Some(Status::Completed),
         to: Status::InProgress,
         reason: None,
@@ -242,7 +253,7 @@ async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
         update_time: Some(20),
     };
     let rejected = TaskEvent {
-        outcome: "rejected",
+        outcome: Outcome::Rejected,
         reason: Some("terminal".into()),
         at: 21,
         ..accepted.clone()
@@ -265,7 +276,7 @@ async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
     assert_eq!(conflicts, vec![0]);
     let h = store.task_history("t", 10).await.unwrap();
     assert_eq!(h.len(), 1, "{h:?}");
-    assert_eq!(h[0].outcome, "rejected");
+    assert_eq!(h[0].outcome, Outcome::Rejected);
     assert!(store.task_attempts("t").await.unwrap().is_empty());
 }
 store_test!(history_of_a_lost_write_is_not_stored);

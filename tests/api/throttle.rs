@@ -1,4 +1,4 @@
-//! Throttled progress writes (contract 3.1), on both stores. The `version` column counts how
+//! Throttled progress writes (`docs/contract.md` §3.1), on both stores. The `version` column counts how
 //! many times a task's row was written, so "stored writes" is read from the store itself.
 
 use std::time::Duration;
@@ -37,7 +37,10 @@ async fn wait_for_stored_progress(app: &TestApp, id: &str, want: f32, within: Du
 /// stored afterwards is the last one sent.
 async fn burst_of_100_gives_at_most_two_writes(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(&db, |s| s.progress_min_interval = Duration::from_secs(2)).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.throttle.progress_min_interval = Duration::from_secs(2)
+    })
+    .await;
     app.ingest(&new_task("burst")).await; // write 1: the task is new
     let sent_at = tokio::time::Instant::now();
     for i in 1..=100 {
@@ -73,7 +76,7 @@ store_test!(burst_of_100_gives_at_most_two_writes);
 async fn first_progress_after_quiet_is_written_at_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_millis(400)
+        s.throttle.progress_min_interval = Duration::from_millis(400)
     })
     .await;
     app.ingest(&new_task("q")).await;
@@ -101,7 +104,7 @@ store_test!(first_progress_after_quiet_is_written_at_once);
 async fn waiting_progress_is_never_written_after_completion(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_millis(600)
+        s.throttle.progress_min_interval = Duration::from_millis(600)
     })
     .await;
     app.ingest(&new_task("o")).await;
@@ -139,7 +142,10 @@ store_test!(waiting_progress_is_never_written_after_completion);
 /// carries the waiting progress.
 async fn status_changes_are_written_at_once(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(&db, |s| s.progress_min_interval = Duration::from_secs(60)).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.throttle.progress_min_interval = Duration::from_secs(60)
+    })
+    .await;
     app.ingest(&new_task("s")).await;
     app.ingest(&progress("s", 40.0)).await;
     app.ingest(&json!({"taskId": "s", "workflowId": "wf", "status": "SCHEDULED"}))
@@ -155,8 +161,8 @@ store_test!(status_changes_are_written_at_once);
 async fn small_changes_ride_along_with_the_next_write(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.progress_min_interval = Duration::from_millis(200);
-        s.progress_min_delta = 5.0;
+        s.throttle.progress_min_interval = Duration::from_millis(200);
+        s.pipeline.progress_min_delta = 5.0;
     })
     .await;
     app.ingest(&new_task("d")).await;
@@ -184,8 +190,10 @@ store_test!(small_changes_ride_along_with_the_next_write);
 /// A graceful shutdown writes every coalesced value; a restart rebuilds memory from the store.
 async fn shutdown_flushes_and_restart_rebuilds(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app =
-        TestApp::spawn_with(&db, |s| s.progress_min_interval = Duration::from_secs(3600)).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.throttle.progress_min_interval = Duration::from_secs(3600)
+    })
+    .await;
     for id in ["a", "b", "c"] {
         app.ingest(&new_task(id)).await;
         for p in [5.0, 15.0, 25.0] {

@@ -109,7 +109,7 @@ store_test!(notifications_are_ingested_with_their_progress);
 async fn the_webhook_obeys_auth_and_reports_bad_bodies() {
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.auth_token = Some(taskpulse::config::Secret("s3cret".into()))
+        s.http.auth_token = Some(taskpulse::settings::Secret("s3cret".into()))
     })
     .await;
     let url = app.url("/api/v1/conductor/task-status");

@@ -1,8 +1,153 @@
 //! Conductor (conductor-oss): the status webhook, the worker proxy, the WAIT queue read from
 //! Conductor's own PostgreSQL, and checker rules that ask the engine. Wire formats and
-//! behaviour follow `conductor-facts.md`.
+//! behaviour follow `docs/engines/conductor.md`.
+//!
+//! The webhook is always served (Conductor pushes to it; nothing to configure here). With
+//! `--conductor-url` the worker proxy runs at `/api/` and the checker asks the engine; with
+//! `--conductor-db` the WAIT gauges come from Conductor's queue.
 
+pub mod client;
+mod metrics;
 pub mod proxy;
 pub mod rules;
+mod settings;
 pub mod wait_queue;
 pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::{Contribution, Engine, EngineContext};
+use crate::checker::Rule;
+use crate::error::{Error, Result};
+use crate::http::Routes;
+use crate::settings::redact_url;
+use client::EngineClient;
+use metrics::ConductorMetrics;
+use proxy::Proxy;
+use rules::LostTerminalUpdate;
+
+pub use settings::ConductorSettings;
+
+/// How often the proxy forgets per-task state of quiet tasks.
+const PROXY_SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the WAIT queue is read from Conductor's database (besides every notification).
+const WAIT_REFRESH: Duration = Duration::from_secs(5);
+
+/// The Conductor adapter.
+pub struct Conductor {
+    settings: ConductorSettings,
+    client: Option<Arc<EngineClient>>,
+    proxy: Option<Arc<Proxy>>,
+}
+
+impl Conductor {
+    /// `heartbeat_min_interval`: at most one lease heartbeat per task per this long goes
+    /// upstream through the proxy (`--progress-min-interval`).
+    pub fn new(settings: &ConductorSettings, heartbeat_min_interval: Duration) -> Conductor {
+        let client = settings
+            .url
+            .as_deref()
+            .map(|url| Arc::new(EngineClient::new(url, settings.timeout)));
+        let proxy = client
+            .clone()
+            .map(|c| Arc::new(Proxy::new(c, heartbeat_min_interval)));
+        Conductor {
+            settings: settings.clone(),
+            client,
+            proxy,
+        }
+    }
+
+    /// The worker proxy, when `--conductor-url` is set.
+    pub fn proxy(&self) -> Option<&Arc<Proxy>> {
+        self.proxy.as_ref()
+    }
+}
+
+impl Engine for Conductor {
+    fn name(&self) -> &'static str {
+        "conductor"
+    }
+
+    fn sources(&self) -> &'static [&'static str] {
+        &[webhook::SOURCE, proxy::SOURCE]
+    }
+
+    fn rules(&self) -> Vec<Box<dyn Rule>> {
+        match &self.client {
+            Some(client) => rules::engine_rules(client.clone(), self.proxy.clone()),
+            None => Vec::new(),
+        }
+    }
+
+    fn start<'a>(&'a self, ctx: &'a EngineContext) -> BoxFuture<'a, Result<Contribution>> {
+        async move {
+            let metrics = ConductorMetrics::register(&ctx.registry)
+                .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
+            let mut out = Contribution {
+                routes: Routes {
+                    api: webhook::routes(ctx.pipeline.clone(), ctx.core.max_body_bytes),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            if let Some(px) = &self.proxy {
+                tracing::info!(engine = %px.client.base(), "Conductor worker proxy on /api/");
+                out.routes.root = proxy::routes(
+                    px.clone(),
+                    ctx.pipeline.clone(),
+                    metrics,
+                    ctx.core.max_body_bytes.as_u64() as usize,
+                );
+                // Every replica verifies the terminal updates it forwarded, soon after.
+                out.side_rules
+                    .push(Box::new(LostTerminalUpdate { px: px.clone() }));
+                let (sweep, stop) = (px.clone(), ctx.stop.clone());
+                let quiet = ctx.core.terminal_retention;
+                out.tasks.push(
+                    async move {
+                        let mut tick = tokio::time::interval(PROXY_SWEEP_EVERY);
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                _ = tick.tick() => sweep.sweep(quiet),
+                            }
+                        }
+                    }
+                    .boxed(),
+                );
+            }
+            if let Some(url) = &self.settings.db {
+                let (rx, reader) = wait_queue::spawn(
+                    url,
+                    ctx.core.wait_grace,
+                    WAIT_REFRESH,
+                    ctx.wait_metrics.clone(),
+                    ctx.stop.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read the WAIT queue from `{}` (--conductor-db): {e}",
+                        redact_url(url)
+                    ))
+                })?;
+                // Wake-up lag is measured from Conductor's queue, so not from updates too.
+                ctx.pipeline.tracker().wait_lag_measured_elsewhere();
+                out.wait_queue = Some(rx);
+                out.tasks.push(
+                    async move {
+                        let _ = reader.await;
+                    }
+                    .boxed(),
+                );
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}

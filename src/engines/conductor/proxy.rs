@@ -3,7 +3,7 @@
 //! (`CONDUCTOR_SERVER_URL=http://<taskpulse>/api`) and taskpulse learns every task they are
 //! handed and every update they send, without changing Conductor.
 //!
-//! What reaches the engine is decided by what the engine must see (conductor-facts.md):
+//! What reaches the engine is decided by what the engine must see (`docs/engines/conductor.md`):
 //!
 //! - **Polls** (`GET /api/tasks/poll/...`) and the next-task answer of `update-v2` are passed
 //!   through; the tasks in them are learned (ids, type, workflow, worker, timeouts, seq,
@@ -25,27 +25,23 @@
 //!   body, status, streaming). Engine errors reach the worker as they are; a dead engine is a
 //!   502 and a slow one a 504, and then nothing is recorded as accepted.
 
-// Handlers return `Result<_, Response>`: the error is the HTTP answer itself, sent as it is;
-// boxing it would buy nothing.
-#![allow(clippy::result_large_err)]
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
 use dashmap::DashMap;
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
 
-use crate::api::{error, ingest, AppState};
+use super::client::{collect, EngineClient, UpstreamError};
+use super::metrics::ConductorMetrics;
 use crate::ingest::{Format, Item};
-use crate::lifecycle::Status;
+use crate::model::Status;
+use crate::pipeline::{Ack, Pipeline};
 
 /// `source` label of updates learned by the proxy.
 pub const SOURCE: &str = "conductor_proxy";
@@ -64,12 +60,8 @@ pub struct ForwardedTerminal {
 
 /// The proxy's state, shared by every request.
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
-    /// The engine's base URL, without a trailing `/` or `/api`.
-    base: String,
+    pub client: Arc<EngineClient>,
     heartbeat_min_interval: Duration,
-    /// Longest the engine may take to start answering (`--conductor-timeout`).
-    upstream_timeout: Duration,
     /// Task id -> when a heartbeat for it last went upstream.
     last_heartbeat: DashMap<Arc<str>, Instant>,
     /// Per-task lock: one update per task at a time goes upstream, in order.
@@ -81,75 +73,22 @@ pub struct Proxy {
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("base", &self.base)
+            .field("base", &self.client.base())
             .field("forwarded", &self.forwarded.len())
             .finish()
     }
 }
 
 impl Proxy {
-    /// `url` is the engine's address (`http://conductor:8080`; a trailing `/api` is accepted).
-    /// `upstream_timeout` bounds how long a worker waits for the engine's answer; past it the
-    /// worker gets 504 instead of a hang.
-    pub fn new(url: &str, heartbeat_min_interval: Duration, upstream_timeout: Duration) -> Proxy {
-        let base = url.trim_end_matches('/');
-        let base = base.strip_suffix("/api").unwrap_or(base).to_string();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
+    /// At most one heartbeat per task goes upstream per `heartbeat_min_interval` (or half the
+    /// task's response timeout, if that is shorter).
+    pub fn new(client: Arc<EngineClient>, heartbeat_min_interval: Duration) -> Proxy {
         Proxy {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            base,
+            client,
             heartbeat_min_interval,
-            upstream_timeout,
             last_heartbeat: DashMap::new(),
             locks: DashMap::new(),
             forwarded: DashMap::new(),
-        }
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// Sends a request to the engine; `path_and_query` starts with `/api/`.
-    pub async fn send(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        mut headers: HeaderMap,
-        body: Body,
-    ) -> Result<Response, Response> {
-        let uri: Uri = format!("{}{}", self.base, path_and_query)
-            .parse()
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad path: {e}")))?;
-        strip_hop_by_hop(&mut headers);
-        if let Some(authority) = uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(header::HOST, host);
-            }
-        }
-        let mut req = http::Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        match tokio::time::timeout(self.upstream_timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Ok(Response::from_parts(parts, Body::new(body)))
-            }
-            Ok(Err(e)) => Err(error(
-                StatusCode::BAD_GATEWAY,
-                format!("Conductor at {} is unreachable: {e}", self.base),
-            )),
-            Err(_) => Err(error(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "Conductor at {} did not answer within {:?} (--conductor-timeout)",
-                    self.base, self.upstream_timeout
-                ),
-            )),
         }
     }
 
@@ -172,49 +111,43 @@ impl Proxy {
     }
 }
 
-/// Headers that belong to one connection, not to the message.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    const HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    if let Some(listed) = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.to_string())
-    {
-        for name in listed.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                headers.remove(name);
-            }
-        }
-    }
-    for h in HOP {
-        headers.remove(h);
-    }
+/// What the proxy's handlers share.
+#[derive(Clone)]
+struct ProxyState {
+    proxy: Arc<Proxy>,
+    pipeline: Arc<Pipeline>,
+    metrics: ConductorMetrics,
+    max_body_bytes: usize,
 }
 
-/// Every `/api/` request that isn't taskpulse's own.
-pub async fn handle(State(s): State<AppState>, req: Request) -> Response {
-    let Some(px) = s.conductor.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no such endpoint (the Conductor proxy is off: start with --conductor-url)",
-        );
+/// The proxy's routes: every `/api/` request that isn't taskpulse's own.
+pub fn routes(
+    proxy: Arc<Proxy>,
+    pipeline: Arc<Pipeline>,
+    metrics: ConductorMetrics,
+    max_body_bytes: usize,
+) -> Router {
+    let state = ProxyState {
+        proxy,
+        pipeline,
+        metrics,
+        max_body_bytes,
     };
+    Router::new()
+        .route("/api/{*rest}", any(handle))
+        .with_state(state)
+}
+
+async fn handle(State(s): State<ProxyState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if method == Method::GET && path.starts_with("/api/tasks/poll/") {
-        return poll(&s, &px, req).await;
+        return poll(&s, req).await.unwrap_or_else(|e| e.into_response());
     }
     if method == Method::POST && (path == "/api/tasks" || path == "/api/tasks/update-v2") {
-        return update(&s, &px, req, path == "/api/tasks/update-v2").await;
+        return update(&s, req, path == "/api/tasks/update-v2")
+            .await
+            .unwrap_or_else(|e| e.into_response());
     }
     let (parts, body) = req.into_parts();
     let pq = parts
@@ -222,25 +155,11 @@ pub async fn handle(State(s): State<AppState>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or(path);
-    px.send(parts.method, &pq, parts.headers, body)
+    s.proxy
+        .client
+        .send(parts.method, &pq, parts.headers, body)
         .await
-        .unwrap_or_else(|r| r)
-}
-
-/// Reads a whole body, up to `limit` bytes.
-async fn collect(body: Body, limit: usize) -> Result<Bytes, Response> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body larger than {limit} bytes"),
-        )),
-        Err(e) => Err(error(
-            StatusCode::BAD_GATEWAY,
-            format!("reading a body failed: {e}"),
-        )),
-    }
+        .unwrap_or_else(|e| e.into_response())
 }
 
 /// Rebuilds a response around a body already read.
@@ -251,7 +170,7 @@ fn respond(parts: http::response::Parts, body: Bytes) -> Response {
 }
 
 /// Learns the tasks in an engine answer (a Task, an array of Tasks, or nothing).
-async fn learn_tasks(s: &AppState, body: &[u8]) {
+async fn learn_tasks(s: &ProxyState, body: &[u8]) {
     if body.iter().all(u8::is_ascii_whitespace) {
         return;
     }
@@ -259,32 +178,30 @@ async fn learn_tasks(s: &AppState, body: &[u8]) {
         return;
     };
     // Workers get their tasks without waiting for taskpulse's store.
-    if let Err(r) = ingest::accept_nowait(s, items, SOURCE).await {
-        tracing::debug!(status = %r.status(), "proxy: could not record polled tasks");
+    if let Err(e) = s.pipeline.submit(items, SOURCE, Ack::Memory).await {
+        tracing::debug!(error = %e, "proxy: could not record polled tasks");
     }
 }
 
-async fn poll(s: &AppState, px: &Proxy, req: Request) -> Response {
+async fn poll(s: &ProxyState, req: Request) -> Result<Response, UpstreamError> {
     let (parts, body) = req.into_parts();
     let pq = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let resp = match px.send(parts.method, &pq, parts.headers, body).await {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    let resp = s
+        .proxy
+        .client
+        .send(parts.method, &pq, parts.headers, body)
+        .await?;
     if !resp.status().is_success() {
-        return resp;
+        return Ok(resp);
     }
     let (parts, body) = resp.into_parts();
-    let bytes = match collect(body, s.settings.max_body_bytes.as_u64() as usize * 4).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let bytes = collect(body, s.max_body_bytes * 4).await?;
     learn_tasks(s, &bytes).await;
-    respond(parts, bytes)
+    Ok(respond(parts, bytes))
 }
 
 /// What taskpulse reads from a TaskResult.
@@ -343,7 +260,7 @@ fn normalize(v: &mut Value) -> Option<TaskResult> {
 pub fn inspect_task_result(body: &[u8]) -> Option<(String, Option<Status>, bool)> {
     let mut value: Value = serde_json::from_slice(body).ok()?;
     let result = normalize(&mut value)?;
-    let _ = crate::ingest::parse_item_text(&value.to_string());
+    let _ = crate::ingest::parse_value(&value);
     Some((result.task_id, result.status, result.extend_lease))
 }
 
@@ -363,49 +280,55 @@ fn local_answer(task_id: &str, v2: bool) -> Response {
 }
 
 /// Records an update in taskpulse (after the engine took it, or instead of sending it).
-async fn record(s: &AppState, body: &Value) {
-    let parsed = crate::ingest::parse_item_text(&body.to_string());
-    let items = vec![Item { index: 0, parsed }];
-    if let Err(r) = ingest::accept_nowait(s, items, SOURCE).await {
-        tracing::debug!(status = %r.status(), "proxy: could not record an update");
+async fn record(s: &ProxyState, body: &Value) {
+    let items = vec![Item {
+        index: 0,
+        parsed: crate::ingest::parse_value(body),
+    }];
+    if let Err(e) = s.pipeline.submit(items, SOURCE, Ack::Memory).await {
+        tracing::debug!(error = %e, "proxy: could not record an update");
     }
 }
 
-async fn update(s: &AppState, px: &Proxy, req: Request, v2: bool) -> Response {
+async fn update(s: &ProxyState, req: Request, v2: bool) -> Result<Response, UpstreamError> {
+    let px = &s.proxy;
     let (parts, body) = req.into_parts();
-    let bytes = match collect(body, s.settings.max_body_bytes.as_u64() as usize).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let bytes = collect(body, s.max_body_bytes).await?;
     let mut value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         // Not ours to judge: the engine answers it as it would.
         Err(_) => {
             let path = parts.uri.path().to_string();
             return px
+                .client
                 .send(parts.method, &path, parts.headers, Body::from(bytes))
-                .await
-                .unwrap_or_else(|r| r);
+                .await;
         }
     };
     let Some(result) = normalize(&mut value) else {
         let path = parts.uri.path().to_string();
         return px
+            .client
             .send(parts.method, &path, parts.headers, Body::from(bytes))
-            .await
-            .unwrap_or_else(|r| r);
+            .await;
     };
+    // What the engine takes, taskpulse must be able to record (a terminal update it could not
+    // record would let a late IN_PROGRESS through to the engine): while the pipeline takes
+    // nothing, the worker is told to retry instead.
+    if let Err(e) = s.pipeline.admit() {
+        return Ok(e.into_response());
+    }
     let lock = px.lock_for(&result.task_id);
     let _in_order = lock.lock().await;
 
-    let known = s.tracker.get(&result.task_id);
+    let known = s.pipeline.tracker().get(&result.task_id);
     let terminal_accepted = known.as_ref().is_some_and(|r| r.status.is_terminal());
     let is_terminal = result.status.is_some_and(Status::is_terminal);
     if terminal_accepted && !is_terminal {
         // conductor-oss#176: never let a late non-terminal update reach the engine after the
         // terminal one. Recording it counts the rejected transition.
         record(s, &value).await;
-        return local_answer(&result.task_id, v2);
+        return Ok(local_answer(&result.task_id, v2));
     }
     if result.extend_lease && result.status == Some(Status::InProgress) {
         record(s, &value).await;
@@ -421,40 +344,28 @@ async fn update(s: &AppState, px: &Proxy, req: Request, v2: bool) -> Response {
             .get(result.task_id.as_str())
             .is_none_or(|at| at.elapsed() >= every);
         if !due {
-            s.metrics
-                .heartbeats_total
-                .with_label_values(&["coalesced"])
-                .inc();
-            return local_answer(&result.task_id, v2);
+            s.metrics.heartbeat(false);
+            return Ok(local_answer(&result.task_id, v2));
         }
-        s.metrics
-            .heartbeats_total
-            .with_label_values(&["forwarded"])
-            .inc();
+        s.metrics.heartbeat(true);
     }
     let body = Bytes::from(value.to_string());
     let mut headers = parts.headers;
     headers.remove(header::CONTENT_LENGTH);
-    let resp = match px
+    let resp = px
+        .client
         .send(
             parts.method,
             parts.uri.path(),
             headers,
             Body::from(body.clone()),
         )
-        .await
-    {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+        .await?;
     if !resp.status().is_success() {
-        return resp; // the engine's error, as it is; nothing recorded
+        return Ok(resp); // the engine's error, as it is; nothing recorded
     }
     let (rparts, rbody) = resp.into_parts();
-    let answer = match collect(rbody, s.settings.max_body_bytes.as_u64() as usize * 4).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let answer = collect(rbody, s.max_body_bytes * 4).await?;
     if result.extend_lease {
         px.last_heartbeat
             .insert(Arc::from(result.task_id.as_str()), Instant::now());
@@ -476,7 +387,7 @@ async fn update(s: &AppState, px: &Proxy, req: Request, v2: bool) -> Response {
     if v2 {
         learn_tasks(s, &answer).await;
     }
-    respond(rparts, answer)
+    Ok(respond(rparts, answer))
 }
 
 #[cfg(test)]
@@ -522,45 +433,5 @@ mod tests {
         assert_eq!(inspect_task_result(b"not json"), None);
         assert_eq!(inspect_task_result(b"[1,2]"), None);
         assert_eq!(inspect_task_result(br#"{"taskId":7}"#), None);
-    }
-
-    #[test]
-    fn the_engine_base_url_is_normalized() {
-        assert_eq!(
-            Proxy::new(
-                "http://c:8080/api/",
-                Duration::from_secs(5),
-                Duration::from_secs(30)
-            )
-            .base(),
-            "http://c:8080"
-        );
-        assert_eq!(
-            Proxy::new(
-                "http://c:8080",
-                Duration::from_secs(5),
-                Duration::from_secs(30)
-            )
-            .base(),
-            "http://c:8080"
-        );
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_dropped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert(
-            "authorization",
-            HeaderValue::from_static("Bearer engine-token"),
-        );
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert_eq!(h["authorization"], "Bearer engine-token");
     }
 }

@@ -6,39 +6,43 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::body::Bytes;
+use axum::http::Method;
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use http_body_util::BodyExt;
 use serde_json::json;
 
-use super::proxy::Proxy;
+use super::client::{urlencode, EngineClient};
+use super::proxy::{ForwardedTerminal, Proxy};
 use crate::checker::{
-    Context, EngineAction, LeaseExpired, RepairPlan, Rule, StoreDivergence, SuccessorFinished,
-    Violation, WaitOverdue,
+    Context, EngineAction, RepairPlan, Rule, SuccessorFinished, Violation, WaitOverdue,
 };
 use crate::error::Result;
-use crate::lifecycle::Status;
+use crate::model::Status;
 
 /// A forwarded terminal update is checked against the engine this long after it was sent.
 pub const VERIFY_AFTER: Duration = Duration::from_secs(2);
 /// Engine look-ups per rule per pass, at most.
 const MAX_ENGINE_CALLS: usize = 500;
 
-/// The rules with the engine, in pass order.
-pub fn engine_rules(px: Arc<Proxy>) -> Vec<Box<dyn Rule>> {
-    vec![
-        Box::new(LeaseExpired),
-        Box::new(EngineSuccessorFinished { px: px.clone() }),
+/// The rules that ask the engine: in place of the core's `successor_finished` and
+/// `wait_overdue`, plus `lost_terminal_update` when the proxy forwards terminal updates (that
+/// one also runs on every replica soon after each forward, see [`LostTerminalUpdate`]).
+pub fn engine_rules(client: Arc<EngineClient>, proxy: Option<Arc<Proxy>>) -> Vec<Box<dyn Rule>> {
+    let mut rules: Vec<Box<dyn Rule>> = vec![
+        Box::new(EngineSuccessorFinished {
+            client: client.clone(),
+        }),
         Box::new(EngineWaitOverdue {
-            px: px.clone(),
+            client,
             decided: Arc::new(DashMap::new()),
         }),
-        Box::new(StoreDivergence),
-        Box::new(LostTerminalUpdate { px }),
-    ]
+    ];
+    if let Some(px) = proxy {
+        rules.push(Box::new(LostTerminalUpdate { px }));
+    }
+    rules
 }
 
 /// What the engine says about a task.
@@ -50,29 +54,11 @@ pub struct EngineTask {
 
 /// `GET /api/tasks/{taskId}`: `Ok(None)` when the engine doesn't know the task.
 pub async fn engine_task(
-    px: &Proxy,
+    client: &EngineClient,
     task_id: &str,
 ) -> std::result::Result<Option<EngineTask>, String> {
     let path = format!("/api/tasks/{}", urlencode(task_id));
-    let resp = px
-        .send(Method::GET, &path, json_headers(), Body::empty())
-        .await
-        .map_err(|r| format!("engine answered {}", r.status()))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if status == 404 || (status.is_success() && body.iter().all(u8::is_ascii_whitespace)) {
-        return Ok(None);
-    }
-    if !status.is_success() {
-        return Err(format!("engine answered {status}"));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    Ok(Some(EngineTask {
+    Ok(client.get_json(&path).await?.map(|v| EngineTask {
         status: v
             .get("status")
             .and_then(|s| s.as_str())
@@ -81,54 +67,18 @@ pub async fn engine_task(
     }))
 }
 
-fn json_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    h
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Posts a request and wants a 2xx.
-async fn call(
-    px: &Proxy,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> std::result::Result<(), String> {
-    match px
-        .send(method, path, json_headers(), Body::from(body))
-        .await
-    {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("engine answered {}", r.status())),
-        Err(r) => Err(format!("engine unreachable ({})", r.status())),
-    }
-}
-
 /// Posts a forwarded TaskResult again.
 #[derive(Debug)]
 struct Repost {
-    px: Arc<Proxy>,
+    client: Arc<EngineClient>,
     body: Bytes,
 }
 
 impl EngineAction for Repost {
     fn run(&self) -> BoxFuture<'_, std::result::Result<(), String>> {
-        call(&self.px, Method::POST, "/api/tasks", self.body.clone()).boxed()
+        self.client
+            .call(Method::POST, "/api/tasks", self.body.clone())
+            .boxed()
     }
 }
 
@@ -136,7 +86,7 @@ impl EngineAction for Repost {
 /// per grace period.
 #[derive(Debug)]
 struct Decide {
-    px: Arc<Proxy>,
+    client: Arc<EngineClient>,
     workflow_id: String,
     decided: Arc<DashMap<String, Instant>>,
 }
@@ -145,7 +95,7 @@ impl EngineAction for Decide {
     fn run(&self) -> BoxFuture<'_, std::result::Result<(), String>> {
         async move {
             let path = format!("/api/workflow/decide/{}", urlencode(&self.workflow_id));
-            call(&self.px, Method::PUT, &path, Bytes::new()).await?;
+            self.client.call(Method::PUT, &path, Bytes::new()).await?;
             self.decided
                 .insert(self.workflow_id.clone(), Instant::now());
             Ok(())
@@ -169,7 +119,7 @@ impl Rule for LostTerminalUpdate {
 
     fn check<'a>(&'a self, _ctx: &'a Context) -> BoxFuture<'a, Result<Vec<Violation>>> {
         async move {
-            let due: Vec<(String, super::proxy::ForwardedTerminal)> = self
+            let due: Vec<(String, ForwardedTerminal)> = self
                 .px
                 .forwarded
                 .iter()
@@ -179,7 +129,7 @@ impl Rule for LostTerminalUpdate {
                 .collect();
             let mut out = Vec::new();
             for (task_id, fwd) in due {
-                match engine_task(&self.px, &task_id).await {
+                match engine_task(&self.px.client, &task_id).await {
                     Ok(Some(t)) if t.status.is_some_and(Status::is_terminal) => {
                         self.px.forwarded.remove(&task_id); // the engine holds it: verified
                     }
@@ -198,7 +148,7 @@ impl Rule for LostTerminalUpdate {
                         }),
                         repair: Some(RepairPlan::Engine {
                             action: Arc::new(Repost {
-                                px: self.px.clone(),
+                                client: self.px.client.clone(),
                                 body: fwd.body.clone(),
                             }),
                             detail: format!(
@@ -219,7 +169,7 @@ impl Rule for LostTerminalUpdate {
 /// `successor_finished` with the engine: ask it for the task. If it has the task terminal,
 /// taskpulse missed the update and syncs its state to the engine's; otherwise report only.
 pub struct EngineSuccessorFinished {
-    pub px: Arc<Proxy>,
+    pub client: Arc<EngineClient>,
 }
 
 impl Rule for EngineSuccessorFinished {
@@ -231,7 +181,7 @@ impl Rule for EngineSuccessorFinished {
         async move {
             let mut found = SuccessorFinished.check(ctx).await?;
             for v in found.iter_mut().take(MAX_ENGINE_CALLS) {
-                let engine = match engine_task(&self.px, &v.task_id).await {
+                let engine = match engine_task(&self.client, &v.task_id).await {
                     Ok(t) => t,
                     Err(e) => {
                         v.evidence["engine"] = json!({"error": e});
@@ -276,7 +226,7 @@ impl Rule for EngineSuccessorFinished {
 /// `wait_overdue` with the engine: repair by asking it to re-run the workflow's decider, at
 /// most once per workflow per `--wait-grace`.
 pub struct EngineWaitOverdue {
-    pub px: Arc<Proxy>,
+    pub client: Arc<EngineClient>,
     decided: Arc<DashMap<String, Instant>>,
 }
 
@@ -301,7 +251,7 @@ impl Rule for EngineWaitOverdue {
                 }
                 v.repair = Some(RepairPlan::Engine {
                     action: Arc::new(Decide {
-                        px: self.px.clone(),
+                        client: self.client.clone(),
                         workflow_id: v.workflow_id.clone(),
                         decided: self.decided.clone(),
                     }),

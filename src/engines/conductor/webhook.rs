@@ -12,18 +12,22 @@
 //! inside the output string) and goes through the same lifecycle and throttle as everything
 //! else, counted with `source="conductor_webhook"`.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::post;
+use axum::Router;
+use bytesize::ByteSize;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use crate::api::{ingest, AppState};
-use crate::ingest::{BodyError, Item, ItemError};
+use crate::http::{body::read_body, ingest};
+use crate::ingest::{BodyError, Item, ItemError, OutputProgress, RawUpdate};
 use crate::lifecycle::Rejection;
+use crate::pipeline::Pipeline;
 
 /// `source` label of updates from the webhook.
 pub const SOURCE: &str = "conductor_webhook";
@@ -62,45 +66,38 @@ fn epoch_ms(field: &str, iso: Option<&str>) -> Result<Option<i64>, Rejection> {
 }
 
 impl Notification {
-    /// The notification as an update in taskpulse's own shape, for the ordinary validation.
-    fn to_update(&self) -> Result<Value, Rejection> {
-        let mut u = Map::new();
-        let mut put = |k: &str, v: Value| {
-            if !v.is_null() {
-                u.insert(k.into(), v);
-            }
-        };
-        put("taskId", json!(self.task_id));
-        put("workflowId", json!(self.workflow_id));
-        put("workflowType", json!(self.workflow_type));
-        put(
-            "taskType",
-            json!(self.task_type.as_ref().or(self.task_def_name.as_ref())),
-        );
-        put("referenceTaskName", json!(self.reference_task_name));
-        put("retryCount", json!(self.retry_count));
-        put("status", json!(self.status));
-        put(
-            "startTime",
-            json!(epoch_ms("startTime", self.start_time.as_deref())?),
-        );
-        put(
-            "updateTime",
-            json!(epoch_ms("updateTime", self.update_time.as_deref())?),
-        );
-        if let Some(output) = self.output.as_deref().filter(|o| !o.is_empty()) {
-            // Only a map can carry progress; anything else in `output` is not ours to judge.
-            if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(output) {
-                let mut progress = Map::new();
-                for key in ["progressPercent", "progress", "progressMessage"] {
-                    if let Some(v) = map.get(key) {
-                        progress.insert(key.into(), v.clone());
-                    }
-                }
-                put("outputData", Value::Object(progress));
-            }
+    /// The notification in taskpulse's update shape, for the ordinary validation.
+    fn into_update(self) -> Result<RawUpdate, Rejection> {
+        Ok(RawUpdate {
+            start_time: epoch_ms("startTime", self.start_time.as_deref())?,
+            update_time: epoch_ms("updateTime", self.update_time.as_deref())?,
+            output_data: progress_from_output(self.output.as_deref())?,
+            task_id: self.task_id,
+            workflow_id: self.workflow_id,
+            workflow_type: self.workflow_type,
+            task_type: self.task_type,
+            task_def_name: self.task_def_name,
+            reference_task_name: self.reference_task_name,
+            retry_count: self.retry_count,
+            status: self.status,
+            ..RawUpdate::default()
+        })
+    }
+}
+
+/// Progress from inside the output string. Only a JSON map can carry progress: anything else
+/// in `output` is not ours to judge, but a progress field of the wrong type is rejected, as in
+/// any other update.
+fn progress_from_output(output: Option<&str>) -> Result<Option<OutputProgress>, Rejection> {
+    let Some(output) = output.filter(|o| !o.is_empty()) else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<OutputProgress>(output) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            Err(Rejection::Invalid(format!("`output`: {e}")))
         }
-        Ok(Value::Object(u))
+        Err(_) => Ok(None),
     }
 }
 
@@ -131,40 +128,56 @@ pub fn parse_notifications(body: &[u8]) -> Result<Vec<Item>, BodyError> {
             let task_id = v.get("taskId").and_then(Value::as_str).map(str::to_string);
             let parsed = serde_json::from_value::<Notification>(v)
                 .map_err(|e| Rejection::Invalid(format!("not a TaskNotification: {e}")))
-                .and_then(|n| n.to_update())
+                .and_then(Notification::into_update)
+                .and_then(RawUpdate::validate)
                 .map_err(|rejection| ItemError {
                     task_id: task_id.clone(),
                     rejection,
-                })
-                .and_then(|u| crate::ingest::parse_item_text(&u.to_string()));
+                });
             Item { index, parsed }
         })
         .collect())
 }
 
+#[derive(Clone)]
+struct WebhookState {
+    pipeline: Arc<Pipeline>,
+    max_body_bytes: ByteSize,
+}
+
+/// The webhook's route, to be served under `/api/v1` (behind the token, like the core's API).
+pub fn routes(pipeline: Arc<Pipeline>, max_body_bytes: ByteSize) -> Router {
+    Router::new()
+        .route("/conductor/task-status", post(task_status))
+        .with_state(WebhookState {
+            pipeline,
+            max_body_bytes,
+        })
+}
+
 /// `POST /api/v1/conductor/task-status`.
-pub async fn task_status(
-    State(s): State<AppState>,
+async fn task_status(
+    State(s): State<WebhookState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match ingest::read_body(&s, body) {
+    let body = match read_body(s.max_body_bytes, body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
+    if let Err(e) = s.pipeline.admit() {
+        return e.into_response();
+    }
     let items = match parse_notifications(&body) {
         Ok(items) => items,
         Err(e) => return ingest::bad_body(&e),
     };
-    match ingest::accept(&s, items, SOURCE).await {
-        Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
-        Err(r) => r,
-    }
+    ingest::submit(&s.pipeline, items, SOURCE).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::Status;
+    use crate::model::Status;
 
     #[test]
     fn a_task_notification_becomes_an_update() {

@@ -2,20 +2,26 @@
 //! `wait_overdue` asks the engine to re-decide (at most once per workflow per grace period),
 //! `successor_finished` syncs taskpulse to the engine's terminal status or only reports.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use taskpulse::checker::{rules_for, CheckSettings, Checker, Context, PassReport};
-use taskpulse::engines::conductor::proxy::Proxy;
-use taskpulse::metrics::Metrics;
+use taskpulse::checker::{
+    compose, default_rules, CheckSettings, Checker, CheckerMetrics, Context, PassReport,
+};
+use taskpulse::engines::conductor::{Conductor, ConductorSettings};
+use taskpulse::engines::Engine;
+use taskpulse::store::StoreMetrics;
 
 use super::{Emulator, TaskSpec};
 use crate::helpers::{Backend, TestApp, TestDb};
 
 /// The checker with the engine rules, kept across passes as the serving process keeps it.
-fn engine_checker(px: &Arc<Proxy>) -> Checker {
-    Checker::new(rules_for(Some(px)), Arc::new(Metrics::new()))
+fn engine_checker(engine: &Conductor) -> Checker {
+    Checker::new(
+        compose(default_rules(), engine.rules()),
+        CheckerMetrics::unregistered(),
+        StoreMetrics::unregistered(),
+    )
 }
 
 async fn pass(app: &TestApp, checker: &Checker) -> PassReport {
@@ -33,21 +39,23 @@ async fn pass(app: &TestApp, checker: &Checker) -> PassReport {
     checker.run_pass(&ctx).await.expect("pass runs")
 }
 
-async fn setup(backend: Backend) -> (Emulator, TestDb, TestApp, Arc<Proxy>) {
+async fn setup(backend: Backend) -> (Emulator, TestDb, TestApp, Conductor) {
     let emu = Emulator::start().await;
     let db = TestDb::new(backend).await;
     let url = emu.url();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor_url = Some(url);
-        s.check_interval = Duration::ZERO;
+        s.conductor.url = Some(url);
+        s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
-    let px = Arc::new(Proxy::new(
-        &emu.url(),
+    let engine = Conductor::new(
+        &ConductorSettings {
+            url: Some(emu.url()),
+            ..Default::default()
+        },
         Duration::from_secs(5),
-        Duration::from_secs(30),
-    ));
-    (emu, db, app, px)
+    );
+    (emu, db, app, engine)
 }
 
 async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend) {
@@ -97,11 +105,13 @@ async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend)
     );
 
     // an engine that can't be reached makes the repair `failed`, audited (a later pass retries)
-    let dead = Arc::new(Proxy::new(
-        "http://127.0.0.1:1",
+    let dead = Conductor::new(
+        &ConductorSettings {
+            url: Some("http://127.0.0.1:1".into()),
+            ..Default::default()
+        },
         Duration::from_secs(5),
-        Duration::from_secs(30),
-    ));
+    );
     let r = pass(&app, &engine_checker(&dead)).await;
     assert!(!r.repairs.is_empty());
     assert!(

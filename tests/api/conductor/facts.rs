@@ -1,4 +1,4 @@
-//! The emulator itself behaves as conductor-facts.md says (plain HTTP, no SDK, no taskpulse).
+//! The emulator itself behaves as docs/engines/conductor.md says (plain HTTP, no SDK, no taskpulse).
 
 use std::time::Duration;
 

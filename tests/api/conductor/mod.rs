@@ -3,7 +3,7 @@
 //!
 //! The Conductor server cannot run here, so [`Emulator`] stands in for it. It is not Conductor:
 //! it is a small axum server that implements only the task API a worker (or taskpulse's
-//! Conductor proxy) talks to, and behaves exactly as `conductor-facts.md` says, nothing more:
+//! Conductor proxy) talks to, and behaves exactly as `docs/engines/conductor.md` says, nothing more:
 //!
 //! * `GET /api/tasks/poll/batch/{taskType}?workerid=&count=&timeout=` answers a JSON array of
 //!   due tasks (waiting up to `timeout` ms, at most 1 s, for one to become due);
@@ -64,7 +64,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-/// Task statuses that are terminal (conductor-facts.md).
+/// Task statuses that are terminal (docs/engines/conductor.md).
 pub const TERMINAL: &[&str] = &[
     "COMPLETED",
     "COMPLETED_WITH_ERRORS",

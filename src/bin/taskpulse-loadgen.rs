@@ -1,11 +1,12 @@
-//! `taskpulse loadgen`: simulates an engine against a running taskpulse (or anything that
+//! `taskpulse-loadgen`: simulates an engine against a running taskpulse (or anything that
 //! takes the same requests), to measure what taskpulse costs and how that grows with the work.
+//! A binary of its own, beside `taskpulse`, so the sidecar's library carries none of it.
 //!
 //! N tasks report progress at R updates per second each; a share of them are WAIT tasks with
 //! wake-up times; every task finishes after K updates and is replaced by a new one, so tasks
 //! finish at N * R / K per second. Updates go as single-update requests over keep-alive
 //! connections or as NDJSON batches. The report gives accepted updates per second and request
-//! latency percentiles. `taskpulse loadgen --sink` instead runs the baseline server: it reads
+//! latency percentiles. `taskpulse-loadgen --sink` instead runs the baseline server: it reads
 //! each body and answers 200, to show what the network path itself allows. With
 //! `--protocol pushgateway` the same workload goes to a Prometheus Pushgateway (one group per
 //! task), the alternative users reach for today, for a side-by-side.
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -43,8 +44,13 @@ pub enum Protocol {
     Pushgateway,
 }
 
-/// `taskpulse loadgen` options.
-#[derive(Debug, Clone, Args)]
+/// `taskpulse-loadgen` options.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "taskpulse-loadgen",
+    version,
+    about = "Simulate an engine against a running taskpulse and report throughput and latency"
+)]
 pub struct LoadgenArgs {
     /// Base URL of the taskpulse under test
     #[arg(long, default_value = "http://127.0.0.1:9477")]
@@ -172,7 +178,7 @@ impl Workload {
             Some((1.0 / wait_fraction.min(1.0)).round().max(1.0) as usize)
         };
         let mut w = Workload {
-            run: format!("{:x}", crate::now_ms()),
+            run: format!("{:x}", now_ms()),
             conn,
             tasks: Vec::with_capacity(count),
             next: 0,
@@ -366,7 +372,7 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
                         .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
                         .body(Body::from(Bytes::from(body.clone())))
                 } else {
-                    let now_ms = crate::now_ms();
+                    let now_ms = now_ms();
                     for i in 0..per_request {
                         if i > 0 {
                             body.push('\n');
@@ -476,6 +482,29 @@ pub async fn sink(addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("loadgen sink listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = LoadgenArgs::parse();
+    if let Some(addr) = args.sink {
+        return sink(addr).await;
+    }
+    let report = run(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::store::TaskRecord;
+use crate::model::TaskRecord;
 
 /// One tracked task as the read API shows it: the record plus what is derived from it.
 #[derive(Debug, Serialize)]

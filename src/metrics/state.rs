@@ -1,4 +1,5 @@
-//! Gauges generated from the current state at scrape time (contract 4.1, 4.2, 4.3, 4.6).
+//! Gauges generated from the current state at scrape time (`docs/contract.md` §4.1-4.3
+//! and 4.6: per task, aggregates, the WAIT queue, workers).
 //!
 //! One pass over the in-memory table per scrape, holding one shard at a time, builds every
 //! gauge. Per-task series are capped by `--max-task-series`: past the cap the oldest in-flight
@@ -17,12 +18,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::text;
-use crate::engines::conductor::wait_queue::WaitSnapshot;
+use super::{text, Collector};
 use crate::leader::Leadership;
-use crate::lifecycle::Status;
+use crate::model::{Status, WAIT_TASK_TYPE};
 use crate::now_ms;
-use crate::state::{TaskState, Tracker};
+use crate::pipeline::{TaskState, Tracker};
+use crate::wait::{WaitCounts, WaitSource};
 
 /// Settings the state gauges depend on.
 #[derive(Clone, Debug)]
@@ -97,9 +98,9 @@ pub struct StateCollector {
     tracker: Arc<Tracker>,
     cfg: ScrapeConfig,
     leadership: Leadership,
-    /// With `--conductor-db`, the WAIT queue as read from Conductor's own tables; otherwise
-    /// the WAIT gauges come from the updates taskpulse sees.
-    wait_source: Option<tokio::sync::watch::Receiver<WaitSnapshot>>,
+    /// The WAIT queue as an engine source reads it from the engine's own queue; without one the
+    /// WAIT gauges come from the updates taskpulse sees.
+    wait_source: Option<WaitSource>,
 }
 
 /// Counts of one (workflow type, task type).
@@ -118,13 +119,6 @@ impl TypeCounts {
         self.stalled += o.stalled;
         self.predicted_timeout += o.predicted_timeout;
     }
-}
-
-#[derive(Default, Clone, Copy)]
-struct WaitCounts {
-    waiting: i64,
-    overdue: i64,
-    due_next_minute: i64,
 }
 
 /// The address of an interned string, the cheap first-pass key (0 for none).
@@ -218,7 +212,7 @@ impl StateCollector {
         tracker: Arc<Tracker>,
         cfg: ScrapeConfig,
         leadership: Leadership,
-        wait_source: Option<tokio::sync::watch::Receiver<WaitSnapshot>>,
+        wait_source: Option<WaitSource>,
     ) -> StateCollector {
         StateCollector {
             tracker,
@@ -227,9 +221,11 @@ impl StateCollector {
             wait_source,
         }
     }
+}
 
+impl Collector for StateCollector {
     /// Appends the state gauges, in the text format, to `out`.
-    pub fn write_text(&self, out: &mut String) {
+    fn write_text(&self, out: &mut String) {
         if !self.leadership.is_leader() {
             return;
         }
@@ -283,15 +279,8 @@ impl StateCollector {
                         (wf, WaitCounts::default())
                     })
                     .1;
-                c.waiting += 1;
-                if let Some(wake) = rec.wait_until {
-                    let late = now - wake;
-                    if late > grace_ms {
-                        c.overdue += 1;
-                        oldest_overdue_ms = oldest_overdue_ms.max(late);
-                    } else if late <= 0 && -late <= 60_000 {
-                        c.due_next_minute += 1;
-                    }
+                if let Some(late) = c.add(rec.wait_until, now, grace_ms) {
+                    oldest_overdue_ms = oldest_overdue_ms.max(late);
                 }
                 return;
             }
@@ -354,7 +343,7 @@ impl StateCollector {
         // Only types with in-flight (not WAIT) tasks have the in-flight gauges.
         let in_flight: Vec<_> = types
             .iter()
-            .filter(|((_, tt), _)| &**tt != "WAIT")
+            .filter(|((_, tt), _)| &**tt != WAIT_TASK_TYPE)
             .collect();
         for (family, pick) in [
             (
@@ -379,23 +368,13 @@ impl StateCollector {
             Some(source) => {
                 let snap = source.borrow();
                 for (wf, c) in &snap.by_workflow_type {
-                    wait_by_wf.insert(
-                        Arc::from(wf.as_str()),
-                        WaitCounts {
-                            waiting: c.waiting,
-                            overdue: c.overdue,
-                            due_next_minute: c.due_next_minute,
-                        },
-                    );
+                    wait_by_wf.insert(Arc::from(wf.as_str()), *c);
                 }
                 oldest_overdue_ms = (snap.oldest_overdue_seconds * 1000.0) as i64;
             }
             None => {
                 for (_, (wf, c)) in wait {
-                    let e = wait_by_wf.entry(wf).or_default();
-                    e.waiting += c.waiting;
-                    e.overdue += c.overdue;
-                    e.due_next_minute += c.due_next_minute;
+                    wait_by_wf.entry(wf).or_default().merge(&c);
                 }
             }
         }

@@ -1,0 +1,151 @@
+//! `LISTEN conductor_queue_state`: Conductor's `experimentalQueueNotify` trigger tells of every
+//! queue change; a change of the WAIT entry pokes the refresher.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{Acquire, PgPool};
+use tokio::sync::Notify;
+
+use super::{NOTIFY_CHANNEL, WAIT_QUEUE};
+use crate::error::Result;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Whether a `conductor_queue_state` payload shows a WAIT queue different from the last one
+/// seen (`last`: `None` = nothing seen yet). Anything unparsable counts as a change.
+fn wait_state_changed(payload: &str, last: &mut Option<Option<Value>>) -> bool {
+    match serde_json::from_str::<Value>(payload) {
+        Ok(Value::Object(mut m)) => {
+            let wait = m.remove(WAIT_QUEUE);
+            if last.as_ref() == Some(&wait) {
+                false
+            } else {
+                *last = Some(wait);
+                true
+            }
+        }
+        _ => {
+            *last = None;
+            true
+        }
+    }
+}
+
+/// Retry delay after `failures` consecutive failures: from `min(base, 500 ms)`, doubling, at
+/// most `max(base, 30 s)`.
+pub(super) fn backoff(failures: u32, base: Duration) -> Duration {
+    let first = base.min(Duration::from_millis(500));
+    let cap = base.max(MAX_BACKOFF);
+    first
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(cap)
+}
+
+pub(super) async fn connect_listener(pool: &PgPool) -> Result<PgListener> {
+    let mut l = PgListener::connect_with(pool).await?;
+    l.listen(NOTIFY_CHANNEL).await?;
+    Ok(l)
+}
+
+/// Pokes the refresher on every notification that changes the WAIT queue, and after every
+/// (re)connection of the LISTEN session.
+pub(super) async fn listen(pool: PgPool, mut listener: Option<PgListener>, poke: Arc<Notify>) {
+    let mut last_wait: Option<Option<Value>> = None;
+    let mut failures = 0u32;
+    // After an error the session is re-established before receiving again.
+    let mut lost = false;
+    loop {
+        let Some(l) = listener.as_mut() else {
+            match connect_listener(&pool).await {
+                Ok(l) => {
+                    tracing::info!("WAIT queue: listening on {NOTIFY_CHANNEL}");
+                    listener = Some(l);
+                    failures = 0;
+                    last_wait = None;
+                    poke.notify_one();
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(error = %e, "WAIT queue: cannot LISTEN yet");
+                    tokio::time::sleep(backoff(failures, Duration::from_secs(1))).await;
+                }
+            }
+            continue;
+        };
+        if lost {
+            match (&mut *l).acquire().await {
+                Ok(_) => {
+                    tracing::info!("WAIT queue: LISTEN {NOTIFY_CHANNEL} re-established");
+                    lost = false;
+                    failures = 0;
+                    last_wait = None;
+                    poke.notify_one();
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::debug!(error = %e, "WAIT queue: LISTEN session still down");
+                    tokio::time::sleep(backoff(failures, Duration::from_secs(1))).await;
+                }
+            }
+            continue;
+        }
+        match l.try_recv().await {
+            Ok(Some(n)) => {
+                if wait_state_changed(n.payload(), &mut last_wait) {
+                    poke.notify_one();
+                }
+            }
+            Ok(None) => {
+                // The session dropped and PgListener opened a new one (LISTEN included);
+                // notifications may have been missed in between.
+                tracing::info!("WAIT queue: LISTEN session reconnected");
+                last_wait = None;
+                poke.notify_one();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WAIT queue: LISTEN session lost; reconnecting");
+                lost = true;
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(backoff(failures, Duration::from_secs(1))).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_of_the_wait_entry_cause_a_read() {
+        let mut last = None;
+        let p1 = r#"{"WAIT":{"nextDelivery":1,"depth":2},"x":{"nextDelivery":5,"depth":1},"__now__":10}"#;
+        assert!(wait_state_changed(p1, &mut last));
+        let p2 = r#"{"WAIT":{"nextDelivery":1,"depth":2},"x":{"nextDelivery":5,"depth":9},"__now__":11}"#;
+        assert!(!wait_state_changed(p2, &mut last));
+        let p3 = r#"{"WAIT":{"nextDelivery":1,"depth":3},"__now__":12}"#;
+        assert!(wait_state_changed(p3, &mut last));
+        let empty = r#"{"__now__":13}"#;
+        assert!(wait_state_changed(empty, &mut last));
+        assert!(!wait_state_changed(empty, &mut last));
+        assert!(wait_state_changed("garbage", &mut last));
+        assert!(wait_state_changed(empty, &mut last));
+    }
+
+    #[test]
+    fn backoff_doubles_within_bounds() {
+        let base = Duration::from_secs(5);
+        assert_eq!(backoff(1, base), Duration::from_millis(500));
+        assert_eq!(backoff(2, base), Duration::from_secs(1));
+        assert_eq!(backoff(4, base), Duration::from_secs(4));
+        assert_eq!(backoff(10, base), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX, base), MAX_BACKOFF);
+        let fast = Duration::from_millis(200);
+        assert_eq!(backoff(1, fast), fast);
+        let slow = Duration::from_secs(120);
+        assert_eq!(backoff(30, slow), slow);
+    }
+}

@@ -1,0 +1,338 @@
+//! Reading Conductor's `queue_message` rows of the WAIT queue, and the WAIT tasks' JSON, on a
+//! read-only session.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor, PgPool};
+
+use super::{APPLICATION_NAME, WAIT_QUEUE};
+use crate::error::{Error, Result};
+use crate::wait::{WaitSnapshot, WaitTally};
+
+/// A wake-up time further out than this is "until signalled".
+const NO_TIMER_HORIZON_MS: i64 = 10 * 365 * 86_400_000;
+/// Run first on every session: read-only, and a server-side limit for one statement.
+const SESSION_SETUP: &str = "SET default_transaction_read_only = on; SET statement_timeout = '10s'";
+/// Client-side limit for one whole read (also covers a silent network).
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const TASK_LOOKUP_CHUNK: usize = 1000;
+
+/// One WAIT message as read, joined with its task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WaitRow {
+    pub message_id: String,
+    /// `workflowType` of the task, "" when unknown.
+    pub workflow_type: String,
+    /// When the task should wake (epoch ms); `None`: no timer, it waits to be signalled.
+    pub wake_at: Option<i64>,
+    /// Delivered to Conductor's system task worker.
+    pub popped: bool,
+}
+
+/// What `task.json_data` tells about a WAIT task.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskInfo {
+    pub workflow_type: String,
+    pub wait_timeout: Option<i64>,
+}
+
+/// Parses the fields needed from a task's JSON. Never fails: whatever is missing or malformed
+/// is left at its default.
+pub fn task_info(json_data: &str) -> TaskInfo {
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(rename = "workflowType", default)]
+        workflow_type: Option<Value>,
+        #[serde(rename = "waitTimeout", default)]
+        wait_timeout: Option<Value>,
+    }
+    // (a derived struct would also take a JSON array, field by field)
+    if !json_data.trim_start().starts_with('{') {
+        return TaskInfo::default();
+    }
+    let Ok(raw) = serde_json::from_str::<Raw>(json_data) else {
+        return TaskInfo::default();
+    };
+    let workflow_type = match raw.workflow_type {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
+    };
+    let wait_timeout = raw.wait_timeout.and_then(|v| match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 9.0e18)
+                .map(|f| f as i64)
+        }),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    });
+    TaskInfo {
+        workflow_type,
+        wait_timeout,
+    }
+}
+
+/// The wake-up time of a WAIT task: `waitTimeout` when present and positive, else `deliver_on`
+/// (both epoch ms); `None` when neither is known or it is more than ten years after `now`
+/// (a WAIT without a timer).
+pub fn wake_time(deliver_on: Option<i64>, wait_timeout: Option<i64>, now: i64) -> Option<i64> {
+    let wake = wait_timeout.filter(|t| *t > 0).or(deliver_on)?;
+    (wake <= now.saturating_add(NO_TIMER_HORIZON_MS)).then_some(wake)
+}
+
+/// The WAIT gauges from one read. Popped rows are delivered, not waiting. Per workflow type:
+/// `waiting` counts every unpopped row; `overdue` those with `wake + grace < now`;
+/// `due_next_minute` those with `now <= wake <= now + 60 s`. `oldest_overdue_seconds` is the
+/// largest `now - wake` among the overdue.
+pub fn snapshot_from_rows(rows: &[WaitRow], now: i64, grace: Duration) -> WaitSnapshot {
+    let mut tally = WaitTally::new(now, grace);
+    for row in rows.iter().filter(|r| !r.popped) {
+        tally.add(&row.workflow_type, row.wake_at);
+    }
+    tally.finish()
+}
+
+/// A pool on Conductor's database whose every session is read-only. `url`: `postgres://...`.
+pub async fn connect_read_only(url: &str) -> Result<PgPool> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::Config(
+            "--conductor-db: expected a postgres://... URL".into(),
+        ));
+    }
+    let mut options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| Error::Config(format!("--conductor-db: {e}")))?;
+    if options.get_application_name().is_none() {
+        options = options.application_name(APPLICATION_NAME);
+    }
+    let pool = PgPoolOptions::new()
+        // one for reads, one held by the listener, one spare while a dead one is replaced
+        .max_connections(3)
+        .min_connections(0)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // no arguments: the simple query protocol, so both statements run
+                conn.execute(SESSION_SETUP).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// The WAIT rows and the statement time in one statement (one row even when WAIT is empty).
+const READ_QUEUE: &str = "\
+    SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8 AS now_ms, \
+           q.message_id, q.popped, q.deliver_ms \
+    FROM (SELECT 1) AS one \
+    LEFT JOIN ( \
+        SELECT message_id::text AS message_id, COALESCE(popped, FALSE) AS popped, \
+               CASE WHEN isfinite(deliver_on) \
+                    THEN (EXTRACT(EPOCH FROM (deliver_on AT TIME ZONE 'UTC')) * 1000)::int8 \
+               END AS deliver_ms \
+        FROM queue_message WHERE queue_name = $1 \
+    ) AS q ON TRUE";
+
+const READ_TASKS: &str =
+    "SELECT task_id::text, json_data::text FROM task WHERE task_id = ANY($1::text[])";
+
+/// Reads the WAIT queue, caching what each task's JSON says while its message is queued.
+pub(super) struct Reader {
+    pub(super) pool: PgPool,
+    pub(super) tasks: HashMap<String, TaskInfo>,
+}
+
+impl Reader {
+    async fn read(&mut self) -> Result<(Vec<WaitRow>, i64)> {
+        type QueueRow = (i64, Option<String>, Option<bool>, Option<i64>);
+        let raw: Vec<QueueRow> = sqlx::query_as(READ_QUEUE)
+            .bind(WAIT_QUEUE)
+            .fetch_all(&self.pool)
+            .await?;
+        let now = raw.first().map(|r| r.0).unwrap_or_else(crate::now_ms);
+        let queued: Vec<(String, bool, Option<i64>)> = raw
+            .into_iter()
+            .filter_map(|(_, id, popped, deliver)| Some((id?, popped.unwrap_or(false), deliver)))
+            .collect();
+
+        let present: HashSet<&str> = queued.iter().map(|q| q.0.as_str()).collect();
+        self.tasks.retain(|id, _| present.contains(id.as_str()));
+        let missing: Vec<String> = queued
+            .iter()
+            .filter(|q| !self.tasks.contains_key(&q.0))
+            .map(|q| q.0.clone())
+            .collect();
+        for chunk in missing.chunks(TASK_LOOKUP_CHUNK) {
+            let found: Vec<(String, Option<String>)> = sqlx::query_as(READ_TASKS)
+                .bind(chunk)
+                .fetch_all(&self.pool)
+                .await?;
+            for (id, json) in found {
+                let info = json.as_deref().map(task_info).unwrap_or_default();
+                self.tasks.insert(id, info);
+            }
+        }
+
+        let rows = queued
+            .into_iter()
+            .map(|(message_id, popped, deliver)| {
+                let info = self.tasks.get(&message_id);
+                WaitRow {
+                    workflow_type: info.map(|i| i.workflow_type.clone()).unwrap_or_default(),
+                    wake_at: wake_time(deliver, info.and_then(|i| i.wait_timeout), now),
+                    popped,
+                    message_id,
+                }
+            })
+            .collect();
+        Ok((rows, now))
+    }
+
+    pub(super) async fn read_timed(&mut self) -> Result<(Vec<WaitRow>, i64)> {
+        match tokio::time::timeout(READ_TIMEOUT, self.read()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "reading Conductor's WAIT queue timed out",
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait::WaitCounts;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn row(id: &str, wf: &str, wake: Option<i64>, popped: bool) -> WaitRow {
+        WaitRow {
+            message_id: id.into(),
+            workflow_type: wf.into(),
+            wake_at: wake,
+            popped,
+        }
+    }
+
+    #[test]
+    fn task_info_reads_type_and_wait_timeout() {
+        let info = task_info(
+            r#"{"taskId":"t","taskType":"WAIT","workflowType":"order","waitTimeout":1700000060000,"inputData":{"duration":"1m"}}"#,
+        );
+        assert_eq!(
+            info,
+            TaskInfo {
+                workflow_type: "order".into(),
+                wait_timeout: Some(1_700_000_060_000)
+            }
+        );
+    }
+
+    #[test]
+    fn task_info_is_lenient() {
+        assert_eq!(task_info("not json"), TaskInfo::default());
+        assert_eq!(task_info("[1,2]"), TaskInfo::default());
+        assert_eq!(task_info("{}"), TaskInfo::default());
+        let odd = task_info(r#"{"workflowType":42,"waitTimeout":"1700000060000"}"#);
+        assert_eq!(odd.workflow_type, "");
+        assert_eq!(odd.wait_timeout, Some(1_700_000_060_000));
+        assert_eq!(
+            task_info(r#"{"waitTimeout":1.7e12}"#).wait_timeout,
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(task_info(r#"{"waitTimeout":1e300}"#).wait_timeout, None);
+        assert_eq!(task_info(r#"{"waitTimeout":null}"#).wait_timeout, None);
+        assert_eq!(task_info(r#"{"waitTimeout":"soon"}"#).wait_timeout, None);
+    }
+
+    #[test]
+    fn wait_timeout_wins_over_deliver_on() {
+        assert_eq!(wake_time(Some(NOW + 5_000), Some(NOW), NOW), Some(NOW));
+        assert_eq!(wake_time(Some(NOW + 5_000), None, NOW), Some(NOW + 5_000));
+        // Conductor writes 0 when there is no timer
+        assert_eq!(
+            wake_time(Some(NOW + 5_000), Some(0), NOW),
+            Some(NOW + 5_000)
+        );
+        assert_eq!(wake_time(None, None, NOW), None);
+    }
+
+    #[test]
+    fn a_wait_without_timer_has_no_wake_time() {
+        let forever = NOW + 2_147_483_647_000;
+        assert_eq!(wake_time(Some(forever), None, NOW), None);
+        assert_eq!(
+            wake_time(Some(i64::MAX), None, i64::MAX - 1),
+            Some(i64::MAX)
+        );
+        // a year out is a real timer
+        let year = NOW + 365 * 86_400_000;
+        assert_eq!(wake_time(Some(year), None, NOW), Some(year));
+    }
+
+    #[test]
+    fn popped_rows_are_not_waiting() {
+        let grace = Duration::from_secs(30);
+        let rows = vec![
+            row("a", "order", Some(NOW - 120_000), false), // overdue by 120 s
+            row("b", "order", Some(NOW - 30_000), false),  // exactly at grace: not overdue
+            row("c", "order", Some(NOW + 30_000), false),  // due next minute
+            row("d", "order", Some(NOW), false),           // due right now: next minute
+            row("e", "order", Some(NOW + 60_000), false),  // edge of the minute: due
+            row("f", "order", Some(NOW + 60_001), false),  // later
+            row("g", "billing", Some(NOW - 45_000), false), // overdue by 45 s
+            row("h", "billing", None, false),              // until signalled
+            row("i", "billing", Some(NOW - 999_000), true), // popped: delivered
+            row("j", "", Some(NOW + 1_000), false),
+            row("k", "popped-only", Some(NOW), true),
+        ];
+        let s = snapshot_from_rows(&rows, NOW, grace);
+        assert_eq!(s.read_at, NOW);
+        assert_eq!(s.oldest_overdue_seconds, 120.0);
+        let want: HashMap<String, WaitCounts> = [
+            (
+                "order",
+                WaitCounts {
+                    waiting: 6,
+                    overdue: 1,
+                    due_next_minute: 3,
+                },
+            ),
+            (
+                "billing",
+                WaitCounts {
+                    waiting: 2,
+                    overdue: 1,
+                    due_next_minute: 0,
+                },
+            ),
+            (
+                "",
+                WaitCounts {
+                    waiting: 1,
+                    overdue: 0,
+                    due_next_minute: 1,
+                },
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(s.by_workflow_type, want);
+    }
+
+    #[test]
+    fn empty_queue_gives_zeroes() {
+        let s = snapshot_from_rows(&[], NOW, Duration::ZERO);
+        assert!(s.by_workflow_type.is_empty());
+        assert_eq!(s.oldest_overdue_seconds, 0.0);
+    }
+}

@@ -1,0 +1,105 @@
+//! The HTTP surface (`docs/contract.md` §2 and §5): ingest, reading state, health and `/metrics`, served by
+//! our own accept loop ([`server`]). Handlers parse, call the pipeline or read memory and the
+//! store, and turn the outcome into a response; nothing here decides about an update.
+//!
+//! Engines add routes of their own ([`Routes`]): under `/api/v1/` behind the same token, or at
+//! the root (a worker proxy). This module never names an engine.
+
+mod auth;
+pub mod body;
+pub mod ingest;
+mod read;
+pub mod server;
+mod views;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::metrics::Exposition;
+use crate::pipeline::Pipeline;
+use crate::settings::HttpSettings;
+use crate::store::Store;
+
+pub use auth::bearer_matches;
+pub use views::TaskView;
+
+/// Shared by the core's handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    pub pipeline: Arc<Pipeline>,
+    pub store: Store,
+    pub exposition: Arc<Exposition>,
+    pub settings: Arc<HttpSettings>,
+    /// `--stall-after`, for the task views' `stalled`.
+    pub stall_after: Duration,
+    /// Set when shutdown starts: readiness turns false at once.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// Routes an engine adds, each with its own state already applied.
+#[derive(Default)]
+pub struct Routes {
+    /// Nested under `/api/v1`, behind `--auth-token` like the core's own API.
+    pub api: Router,
+    /// At the root, outside taskpulse's own API.
+    pub root: Router,
+}
+
+impl Routes {
+    pub fn merge(mut self, other: Routes) -> Routes {
+        self.api = self.api.merge(other.api);
+        self.root = self.root.merge(other.root);
+        self
+    }
+}
+
+/// The router: the core's routes, the engines' routes, and the limits every request gets.
+pub fn router(state: HttpState, extra: Routes) -> Router {
+    let token = Arc::new(state.settings.auth_token.clone());
+    let api = Router::new()
+        .route("/updates", post(ingest::post_updates))
+        .route("/tasks", get(read::list_tasks))
+        .route("/tasks/{task_id}", get(read::get_task))
+        .route("/repairs", get(read::list_repairs))
+        .with_state(state.clone())
+        .merge(extra.api)
+        .layer(middleware::from_fn_with_state(token, auth::require_token));
+    Router::new()
+        .route("/", get(read::landing))
+        .route("/healthz", get(read::healthz))
+        .route("/readyz", get(read::readyz))
+        .route("/metrics", get(read::metrics))
+        .with_state(state.clone())
+        .nest("/api/v1", api)
+        .merge(extra.root)
+        .fallback(read::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.settings.body_read_timeout,
+            body::deadline,
+        ))
+        .layer(DefaultBodyLimit::max(
+            state.settings.max_body_bytes.as_u64() as usize,
+        ))
+}
+
+/// A JSON error body with a status.
+pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// 503 with `Retry-After: 1`.
+pub fn unavailable(msg: impl Into<String>) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}

@@ -1,0 +1,252 @@
+//! Reading state: the task list and one task, the repairs audit, health, readiness,
+//! `/metrics` and the landing page (`docs/contract.md` §2 and §5).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::views::TaskView;
+use super::{error, unavailable, HttpState};
+use crate::model::{Attempt, Status};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    task_type: Option<String>,
+    workflow_id: Option<String>,
+    limit: Option<String>,
+}
+
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// `GET /api/v1/tasks`: tracked tasks, most recently updated first.
+pub(super) async fn list_tasks(State(s): State<HttpState>, Query(q): Query<ListQuery>) -> Response {
+    let status = match q.status.as_deref().filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => match Status::parse(v) {
+            Some(st) => Some(st),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "unknown status `{v}`; expected a Conductor task status such as IN_PROGRESS"
+                ),
+                )
+            }
+        },
+    };
+    let limit = match parse_limit(q.limit.as_deref()) {
+        Ok(n) => n,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let tracker = s.pipeline.tracker();
+    let mut tasks = tracker.select(|r| {
+        status.is_none_or(|st| r.status == st)
+            && q.task_type.as_deref().is_none_or(|t| &*r.task_type == t)
+            && q.workflow_id
+                .as_deref()
+                .is_none_or(|w| &*r.workflow_id == w)
+    });
+    tasks.sort_unstable_by(|a, b| {
+        b.last_seen
+            .cmp(&a.last_seen)
+            .then(a.task_id.cmp(&b.task_id))
+    });
+    tasks.truncate(limit);
+    let stall_ms = s.stall_after.as_millis() as i64;
+    let now = crate::now_ms();
+    let views: Vec<TaskView> = tasks
+        .iter()
+        .map(|r| {
+            let predicted = tracker.predicted_completion(&r.task_id, now, stall_ms);
+            TaskView::new(r, predicted, now, stall_ms)
+        })
+        .collect();
+    Json(json!({ "tasks": views, "count": views.len() })).into_response()
+}
+
+/// `GET /api/v1/tasks/{taskId}`: one task, its recent history and its attempts' workers.
+pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<String>) -> Response {
+    let tracker = s.pipeline.tracker();
+    let rec = match tracker.get(&task_id) {
+        Some(r) => Some(r),
+        None => match within_store_timeout(s.store.get_task(&task_id)).await {
+            Ok(r) => r,
+            Err(why) => return unavailable(format!("store unavailable: {why}")),
+        },
+    };
+    let Some(rec) = rec else {
+        return error(StatusCode::NOT_FOUND, format!("unknown task `{task_id}`"));
+    };
+    // History lives in the store. When it can't answer (promptly), a task in memory is still
+    // shown, with what memory knows and the reason the rest is missing: during an outage the
+    // current state is what an operator looks for.
+    let from_store = within_store_timeout(async {
+        tokio::try_join!(
+            s.store.task_history(&task_id, 50),
+            s.store.task_attempts(&task_id)
+        )
+    })
+    .await;
+    let (history, mut attempts, history_error) = match from_store {
+        Ok((h, a)) => (h, a, None),
+        Err(why) => (
+            Vec::new(),
+            Vec::new(),
+            Some(format!("store unavailable: {why}")),
+        ),
+    };
+    // The current attempt is in memory at once; its row may still be on its way to the store.
+    if let Some(worker) = &rec.worker_id {
+        let n = rec.retry_count.unwrap_or(0);
+        if !attempts
+            .iter()
+            .any(|a| a.attempt == n && a.worker_id == *worker)
+        {
+            attempts.push(Attempt {
+                task_id: rec.task_id.clone(),
+                attempt: n,
+                worker_id: worker.clone(),
+                first_seen: rec.last_seen,
+                last_seen: rec.last_seen,
+            });
+        }
+    }
+    let stall_ms = s.stall_after.as_millis() as i64;
+    let now = crate::now_ms();
+    let predicted = tracker.predicted_completion(&task_id, now, stall_ms);
+    let mut view =
+        serde_json::to_value(TaskView::new(&rec, predicted, now, stall_ms)).unwrap_or_default();
+    view["history"] = json!(history);
+    view["attempts"] = json!(attempts);
+    if let Some(why) = history_error {
+        // Only the in-memory part is shown; say so rather than pass off an empty history.
+        view["historyUnavailable"] = json!(why);
+    }
+    Json(view).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RepairsQuery {
+    limit: Option<String>,
+}
+
+/// `GET /api/v1/repairs`: the checker's audit trail, newest first.
+pub(super) async fn list_repairs(
+    State(s): State<HttpState>,
+    Query(q): Query<RepairsQuery>,
+) -> Response {
+    let limit = match parse_limit(q.limit.as_deref()) {
+        Ok(n) => n,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    match s.store.list_repairs(limit as i64).await {
+        Ok(repairs) => Json(json!({ "repairs": repairs, "count": repairs.len() })).into_response(),
+        Err(e) => unavailable(format!("store unavailable: {e}")),
+    }
+}
+
+/// `limit` query parameter: 1 to MAX_LIST_LIMIT, default DEFAULT_LIST_LIMIT.
+fn parse_limit(v: Option<&str>) -> Result<usize, String> {
+    match v.filter(|v| !v.is_empty()) {
+        None => Ok(DEFAULT_LIST_LIMIT),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"
+            )),
+        },
+    }
+}
+
+pub(super) async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Ready: not draining, the writer not failing, the store reachable and migrated.
+pub(super) async fn readyz(State(s): State<HttpState>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    // The writer knows first: a store that answers pings but refuses writes (disk full, read-
+    // only, a lock held) is not ready either.
+    let writer = s.pipeline.tracker().writer();
+    if let Some(since) = writer.store_failing_since() {
+        let secs = (crate::now_ms() - since).max(0) as f64 / 1000.0;
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store not ready: writes have been failing for {secs:.1}s and are being retried ({} pending)",
+                writer.pending()
+            ),
+        );
+    }
+    match within_store_timeout(s.store.ready()).await {
+        Ok(()) => Json(json!({ "status": "ready", "store": s.store.kind() })).into_response(),
+        Err(why) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not ready: {why}"),
+        ),
+    }
+}
+
+/// Longest a read request (readiness, the task view) waits for the store before answering
+/// without it: a store that hangs must not hang the probes and the API with it.
+const STORE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A store read bounded by [`STORE_READ_TIMEOUT`]; the error says why it gave no answer.
+async fn within_store_timeout<T>(
+    read: impl std::future::Future<Output = crate::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STORE_READ_TIMEOUT, read).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(STORE_READ_TIMEOUT)
+        )),
+    }
+}
+
+pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
+    let exposition = s.exposition.clone();
+    match tokio::task::spawn_blocking(move || exposition.render()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("scrape failed: {e}"),
+        ),
+    }
+}
+
+pub(super) async fn landing() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><html><head><title>taskpulse</title></head><body>",
+        "<h1>taskpulse ",
+        env!("CARGO_PKG_VERSION"),
+        "</h1><p>Monitoring sidecar for workflow engines.</p><ul>",
+        "<li><a href=\"/metrics\">/metrics</a></li>",
+        "<li><a href=\"/api/v1/tasks\">/api/v1/tasks</a></li>",
+        "<li><a href=\"/healthz\">/healthz</a></li>",
+        "<li><a href=\"/readyz\">/readyz</a></li></ul></body></html>"
+    ))
+}
+
+pub(super) async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}

@@ -1,0 +1,275 @@
+//! The domain model every layer shares: a task's status, its record, the lines of its history,
+//! the worker of each attempt, and the checker's audit lines.
+//!
+//! The store persists these, the pipeline keeps them in memory, the metrics and the read API
+//! show them; none of those import each other for the types. Serialized (camelCase, times in
+//! epoch ms) they are the bodies of the read API (`docs/contract.md` §2 and §5).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Conductor's task statuses, which taskpulse uses for every engine (other engines' states are
+/// mapped onto them by their adapter; see `docs/contract.md` §3).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Scheduled,
+    InProgress,
+    Completed,
+    CompletedWithErrors,
+    Failed,
+    FailedWithTerminalError,
+    TimedOut,
+    Canceled,
+    Skipped,
+}
+
+impl Status {
+    pub const ALL: [Status; 9] = [
+        Status::Scheduled,
+        Status::InProgress,
+        Status::Completed,
+        Status::CompletedWithErrors,
+        Status::Failed,
+        Status::FailedWithTerminalError,
+        Status::TimedOut,
+        Status::Canceled,
+        Status::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "SCHEDULED",
+            Status::InProgress => "IN_PROGRESS",
+            Status::Completed => "COMPLETED",
+            Status::CompletedWithErrors => "COMPLETED_WITH_ERRORS",
+            Status::Failed => "FAILED",
+            Status::FailedWithTerminalError => "FAILED_WITH_TERMINAL_ERROR",
+            Status::TimedOut => "TIMED_OUT",
+            Status::Canceled => "CANCELED",
+            Status::Skipped => "SKIPPED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Terminal statuses are final (`docs/contract.md` §3).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Scheduled | Status::InProgress)
+    }
+
+    /// Terminal and successful, as Conductor defines it.
+    pub fn is_successful(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::CompletedWithErrors | Status::Skipped
+        )
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The task type whose unfinished tasks sit in the WAIT queue rather than run on a worker.
+pub const WAIT_TASK_TYPE: &str = "WAIT";
+
+/// A task as persisted, and as held in memory (the pipeline's table wraps it with throttle
+/// bookkeeping). Strings are `Arc<str>` so a snapshot for the writer costs reference counts,
+/// not copies, and repeated names (task types, workflow ids, workers) are shared.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub task_id: Arc<str>,
+    pub workflow_id: Arc<str>,
+    pub task_type: Arc<str>,
+    pub workflow_type: Option<Arc<str>>,
+    pub reference_task_name: Option<Arc<str>>,
+    pub seq: Option<i32>,
+    pub iteration: Option<i32>,
+    pub retry_count: Option<i32>,
+    pub status: Status,
+    #[serde(rename = "progressPercent")]
+    pub progress: Option<f32>,
+    pub progress_message: Option<Arc<str>>,
+    pub worker_id: Option<Arc<str>>,
+    /// Engine times, epoch ms.
+    pub start_time: Option<i64>,
+    pub update_time: Option<i64>,
+    pub timeout_seconds: Option<i64>,
+    pub response_timeout_seconds: Option<i64>,
+    pub wait_until: Option<i64>,
+    /// taskpulse's own times, epoch ms: first and last accepted update, last progress change.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub progress_changed: i64,
+    pub terminal_at: Option<i64>,
+}
+
+impl TaskRecord {
+    /// When the task times out: `startTime + timeoutSeconds` (taskpulse's first sight when the
+    /// engine didn't send `startTime`). `timeoutSeconds = 0` means no timeout, as in Conductor.
+    pub fn deadline_ms(&self) -> Option<i64> {
+        let timeout = self.timeout_seconds.filter(|t| *t > 0)?;
+        let start = self
+            .start_time
+            .filter(|t| *t > 0)
+            .unwrap_or(self.first_seen);
+        Some(start.saturating_add(timeout.saturating_mul(1000)))
+    }
+
+    /// A WAIT task that hasn't finished sits in the WAIT queue.
+    pub fn is_waiting(&self) -> bool {
+        !self.status.is_terminal() && &*self.task_type == WAIT_TASK_TYPE
+    }
+
+    /// In flight: not finished and not a WAIT task.
+    pub fn is_in_flight(&self) -> bool {
+        !self.status.is_terminal() && &*self.task_type != WAIT_TASK_TYPE
+    }
+}
+
+/// Whether a history line records an accepted status change or a rejected update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Accepted,
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected => "rejected",
+        }
+    }
+
+    /// What the store holds; anything but `rejected` reads as accepted.
+    pub fn parse(s: &str) -> Outcome {
+        if s == "rejected" {
+            Outcome::Rejected
+        } else {
+            Outcome::Accepted
+        }
+    }
+}
+
+/// One line of a task's history: an accepted status change or a rejected update.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskEvent {
+    #[serde(skip)]
+    pub task_id: Arc<str>,
+    /// taskpulse's time, epoch ms.
+    pub at: i64,
+    pub outcome: Outcome,
+    pub from: Option<Status>,
+    pub to: Status,
+    pub reason: Option<String>,
+    pub worker_id: Option<Arc<str>>,
+    pub progress_percent: Option<f32>,
+    pub update_time: Option<i64>,
+}
+
+/// Which worker ran an attempt of a task. Kept after the worker is gone.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    #[serde(skip)]
+    pub task_id: Arc<str>,
+    /// Conductor's `retryCount` (0 for the first attempt).
+    pub attempt: i32,
+    pub worker_id: Arc<str>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// A stored task and the version its row had when it was read (optimistic locking).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTask {
+    pub rec: TaskRecord,
+    pub version: i64,
+}
+
+/// One line of the checker's audit trail: a repair it attempted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairRecord {
+    pub id: Option<i64>,
+    /// When, epoch ms.
+    pub at: i64,
+    pub rule: String,
+    pub task_id: String,
+    pub workflow_id: String,
+    /// `repaired`, `conflict` or `failed`.
+    pub outcome: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub evidence: serde_json::Value,
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_classify() {
+        for st in Status::ALL {
+            assert_eq!(Status::parse(st.as_str()), Some(st));
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+        }
+        assert_eq!(Status::parse("in_progress"), None);
+        let terminal: Vec<_> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(terminal.len(), 7);
+        assert!(!Status::Scheduled.is_terminal() && !Status::InProgress.is_terminal());
+        assert!(Status::Skipped.is_successful() && !Status::TimedOut.is_successful());
+    }
+
+    #[test]
+    fn deadline_starts_at_start_time_or_first_sight() {
+        let mut r = TaskRecord {
+            task_id: "t".into(),
+            workflow_id: "w".into(),
+            task_type: "encode".into(),
+            workflow_type: None,
+            reference_task_name: None,
+            seq: None,
+            iteration: None,
+            retry_count: None,
+            status: Status::InProgress,
+            progress: None,
+            progress_message: None,
+            worker_id: None,
+            start_time: None,
+            update_time: None,
+            timeout_seconds: Some(60),
+            response_timeout_seconds: None,
+            wait_until: None,
+            first_seen: 1_000,
+            last_seen: 1_000,
+            progress_changed: 1_000,
+            terminal_at: None,
+        };
+        assert_eq!(r.deadline_ms(), Some(61_000));
+        r.start_time = Some(500);
+        assert_eq!(r.deadline_ms(), Some(60_500));
+        r.timeout_seconds = Some(0);
+        assert_eq!(r.deadline_ms(), None, "0 means no timeout");
+        assert!(r.is_in_flight() && !r.is_waiting());
+        r.task_type = WAIT_TASK_TYPE.into();
+        assert!(r.is_waiting() && !r.is_in_flight());
+        r.status = Status::Completed;
+        assert!(!r.is_waiting() && !r.is_in_flight());
+    }
+}

@@ -1,0 +1,329 @@
+//! The table's life besides the hot path: loading from the store, following it when it holds
+//! something newer, settling writes that lost to it, eviction past the cap, sweeping, and the
+//! reads the API, the metrics and the checker make.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::task::{diff_records, event, TaskState};
+use super::tracker::Tracker;
+use crate::lifecycle::{self, Current, Diff, Rejection, Verdict};
+use crate::model::{Outcome, Status, TaskRecord};
+use crate::now_ms;
+use crate::store::writer::Lost;
+use crate::store::{Op, WriteKind};
+use crate::throttle::Pending;
+
+/// How a write that lost to the store ends, decided by the lifecycle on what the store holds.
+#[derive(Debug, PartialEq)]
+pub enum Settled {
+    /// The store already holds this update.
+    Duplicate,
+    Rejected(Rejection),
+}
+
+impl Tracker {
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Resolves when a new task has put the table far over the cap (the sweeper then evicts
+    /// without waiting for its next tick).
+    pub async fn eviction_wanted(&self) {
+        self.evict_now.notified().await
+    }
+
+    /// Evicts tasks until at most `--max-tracked-tasks` remain in memory; returns how many left.
+    ///
+    /// The policy: finished tasks go first (they are only kept for duplicate detection, which
+    /// the store can answer as well), then unfinished ones, least recently touched in memory
+    /// first (`touched`: a task loaded back from the store counts as updated when it was
+    /// loaded). An evicted task leaves memory only: a coalesced progress value is handed to the
+    /// writer before the entry is dropped, so the store holds everything memory held. When an
+    /// update for it arrives later, the pipeline finds it missing from memory and loads it from
+    /// the store before the lifecycle decides, exactly as for a finished task past
+    /// `--terminal-retention`.
+    ///
+    /// This runs from the sweeper, not on the request path: it scans the whole table, one shard
+    /// at a time, and takes each victim's entry only briefly. A task updated between the scan
+    /// and its removal is kept (its `touched` time moved), so an eviction never loses an update.
+    pub fn evict_over_cap(&self) -> usize {
+        let len = self.tasks.len();
+        if len <= self.max_tracked {
+            return 0;
+        }
+        let excess = len - self.max_tracked;
+        let mut candidates: Vec<(bool, i64, Arc<str>)> = self
+            .tasks
+            .iter()
+            .map(|e| (!e.rec.status.is_terminal(), e.touched, e.key().clone()))
+            .collect();
+        if excess < candidates.len() {
+            candidates.select_nth_unstable(excess - 1);
+            candidates.truncate(excess);
+        }
+        let now = now_ms();
+        let mut evicted = 0;
+        for (_, seen, id) in candidates {
+            if let Some(mut entry) = self.tasks.get_mut(&*id) {
+                let st = entry.value_mut();
+                if st.touched != seen {
+                    continue;
+                }
+                if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
+                    self.send_task(st, WriteKind::Progress, now, None, None);
+                }
+            }
+            if self
+                .tasks
+                .remove_if(&*id, |_, st| {
+                    st.touched == seen && st.pending == Pending::Clean
+                })
+                .is_some()
+            {
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            self.metrics.tasks_evicted_total.inc_by(evicted as u64);
+            tracing::debug!(
+                evicted,
+                cap = self.max_tracked,
+                "over --max-tracked-tasks: least recently updated tasks left memory"
+            );
+        }
+        evicted
+    }
+
+    /// Writes every waiting value now, ignoring the limiter (shutdown).
+    pub fn flush_all(&self) -> usize {
+        let now = now_ms();
+        let mut flushed = 0;
+        for mut entry in self.tasks.iter_mut() {
+            let st = entry.value_mut();
+            if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
+                self.send_task(st, WriteKind::Progress, now, None, None);
+                flushed += 1;
+            }
+        }
+        flushed
+    }
+
+    /// Puts one stored task into memory (the start-up rebuild, row by row); call
+    /// [`Tracker::loaded`] after the last.
+    pub fn load_one(&self, rec: TaskRecord) {
+        let rec = self.intern(rec);
+        self.tasks.insert(rec.task_id.clone(), TaskState::new(rec));
+    }
+
+    /// After loading: a store with more unfinished tasks than the cap keeps the most recently
+    /// updated in memory.
+    pub fn loaded(&self) {
+        self.evict_over_cap();
+    }
+
+    /// Of `ids`, those not in memory (each once).
+    pub fn unknown<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut seen = HashSet::new();
+        ids.into_iter()
+            .filter(|id| !self.tasks.contains_key(*id) && seen.insert(*id))
+            .collect()
+    }
+
+    /// Brings tasks that left memory (finished past the retention) back from the store before
+    /// updates for them are decided, so the lifecycle sees what the store holds. A task that
+    /// arrived in memory meanwhile is left as it is.
+    pub fn load_absent(&self, records: Vec<TaskRecord>) {
+        for rec in records {
+            if let dashmap::Entry::Vacant(v) = self.tasks.entry(rec.task_id.clone()) {
+                let rec = self.intern(rec);
+                v.insert(TaskState::new(rec));
+            }
+        }
+        self.check_cap();
+    }
+
+    /// Shares the record's names with the rest of the table.
+    fn intern(&self, mut rec: TaskRecord) -> TaskRecord {
+        rec.task_type = self.names.get(&rec.task_type);
+        rec.workflow_id = self.names.get(&rec.workflow_id);
+        rec.workflow_type = rec.workflow_type.map(|s| self.names.get(&s));
+        if let Some(w) = rec.worker_id.take() {
+            let w = self.names.get(&w);
+            if !rec.status.is_terminal() {
+                self.workers
+                    .entry(w.clone())
+                    .and_modify(|t| *t = (*t).max(rec.last_seen))
+                    .or_insert(rec.last_seen);
+            }
+            rec.worker_id = Some(w);
+        }
+        rec
+    }
+
+    /// A write lost to what the store holds (another replica or a repair got there first). The
+    /// lifecycle decides again, once, on the stored row: the update is a duplicate of it, or
+    /// rejected like any other attempt to leave a final state or to go back in time. Memory
+    /// follows the store either way.
+    pub fn settle(
+        &self,
+        stored: TaskRecord,
+        status: Status,
+        update_time: Option<i64>,
+        diff: Diff,
+    ) -> Settled {
+        let current = Current {
+            status: stored.status,
+            update_time: stored.update_time,
+        };
+        let settled = match lifecycle::decide(current, status, update_time, diff) {
+            Verdict::Duplicate => Settled::Duplicate,
+            Verdict::Reject(r) => Settled::Rejected(r),
+            // The store refused the write, so it holds a terminal or newer row; a verdict that
+            // would take the update can only come from a row that moved again since. It is
+            // older than what the store holds now.
+            Verdict::Accept { .. } => Settled::Rejected(Rejection::Stale {
+                stored: stored.update_time.unwrap_or(0),
+                got: update_time.unwrap_or(0),
+            }),
+        };
+        if let Settled::Rejected(r @ Rejection::Terminal { from, to }) = &settled {
+            self.metrics.transition_rejected(*from, *to);
+            let mut tried = stored.clone();
+            tried.status = status;
+            self.writer.send(Op::Event(event(
+                &tried,
+                Some(stored.status),
+                Outcome::Rejected,
+                Some(r.reason()),
+                now_ms(),
+            )));
+        }
+        self.reload(stored);
+        settled
+    }
+
+    /// A write nobody waited for (a throttled progress write) lost to the store.
+    pub fn settle_lost(&self, lost: Lost) {
+        let diff = diff_records(&lost.stored, &lost.attempted);
+        let (status, update_time) = (lost.attempted.status, lost.attempted.update_time);
+        self.settle(lost.stored, status, update_time, diff);
+    }
+
+    /// The store holds something newer or terminal: memory follows it, unless memory has moved
+    /// on since (a newer non-terminal update arrived meanwhile; its own write follows).
+    pub fn reload(&self, rec: TaskRecord) {
+        if let Some(mut st) = self.tasks.get_mut(&*rec.task_id) {
+            let newer = rec.status.is_terminal()
+                || (rec.update_time, rec.last_seen) >= (st.rec.update_time, st.rec.last_seen);
+            if !newer {
+                return;
+            }
+            tracing::debug!(task_id = %rec.task_id, stored = %rec.status, memory = %st.rec.status, "memory follows the store");
+            if let Some(p) = rec.progress.filter(|p| Some(*p) != st.rec.progress) {
+                st.sample(rec.update_time.unwrap_or(rec.progress_changed), p);
+            }
+            st.rec = self.intern(rec);
+            st.pending = Pending::Clean;
+            st.written_progress = st.rec.progress;
+        }
+    }
+
+    /// Folds in rows read from the store (the leader's view of what other replicas accepted):
+    /// unknown tasks are added, known ones follow the store where it is newer.
+    pub fn merge_from_store(&self, records: Vec<TaskRecord>) {
+        // At the cap, what other replicas hold stays in the store: adding it would only evict
+        // it again. (`len` reads every shard, so it is read once, not per row.)
+        let mut room = self.max_tracked.saturating_sub(self.tasks.len());
+        let mut absent = Vec::new();
+        for rec in records {
+            if self.tasks.contains_key(&*rec.task_id) {
+                self.reload(rec);
+            } else if room > 0 {
+                room -= 1;
+                absent.push(rec);
+            }
+        }
+        self.load_absent(absent);
+    }
+
+    /// Records of tasks whose state the store should hold exactly: nothing waiting to be
+    /// written, and no update accepted after `before` (epoch ms).
+    pub fn settled(&self, before: i64) -> Vec<TaskRecord> {
+        self.tasks
+            .iter()
+            .filter(|e| e.pending == Pending::Clean && e.rec.last_seen <= before)
+            .map(|e| e.rec.clone())
+            .collect()
+    }
+
+    /// Housekeeping: forget finished tasks after `retention_ms`, idle limiter state, idle
+    /// workers (no task, not seen for `worker_idle_ms`) and unused names.
+    pub fn sweep(&self, retention_ms: i64, worker_idle_ms: i64) {
+        let now = now_ms();
+        self.tasks.retain(|_, st| match st.rec.terminal_at {
+            Some(t) => now - t < retention_ms,
+            None => true,
+        });
+        self.throttle.forget_idle();
+        let busy: HashSet<Arc<str>> = self
+            .tasks
+            .iter()
+            .filter(|e| !e.rec.status.is_terminal())
+            .filter_map(|e| e.rec.worker_id.clone())
+            .collect();
+        self.workers
+            .retain(|w, seen| busy.contains(w) || now - *seen < worker_idle_ms);
+        self.names.prune();
+    }
+
+    /// A copy of one task's record.
+    pub fn get(&self, task_id: &str) -> Option<TaskRecord> {
+        self.tasks.get(task_id).map(|e| e.rec.clone())
+    }
+
+    /// Copies of the records that pass `filter`.
+    pub fn select(&self, mut filter: impl FnMut(&TaskRecord) -> bool) -> Vec<TaskRecord> {
+        self.tasks
+            .iter()
+            .filter(|e| filter(&e.rec))
+            .map(|e| e.rec.clone())
+            .collect()
+    }
+
+    /// Calls `f` on every tracked task (metrics scrape). Holds one shard at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&TaskState)) {
+        for e in self.tasks.iter() {
+            f(e.value());
+        }
+    }
+
+    /// Runs `f` on one task's state, holding its shard only for the call.
+    pub fn inspect<R>(&self, task_id: &str, f: impl FnOnce(&TaskState) -> R) -> Option<R> {
+        self.tasks.get(task_id).map(|e| f(e.value()))
+    }
+
+    /// A task's predicted completion (epoch ms), where its progress rate allows one.
+    pub fn predicted_completion(
+        &self,
+        task_id: &str,
+        now: i64,
+        stall_after_ms: i64,
+    ) -> Option<i64> {
+        self.tasks
+            .get(task_id)
+            .and_then(|e| e.predicted_completion(now, stall_after_ms))
+    }
+
+    /// Worker id -> last seen, epoch ms.
+    pub fn workers(&self) -> HashMap<Arc<str>, i64> {
+        self.workers
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect()
+    }
+}

@@ -1,0 +1,105 @@
+//! What the update pipeline reports: updates by source and outcome, rejected transitions, the
+//! throttle's decisions, task durations and evictions.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::model::Status;
+
+/// The `outcome` label values of `taskpulse_updates_total`.
+pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
+
+#[derive(Clone, Debug)]
+pub struct PipelineMetrics {
+    pub updates_total: IntCounterVec,
+    pub transitions_rejected_total: IntCounterVec,
+    pub progress_updates_total: IntCounterVec,
+    pub task_duration_seconds: HistogramVec,
+    /// Tasks that left memory because of `--max-tracked-tasks` (they stay in the store).
+    pub tasks_evicted_total: IntCounter,
+    /// `progress_updates_total{outcome="written"}` and `{outcome="coalesced"}`, looked up once:
+    /// they are bumped on every progress update.
+    progress_written: IntCounter,
+    progress_coalesced: IntCounter,
+}
+
+impl PipelineMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<PipelineMetrics> {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let progress_updates_total = counter_vec(
+            "taskpulse_progress_updates_total",
+            "Progress-only updates, by whether they were written at once or coalesced by the throttle.",
+            &["outcome"],
+        )?;
+        let m = PipelineMetrics {
+            progress_written: progress_updates_total.with_label_values(&["written"]),
+            progress_coalesced: progress_updates_total.with_label_values(&["coalesced"]),
+            progress_updates_total,
+            updates_total: counter_vec(
+                "taskpulse_updates_total",
+                "Task updates taken in, by source and outcome (accepted, duplicate, rejected).",
+                &["source", "outcome"],
+            )?,
+            transitions_rejected_total: counter_vec(
+                "taskpulse_transitions_rejected_total",
+                "Updates rejected because they would leave a terminal status, by from and to status.",
+                &["from", "to"],
+            )?,
+            task_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "taskpulse_task_duration_seconds",
+                    "Task duration from start to its terminal status.",
+                )
+                .buckets(vec![
+                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+                    21600.0, 86400.0,
+                ]),
+                &["task_type", "status"],
+            )?,
+            tasks_evicted_total: IntCounter::new(
+                "taskpulse_tasks_evicted_total",
+                "Tasks that left memory (not the store) because --max-tracked-tasks was reached, least recently updated first.",
+            )?,
+        };
+        registry.register(Box::new(m.updates_total.clone()))?;
+        registry.register(Box::new(m.transitions_rejected_total.clone()))?;
+        registry.register(Box::new(m.progress_updates_total.clone()))?;
+        registry.register(Box::new(m.task_duration_seconds.clone()))?;
+        registry.register(Box::new(m.tasks_evicted_total.clone()))?;
+        Ok(m)
+    }
+
+    pub fn unregistered() -> PipelineMetrics {
+        PipelineMetrics::register(&Registry::new()).expect("fresh registry")
+    }
+
+    /// Makes a source's counters exist from the first scrape (dashboards rate() over them).
+    pub fn declare_source(&self, source: &str) {
+        for outcome in OUTCOMES {
+            self.updates_total.with_label_values(&[source, outcome]);
+        }
+    }
+
+    pub(crate) fn progress_updates(&self, written: bool) {
+        if written {
+            self.progress_written.inc()
+        } else {
+            self.progress_coalesced.inc()
+        }
+    }
+
+    pub(crate) fn transition_rejected(&self, from: Status, to: Status) {
+        self.transitions_rejected_total
+            .with_label_values(&[from.as_str(), to.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn counted(&self, source: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            self.updates_total
+                .with_label_values(&[source, outcome])
+                .inc_by(n);
+        }
+    }
+}

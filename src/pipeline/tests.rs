@@ -1,0 +1,360 @@
+//! The table's decisions, read off the ops it hands the writer (no store: the writer's channel
+//! is read here directly).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::ingest::{parse_value, TaskUpdate};
+use crate::lifecycle::Diff;
+use crate::model::{Outcome, Status};
+use crate::store::{Op, WriteKind, WriterHandle};
+use crate::throttle::{Flush, Pending, Throttle};
+use crate::wait::WaitMetrics;
+
+struct Table {
+    tracker: Tracker,
+    ops: mpsc::UnboundedReceiver<Op>,
+}
+
+fn table(interval: Duration) -> Table {
+    let (writer, ops) = WriterHandle::channel(IntGauge::new("pending", "pending").unwrap());
+    let (throttle, _timers) = Throttle::new(interval, 0.0);
+    // The timer requests are dropped: tests call `flush` themselves.
+    std::mem::forget(_timers);
+    Table {
+        tracker: Tracker::new(
+            throttle,
+            writer,
+            PipelineMetrics::unregistered(),
+            WaitMetrics::unregistered(),
+        ),
+        ops,
+    }
+}
+
+impl Table {
+    /// Everything handed to the writer so far.
+    fn sent(&mut self) -> Vec<Op> {
+        let mut out = Vec::new();
+        while let Ok(op) = self.ops.try_recv() {
+            out.push(op);
+        }
+        out
+    }
+}
+
+fn update(v: serde_json::Value) -> TaskUpdate {
+    let mut base = json!({"taskId": "t1", "workflowId": "w1", "taskType": "encode"});
+    for (k, val) in v.as_object().unwrap() {
+        base[k] = val.clone();
+    }
+    parse_value(&base).expect("a valid update")
+}
+
+fn task_writes(ops: &[Op]) -> Vec<(WriteKind, Status, Option<f32>, bool)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Task {
+                rec, kind, attempt, ..
+            } => Some((*kind, rec.status, rec.progress, attempt.is_some())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(ops: &[Op]) -> Vec<(Outcome, Status)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            Op::Event(e) => Some((e.outcome, e.to)),
+            Op::Task { event: Some(e), .. } => Some((e.outcome, e.to)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_task_is_written_at_once_and_waits_for_its_commit() {
+    let mut t = table(Duration::from_secs(60));
+    let applied = t
+        .tracker
+        .apply(&update(json!({"status": "SCHEDULED", "workerId": "w-a"})));
+    assert!(matches!(applied, Applied::Accepted { commit: Some(_) }));
+    let ops = t.sent();
+    assert_eq!(
+        task_writes(&ops),
+        vec![(WriteKind::Status, Status::Scheduled, None, true)],
+        "one status write, with the worker's attempt"
+    );
+    assert_eq!(events(&ops), vec![(Outcome::Accepted, Status::Scheduled)]);
+}
+
+#[test]
+fn a_task_first_seen_without_a_type_is_rejected() {
+    let mut t = table(Duration::from_secs(60));
+    let u = parse_value(&json!({"taskId": "x", "workflowId": "w", "status": "SCHEDULED"})).unwrap();
+    match t.tracker.apply(&u) {
+        Applied::Rejected(r) => assert!(r.reason().contains("taskType"), "{}", r.reason()),
+        other => panic!("{other:?}"),
+    }
+    assert!(t.sent().is_empty());
+    assert!(t.tracker.is_empty());
+}
+
+#[test]
+fn progress_inside_the_interval_is_coalesced_and_the_newest_value_written_later() {
+    let mut t = table(Duration::from_millis(200));
+    t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));
+    t.sent();
+    for p in [10, 20, 30] {
+        let a = t.tracker.apply(&update(
+            json!({"status": "IN_PROGRESS", "progressPercent": p}),
+        ));
+        assert!(matches!(a, Applied::Accepted { commit: None }));
+    }
+    assert!(
+        task_writes(&t.sent()).is_empty(),
+        "the status write used the slot"
+    );
+    assert_eq!(t.tracker.inspect("t1", |s| s.pending), Some(Pending::Timed));
+    assert_eq!(
+        t.tracker.get("t1").unwrap().progress,
+        Some(30.0),
+        "memory has the newest"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    let id: Arc<str> = "t1".into();
+    t.tracker.flush(&id);
+    assert_eq!(
+        task_writes(&t.sent()),
+        vec![(WriteKind::Progress, Status::InProgress, Some(30.0), false)]
+    );
+    assert_eq!(t.tracker.inspect("t1", |s| s.pending), Some(Pending::Clean));
+}
+
+#[test]
+fn a_terminal_update_carries_waiting_progress_and_nothing_follows_it() {
+    let mut t = table(Duration::from_millis(100));
+    t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));
+    t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "progressPercent": 90}),
+    ));
+    t.sent();
+    let a = t.tracker.apply(&update(
+        json!({"status": "COMPLETED", "progressPercent": 100}),
+    ));
+    assert!(matches!(a, Applied::Accepted { commit: Some(_) }));
+    assert_eq!(
+        task_writes(&t.sent()),
+        vec![(WriteKind::Status, Status::Completed, Some(100.0), false)]
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    t.tracker.flush(&Arc::from("t1"));
+    assert_eq!(t.tracker.flush_all(), 0);
+    assert!(
+        t.sent().is_empty(),
+        "nothing is written after the terminal write"
+    );
+}
+
+#[test]
+fn a_late_in_progress_after_completed_is_rejected_and_kept_in_history() {
+    let mut t = table(Duration::from_secs(60));
+    t.tracker.apply(&update(json!({"status": "COMPLETED"})));
+    t.sent();
+    match t.tracker.apply(&update(json!({"status": "IN_PROGRESS"}))) {
+        Applied::Rejected(Rejection::Terminal { from, to }) => {
+            assert_eq!((from, to), (Status::Completed, Status::InProgress))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        events(&t.sent()),
+        vec![(Outcome::Rejected, Status::InProgress)]
+    );
+    let m = &t.tracker.metrics().transitions_rejected_total;
+    assert_eq!(m.with_label_values(&["COMPLETED", "IN_PROGRESS"]).get(), 1);
+    // an identical repeat of the completion is a duplicate, not a rejection
+    assert!(matches!(
+        t.tracker.apply(&update(json!({"status": "COMPLETED"}))),
+        Applied::Duplicate
+    ));
+    assert_eq!(t.tracker.get("t1").unwrap().status, Status::Completed);
+}
+
+#[test]
+fn rejections_are_counted_every_time_but_logged_at_most_twenty_times() {
+    let mut t = table(Duration::from_secs(60));
+    t.tracker.apply(&update(json!({"status": "FAILED"})));
+    t.sent();
+    for _ in 0..50 {
+        t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));
+    }
+    assert_eq!(events(&t.sent()).len(), 20);
+    let m = &t.tracker.metrics().transitions_rejected_total;
+    assert_eq!(m.with_label_values(&["FAILED", "IN_PROGRESS"]).get(), 50);
+}
+
+#[test]
+fn an_older_update_time_is_stale_and_a_repeat_a_duplicate() {
+    let mut t = table(Duration::from_secs(60));
+    t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "updateTime": 2000}),
+    ));
+    t.sent();
+    assert!(matches!(
+        t.tracker
+            .apply(&update(json!({"status": "SCHEDULED", "updateTime": 1000}))),
+        Applied::Rejected(Rejection::Stale {
+            stored: 2000,
+            got: 1000
+        })
+    ));
+    assert!(matches!(
+        t.tracker.apply(&update(
+            json!({"status": "IN_PROGRESS", "updateTime": 2000})
+        )),
+        Applied::Duplicate
+    ));
+}
+
+#[test]
+fn a_new_worker_is_recorded_at_once_without_a_commit_wait() {
+    let mut t = table(Duration::from_secs(60));
+    t.tracker
+        .apply(&update(json!({"status": "IN_PROGRESS", "workerId": "a"})));
+    t.sent();
+    let a = t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "workerId": "b", "retryCount": 1}),
+    ));
+    assert!(matches!(a, Applied::Accepted { commit: None }));
+    let ops = t.sent();
+    assert_eq!(
+        task_writes(&ops),
+        vec![(WriteKind::Status, Status::InProgress, None, true)]
+    );
+    match &ops[0] {
+        Op::Task {
+            attempt: Some(a), ..
+        } => assert_eq!((a.attempt, &*a.worker_id), (1, "b")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn equal_names_share_one_allocation() {
+    let t = table(Duration::from_secs(60));
+    for id in ["a", "b"] {
+        t.tracker
+            .apply(&update(json!({"taskId": id, "status": "SCHEDULED"})));
+    }
+    let (a, b) = (t.tracker.get("a").unwrap(), t.tracker.get("b").unwrap());
+    assert!(Arc::ptr_eq(&a.task_type, &b.task_type));
+    assert!(Arc::ptr_eq(&a.workflow_id, &b.workflow_id));
+}
+
+#[test]
+fn eviction_keeps_the_most_recently_touched_and_writes_what_waits_first() {
+    let (writer, mut ops) = WriterHandle::channel(IntGauge::new("p", "p").unwrap());
+    let (throttle, timers) = Throttle::new(Duration::from_secs(60), 0.0);
+    std::mem::forget(timers);
+    let tracker = Tracker::new(
+        throttle,
+        writer,
+        PipelineMetrics::unregistered(),
+        WaitMetrics::unregistered(),
+    )
+    .with_max_tracked(2);
+    for (i, id) in ["old", "mid", "new"].iter().enumerate() {
+        tracker.apply(&update(json!({"taskId": id, "status": "IN_PROGRESS"})));
+        // a coalesced value waits on the oldest task
+        if i == 0 {
+            tracker.apply(&update(
+                json!({"taskId": id, "status": "IN_PROGRESS", "progressPercent": 42}),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    while ops.try_recv().is_ok() {}
+    assert_eq!(tracker.evict_over_cap(), 1);
+    assert!(
+        tracker.get("old").is_none(),
+        "the least recently touched left"
+    );
+    assert!(tracker.get("mid").is_some() && tracker.get("new").is_some());
+    let flushed: Vec<_> = std::iter::from_fn(|| ops.try_recv().ok()).collect();
+    assert_eq!(
+        task_writes(&flushed),
+        vec![(WriteKind::Progress, Status::InProgress, Some(42.0), false)],
+        "its coalesced value went to the writer before it left"
+    );
+    assert_eq!(tracker.metrics().tasks_evicted_total.get(), 1);
+}
+
+#[test]
+fn the_sweeper_forgets_finished_tasks_after_the_retention() {
+    let t = table(Duration::from_secs(60));
+    t.tracker
+        .apply(&update(json!({"taskId": "done", "status": "COMPLETED"})));
+    t.tracker
+        .apply(&update(json!({"taskId": "run", "status": "IN_PROGRESS"})));
+    t.tracker.sweep(60_000, 60_000);
+    assert_eq!(t.tracker.len(), 2, "within the retention both stay");
+    std::thread::sleep(Duration::from_millis(5));
+    t.tracker.sweep(1, 60_000);
+    assert!(t.tracker.get("done").is_none());
+    assert!(
+        t.tracker.get("run").is_some(),
+        "unfinished tasks are never swept"
+    );
+}
+
+#[test]
+fn a_write_lost_to_the_store_is_decided_again_on_the_stored_row() {
+    let mut t = table(Duration::from_secs(60));
+    t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));
+    t.sent();
+    let mut stored = t.tracker.get("t1").unwrap();
+    stored.status = Status::Completed;
+    let changed = Diff {
+        content_changed: true,
+        time_advanced: false,
+    };
+    let settled = t
+        .tracker
+        .settle(stored.clone(), Status::InProgress, None, changed);
+    assert_eq!(
+        settled,
+        Settled::Rejected(Rejection::Terminal {
+            from: Status::Completed,
+            to: Status::InProgress
+        })
+    );
+    assert_eq!(
+        t.tracker.get("t1").unwrap().status,
+        Status::Completed,
+        "memory follows"
+    );
+    assert_eq!(
+        events(&t.sent()),
+        vec![(Outcome::Rejected, Status::InProgress)]
+    );
+    // the same completion, already stored: a duplicate, nothing recorded
+    let same = t
+        .tracker
+        .settle(stored, Status::Completed, None, Diff::default());
+    assert_eq!(same, Settled::Duplicate);
+    assert!(t.sent().is_empty());
+}
+
+#[test]
+fn unknown_names_each_missing_task_once() {
+    let t = table(Duration::from_secs(60));
+    t.tracker
+        .apply(&update(json!({"taskId": "known", "status": "SCHEDULED"})));
+    assert_eq!(t.tracker.unknown(["known", "a", "b", "a"]), vec!["a", "b"]);
+}
