@@ -4,6 +4,7 @@
 mod helpers;
 
 mod alerts;
+mod architecture;
 mod check_cli;
 mod checker;
 mod cli;
@@ -24,6 +25,7 @@ mod promtool;
 mod props;
 mod read;
 mod replicas;
+mod shutdown;
 mod store;
 mod throttle;
 mod webhook;
