@@ -41,9 +41,29 @@ const TASK_ROWS: usize = 500;
 const EVENT_ROWS: usize = 1000;
 const ATTEMPT_ROWS: usize = 1000;
 
+/// Writes a batch in one transaction on a connection of its own. A connection whose batch
+/// failed is closed rather than given back to the pool: after an error such as a full disk,
+/// SQLite may keep the transaction open, and a later batch on that connection would then
+/// "commit" into it without anything reaching the file (found with a disk that filled again
+/// while batches were being retried).
 pub(super) async fn write_batch(pool: &SqlitePool, batch: &Batch) -> Result<Vec<usize>> {
+    let mut conn = pool.acquire().await?;
+    match write_batch_on(&mut conn, batch).await {
+        Ok(conflicts) => Ok(conflicts),
+        Err(e) => {
+            let _ = conn.close().await;
+            Err(e)
+        }
+    }
+}
+
+async fn write_batch_on(
+    conn: &mut sqlx::pool::PoolConnection<Sqlite>,
+    batch: &Batch,
+) -> Result<Vec<usize>> {
+    use sqlx::Connection;
     let mut conflicts = Vec::new();
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     for (n, chunk) in batch.tasks.chunks(TASK_ROWS).enumerate() {
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("INSERT INTO tasks ({TASK_COLUMNS}) "));

@@ -762,7 +762,9 @@ async fn sqlite_full_disk_fails_at_start_and_is_retried_while_running() {
     );
     drop(full);
 
-    let Some(disk) = SmallDisk::mount("4m") else {
+    // Large enough for the 3,000 rows and the WAL of the batches they are written in, once
+    // the filler is gone.
+    let Some(disk) = SmallDisk::mount("8m") else {
         return;
     };
     let url = format!("sqlite://{}", disk.path().join("t.db").display());
