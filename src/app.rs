@@ -29,18 +29,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cardinality::Folding;
 use crate::checker::{self, CheckSettings, Checker, CheckerMetrics, Context, PassReport};
 use crate::cli::{CheckArgs, Settings};
-use crate::engines::conductor::Conductor;
+use crate::engines::conductor::{Conductor, ConductorSettings};
 use crate::engines::{Contribution, CoreSettings, Engine, EngineContext};
 use crate::error::{Error, Result};
 use crate::http::server::{self, ConnLimits};
 use crate::http::{HttpState, Routes};
 use crate::leader::{self, Leadership};
 use crate::metrics::state::{ScrapeConfig, StateCollector};
-use crate::metrics::{self, Collector, Exposition};
+use crate::metrics::{self, Budget, Collector, Exposition};
 use crate::pipeline::{background, Pipeline, PipelineMetrics, Tracker};
-use crate::settings::redact_url;
+use crate::settings::{redact_url, Secret};
 use crate::store::{self, Store, StoreMetrics};
 use crate::throttle::Throttle;
 use crate::wait::WaitMetrics;
@@ -56,12 +57,14 @@ const SIDE_RULES_EVERY: Duration = Duration::from_secs(1);
 
 /// The engines of this build. Adding one is a line here (and its settings in [`crate::cli`]).
 fn engines(
-    settings_conductor: &crate::engines::conductor::ConductorSettings,
+    conductor: &ConductorSettings,
     progress_min_interval: Duration,
+    token: Option<Secret>,
 ) -> Vec<Box<dyn Engine>> {
     vec![Box::new(Conductor::new(
-        settings_conductor,
+        conductor,
         progress_min_interval,
+        token,
     ))]
 }
 
@@ -118,9 +121,11 @@ impl Application {
         let registry = Registry::new();
         let registered = |e: prometheus::Error| Error::Config(format!("metrics: {e}"));
         metrics::register_build_info(&registry).map_err(registered)?;
-        let pipeline_metrics = PipelineMetrics::register(&registry).map_err(registered)?;
+        let folding = Folding::register(&registry).map_err(registered)?;
+        let pipeline_metrics =
+            PipelineMetrics::register(&registry, &folding).map_err(registered)?;
         let store_metrics = StoreMetrics::register(&registry).map_err(registered)?;
-        let wait_metrics = WaitMetrics::register(&registry).map_err(registered)?;
+        let wait_metrics = WaitMetrics::register(&registry, &folding).map_err(registered)?;
         let checker_metrics = CheckerMetrics::register(&registry).map_err(registered)?;
         pipeline_metrics.declare_source(crate::http::ingest::SOURCE);
 
@@ -144,7 +149,12 @@ impl Application {
                 pipeline_metrics.clone(),
                 wait_metrics.clone(),
             )
-            .with_max_tracked(settings.pipeline.max_tracked_tasks),
+            .with_max_tracked(settings.pipeline.max_tracked_tasks)
+            .with_max_tracked_memory(
+                usize::try_from(settings.pipeline.max_tracked_memory.as_u64())
+                    .unwrap_or(usize::MAX),
+            )
+            .with_max_clock_skew(settings.pipeline.max_clock_skew),
         );
         let retention = settings.pipeline.terminal_retention;
         let started = std::time::Instant::now();
@@ -171,7 +181,11 @@ impl Application {
         .await;
 
         // The engines: their sources, routes, rules and metrics.
-        let engines = engines(&settings.conductor, settings.throttle.progress_min_interval);
+        let engines = engines(
+            &settings.conductor,
+            settings.throttle.progress_min_interval,
+            settings.http.auth_token.clone(),
+        );
         let ctx = EngineContext {
             pipeline: pipeline.clone(),
             store: store.clone(),
@@ -215,12 +229,23 @@ impl Application {
                 stall_after: settings.metrics.stall_after,
                 wait_grace: settings.wait.wait_grace,
                 max_task_series: settings.metrics.max_task_series,
+                max_label_values: settings.metrics.max_label_values,
             },
             leadership.clone(),
             added.wait_queue,
         ))];
         collectors.extend(added.collectors);
-        let exposition = Arc::new(Exposition::new(registry, collectors));
+        let exposition = Arc::new(
+            Exposition::new(
+                registry,
+                collectors,
+                Budget {
+                    series: settings.metrics.max_series,
+                    bytes: settings.metrics.max_scrape_bytes.as_u64() as usize,
+                },
+            )
+            .map_err(registered)?,
+        );
 
         let mut background: Vec<JoinHandle<()>> = election.into_iter().collect();
         background.push(tokio::spawn(background::timers(
@@ -236,6 +261,7 @@ impl Application {
         background.push(tokio::spawn(background::sweeper(
             tracker.clone(),
             retention,
+            settings.metrics.worker_expiry,
             stop.clone(),
         )));
         if matches!(store, Store::Postgres(_)) {
@@ -297,6 +323,7 @@ impl Application {
         let draining = Arc::new(AtomicBool::new(false));
         let limits = ConnLimits {
             header_read_timeout: settings.http.header_read_timeout,
+            send_timeout: settings.http.send_timeout,
             max_connections: settings.http.max_connections,
         };
         let shutdown_grace = settings.http.shutdown_grace;
@@ -433,7 +460,7 @@ impl Application {
 pub async fn check(args: &CheckArgs) -> Result<PassReport> {
     let store = Store::connect_within(&args.store.database, Duration::from_secs(3)).await?;
     store.ready().await?;
-    let engine_rules = engines(&args.conductor, args.throttle.progress_min_interval)
+    let engine_rules = engines(&args.conductor, args.throttle.progress_min_interval, None)
         .iter()
         .flat_map(|e| e.rules())
         .collect();

@@ -17,6 +17,7 @@
 //! settings; [`cli`] the commands; [`app`] composes it all.
 
 pub mod app;
+pub mod cardinality;
 pub mod checker;
 pub mod cli;
 pub mod engines;

@@ -22,17 +22,29 @@ pub enum Rejection {
     Terminal { from: Status, to: Status },
     /// The update's `updateTime` is older than the stored one.
     Stale { stored: i64, got: i64 },
+    /// The update's `updateTime` is further ahead of taskpulse's clock than `--max-clock-skew`
+    /// (a non-terminal update; a terminal one is taken with its time set to taskpulse's).
+    ClockSkew { ahead_ms: i64, limit_ms: i64 },
     /// The update itself is malformed or incomplete.
     Invalid(String),
 }
 
 impl Rejection {
-    /// The short, stable reason code clients match on.
+    /// The short, stable reason clients match on (for `invalid`, with what was wrong).
     pub fn reason(&self) -> String {
         match self {
-            Rejection::Terminal { .. } => "terminal".into(),
-            Rejection::Stale { .. } => "stale".into(),
             Rejection::Invalid(msg) => format!("invalid: {msg}"),
+            other => other.code().into(),
+        }
+    }
+
+    /// The reason's code alone: `terminal`, `stale`, `clock_skew` or `invalid`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Terminal { .. } => "terminal",
+            Rejection::Stale { .. } => "stale",
+            Rejection::ClockSkew { .. } => "clock_skew",
+            Rejection::Invalid(_) => "invalid",
         }
     }
 
@@ -45,6 +57,11 @@ impl Rejection {
             Rejection::Stale { stored, got } => {
                 format!("updateTime {got} is older than the stored {stored}")
             }
+            Rejection::ClockSkew { ahead_ms, limit_ms } => format!(
+                "updateTime is {:.1}s ahead of taskpulse's clock, more than --max-clock-skew ({}s); check the sender's clock",
+                *ahead_ms as f64 / 1000.0,
+                limit_ms / 1000
+            ),
             Rejection::Invalid(msg) => msg.clone(),
         }
     }

@@ -175,7 +175,17 @@ pub struct TaskEvent {
     pub worker_id: Option<Arc<str>>,
     pub progress_percent: Option<f32>,
     pub update_time: Option<i64>,
+    /// How many updates this line stands for: rejected updates of a task are folded into one
+    /// line per `--progress-min-interval` (the first one's details, and this count).
+    pub count: u32,
+    /// When the last of them came (epoch ms), when there were several.
+    pub last_at: Option<i64>,
 }
+
+/// History lines kept per task (the newest); older ones are pruned from the store.
+pub const HISTORY_KEPT: usize = 50;
+/// Attempts kept per task (the newest); older ones are pruned from the store.
+pub const ATTEMPTS_KEPT: usize = 20;
 
 /// Which worker ran an attempt of a task. Kept after the worker is gone.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -85,6 +85,10 @@ pub struct HttpSettings {
     )]
     pub max_connections: usize,
 
+    /// A response the client has not taken within this time (it stopped reading) is dropped and its connection closed
+    #[arg(long, env = "TASKPULSE_SEND_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
+
     /// After SIGTERM, how long /readyz answers 503 while the API still serves (so load balancers deregister) before the listener closes
     #[arg(long, env = "TASKPULSE_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -135,6 +139,7 @@ impl HttpSettings {
         }
         positive("header-read-timeout", self.header_read_timeout, "10s")?;
         positive("body-read-timeout", self.body_read_timeout, "30s")?;
+        positive("send-timeout", self.send_timeout, "10s")?;
         if !(1..=1_000_000).contains(&self.max_connections) {
             return bad(
                 "max-connections",
@@ -230,6 +235,19 @@ pub struct PipelineSettings {
         default_value_t = 1_000_000
     )]
     pub max_tracked_tasks: usize,
+
+    /// Memory the tasks kept in memory may take, at most (as estimated per task: about 700 bytes plus its ids and message); past it the least recently updated leave memory (not the store)
+    #[arg(
+        long,
+        env = "TASKPULSE_MAX_TRACKED_MEMORY",
+        value_name = "SIZE",
+        default_value = "1GiB"
+    )]
+    pub max_tracked_memory: ByteSize,
+
+    /// An update whose updateTime is further ahead of taskpulse's clock is rejected (clock_skew), unless it is terminal; times less far ahead are taken as now
+    #[arg(long, env = "TASKPULSE_MAX_CLOCK_SKEW", value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_clock_skew: Duration,
 }
 
 impl PipelineSettings {
@@ -245,6 +263,9 @@ impl PipelineSettings {
         }
         if self.max_pending_writes == 0 {
             return bad("max-pending-writes", "must be greater than 0");
+        }
+        if self.max_tracked_memory.as_u64() < 1024 * 1024 {
+            return bad("max-tracked-memory", "must be at least 1MiB");
         }
         Ok(())
     }
@@ -266,11 +287,47 @@ pub struct MetricsSettings {
         default_value_t = 2000
     )]
     pub max_task_series: usize,
+
+    /// Distinct values of a label taken from input (task type, workflow type, worker) per aggregate family; the rest are folded into "__other__"
+    #[arg(
+        long,
+        env = "TASKPULSE_MAX_LABEL_VALUES",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub max_label_values: usize,
+
+    /// Series in one scrape, at most: per-task series beyond what the rest leaves are omitted
+    #[arg(
+        long,
+        env = "TASKPULSE_MAX_SERIES",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    pub max_series: usize,
+
+    /// Bytes of one scrape, at most: per-task series beyond what the rest leaves are omitted
+    #[arg(
+        long,
+        env = "TASKPULSE_MAX_SCRAPE_BYTES",
+        value_name = "SIZE",
+        default_value = "2MiB"
+    )]
+    pub max_scrape_bytes: ByteSize,
+
+    /// A worker with no task in flight leaves the worker gauges this long after it was last seen
+    #[arg(long, env = "TASKPULSE_WORKER_EXPIRY", value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub worker_expiry: Duration,
 }
 
 impl MetricsSettings {
     pub fn validate(&self) -> Result<()> {
-        positive("stall-after", self.stall_after, "5m")
+        positive("stall-after", self.stall_after, "5m")?;
+        positive("worker-expiry", self.worker_expiry, "10m")?;
+        if self.max_label_values == 0 {
+            return bad("max-label-values", "must be greater than 0");
+        }
+        Ok(())
     }
 }
 

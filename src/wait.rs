@@ -8,8 +8,12 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 use tokio::sync::watch;
+
+use crate::cardinality::{Folding, LabelCap, HISTOGRAM_LABEL_VALUES};
 
 /// "Due soon" means due within this long (`taskpulse_wait_due_next_minute_tasks`).
 pub const DUE_WINDOW_MS: i64 = 60_000;
@@ -107,10 +111,12 @@ pub type WaitSource = watch::Receiver<WaitSnapshot>;
 #[derive(Clone, Debug)]
 pub struct WaitMetrics {
     pub wakeup_lag_seconds: HistogramVec,
+    /// The workflow types the histogram keeps series for.
+    workflow_types: Arc<LabelCap>,
 }
 
 impl WaitMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<WaitMetrics> {
+    pub fn register(registry: &Registry, folding: &Folding) -> prometheus::Result<WaitMetrics> {
         let wakeup_lag_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "taskpulse_wait_wakeup_lag_seconds",
@@ -122,17 +128,22 @@ impl WaitMetrics {
             &["workflow_type"],
         )?;
         registry.register(Box::new(wakeup_lag_seconds.clone()))?;
-        Ok(WaitMetrics { wakeup_lag_seconds })
+        Ok(WaitMetrics {
+            wakeup_lag_seconds,
+            workflow_types: Arc::new(
+                folding.cap("taskpulse_wait_wakeup_lag_seconds", HISTOGRAM_LABEL_VALUES),
+            ),
+        })
     }
 
     pub fn unregistered() -> WaitMetrics {
-        WaitMetrics::register(&Registry::new()).expect("fresh registry")
+        WaitMetrics::register(&Registry::new(), &Folding::unregistered()).expect("fresh registry")
     }
 
     /// One WAIT task woke `lag_seconds` after its wake-up time.
     pub fn woke(&self, workflow_type: &str, lag_seconds: f64) {
         self.wakeup_lag_seconds
-            .with_label_values(&[workflow_type])
+            .with_label_values(&[self.workflow_types.label(workflow_type)])
             .observe(lag_seconds.max(0.0));
     }
 }

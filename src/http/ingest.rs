@@ -32,7 +32,11 @@ pub fn bad_body(e: &BodyError) -> Response {
 }
 
 /// Submits parsed items and answers as every ingest route does.
-pub async fn submit(pipeline: &Pipeline, items: Vec<Item>, source: &str) -> Response {
+pub async fn submit(
+    pipeline: &Pipeline,
+    items: impl IntoIterator<Item = Item>,
+    source: &str,
+) -> Response {
     match pipeline.submit(items, source, Ack::Commit).await {
         Ok(report) => answer(report),
         Err(e) => e.into_response(),
@@ -62,8 +66,8 @@ pub async fn post_updates(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    // Parsing is CPU work on the request's own task; it never awaits.
-    let items = match crate::ingest::parse_body(&body, format) {
+    // Items are parsed as the pipeline takes them, a chunk at a time.
+    let items = match crate::ingest::items(&body, format) {
         Ok(items) => items,
         Err(e) => return bad_body(&e),
     };

@@ -70,6 +70,8 @@ pub fn router(state: HttpState, extra: Routes) -> Router {
         .route("/tasks", get(read::list_tasks))
         .route("/tasks/{task_id}", get(read::get_task))
         .route("/repairs", get(read::list_repairs))
+        // the rest of /api/v1/ is ours too: never anyone else's route (the worker proxy's)
+        .route("/{*rest}", axum::routing::any(read::not_found))
         .with_state(state.clone())
         .merge(extra.api)
         .layer(middleware::from_fn_with_state(token, auth::require_token));

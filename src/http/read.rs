@@ -20,14 +20,32 @@ use crate::model::{Attempt, Status};
 pub(super) struct ListQuery {
     status: Option<String>,
     task_type: Option<String>,
+    workflow_type: Option<String>,
     workflow_id: Option<String>,
     limit: Option<String>,
+    cursor: Option<String>,
 }
 
 const DEFAULT_LIST_LIMIT: usize = 100;
-const MAX_LIST_LIMIT: usize = 10_000;
+/// Longest page of the task list: a page copies only its own records.
+const MAX_LIST_LIMIT: usize = 1000;
 
-/// `GET /api/v1/tasks`: tracked tasks, most recently updated first.
+/// A page boundary as the API hands it out: `<lastSeen>.<task id in hex>`.
+fn cursor_of(last_seen: i64, task_id: &str) -> String {
+    let hex: String = task_id.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{last_seen}.{hex}")
+}
+
+fn parse_cursor(c: &str) -> Option<(i64, String)> {
+    let (seen, hex) = c.split_once('.')?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((seen.parse().ok()?, String::from_utf8(bytes).ok()?))
+}
+
+/// `GET /api/v1/tasks`: tracked tasks, most recently updated first, a page at a time.
 pub(super) async fn list_tasks(State(s): State<HttpState>, Query(q): Query<ListQuery>) -> Response {
     let status = match q.status.as_deref().filter(|v| !v.is_empty()) {
         None => None,
@@ -47,20 +65,36 @@ pub(super) async fn list_tasks(State(s): State<HttpState>, Query(q): Query<ListQ
         Ok(n) => n,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => match parse_cursor(c) {
+            Some(a) => Some(a),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("`cursor` is not one this API handed out: `{c}`"),
+                )
+            }
+        },
+    };
     let tracker = s.pipeline.tracker();
-    let mut tasks = tracker.select(|r| {
-        status.is_none_or(|st| r.status == st)
-            && q.task_type.as_deref().is_none_or(|t| &*r.task_type == t)
-            && q.workflow_id
-                .as_deref()
-                .is_none_or(|w| &*r.workflow_id == w)
-    });
-    tasks.sort_unstable_by(|a, b| {
-        b.last_seen
-            .cmp(&a.last_seen)
-            .then(a.task_id.cmp(&b.task_id))
-    });
-    tasks.truncate(limit);
+    let (tasks, more) = tracker.page(
+        |r| {
+            status.is_none_or(|st| r.status == st)
+                && q.task_type.as_deref().is_none_or(|t| &*r.task_type == t)
+                && q.workflow_type
+                    .as_deref()
+                    .is_none_or(|t| r.workflow_type.as_deref() == Some(t))
+                && q.workflow_id
+                    .as_deref()
+                    .is_none_or(|w| &*r.workflow_id == w)
+        },
+        after.as_ref().map(|(seen, id)| (*seen, id.as_str())),
+        limit,
+    );
+    let next = more
+        .then(|| tasks.last().map(|r| cursor_of(r.last_seen, &r.task_id)))
+        .flatten();
     let stall_ms = s.stall_after.as_millis() as i64;
     let now = crate::now_ms();
     let views: Vec<TaskView> = tasks
@@ -70,7 +104,7 @@ pub(super) async fn list_tasks(State(s): State<HttpState>, Query(q): Query<ListQ
             TaskView::new(r, predicted, now, stall_ms)
         })
         .collect();
-    Json(json!({ "tasks": views, "count": views.len() })).into_response()
+    Json(json!({ "tasks": views, "count": views.len(), "next": next })).into_response()
 }
 
 /// `GET /api/v1/tasks/{taskId}`: one task, its recent history and its attempts' workers.
@@ -104,7 +138,17 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
             Some(format!("store unavailable: {why}")),
         ),
     };
-    // The current attempt is in memory at once; its row may still be on its way to the store.
+    // Attempts seen since the task's last write are in memory only; and the current one may be
+    // on its way to the store.
+    for a in tracker.unwritten_attempts(&task_id) {
+        match attempts
+            .iter_mut()
+            .find(|s| s.attempt == a.attempt && s.worker_id == a.worker_id)
+        {
+            Some(stored) => stored.last_seen = stored.last_seen.max(a.last_seen),
+            None => attempts.push(a),
+        }
+    }
     if let Some(worker) = &rec.worker_id {
         let n = rec.retry_count.unwrap_or(0);
         if !attempts
@@ -120,6 +164,9 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
             });
         }
     }
+    attempts.sort_by_key(|a| (a.attempt, a.first_seen));
+    let excess = attempts.len().saturating_sub(crate::model::ATTEMPTS_KEPT);
+    attempts.drain(..excess);
     let stall_ms = s.stall_after.as_millis() as i64;
     let now = crate::now_ms();
     let predicted = tracker.predicted_completion(&task_id, now, stall_ms);
@@ -217,8 +264,7 @@ async fn within_store_timeout<T>(
 }
 
 pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
-    let exposition = s.exposition.clone();
-    match tokio::task::spawn_blocking(move || exposition.render()).await {
+    match s.exposition.scrape().await {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -227,10 +273,7 @@ pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
             text,
         )
             .into_response(),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("scrape failed: {e}"),
-        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

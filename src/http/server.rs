@@ -10,6 +10,11 @@
 //! - is closed by hyper when a request head (including the first one, and the next one on an
 //!   idle keep-alive connection) has not fully arrived within `--header-read-timeout`.
 //!
+//! - has its response writes bounded by `--send-timeout`: a client that stops reading (its
+//!   socket buffer full) for that long loses its connection, and with it the permit it holds,
+//!   so clients that pipeline requests and never read the answers can't keep others out or
+//!   hold up a shutdown.
+//!
 //! The body deadline (`--body-read-timeout`) is a router layer, see [`super::body`].
 //!
 //! When `stop` is cancelled the listener closes and every connection finishes the request it is
@@ -23,12 +28,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 
 /// What one client may hold of the server.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
     pub header_read_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -77,6 +84,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.send_timeout));
         let service = TowerToHyperService::new(router.clone());
         let mut close = close_rx.clone();
         let header_read_timeout = limits.header_read_timeout;
@@ -84,7 +93,7 @@ pub async fn serve(
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(Box::pin(stream)), service);
             tokio::pin!(conn);
             tokio::select! {
                 done = conn.as_mut() => {

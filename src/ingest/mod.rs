@@ -85,28 +85,133 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// Parses a request body into items.
+/// Parses a request body into items, all at once (for small bodies: engine answers, tests).
 pub fn parse_body(body: &[u8], format: Format) -> Result<Vec<Item>, BodyError> {
-    match format {
-        Format::Ndjson => parse_ndjson(body),
-        Format::Json => parse_json(body),
+    Ok(items(body, format)?.collect())
+}
+
+/// The items of a body, each parsed and validated only when it is taken, so a request costs
+/// its body, 8 bytes of index per item of a JSON array, and the items the caller holds at a
+/// time (the pipeline takes them in chunks), never a copy of every item at once.
+///
+/// A body that is not JSON at all is an error before the first item: a JSON array is checked
+/// whole when it is indexed, and an NDJSON body is an error when none of its lines is JSON
+/// (the lines up to the first one that is are looked at up front).
+pub fn items(body: &[u8], format: Format) -> Result<Items<'_>, BodyError> {
+    let kind = match format {
+        Format::Ndjson => {
+            let mut lines = NdjsonLines::new(body);
+            let mut before = Vec::new();
+            loop {
+                match lines.next_raw() {
+                    None => {
+                        return Err(lines.first_error.take().unwrap_or(BodyError {
+                            line: 1,
+                            column: 0,
+                            message: "empty body; expected one JSON object per line".into(),
+                        }))
+                    }
+                    Some((index, Err(e))) => before.push(Item {
+                        index,
+                        parsed: Err(e),
+                    }),
+                    Some((index, Ok(raw))) => {
+                        // the first line that is JSON: taken again, in order, by the iterator
+                        lines.pending = Some((index, raw));
+                        break;
+                    }
+                }
+            }
+            Kind::Ndjson {
+                before: before.into_iter(),
+                lines,
+            }
+        }
+        Format::Json => Kind::Json(values(body)?),
+    };
+    Ok(Items { kind })
+}
+
+/// The JSON values of a body that is one JSON object or an array of them, each as its text,
+/// with its index: what [`items`] parses updates from, and what an adapter with its own item
+/// format (a webhook's notifications) reads the same way.
+pub fn values(body: &[u8]) -> Result<Values<'_>, BodyError> {
+    json_kind(body)
+}
+
+/// A body's items as they are taken; see [`items`].
+pub struct Items<'a> {
+    kind: Kind<'a>,
+}
+
+enum Kind<'a> {
+    Json(Values<'a>),
+    Ndjson {
+        before: std::vec::IntoIter<Item>,
+        lines: NdjsonLines<'a>,
+    },
+}
+
+/// The values of a JSON body, each as its text; see [`values`].
+pub enum Values<'a> {
+    Array {
+        text: &'a str,
+        spans: std::vec::IntoIter<(u32, u32)>,
+        next: usize,
+    },
+    One(Option<&'a RawValue>),
+}
+
+impl<'a> Iterator for Values<'a> {
+    type Item = (usize, &'a str);
+
+    fn next(&mut self) -> Option<(usize, &'a str)> {
+        match self {
+            Values::Array { text, spans, next } => {
+                let (start, end) = spans.next()?;
+                let index = *next;
+                *next += 1;
+                // The span is a value serde_json found well-formed, on char boundaries.
+                Some((index, text.get(start as usize..end as usize)?))
+            }
+            Values::One(raw) => raw.take().map(|raw| (0, raw.get())),
+        }
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Vec<Item>, BodyError> {
+impl Iterator for Items<'_> {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        match &mut self.kind {
+            Kind::Json(values) => values.next().map(|(index, text)| Item {
+                index,
+                parsed: parse_item(text),
+            }),
+            Kind::Ndjson { before, lines } => {
+                if let Some(item) = before.next() {
+                    return Some(item);
+                }
+                let (index, line) = lines.next_raw()?;
+                Some(Item {
+                    index,
+                    parsed: line.and_then(|raw| parse_item(raw.get())),
+                })
+            }
+        }
+    }
+}
+
+fn json_kind(body: &[u8]) -> Result<Values<'_>, BodyError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     match first {
         Some(b'[') => {
-            let raws: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| BodyError::from_json(&e, 0))?;
-            Ok(raws
-                .into_iter()
-                .enumerate()
-                .map(|(index, raw)| Item {
-                    index,
-                    parsed: parse_item(raw.get()),
-                })
-                .collect())
+            let (text, spans) = array_spans(body)?;
+            Ok(Values::Array {
+                text,
+                spans: spans.into_iter(),
+                next: 0,
+            })
         }
         Some(b'{') => {
             let raw: &RawValue = serde_json::from_slice(body).map_err(|e| {
@@ -118,10 +223,7 @@ fn parse_json(body: &[u8]) -> Result<Vec<Item>, BodyError> {
                 }
                 err
             })?;
-            Ok(vec![Item {
-                index: 0,
-                parsed: parse_item(raw.get()),
-            }])
+            Ok(Values::One(Some(raw)))
         }
         None => Err(BodyError {
             line: 1,
@@ -143,58 +245,120 @@ fn parse_json(body: &[u8]) -> Result<Vec<Item>, BodyError> {
     }
 }
 
-fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, BodyError> {
-    let mut items = Vec::new();
-    let mut first_error: Option<BodyError> = None;
-    let mut parsed_any = false;
-    for (index, line) in body.split(|b| *b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+/// Start and end offsets of one array element in the body.
+type Span = (u32, u32);
+
+/// Where each element of a JSON array lies in the body, checking the whole array's syntax on
+/// the way. 8 bytes per element, whatever the element.
+fn array_spans(body: &[u8]) -> Result<(&str, Vec<Span>), BodyError> {
+    struct Spans<'b>(usize, std::marker::PhantomData<&'b ()>);
+    impl<'de: 'b, 'b> serde::de::Visitor<'de> for Spans<'b> {
+        type Value = Vec<Span>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
         }
-        let parsed = match std::str::from_utf8(line) {
-            Err(e) => {
-                let err = BodyError {
-                    line: index + 1,
-                    column: e.valid_up_to() + 1,
-                    message: "invalid UTF-8".into(),
-                };
-                first_error.get_or_insert(err.clone());
-                Err(ItemError {
-                    task_id: None,
-                    rejection: Rejection::Invalid(err.to_string().replace("body is", "line is")),
-                })
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                let start = raw.get().as_ptr() as usize - self.0;
+                let end = start + raw.get().len();
+                // bodies are bounded by --max-body-bytes, far below 4 GiB
+                out.push((start as u32, end as u32));
             }
-            Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(out)
+        }
+    }
+    let text = std::str::from_utf8(body).map_err(|e| BodyError {
+        line: 1 + body[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count(),
+        column: 0,
+        message: "invalid UTF-8".into(),
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let spans = serde::Deserializer::deserialize_seq(
+        &mut de,
+        Spans(text.as_ptr() as usize, std::marker::PhantomData),
+    )
+    .and_then(|spans| de.end().map(|()| spans))
+    .map_err(|e| BodyError::from_json(&e, 0))?;
+    Ok((text, spans))
+}
+
+fn is_newline(b: &u8) -> bool {
+    *b == b'\n'
+}
+
+/// The numbered lines of a body.
+type Lines<'a> = std::iter::Enumerate<std::slice::Split<'a, u8, fn(&u8) -> bool>>;
+
+/// The lines of an NDJSON body, each read as one JSON value (not yet validated as an update).
+struct NdjsonLines<'a> {
+    lines: Lines<'a>,
+    /// A line already read that is to be handed out next.
+    pending: Option<(usize, &'a RawValue)>,
+    first_error: Option<BodyError>,
+}
+
+impl<'a> NdjsonLines<'a> {
+    fn new(body: &'a [u8]) -> NdjsonLines<'a> {
+        NdjsonLines {
+            lines: body.split(is_newline as fn(&u8) -> bool).enumerate(),
+            pending: None,
+            first_error: None,
+        }
+    }
+
+    /// The next non-blank line: its index, and the JSON value or why it isn't one.
+    fn next_raw(&mut self) -> Option<(usize, Result<&'a RawValue, ItemError>)> {
+        if let Some((index, raw)) = self.pending.take() {
+            return Some((index, Ok(raw)));
+        }
+        loop {
+            let (index, line) = self.lines.next()?;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parsed = match std::str::from_utf8(line) {
                 Err(e) => {
-                    let err = BodyError::from_json(&e, index);
-                    first_error.get_or_insert(err.clone());
+                    let err = BodyError {
+                        line: index + 1,
+                        column: e.valid_up_to() + 1,
+                        message: "invalid UTF-8".into(),
+                    };
+                    let rejection =
+                        Rejection::Invalid(err.to_string().replace("body is", "line is"));
+                    self.first_error.get_or_insert(err);
                     Err(ItemError {
                         task_id: None,
-                        rejection: Rejection::Invalid(format!(
+                        rejection,
+                    })
+                }
+                Ok(text) => match serde_json::from_str::<&RawValue>(text) {
+                    Err(e) => {
+                        let err = BodyError::from_json(&e, index);
+                        let rejection = Rejection::Invalid(format!(
                             "line {} is not valid JSON: {} at column {}",
                             index + 1,
                             err.message,
                             err.column
-                        )),
-                    })
-                }
-                Ok(raw) => {
-                    parsed_any = true;
-                    parse_item(raw.get())
-                }
-            },
-        };
-        items.push(Item { index, parsed });
-    }
-    match (parsed_any, first_error) {
-        (false, Some(err)) => Err(err),
-        (false, None) => Err(BodyError {
-            line: 1,
-            column: 0,
-            message: "empty body; expected one JSON object per line".into(),
-        }),
-        _ => Ok(items),
+                        ));
+                        self.first_error.get_or_insert(err);
+                        Err(ItemError {
+                            task_id: None,
+                            rejection,
+                        })
+                    }
+                    Ok(raw) => Ok(raw),
+                },
+            };
+            return Some((index, parsed));
+        }
     }
 }
 

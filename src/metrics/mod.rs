@@ -11,14 +11,25 @@
 pub mod state;
 pub mod text;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+use bytes::Bytes;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::sync::Notify;
+
+/// What is left of a scrape's bounds (`--max-series`, `--max-scrape-bytes`) for a collector.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub series: usize,
+    pub bytes: usize,
+}
 
 /// Something that writes its own families into the exposition at scrape time.
 pub trait Collector: Send + Sync {
-    /// Appends whole families (HELP, TYPE and samples) in the text format.
-    fn write_text(&self, out: &mut String);
+    /// Appends whole families (HELP, TYPE and samples) in the text format, keeping within
+    /// `budget` where it can choose what to leave out, and taking what it wrote off it.
+    fn write_text(&self, out: &mut String, budget: &mut Budget);
 }
 
 /// `taskpulse_build_info{version}`, always 1.
@@ -33,20 +44,68 @@ pub fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
 }
 
 /// Everything `/metrics` shows: the registered metrics, then each collector's families.
+///
+/// Concurrent scrapes share renders ([`Exposition::scrape`]): a scrape is answered by a render
+/// that started after it arrived (so it shows everything acknowledged before it), and renders
+/// start at most once per [`RENDER_GAP`], so ten scrapers polling ten times a second cost what
+/// a few renders cost, not a hundred.
 pub struct Exposition {
     registry: Registry,
     collectors: Vec<Arc<dyn Collector>>,
+    bounds: Budget,
+    shared: Mutex<Shared>,
+    rendered: Notify,
+    /// `taskpulse_scrapes_total{outcome="rendered"}` and `{outcome="shared"}`.
+    scrapes_rendered: IntCounter,
+    scrapes_shared: IntCounter,
+}
+
+/// Renders start at most this often, however many scrapes arrive.
+pub const RENDER_GAP: Duration = Duration::from_millis(100);
+
+enum Step {
+    Done(Bytes),
+    Render(Instant),
+    Wait,
+    Sleep(Instant),
+}
+
+#[derive(Default)]
+struct Shared {
+    rendering: bool,
+    last_start: Option<Instant>,
+    /// The newest render and when it started.
+    last: Option<(Instant, Bytes)>,
 }
 
 impl Exposition {
-    pub fn new(registry: Registry, collectors: Vec<Arc<dyn Collector>>) -> Exposition {
-        Exposition {
+    /// `bounds`: the scrape's `--max-series` and `--max-scrape-bytes`. Registers
+    /// `taskpulse_scrapes_total` in `registry`.
+    pub fn new(
+        registry: Registry,
+        collectors: Vec<Arc<dyn Collector>>,
+        bounds: Budget,
+    ) -> prometheus::Result<Exposition> {
+        let scrapes = IntCounterVec::new(
+            Opts::new(
+                "taskpulse_scrapes_total",
+                "Scrapes of /metrics, by whether the scrape rendered the text or was answered by a render another scrape started after it arrived (shared).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(scrapes.clone()))?;
+        Ok(Exposition {
             registry,
             collectors,
-        }
+            bounds,
+            shared: Mutex::new(Shared::default()),
+            rendered: Notify::new(),
+            scrapes_rendered: scrapes.with_label_values(&["rendered"]),
+            scrapes_shared: scrapes.with_label_values(&["shared"]),
+        })
     }
 
-    /// The exposition text for `/metrics`.
+    /// The exposition text for `/metrics`, rendered now.
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -54,9 +113,77 @@ impl Exposition {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         let mut text = String::from_utf8(buf).unwrap_or_default();
+        let mut budget = Budget {
+            series: self
+                .bounds
+                .series
+                .saturating_sub(text.lines().filter(|l| !l.starts_with('#')).count()),
+            bytes: self.bounds.bytes.saturating_sub(text.len()),
+        };
         for c in &self.collectors {
-            c.write_text(&mut text);
+            c.write_text(&mut text, &mut budget);
         }
         text
+    }
+
+    /// A render for a scrape that arrived now, shared with the scrapes that wait for the same
+    /// one (see the type's docs). The render itself runs on the blocking pool.
+    pub async fn scrape(self: &Arc<Self>) -> Result<Bytes, String> {
+        let asked = Instant::now();
+        loop {
+            let notified = self.rendered.notified();
+            match self.next_step(asked) {
+                Step::Done(text) => {
+                    self.scrapes_shared.inc();
+                    return Ok(text);
+                }
+                Step::Render(started) => {
+                    self.scrapes_rendered.inc();
+                    return self.render_shared(started).await;
+                }
+                // another scrape renders: its result, or the next one, is ours
+                Step::Wait => notified.await,
+                Step::Sleep(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+            }
+        }
+    }
+
+    /// What a scrape that arrived at `asked` does next (decided under the lock, done after).
+    fn next_step(&self, asked: Instant) -> Step {
+        let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((started, text)) = &sh.last {
+            if *started >= asked {
+                return Step::Done(text.clone());
+            }
+        }
+        if sh.rendering {
+            return Step::Wait;
+        }
+        let now = Instant::now();
+        match sh.last_start.map(|t| t + RENDER_GAP).filter(|t| *t > now) {
+            Some(t) => Step::Sleep(t),
+            None => {
+                sh.rendering = true;
+                sh.last_start = Some(now);
+                Step::Render(now)
+            }
+        }
+    }
+
+    async fn render_shared(self: &Arc<Self>, started: Instant) -> Result<Bytes, String> {
+        let me = self.clone();
+        let result = tokio::task::spawn_blocking(move || me.render())
+            .await
+            .map(Bytes::from)
+            .map_err(|e| format!("scrape failed: {e}"));
+        {
+            let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            sh.rendering = false;
+            if let Ok(text) = &result {
+                sh.last = Some((started, text.clone()));
+            }
+        }
+        self.rendered.notify_waiters();
+        result
     }
 }

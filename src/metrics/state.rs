@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{text, Collector};
+use super::{text, Budget, Collector};
+use crate::cardinality::OTHER;
 use crate::leader::Leadership;
 use crate::model::{Status, WAIT_TASK_TYPE};
 use crate::now_ms;
@@ -31,6 +32,8 @@ pub struct ScrapeConfig {
     pub stall_after: Duration,
     pub wait_grace: Duration,
     pub max_task_series: usize,
+    /// `--max-label-values`: label sets from input kept per aggregate family.
+    pub max_label_values: usize,
 }
 
 /// A family this exporter writes: name and help (all are gauges).
@@ -86,6 +89,19 @@ const WORKER_SEEN: Family = Family(
     "taskpulse_worker_last_seen_timestamp_seconds",
     "When each worker last sent an update, Unix seconds.",
 );
+const FOLDED: Family = Family(
+    "taskpulse_label_sets_folded",
+    "Label sets from input folded into __other__ by --max-label-values in this scrape, by family (taskpulse_tasks also stands for the stalled and predicted-timeout gauges, taskpulse_wait_tasks for the other WAIT gauges, taskpulse_worker_tasks for the last-seen gauge).",
+);
+
+const TRACKED: Family = Family(
+    "taskpulse_tracked_tasks",
+    "Tasks this process keeps in memory, finished ones included (bounded by --max-tracked-tasks).",
+);
+const TRACKED_BYTES: Family = Family(
+    "taskpulse_tracked_memory_bytes",
+    "Estimated memory the tasks kept in memory take, as --max-tracked-memory counts it.",
+);
 
 impl Family {
     fn header(&self, out: &mut String) {
@@ -131,6 +147,10 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// (workflow type, task type) by the strings' addresses, with the strings kept for the fold.
 type ByTypeAddr = FastMap<(usize, usize), (Arc<str>, Arc<str>, TypeCounts)>;
 
+/// Buffer lengths and the sample count of a [`PerTask`] at one point.
+#[derive(Clone, Copy, Default)]
+struct Mark([usize; 5]);
+
 /// The four per-task families, each written into its own buffer (a family's lines must be
 /// together) and joined at the end.
 #[derive(Default)]
@@ -139,6 +159,8 @@ struct PerTask {
     deadline: String,
     predicted: String,
     worker: String,
+    /// Samples written.
+    series: usize,
     /// `{workflow_type="..",task_type="..",workflow_id="..",task_id=".."`, without the brace
     /// that closes it, reused for every task.
     labels: String,
@@ -146,10 +168,36 @@ struct PerTask {
 
 impl PerTask {
     fn clear(&mut self) {
-        self.progress.clear();
-        self.deadline.clear();
-        self.predicted.clear();
-        self.worker.clear();
+        self.undo(Mark::default());
+    }
+
+    /// Where the buffers stand, to go back to with [`PerTask::undo`].
+    fn mark(&self) -> Mark {
+        Mark([
+            self.progress.len(),
+            self.deadline.len(),
+            self.predicted.len(),
+            self.worker.len(),
+            self.series,
+        ])
+    }
+
+    fn undo(&mut self, Mark(m): Mark) {
+        self.progress.truncate(m[0]);
+        self.deadline.truncate(m[1]);
+        self.predicted.truncate(m[2]);
+        self.worker.truncate(m[3]);
+        self.series = m[4];
+    }
+
+    /// Whether what is written fits in `room` (with the four families' headers).
+    fn fits(&self, room: &Budget) -> bool {
+        let bytes = self.progress.len()
+            + self.deadline.len()
+            + self.predicted.len()
+            + self.worker.len()
+            + 4 * 200;
+        self.series <= room.series && bytes <= room.bytes
     }
 
     fn add(&mut self, st: &TaskState, predicted: Option<i64>) {
@@ -165,11 +213,13 @@ impl PerTask {
         l.push_str("\",task_id=\"");
         text::label_value(l, &rec.task_id);
         l.push('"');
-        let line = |out: &mut String, name: &str, v: f64| {
+        let mut series = 0;
+        let mut line = |out: &mut String, name: &str, v: f64| {
             out.push_str(name);
             out.push_str(l);
             out.push('}');
             text::value_f64(out, v);
+            series += 1;
         };
         if let Some(p) = rec.progress {
             line(&mut self.progress, PROGRESS.0, f64::from(p) / 100.0);
@@ -187,7 +237,9 @@ impl PerTask {
             out.push_str(",worker_id=\"");
             text::label_value(out, w);
             out.push_str("\"} 1\n");
+            series += 1;
         }
+        self.series += series;
     }
 
     fn write(&self, out: &mut String) {
@@ -224,8 +276,20 @@ impl StateCollector {
 }
 
 impl Collector for StateCollector {
-    /// Appends the state gauges, in the text format, to `out`.
-    fn write_text(&self, out: &mut String) {
+    /// Appends the state gauges, in the text format, to `out`, the per-task families within
+    /// what `budget` leaves after the aggregates.
+    fn write_text(&self, out: &mut String, budget: &mut Budget) {
+        // What this process holds, on every replica: memory is per process.
+        let start = out.len();
+        for (family, v) in [
+            (&TRACKED, self.tracker.len()),
+            (&TRACKED_BYTES, self.tracker.tracked_bytes()),
+        ] {
+            family.header(out);
+            text::sample_i64(out, family.0, &[], v as i64);
+        }
+        budget.series = budget.series.saturating_sub(2);
+        budget.bytes = budget.bytes.saturating_sub(out.len() - start);
         if !self.leadership.is_leader() {
             return;
         }
@@ -303,30 +367,27 @@ impl Collector for StateCollector {
             }
         });
 
-        // 4.1 per task, capped: past the cap, the oldest tasks, looked up again.
-        let omitted = candidates.len().saturating_sub(cap);
-        if omitted > 0 && cap > 0 {
-            candidates.select_nth_unstable_by(cap - 1, |a, b| a.cmp(b));
-            candidates.truncate(cap);
-            for (_, id) in &candidates {
-                self.tracker.inspect(id, |st| {
-                    if st.rec.is_in_flight() && st.rec.progress.is_some() {
-                        per_task.add(st, st.predicted_completion(now, stall_ms));
-                    }
-                });
-            }
-        }
-        per_task.write(out);
-        OMITTED.header(out);
-        text::sample_i64(out, OMITTED.0, &[], omitted as i64);
+        // The aggregates first: what they take of the budget, the per-task families may not.
+        let mut agg = String::with_capacity(16 * 1024);
+        let max_values = self.cfg.max_label_values;
+        let mut folded = [0usize; 3];
 
-        // 4.2 aggregates, folded by content (and sorted, for a stable output).
+        // Tasks by (workflow type, task type), folded by content, then the largest groups kept.
         let mut types: BTreeMap<(Arc<str>, Arc<str>), TypeCounts> = BTreeMap::new();
         for (_, (wf, tt, c)) in by_type {
             types.entry((wf, tt)).or_default().add(&c);
         }
+        let other: Arc<str> = Arc::from(OTHER);
+        let (types, n) = keep_largest(
+            types,
+            max_values,
+            |c| c.by_status.iter().sum(),
+            || (other.clone(), other.clone()),
+            |a, b| a.add(b),
+        );
+        folded[0] = n;
         if !types.is_empty() {
-            TASKS.header(out);
+            TASKS.header(&mut agg);
             for ((wf, tt), c) in &types {
                 for (status, n) in Status::ALL.iter().zip(c.by_status) {
                     if n > 0 {
@@ -335,7 +396,7 @@ impl Collector for StateCollector {
                             ("task_type", &**tt),
                             ("status", status.as_str()),
                         ];
-                        text::sample_i64(out, TASKS.0, &labels, n);
+                        text::sample_i64(&mut agg, TASKS.0, &labels, n);
                     }
                 }
             }
@@ -355,14 +416,14 @@ impl Collector for StateCollector {
             if in_flight.is_empty() {
                 break;
             }
-            family.header(out);
+            family.header(&mut agg);
             for ((wf, tt), c) in &in_flight {
                 let labels = [("workflow_type", &**wf), ("task_type", &**tt)];
-                text::sample_i64(out, family.0, &labels, pick(c));
+                text::sample_i64(&mut agg, family.0, &labels, pick(c));
             }
         }
 
-        // 4.3 WAIT queue
+        // The WAIT queue, by workflow type.
         let mut wait_by_wf: BTreeMap<Arc<str>, WaitCounts> = BTreeMap::new();
         match &self.wait_source {
             Some(source) => {
@@ -378,6 +439,14 @@ impl Collector for StateCollector {
                 }
             }
         }
+        let (wait_by_wf, n) = keep_largest(
+            wait_by_wf,
+            max_values,
+            |c| c.waiting,
+            || other.clone(),
+            |a, b| a.merge(b),
+        );
+        folded[1] = n;
         for (family, pick) in [
             (
                 &WAITING,
@@ -389,35 +458,134 @@ impl Collector for StateCollector {
             if wait_by_wf.is_empty() {
                 break;
             }
-            family.header(out);
+            family.header(&mut agg);
             for (wf, c) in &wait_by_wf {
-                text::sample_i64(out, family.0, &[("workflow_type", wf)], pick(c));
+                text::sample_i64(&mut agg, family.0, &[("workflow_type", wf)], pick(c));
             }
         }
-        OLDEST_OVERDUE.header(out);
+        OLDEST_OVERDUE.header(&mut agg);
         text::sample_f64(
-            out,
+            &mut agg,
             OLDEST_OVERDUE.0,
             &[],
             oldest_overdue_ms as f64 / 1000.0,
         );
 
-        // 4.6 workers: every worker seen recently, with its in-flight task count.
+        // Workers seen recently (`--worker-expiry`), with their in-flight tasks: the busiest kept.
         let mut tasks_of: HashMap<Arc<str>, i64> = HashMap::new();
         for (_, (w, n)) in workers {
             *tasks_of.entry(w).or_default() += n;
         }
-        let seen: BTreeMap<Arc<str>, i64> = self.tracker.workers().into_iter().collect();
+        let seen: BTreeMap<Arc<str>, (i64, i64)> = self
+            .tracker
+            .workers()
+            .into_iter()
+            .map(|(w, at)| {
+                let n = tasks_of.get(&w).copied().unwrap_or(0);
+                (w, (n, at))
+            })
+            .collect();
+        let (seen, n) = keep_largest(
+            seen,
+            max_values,
+            |(n, at)| n.saturating_mul(1 << 42).saturating_add(*at / 1000),
+            || other.clone(),
+            |a, b| *a = (a.0 + b.0, a.1.max(b.1)),
+        );
+        folded[2] = n;
         if !seen.is_empty() {
-            WORKER_TASKS.header(out);
-            for w in seen.keys() {
-                let n = tasks_of.get(w).copied().unwrap_or(0);
-                text::sample_i64(out, WORKER_TASKS.0, &[("worker_id", w)], n);
+            WORKER_TASKS.header(&mut agg);
+            for (w, (n, _)) in &seen {
+                text::sample_i64(&mut agg, WORKER_TASKS.0, &[("worker_id", w)], *n);
             }
-            WORKER_SEEN.header(out);
-            for (w, at) in &seen {
-                text::sample_f64(out, WORKER_SEEN.0, &[("worker_id", w)], *at as f64 / 1000.0);
+            WORKER_SEEN.header(&mut agg);
+            for (w, (_, at)) in &seen {
+                text::sample_f64(
+                    &mut agg,
+                    WORKER_SEEN.0,
+                    &[("worker_id", w)],
+                    *at as f64 / 1000.0,
+                );
             }
         }
+        FOLDED.header(&mut agg);
+        for (family, n) in [TASKS.0, WAITING.0, WORKER_TASKS.0].iter().zip(folded) {
+            text::sample_i64(&mut agg, FOLDED.0, &[("family", family)], n as i64);
+        }
+
+        // Per task, capped by --max-task-series and by what the budget leaves: past either,
+        // the oldest whole tasks, looked up again.
+        let agg_series = samples_in(&agg) + 1; // and the omitted gauge
+        let room = Budget {
+            series: budget.series.saturating_sub(agg_series),
+            bytes: budget.bytes.saturating_sub(agg.len() + 256),
+        };
+        let total = candidates.len();
+        let fits = total <= cap && per_task.fits(&room);
+        let kept = if fits {
+            candidates.len()
+        } else {
+            per_task.clear();
+            let take = cap.min(candidates.len());
+            if take > 0 && take < candidates.len() {
+                candidates.select_nth_unstable_by(take - 1, |a, b| a.cmp(b));
+            }
+            candidates.truncate(take);
+            candidates.sort_unstable();
+            let mut kept = 0;
+            for (_, id) in &candidates {
+                let mark = per_task.mark();
+                self.tracker.inspect(id, |st| {
+                    if st.rec.is_in_flight() && st.rec.progress.is_some() {
+                        per_task.add(st, st.predicted_completion(now, stall_ms));
+                    }
+                });
+                if !per_task.fits(&room) {
+                    per_task.undo(mark);
+                    break;
+                }
+                kept += 1;
+            }
+            kept
+        };
+        let omitted = total - kept;
+        let before = out.len();
+        per_task.write(out);
+        OMITTED.header(out);
+        text::sample_i64(out, OMITTED.0, &[], omitted as i64);
+        out.push_str(&agg);
+        budget.series = budget.series.saturating_sub(per_task.series + agg_series);
+        budget.bytes = budget.bytes.saturating_sub(out.len() - before);
     }
+}
+
+/// The number of samples in some exposition text (lines that are not comments).
+fn samples_in(text: &str) -> usize {
+    text.lines().filter(|l| !l.starts_with('#')).count()
+}
+
+/// Keeps the `max` entries of largest `weight` (the rest merged into one under `other_key`),
+/// in key order; returns them and how many were folded.
+fn keep_largest<K: Ord + Clone, V: Default>(
+    entries: BTreeMap<K, V>,
+    max: usize,
+    weight: impl Fn(&V) -> i64,
+    other_key: impl FnOnce() -> K,
+    merge: impl Fn(&mut V, &V),
+) -> (BTreeMap<K, V>, usize) {
+    if entries.len() <= max {
+        return (entries, 0);
+    }
+    let mut all: Vec<(K, V)> = entries.into_iter().collect();
+    // largest first, ties by key, so the kept set is the same scrape after scrape
+    all.sort_by(|a, b| weight(&b.1).cmp(&weight(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    let rest = all.split_off(max.saturating_sub(1));
+    let folded = rest.len();
+    let mut merged = V::default();
+    for (_, v) in &rest {
+        merge(&mut merged, v);
+    }
+    let mut kept: BTreeMap<K, V> = all.into_iter().collect();
+    merge(kept.entry(other_key()).or_default(), &merged);
+    (kept, folded)
 }

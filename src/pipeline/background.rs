@@ -16,8 +16,6 @@ use crate::throttle;
 
 /// How often finished tasks, idle limiter state and idle workers are swept from memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-/// A worker with no in-flight task disappears from the worker gauges after this long unseen.
-const WORKER_IDLE: Duration = Duration::from_secs(3600);
 
 /// Writes coalesced progress when its interval ends.
 pub async fn timers(
@@ -48,15 +46,23 @@ pub async fn settle_lost(
     }
 }
 
-/// Forgets what memory no longer needs, and evicts past `--max-tracked-tasks` (at once when a
-/// flood of new tasks went far over it).
-pub async fn sweeper(tracker: Arc<Tracker>, terminal_retention: Duration, stop: CancellationToken) {
+/// Forgets what memory no longer needs (finished tasks past `--terminal-retention`, workers
+/// past `--worker-expiry`), and evicts past `--max-tracked-tasks` (at once when a flood of new
+/// tasks went far over it). Runs every 5 s, or every `--worker-expiry` when that is shorter.
+pub async fn sweeper(
+    tracker: Arc<Tracker>,
+    terminal_retention: Duration,
+    worker_expiry: Duration,
+    stop: CancellationToken,
+) {
     let retention_ms = terminal_retention.as_millis() as i64;
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let expiry_ms = worker_expiry.as_millis() as i64;
+    let mut tick =
+        tokio::time::interval(SWEEP_EVERY.min(worker_expiry.max(Duration::from_millis(100))));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => tracker.sweep(retention_ms, WORKER_IDLE.as_millis() as i64),
+            _ = tick.tick() => tracker.sweep(retention_ms, expiry_ms),
             _ = tracker.eviction_wanted() => {}
         }
         tracker.evict_over_cap();

@@ -52,11 +52,40 @@ impl Tracker {
     /// at a time, and takes each victim's entry only briefly. A task updated between the scan
     /// and its removal is kept (its `touched` time moved), so an eviction never loses an update.
     pub fn evict_over_cap(&self) -> usize {
-        let len = self.tasks.len();
-        if len <= self.max_tracked {
-            return 0;
+        let mut evicted = 0;
+        // Over the memory bound, the count to evict is estimated from the average size; a
+        // round or two more settles what the estimate missed.
+        for _ in 0..4 {
+            let len = self.tasks.len();
+            let bytes = self.tracked_bytes();
+            let by_count = len.saturating_sub(self.max_tracked);
+            let by_bytes = match bytes.checked_sub(self.max_bytes) {
+                Some(over) if over > 0 && len > 0 => over.div_ceil((bytes / len).max(1)),
+                _ => 0,
+            };
+            let excess = by_count.max(by_bytes).min(len);
+            if excess == 0 {
+                break;
+            }
+            let n = self.evict(excess);
+            evicted += n;
+            if n == 0 {
+                break;
+            }
         }
-        let excess = len - self.max_tracked;
+        if evicted > 0 {
+            self.metrics.tasks_evicted_total.inc_by(evicted as u64);
+            tracing::debug!(
+                evicted,
+                cap = self.max_tracked,
+                "over --max-tracked-tasks or --max-tracked-memory: least recently updated tasks left memory"
+            );
+        }
+        evicted
+    }
+
+    /// Evicts the `excess` least valuable tasks (see [`Tracker::evict_over_cap`]).
+    fn evict(&self, excess: usize) -> usize {
         let mut candidates: Vec<(bool, i64, Arc<str>)> = self
             .tasks
             .iter()
@@ -76,25 +105,16 @@ impl Tracker {
                 }
                 if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
                     self.send_task(st, WriteKind::Progress, now, None, None);
+                } else if let Some(line) = st.rejections.take() {
+                    self.send_event(st, *line);
                 }
             }
-            if self
-                .tasks
-                .remove_if(&*id, |_, st| {
-                    st.touched == seen && st.pending == Pending::Clean
-                })
-                .is_some()
-            {
+            if let Some((_, st)) = self.tasks.remove_if(&*id, |_, st| {
+                st.touched == seen && st.pending == Pending::Clean
+            }) {
+                self.forget_size(&st);
                 evicted += 1;
             }
-        }
-        if evicted > 0 {
-            self.metrics.tasks_evicted_total.inc_by(evicted as u64);
-            tracing::debug!(
-                evicted,
-                cap = self.max_tracked,
-                "over --max-tracked-tasks: least recently updated tasks left memory"
-            );
         }
         evicted
     }
@@ -108,6 +128,9 @@ impl Tracker {
             if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
                 self.send_task(st, WriteKind::Progress, now, None, None);
                 flushed += 1;
+            } else if let Some(line) = st.rejections.take() {
+                self.send_event(st, *line);
+                flushed += 1;
             }
         }
         flushed
@@ -117,7 +140,11 @@ impl Tracker {
     /// [`Tracker::loaded`] after the last.
     pub fn load_one(&self, rec: TaskRecord) {
         let rec = self.intern(rec);
-        self.tasks.insert(rec.task_id.clone(), TaskState::new(rec));
+        let mut st = TaskState::new(rec);
+        self.resize(&mut st);
+        if let Some(old) = self.tasks.insert(st.rec.task_id.clone(), st) {
+            self.forget_size(&old);
+        }
     }
 
     /// After loading: a store with more unfinished tasks than the cap keeps the most recently
@@ -141,7 +168,9 @@ impl Tracker {
         for rec in records {
             if let dashmap::Entry::Vacant(v) = self.tasks.entry(rec.task_id.clone()) {
                 let rec = self.intern(rec);
-                v.insert(TaskState::new(rec));
+                let mut st = TaskState::new(rec);
+                self.resize(&mut st);
+                v.insert(st);
             }
         }
         self.check_cap();
@@ -230,6 +259,8 @@ impl Tracker {
             st.rec = self.intern(rec);
             st.pending = Pending::Clean;
             st.written_progress = st.rec.progress;
+            st.written_status = st.rec.status;
+            self.resize(&mut st);
         }
     }
 
@@ -261,13 +292,21 @@ impl Tracker {
             .collect()
     }
 
-    /// Housekeeping: forget finished tasks after `retention_ms`, idle limiter state, idle
-    /// workers (no task, not seen for `worker_idle_ms`) and unused names.
-    pub fn sweep(&self, retention_ms: i64, worker_idle_ms: i64) {
+    /// Housekeeping: forget finished tasks after `retention_ms`, idle limiter state, workers
+    /// with no task in flight not seen for `worker_expiry_ms` (`--worker-expiry`), and unused
+    /// names.
+    pub fn sweep(&self, retention_ms: i64, worker_expiry_ms: i64) {
         let now = now_ms();
         self.tasks.retain(|_, st| match st.rec.terminal_at {
-            Some(t) => now - t < retention_ms,
-            None => true,
+            Some(t) if now - t >= retention_ms => {
+                // its last rejections go into the history before it leaves memory
+                if let Some(line) = st.rejections.take() {
+                    self.send_event(st, *line);
+                }
+                self.forget_size(st);
+                false
+            }
+            _ => true,
         });
         self.throttle.forget_idle();
         let busy: HashSet<Arc<str>> = self
@@ -277,13 +316,21 @@ impl Tracker {
             .filter_map(|e| e.rec.worker_id.clone())
             .collect();
         self.workers
-            .retain(|w, seen| busy.contains(w) || now - *seen < worker_idle_ms);
+            .retain(|w, seen| busy.contains(w) || now - *seen < worker_expiry_ms);
         self.names.prune();
     }
 
     /// A copy of one task's record.
     pub fn get(&self, task_id: &str) -> Option<TaskRecord> {
         self.tasks.get(task_id).map(|e| e.rec.clone())
+    }
+
+    /// The attempts of a task seen since its last write (the store has the earlier ones).
+    pub fn unwritten_attempts(&self, task_id: &str) -> Vec<crate::model::Attempt> {
+        self.tasks
+            .get(task_id)
+            .map(|e| e.attempts.clone())
+            .unwrap_or_default()
     }
 
     /// Copies of the records that pass `filter`.
@@ -293,6 +340,35 @@ impl Tracker {
             .filter(|e| filter(&e.rec))
             .map(|e| e.rec.clone())
             .collect()
+    }
+
+    /// One page of the tasks that pass `filter`, most recently updated first (then by id),
+    /// starting after `after` (the last (last seen, task id) of the previous page); and whether
+    /// more follow. Only the page's records are copied: the walk keeps a key per match.
+    pub fn page(
+        &self,
+        mut filter: impl FnMut(&TaskRecord) -> bool,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> (Vec<TaskRecord>, bool) {
+        let past = |last_seen: i64, id: &str| match after {
+            None => true,
+            Some((seen, after_id)) => last_seen < seen || (last_seen == seen && id > after_id),
+        };
+        let mut keys: Vec<(std::cmp::Reverse<i64>, Arc<str>)> = self
+            .tasks
+            .iter()
+            .filter(|e| past(e.rec.last_seen, &e.rec.task_id) && filter(&e.rec))
+            .map(|e| (std::cmp::Reverse(e.rec.last_seen), e.key().clone()))
+            .collect();
+        let more = keys.len() > limit;
+        if more && limit > 0 {
+            keys.select_nth_unstable(limit - 1);
+        }
+        keys.truncate(limit);
+        keys.sort_unstable();
+        let page = keys.iter().filter_map(|(_, id)| self.get(id)).collect();
+        (page, more)
     }
 
     /// Calls `f` on every tracked task (metrics scrape). Holds one shard at a time.

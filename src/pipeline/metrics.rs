@@ -3,6 +3,9 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
+use std::sync::Arc;
+
+use crate::cardinality::{Folding, LabelCap, HISTOGRAM_LABEL_VALUES};
 use crate::model::Status;
 
 /// The `outcome` label values of `taskpulse_updates_total`.
@@ -16,6 +19,8 @@ pub struct PipelineMetrics {
     pub task_duration_seconds: HistogramVec,
     /// Tasks that left memory because of `--max-tracked-tasks` (they stay in the store).
     pub tasks_evicted_total: IntCounter,
+    /// The task types the duration histogram keeps series for.
+    duration_types: Arc<LabelCap>,
     /// `progress_updates_total{outcome="written"}` and `{outcome="coalesced"}`, looked up once:
     /// they are bumped on every progress update.
     progress_written: IntCounter,
@@ -23,7 +28,7 @@ pub struct PipelineMetrics {
 }
 
 impl PipelineMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<PipelineMetrics> {
+    pub fn register(registry: &Registry, folding: &Folding) -> prometheus::Result<PipelineMetrics> {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels)
         };
@@ -33,6 +38,9 @@ impl PipelineMetrics {
             &["outcome"],
         )?;
         let m = PipelineMetrics {
+            duration_types: Arc::new(
+                folding.cap("taskpulse_task_duration_seconds", HISTOGRAM_LABEL_VALUES),
+            ),
             progress_written: progress_updates_total.with_label_values(&["written"]),
             progress_coalesced: progress_updates_total.with_label_values(&["coalesced"]),
             progress_updates_total,
@@ -71,7 +79,15 @@ impl PipelineMetrics {
     }
 
     pub fn unregistered() -> PipelineMetrics {
-        PipelineMetrics::register(&Registry::new()).expect("fresh registry")
+        PipelineMetrics::register(&Registry::new(), &Folding::unregistered())
+            .expect("fresh registry")
+    }
+
+    /// One task finished after `seconds`.
+    pub(crate) fn task_finished(&self, task_type: &str, status: Status, seconds: f64) {
+        self.task_duration_seconds
+            .with_label_values(&[self.duration_types.label(task_type), status.as_str()])
+            .observe(seconds);
     }
 
     /// Makes a source's counters exist from the first scrape (dashboards rate() over them).

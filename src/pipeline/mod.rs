@@ -23,10 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::ingest::Item;
+use crate::ingest::{Item, TaskUpdate};
 use crate::lifecycle::Rejection;
 use crate::store::{Commit, Store};
 
@@ -71,6 +73,14 @@ pub enum IngestError {
     StoreRead(#[source] crate::Error),
 }
 
+/// Rejections a [`Report`] lists one by one, at most; the rest are only counted by reason, so
+/// an answer stays small whatever the body held.
+pub const MAX_LISTED_REJECTIONS: usize = 100;
+
+/// Items taken from a batch at a time: the store is asked about the tasks of one chunk at once,
+/// and room in the writer's queue is reserved per chunk.
+const CHUNK: usize = 1024;
+
 /// One rejected item in a [`Report`].
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -83,21 +93,38 @@ pub struct RejectedItem {
 
 /// What became of a batch.
 #[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     pub accepted: u64,
     pub duplicates: u64,
+    /// The first [`MAX_LISTED_REJECTIONS`] rejections, in body order.
     pub rejected: Vec<RejectedItem>,
+    /// Every rejection, listed or not.
+    pub rejected_count: u64,
+    /// Every rejection by reason code (`terminal`, `stale`, `clock_skew`, `invalid`).
+    pub rejected_by_reason: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
     fn reject(&mut self, index: usize, task_id: Option<String>, r: &Rejection) {
-        self.rejected.push(RejectedItem {
-            index,
-            task_id,
-            reason: r.reason(),
-            detail: r.detail(),
-        });
+        self.rejected_count += 1;
+        *self.rejected_by_reason.entry(r.code()).or_default() += 1;
+        if self.rejected.len() < MAX_LISTED_REJECTIONS {
+            self.rejected.push(RejectedItem {
+                index,
+                task_id,
+                reason: r.reason(),
+                detail: r.detail(),
+            });
+        }
     }
+}
+
+/// An accepted update whose answer waits for its commit.
+struct Waiting {
+    index: usize,
+    update: TaskUpdate,
+    commit: oneshot::Receiver<Commit>,
 }
 
 /// The pipeline, shared by every source.
@@ -144,21 +171,120 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Takes a parsed batch from `source` (the `source` label of `taskpulse_updates_total`).
+    /// Takes a parsed batch from `source` (the `source` label of `taskpulse_updates_total`),
+    /// a chunk at a time.
     pub async fn submit(
         &self,
-        items: Vec<Item>,
+        items: impl IntoIterator<Item = Item>,
         source: &str,
         ack: Ack,
     ) -> Result<Report, IngestError> {
         self.admit()?;
+        let mut items = items.into_iter();
+        let wait = ack == Ack::Commit;
+        let mut report = Report::default();
+        let mut waits: Vec<Waiting> = Vec::new();
+        // A retried completion is a duplicate from memory, but while the store fails its first
+        // attempt may still be waiting in the writer: a 200 now would acknowledge a completion
+        // that is not durable yet. The caller gets an error until the store is back.
+        let mut unconfirmed_duplicate = false;
+        let chunk_len = CHUNK.min((self.max_pending_writes / 4).max(1));
+        let mut chunk: Vec<Item> = Vec::with_capacity(chunk_len);
+        loop {
+            chunk.clear();
+            chunk.extend(items.by_ref().take(chunk_len));
+            if chunk.is_empty() {
+                break;
+            }
+            if let Err(e) = self
+                .apply_chunk(
+                    &mut chunk,
+                    wait,
+                    &mut report,
+                    &mut waits,
+                    &mut unconfirmed_duplicate,
+                )
+                .await
+            {
+                self.tracker
+                    .metrics()
+                    .counted(source, "accepted", report.accepted);
+                return Err(e);
+            }
+        }
+        let metrics = self.tracker.metrics();
+        if unconfirmed_duplicate && waits.is_empty() {
+            metrics.counted(source, "accepted", report.accepted);
+            return Err(IngestError::StoreFailing);
+        }
+        if !waits.is_empty() {
+            let (meta, receivers): (Vec<_>, Vec<_>) = waits
+                .into_iter()
+                .map(|w| ((w.index, w.update), w.commit))
+                .unzip();
+            let commits = match self.wait_for_commits(receivers).await {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics.counted(source, "accepted", report.accepted);
+                    return Err(e);
+                }
+            };
+            for ((index, update), commit) in meta.into_iter().zip(commits) {
+                let task_id = || Some(update.task_id.clone());
+                match commit {
+                    Ok(Commit::Written) => report.accepted += 1,
+                    Ok(Commit::Conflict(Some(stored))) => {
+                        let d = task::diff(&stored, &update);
+                        match self
+                            .tracker
+                            .settle(*stored, update.status, update.update_time, d)
+                        {
+                            Settled::Duplicate => report.duplicates += 1,
+                            Settled::Rejected(r) => report.reject(index, task_id(), &r),
+                        }
+                    }
+                    Ok(Commit::Conflict(None)) => report.reject(
+                        index,
+                        task_id(),
+                        &Rejection::Invalid("the store refused the update".into()),
+                    ),
+                    Ok(Commit::Failed(msg)) => report.reject(
+                        index,
+                        task_id(),
+                        &Rejection::Invalid(format!("the store refused the update: {msg}")),
+                    ),
+                    Err(_) => return Err(IngestError::ShuttingDown),
+                }
+            }
+        }
+        metrics.counted(source, "accepted", report.accepted);
+        metrics.counted(source, "duplicate", report.duplicates);
+        metrics.counted(source, "rejected", report.rejected_count);
+        Ok(report)
+    }
+
+    /// One chunk: room in the writer's queue, the store's rows of tasks not in memory, then
+    /// each update through the table.
+    async fn apply_chunk(
+        &self,
+        chunk: &mut Vec<Item>,
+        wait: bool,
+        report: &mut Report,
+        waits: &mut Vec<Waiting>,
+        unconfirmed_duplicate: &mut bool,
+    ) -> Result<(), IngestError> {
         let writer = self.tracker.writer();
+        let Some(_room) = writer.reserve(chunk.len(), self.max_pending_writes) else {
+            return Err(IngestError::StoreBehind {
+                pending: writer.pending(),
+                limit: self.max_pending_writes,
+            });
+        };
         // Tasks that are not in memory may still be in the store (finished past the retention,
-        // evicted, another replica's): bring them back first, with one query for the whole
-        // batch, so the lifecycle decides on what the store holds rather than treating them as
-        // new.
+        // evicted, another replica's): bring them back first, with one query for the chunk,
+        // so the lifecycle decides on what the store holds rather than treating them as new.
         let unknown = self.tracker.unknown(
-            items
+            chunk
                 .iter()
                 .filter_map(|i| i.parsed.as_ref().ok())
                 .map(|u| u.task_id.as_str()),
@@ -175,80 +301,28 @@ impl Pipeline {
                 Err(e) => return Err(IngestError::StoreRead(e)),
             }
         }
-        let wait = ack == Ack::Commit;
-        let mut report = Report::default();
-        let mut waits: Vec<(usize, oneshot::Receiver<Commit>)> = Vec::new();
         let store_failing = wait && writer.store_failing();
-        // A retried completion is a duplicate from memory, but while the store fails its first
-        // attempt may still be waiting in the writer: a 200 now would acknowledge a completion
-        // that is not durable yet. The caller gets an error until the store is back.
-        let mut unconfirmed_duplicate = false;
-        for (pos, item) in items.iter().enumerate() {
-            match &item.parsed {
-                Err(e) => report.reject(item.index, e.task_id.clone(), &e.rejection),
-                Ok(update) => match self.tracker.apply(update) {
-                    Applied::Accepted { commit: Some(rx) } if wait => waits.push((pos, rx)),
+        for item in chunk.drain(..) {
+            match item.parsed {
+                Err(e) => report.reject(item.index, e.task_id, &e.rejection),
+                Ok(update) => match self.tracker.apply(&update) {
+                    Applied::Accepted {
+                        commit: Some(commit),
+                    } if wait => waits.push(Waiting {
+                        index: item.index,
+                        update,
+                        commit,
+                    }),
                     Applied::Accepted { .. } => report.accepted += 1,
                     Applied::Duplicate => {
                         report.duplicates += 1;
-                        unconfirmed_duplicate |= store_failing && update.status.is_terminal();
+                        *unconfirmed_duplicate |= store_failing && update.status.is_terminal();
                     }
-                    Applied::Rejected(r) => {
-                        report.reject(item.index, Some(update.task_id.clone()), &r)
-                    }
+                    Applied::Rejected(r) => report.reject(item.index, Some(update.task_id), &r),
                 },
             }
         }
-        let metrics = self.tracker.metrics();
-        if unconfirmed_duplicate && waits.is_empty() {
-            metrics.counted(source, "accepted", report.accepted);
-            return Err(IngestError::StoreFailing);
-        }
-        if !waits.is_empty() {
-            let (positions, receivers): (Vec<_>, Vec<_>) = waits.into_iter().unzip();
-            let commits = match self.wait_for_commits(receivers).await {
-                Ok(c) => c,
-                Err(e) => {
-                    metrics.counted(source, "accepted", report.accepted);
-                    return Err(e);
-                }
-            };
-            for (pos, commit) in positions.into_iter().zip(commits) {
-                let item = &items[pos];
-                let Ok(update) = &item.parsed else {
-                    continue;
-                };
-                let task_id = || Some(update.task_id.clone());
-                match commit {
-                    Ok(Commit::Written) => report.accepted += 1,
-                    Ok(Commit::Conflict(Some(stored))) => {
-                        let d = task::diff(&stored, update);
-                        match self
-                            .tracker
-                            .settle(*stored, update.status, update.update_time, d)
-                        {
-                            Settled::Duplicate => report.duplicates += 1,
-                            Settled::Rejected(r) => report.reject(item.index, task_id(), &r),
-                        }
-                    }
-                    Ok(Commit::Conflict(None)) => report.reject(
-                        item.index,
-                        task_id(),
-                        &Rejection::Invalid("the store refused the update".into()),
-                    ),
-                    Ok(Commit::Failed(msg)) => report.reject(
-                        item.index,
-                        task_id(),
-                        &Rejection::Invalid(format!("the store refused the update: {msg}")),
-                    ),
-                    Err(_) => return Err(IngestError::ShuttingDown),
-                }
-            }
-        }
-        metrics.counted(source, "accepted", report.accepted);
-        metrics.counted(source, "duplicate", report.duplicates);
-        metrics.counted(source, "rejected", report.rejected.len() as u64);
-        Ok(report)
+        Ok(())
     }
 
     /// Waits for the commits an acknowledgement needs, up to [`COMMIT_TIMEOUT`], but gives up

@@ -5,7 +5,7 @@ use tokio::sync::oneshot;
 
 use crate::ingest::TaskUpdate;
 use crate::lifecycle::{Diff, Rejection};
-use crate::model::{Outcome, Status, TaskEvent, TaskRecord};
+use crate::model::{Attempt, Outcome, Status, TaskEvent, TaskRecord, ATTEMPTS_KEPT};
 use crate::now_ms;
 use crate::predict::ProgressWindow;
 use crate::store::Commit;
@@ -15,28 +15,46 @@ use crate::throttle::Pending;
 #[derive(Debug)]
 pub struct TaskState {
     pub rec: TaskRecord,
+    /// Whether memory holds a row write the store doesn't have yet.
     pub(crate) pending: Pending,
+    /// A timer is set to write what waits (see [`crate::throttle::run_timers`]).
+    pub(crate) timer: bool,
     /// Progress last handed to the writer.
     pub(crate) written_progress: Option<f32>,
-    /// The (attempt, worker) pair changed since the last write.
-    pub(crate) attempt_dirty: bool,
-    pub(crate) rejections_logged: u8,
+    /// Status last handed to the writer: a non-terminal status change is written like progress,
+    /// and its history line goes with that write.
+    pub(crate) written_status: Status,
+    /// Attempts (retry number, worker) seen since the last write, for it to store: every one,
+    /// not only the last, so a worker that ran a task between two writes is still recorded.
+    pub(crate) attempts: Vec<Attempt>,
+    /// Rejected updates not written yet, folded into one history line.
+    pub(crate) rejections: Option<Box<TaskEvent>>,
+    /// History lines and attempts handed to the writer since the last prune of this task.
+    pub(crate) events_written: u16,
+    pub(crate) attempts_written: u16,
+    /// What this entry takes of `--max-tracked-memory`, as last counted ([`footprint`]).
+    pub(crate) size: u32,
     /// When this entry was last created or updated in memory (epoch ms): the eviction order.
     /// Not `rec.last_seen`, which a task loaded back from the store keeps from long ago; the
     /// task just brought back for an update must not be the first one evicted again.
     pub(crate) touched: i64,
     /// Recent (time, progress) samples for timeout prediction; boxed, and only for tasks that
     /// report progress, so tasks without progress pay one pointer.
-    window: Option<Box<ProgressWindow>>,
+    pub(crate) window: Option<Box<ProgressWindow>>,
 }
 
 impl TaskState {
     pub(crate) fn new(rec: TaskRecord) -> TaskState {
         let mut st = TaskState {
             written_progress: rec.progress,
+            written_status: rec.status,
             pending: Pending::Clean,
-            attempt_dirty: false,
-            rejections_logged: 0,
+            timer: false,
+            attempts: Vec::new(),
+            rejections: None,
+            events_written: 0,
+            attempts_written: 0,
+            size: 0,
             touched: now_ms(),
             window: None,
             rec,
@@ -46,6 +64,32 @@ impl TaskState {
             st.sample(at, p);
         }
         st
+    }
+
+    /// Notes the attempt the record now names (its retry number and worker), for the next write.
+    pub(crate) fn note_attempt(&mut self, now: i64) {
+        let Some(worker) = self.rec.worker_id.clone() else {
+            return;
+        };
+        let attempt = self.rec.retry_count.unwrap_or(0);
+        if let Some(a) = self
+            .attempts
+            .iter_mut()
+            .find(|a| a.attempt == attempt && a.worker_id == worker)
+        {
+            a.last_seen = now;
+            return;
+        }
+        if self.attempts.len() >= ATTEMPTS_KEPT {
+            self.attempts.remove(0);
+        }
+        self.attempts.push(Attempt {
+            task_id: self.rec.task_id.clone(),
+            attempt,
+            worker_id: worker,
+            first_seen: now,
+            last_seen: now,
+        });
     }
 
     /// Adds a progress sample (engine time where the update carries one).
@@ -63,6 +107,27 @@ impl TaskState {
         }
         self.window.as_ref()?.predict_completion()
     }
+}
+
+/// What one tracked task takes besides its strings (the table entry, the state, the record and
+/// its allocations' headers), measured with 100,000 tasks (BENCHMARKS.md, "Where the memory goes").
+pub(crate) const TASK_OVERHEAD: usize = 700;
+/// A task's progress window, once it reports progress.
+const WINDOW_BYTES: usize = 112;
+
+/// About how many bytes a tracked task takes. Names shared by many tasks (types, workers) are
+/// not counted; the workflow id is, in full, as most are one workflow's alone.
+pub(crate) fn footprint(st: &TaskState) -> usize {
+    let r = &st.rec;
+    let len = |s: &Option<std::sync::Arc<str>>| s.as_deref().map_or(0, str::len);
+    TASK_OVERHEAD
+        + r.task_id.len() // one allocation shared by the table key, the record and the limiter
+        + r.workflow_id.len()
+        + len(&r.reference_task_name)
+        + len(&r.progress_message)
+        + if st.window.is_some() { WINDOW_BYTES } else { 0 }
+        + st.rejections.as_ref().map_or(0, |_| 160)
+        + st.attempts.len() * 64
 }
 
 /// The outcome of one update.
@@ -94,6 +159,8 @@ pub(crate) fn event(
         worker_id: rec.worker_id.clone(),
         progress_percent: rec.progress,
         update_time: rec.update_time,
+        count: 1,
+        last_at: None,
     }
 }
 

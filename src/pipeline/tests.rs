@@ -60,21 +60,35 @@ fn task_writes(ops: &[Op]) -> Vec<(WriteKind, Status, Option<f32>, bool)> {
     ops.iter()
         .filter_map(|op| match op {
             Op::Task {
-                rec, kind, attempt, ..
-            } => Some((*kind, rec.status, rec.progress, attempt.is_some())),
+                rec,
+                kind,
+                attempts,
+                ..
+            } => Some((*kind, rec.status, rec.progress, !attempts.is_empty())),
             _ => None,
         })
         .collect()
 }
 
 fn events(ops: &[Op]) -> Vec<(Outcome, Status)> {
+    lines(ops).into_iter().map(|(o, to, _)| (o, to)).collect()
+}
+
+/// History lines handed to the writer: outcome, status, and how many updates each stands for.
+fn lines(ops: &[Op]) -> Vec<(Outcome, Status, u32)> {
     ops.iter()
         .filter_map(|op| match op {
-            Op::Event(e) => Some((e.outcome, e.to)),
-            Op::Task { event: Some(e), .. } => Some((e.outcome, e.to)),
+            Op::Event(e) => Some((e.outcome, e.to, e.count)),
+            Op::Task { event: Some(e), .. } => Some((e.outcome, e.to, e.count)),
             _ => None,
         })
         .collect()
+}
+
+/// Runs the task's timer as the throttle's timer loop would, once its interval is over.
+fn after_interval(t: &Table, interval: Duration, id: &str) {
+    std::thread::sleep(interval + Duration::from_millis(30));
+    t.tracker.flush(&Arc::from(id));
 }
 
 #[test]
@@ -163,7 +177,8 @@ fn a_terminal_update_carries_waiting_progress_and_nothing_follows_it() {
 
 #[test]
 fn a_late_in_progress_after_completed_is_rejected_and_kept_in_history() {
-    let mut t = table(Duration::from_secs(60));
+    let interval = Duration::from_millis(100);
+    let mut t = table(interval);
     t.tracker.apply(&update(json!({"status": "COMPLETED"})));
     t.sent();
     match t.tracker.apply(&update(json!({"status": "IN_PROGRESS"}))) {
@@ -172,12 +187,15 @@ fn a_late_in_progress_after_completed_is_rejected_and_kept_in_history() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        events(&t.sent()),
-        vec![(Outcome::Rejected, Status::InProgress)]
-    );
     let m = &t.tracker.metrics().transitions_rejected_total;
     assert_eq!(m.with_label_values(&["COMPLETED", "IN_PROGRESS"]).get(), 1);
+    // the completion's write used the task's slot: the line waits for the next one
+    assert!(t.sent().is_empty());
+    after_interval(&t, interval, "t1");
+    assert_eq!(
+        lines(&t.sent()),
+        vec![(Outcome::Rejected, Status::InProgress, 1)]
+    );
     // an identical repeat of the completion is a duplicate, not a rejection
     assert!(matches!(
         t.tracker.apply(&update(json!({"status": "COMPLETED"}))),
@@ -187,16 +205,170 @@ fn a_late_in_progress_after_completed_is_rejected_and_kept_in_history() {
 }
 
 #[test]
-fn rejections_are_counted_every_time_but_logged_at_most_twenty_times() {
-    let mut t = table(Duration::from_secs(60));
+fn a_flood_of_rejections_costs_one_history_line_per_interval() {
+    let interval = Duration::from_millis(100);
+    let mut t = table(interval);
     t.tracker.apply(&update(json!({"status": "FAILED"})));
     t.sent();
     for _ in 0..50 {
         t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));
     }
-    assert_eq!(events(&t.sent()).len(), 20);
+    assert!(t.sent().is_empty(), "nothing written inside the interval");
+    after_interval(&t, interval, "t1");
+    assert_eq!(
+        lines(&t.sent()),
+        vec![(Outcome::Rejected, Status::InProgress, 50)],
+        "one line, counting all fifty"
+    );
     let m = &t.tracker.metrics().transitions_rejected_total;
     assert_eq!(m.with_label_values(&["FAILED", "IN_PROGRESS"]).get(), 50);
+    // the next one, with the slot free again, is written at once
+    std::thread::sleep(interval);
+    t.tracker.apply(&update(json!({"status": "SCHEDULED"})));
+    assert_eq!(
+        lines(&t.sent()),
+        vec![(Outcome::Rejected, Status::Scheduled, 1)]
+    );
+}
+
+#[test]
+fn scheduled_in_progress_flapping_is_written_like_progress() {
+    let interval = Duration::from_millis(100);
+    let mut t = table(interval);
+    t.tracker.apply(&update(json!({"status": "SCHEDULED"})));
+    t.sent();
+    for (i, status) in ["IN_PROGRESS", "SCHEDULED", "IN_PROGRESS"]
+        .iter()
+        .enumerate()
+    {
+        let a = t.tracker.apply(&update(
+            json!({"status": status, "updateTime": 1_000 + i as i64}),
+        ));
+        assert!(
+            matches!(a, Applied::Accepted { commit: None }),
+            "acknowledged from memory, like progress: {a:?}"
+        );
+    }
+    assert!(t.sent().is_empty(), "no write inside the interval");
+    assert_eq!(t.tracker.get("t1").unwrap().status, Status::InProgress);
+    after_interval(&t, interval, "t1");
+    let ops = t.sent();
+    assert_eq!(
+        task_writes(&ops),
+        vec![(WriteKind::Progress, Status::InProgress, None, false)],
+        "the newest status, once"
+    );
+    assert_eq!(
+        lines(&ops),
+        vec![(Outcome::Accepted, Status::InProgress, 1)]
+    );
+    // a terminal update is still written at once, and waits for its commit
+    let a = t.tracker.apply(&update(json!({"status": "COMPLETED"})));
+    assert!(matches!(a, Applied::Accepted { commit: Some(_) }));
+    assert_eq!(task_writes(&t.sent()).len(), 1);
+}
+
+#[test]
+fn the_throttle_keeps_every_attempt_between_two_writes() {
+    let interval = Duration::from_millis(100);
+    let mut t = table(interval);
+    t.tracker
+        .apply(&update(json!({"status": "IN_PROGRESS", "workerId": "a"})));
+    t.sent();
+    for (worker, retry) in [("b", 0), ("a", 0), ("c", 1)] {
+        let a = t.tracker.apply(&update(
+            json!({"status": "IN_PROGRESS", "workerId": worker, "retryCount": retry}),
+        ));
+        assert!(matches!(a, Applied::Accepted { commit: None }));
+    }
+    assert!(t.sent().is_empty(), "coalesced");
+    after_interval(&t, interval, "t1");
+    let ops = t.sent();
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    match &ops[0] {
+        Op::Task { attempts, .. } => {
+            let seen: Vec<(i32, &str)> = attempts
+                .iter()
+                .map(|a| (a.attempt, &*a.worker_id))
+                .collect();
+            assert_eq!(seen, vec![(0, "b"), (0, "a"), (1, "c")]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn times_ahead_of_the_clock_are_bounded() {
+    let mut t = table(Duration::from_secs(60));
+    t.tracker = t.tracker.with_max_clock_skew(Duration::from_secs(300));
+    let now = crate::now_ms();
+    // far ahead, not terminal: rejected, naming the clock
+    match t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "updateTime": now + 3_600_000}),
+    )) {
+        Applied::Rejected(r @ Rejection::ClockSkew { .. }) => {
+            assert_eq!(r.reason(), "clock_skew");
+            assert!(r.detail().contains("--max-clock-skew"), "{}", r.detail());
+        }
+        other => panic!("{other:?}"),
+    }
+    // a little ahead: taken, at taskpulse's time
+    t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "updateTime": now + 60_000}),
+    ));
+    let stored = t.tracker.get("t1").unwrap().update_time.unwrap();
+    assert!(stored <= crate::now_ms(), "{stored} is ahead of the clock");
+    // and so a later update with an honest clock is not stale
+    let a = t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "updateTime": now + 10, "progressPercent": 5}),
+    ));
+    assert!(matches!(a, Applied::Accepted { .. }), "{a:?}");
+    // a terminal update far ahead is never lost: taken at taskpulse's time
+    let a = t.tracker.apply(&update(
+        json!({"status": "COMPLETED", "updateTime": 253_402_300_799_999_i64}),
+    ));
+    assert!(matches!(a, Applied::Accepted { .. }), "{a:?}");
+    assert!(t.tracker.get("t1").unwrap().update_time.unwrap() <= crate::now_ms());
+}
+
+#[test]
+fn history_past_what_a_task_keeps_is_pruned() {
+    let mut t = table(Duration::from_millis(1));
+    t.tracker.apply(&update(json!({"status": "SCHEDULED"})));
+    let mut prunes = 0;
+    for i in 0..200 {
+        std::thread::sleep(Duration::from_millis(2));
+        let status = if i % 2 == 0 {
+            "IN_PROGRESS"
+        } else {
+            "SCHEDULED"
+        };
+        t.tracker.apply(&update(json!({"status": status})));
+        prunes += t
+            .sent()
+            .iter()
+            .filter(|op| matches!(op, Op::Prune { events: true, .. }))
+            .count();
+    }
+    // one prune per half of what a task keeps, past the first full set
+    assert!((3..=6).contains(&prunes), "{prunes} prunes for 200 lines");
+}
+
+#[test]
+fn memory_is_counted_per_task_and_given_back() {
+    let t = table(Duration::from_secs(60));
+    assert_eq!(t.tracker.tracked_bytes(), 0);
+    t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));
+    let small = t.tracker.tracked_bytes();
+    assert!(small >= super::task::TASK_OVERHEAD, "{small}");
+    t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "progressMessage": "x".repeat(1000)}),
+    ));
+    assert!(t.tracker.tracked_bytes() >= small + 1000);
+    t.tracker.apply(&update(json!({"status": "COMPLETED"})));
+    std::thread::sleep(Duration::from_millis(5));
+    t.tracker.sweep(1, 60_000);
+    assert_eq!(t.tracker.tracked_bytes(), 0, "all given back");
 }
 
 #[test]
@@ -220,29 +392,6 @@ fn an_older_update_time_is_stale_and_a_repeat_a_duplicate() {
         )),
         Applied::Duplicate
     ));
-}
-
-#[test]
-fn a_new_worker_is_recorded_at_once_without_a_commit_wait() {
-    let mut t = table(Duration::from_secs(60));
-    t.tracker
-        .apply(&update(json!({"status": "IN_PROGRESS", "workerId": "a"})));
-    t.sent();
-    let a = t.tracker.apply(&update(
-        json!({"status": "IN_PROGRESS", "workerId": "b", "retryCount": 1}),
-    ));
-    assert!(matches!(a, Applied::Accepted { commit: None }));
-    let ops = t.sent();
-    assert_eq!(
-        task_writes(&ops),
-        vec![(WriteKind::Status, Status::InProgress, None, true)]
-    );
-    match &ops[0] {
-        Op::Task {
-            attempt: Some(a), ..
-        } => assert_eq!((a.attempt, &*a.worker_id), (1, "b")),
-        other => panic!("{other:?}"),
-    }
 }
 
 #[test]

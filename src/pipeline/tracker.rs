@@ -15,7 +15,7 @@
 //! What the table does besides (loading from the store, following it, eviction, sweeping and
 //! reads) is in [`super::memory`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -23,17 +23,14 @@ use tokio::sync::{oneshot, Notify};
 
 use super::interner::Interner;
 use super::metrics::PipelineMetrics;
-use super::task::{diff, event, Applied, TaskState};
+use super::task::{diff, event, footprint, Applied, TaskState};
 use crate::ingest::TaskUpdate;
 use crate::lifecycle::{self, Current, Rejection, Verdict};
-use crate::model::{Attempt, Outcome, TaskEvent, TaskRecord, WAIT_TASK_TYPE};
+use crate::model::{Outcome, TaskEvent, TaskRecord, ATTEMPTS_KEPT, HISTORY_KEPT, WAIT_TASK_TYPE};
 use crate::now_ms;
 use crate::store::{Commit, Op, WriteKind, WriterHandle};
 use crate::throttle::{Flush, Flushed, Pending, ProgressWrite, Throttle};
 use crate::wait::WaitMetrics;
-
-/// Rejected updates recorded in a task's history, at most; the counter still counts them all.
-const MAX_REJECTIONS_LOGGED: u8 = 20;
 
 /// The table, with what it needs to decide and hand off writes.
 pub struct Tracker {
@@ -50,6 +47,12 @@ pub struct Tracker {
     wait_lag_from_updates: AtomicBool,
     /// `--max-tracked-tasks`: tasks kept in memory, at most (see [`Tracker::evict_over_cap`]).
     pub(crate) max_tracked: usize,
+    /// `--max-clock-skew`, in ms.
+    max_clock_skew_ms: i64,
+    /// About how many bytes the tracked tasks take ([`footprint`]), and the bound on it
+    /// (`--max-tracked-memory`).
+    pub(crate) bytes: AtomicUsize,
+    pub(crate) max_bytes: usize,
     /// Woken when a new task puts the table far over the cap, so the sweeper evicts at once
     /// instead of at its next tick; the request that noticed does no scanning itself.
     pub(crate) evict_now: Notify,
@@ -79,8 +82,48 @@ impl Tracker {
             wait_metrics,
             wait_lag_from_updates: AtomicBool::new(true),
             max_tracked: usize::MAX,
+            max_clock_skew_ms: i64::MAX,
+            bytes: AtomicUsize::new(0),
+            max_bytes: usize::MAX,
             evict_now: Notify::new(),
         }
+    }
+
+    /// Bounds the memory the tracked tasks take (`--max-tracked-memory`), as [`footprint`]
+    /// counts it; past it tasks leave memory as past `--max-tracked-tasks`.
+    pub fn with_max_tracked_memory(mut self, bytes: usize) -> Tracker {
+        self.max_bytes = bytes.max(1);
+        self
+    }
+
+    /// About how many bytes the tracked tasks take.
+    pub fn tracked_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a task's entry again after it changed (or was just made).
+    pub(crate) fn resize(&self, st: &mut TaskState) {
+        let new = footprint(st) as u32;
+        if new > st.size {
+            self.bytes
+                .fetch_add((new - st.size) as usize, Ordering::Relaxed);
+        } else if new < st.size {
+            self.bytes
+                .fetch_sub((st.size - new) as usize, Ordering::Relaxed);
+        }
+        st.size = new;
+    }
+
+    /// A task's entry left the table.
+    pub(crate) fn forget_size(&self, st: &TaskState) {
+        self.bytes.fetch_sub(st.size as usize, Ordering::Relaxed);
+    }
+
+    /// Bounds how far ahead of taskpulse's clock an update's times may be
+    /// (`--max-clock-skew`; see [`Tracker::apply`]).
+    pub fn with_max_clock_skew(mut self, skew: std::time::Duration) -> Tracker {
+        self.max_clock_skew_ms = i64::try_from(skew.as_millis()).unwrap_or(i64::MAX);
+        self
     }
 
     /// Caps the tasks kept in memory (`--max-tracked-tasks`).
@@ -104,22 +147,31 @@ impl Tracker {
 
     /// Called after a new task entered memory (no entry held: `len` reads every shard).
     pub(crate) fn check_cap(&self) {
-        if self.max_tracked != usize::MAX
-            && self.tasks.len() > self.max_tracked.saturating_add(slack(self.max_tracked))
-        {
+        let over_count = self.max_tracked != usize::MAX
+            && self.tasks.len() > self.max_tracked.saturating_add(slack(self.max_tracked));
+        let over_bytes = self.max_bytes != usize::MAX
+            && self.tracked_bytes() > self.max_bytes.saturating_add(slack(self.max_bytes));
+        if over_count || over_bytes {
             self.evict_now.notify_one();
         }
     }
 
     /// Applies one validated update.
+    ///
+    /// `updateTime` is taken as the sender's clock says, but never ahead of taskpulse's: a
+    /// time from the future would make every later update look stale. A non-terminal update
+    /// more than `--max-clock-skew` ahead is rejected (`clock_skew`); a terminal one, and any
+    /// update less far ahead, has its `updateTime` set to taskpulse's clock, so a fast clock
+    /// never blocks a later update, and a terminal update is never lost to one.
     pub fn apply(&self, u: &TaskUpdate) -> Applied {
         let now = now_ms();
-        if let Some(w) = &u.worker_id {
-            self.touch_worker(w, now);
-        }
+        let times = match self.times(u, now) {
+            Ok(t) => t,
+            Err(r) => return Applied::Rejected(r),
+        };
         if let Some(mut entry) = self.tasks.get_mut(u.task_id.as_str()) {
             let id = entry.key().clone();
-            return self.apply_existing(&id, entry.value_mut(), u, now);
+            return self.apply_existing(&id, entry.value_mut(), u, times, now);
         }
         let Some(task_type) = u.task_type.as_deref() else {
             return Applied::Rejected(Rejection::Invalid(
@@ -130,8 +182,11 @@ impl Tracker {
         let task_type = self.names.get(task_type);
         match self.tasks.entry(id.clone()) {
             // Another request created it between our lookup and now.
-            dashmap::Entry::Occupied(mut e) => self.apply_existing(&id, e.get_mut(), u, now),
+            dashmap::Entry::Occupied(mut e) => self.apply_existing(&id, e.get_mut(), u, times, now),
             dashmap::Entry::Vacant(v) => {
+                if let Some(w) = &u.worker_id {
+                    self.touch_worker(w, now);
+                }
                 let rec = TaskRecord {
                     task_id: id.clone(),
                     workflow_id: self.names.get(&u.workflow_id),
@@ -146,7 +201,7 @@ impl Tracker {
                     progress_message: u.progress_message.as_deref().map(Arc::from),
                     worker_id: u.worker_id.as_deref().map(|s| self.names.get(s)),
                     start_time: u.start_time,
-                    update_time: u.update_time,
+                    update_time: times.update,
                     timeout_seconds: u.timeout_seconds,
                     response_timeout_seconds: u.response_timeout_seconds,
                     wait_until: u.wait_until,
@@ -156,7 +211,7 @@ impl Tracker {
                     terminal_at: None,
                 };
                 let mut st = TaskState::new(rec);
-                st.attempt_dirty = st.rec.worker_id.is_some();
+                st.note_attempt(now);
                 let mut entry = v.insert(st);
                 let st = entry.value_mut();
                 if st.rec.status.is_terminal() {
@@ -164,6 +219,7 @@ impl Tracker {
                 }
                 let event = event(&st.rec, None, Outcome::Accepted, None, now);
                 let commit = self.write_now(&id, st, now, Some(event));
+                self.resize(st);
                 drop(entry);
                 self.check_cap();
                 Applied::Accepted { commit }
@@ -171,71 +227,123 @@ impl Tracker {
         }
     }
 
+    /// The update's engine times as taken (see [`Tracker::apply`]).
+    fn times(&self, u: &TaskUpdate, now: i64) -> Result<Times, Rejection> {
+        if let Some(t) = u.update_time {
+            let ahead = t.saturating_sub(now);
+            if ahead > self.max_clock_skew_ms && !u.status.is_terminal() {
+                return Err(Rejection::ClockSkew {
+                    ahead_ms: ahead,
+                    limit_ms: self.max_clock_skew_ms,
+                });
+            }
+        }
+        Ok(Times {
+            update: u.update_time.map(|t| t.min(now)),
+        })
+    }
+
     fn apply_existing(
         &self,
         id: &Arc<str>,
         st: &mut TaskState,
         u: &TaskUpdate,
+        times: Times,
         now: i64,
     ) -> Applied {
         let current = Current {
             status: st.rec.status,
-            update_time: st.rec.update_time,
+            // A time stored from before clocks were bounded counts as now at the latest.
+            update_time: st.rec.update_time.map(|t| t.min(now)),
         };
-        match lifecycle::decide(current, u.status, u.update_time, diff(&st.rec, u)) {
-            Verdict::Duplicate => Applied::Duplicate,
+        let mut d = diff(&st.rec, u);
+        d.time_advanced = match (times.update, current.update_time) {
+            (Some(new), Some(old)) => new > old,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let applied = match lifecycle::decide(current, u.status, times.update, d) {
+            Verdict::Duplicate => return Applied::Duplicate,
             Verdict::Reject(r) => {
                 if let Rejection::Terminal { from, to } = r {
                     self.metrics.transition_rejected(from, to);
                 }
-                if st.rejections_logged < MAX_REJECTIONS_LOGGED {
-                    st.rejections_logged += 1;
-                    let mut attempted = st.rec.clone();
-                    attempted.status = u.status;
-                    attempted.progress = u.progress;
-                    attempted.update_time = u.update_time;
-                    attempted.worker_id = u.worker_id.as_deref().map(Arc::from);
-                    self.writer.send(Op::Event(event(
-                        &attempted,
-                        Some(st.rec.status),
-                        Outcome::Rejected,
-                        Some(r.reason()),
-                        now,
-                    )));
-                }
+                self.rejected(id, st, u, times, &r, now);
                 Applied::Rejected(r)
             }
             Verdict::Accept { status_changed } => {
+                if let Some(w) = &u.worker_id {
+                    self.touch_worker(w, now);
+                }
                 let from = st.rec.status;
-                let message_changed = self.merge(st, u, now);
-                if status_changed {
-                    if st.rec.status.is_terminal() {
-                        self.on_terminal(&mut st.rec, u.update_time, now);
-                    }
+                let message_changed = self.merge(st, u, times, now);
+                if status_changed && st.rec.status.is_terminal() {
+                    self.on_terminal(&mut st.rec, u.update_time, now);
                     let event = event(&st.rec, Some(from), Outcome::Accepted, None, now);
                     let commit = self.write_now(id, st, now, Some(event));
+                    self.resize(st);
                     return Applied::Accepted { commit };
                 }
-                if st.attempt_dirty {
-                    // A new worker or attempt: recorded at once (rare, and what an operator
-                    // looks for after a worker is gone), without waiting for the commit.
-                    self.throttle.note_write(id);
-                    self.send_task(st, WriteKind::Status, now, None, None);
-                    self.metrics.progress_updates(true);
-                    return Applied::Accepted { commit: None };
+                // Progress, a non-terminal status change (Conductor flaps SCHEDULED and
+                // IN_PROGRESS on every worker update), a new worker or attempt: all written
+                // through the throttle, the newest kept. A status change or a new attempt is
+                // always worth a write, whatever `--progress-min-delta` says.
+                let forced = message_changed || status_changed || !st.attempts.is_empty();
+                let written = self.progress_write(id, st, forced);
+                if !status_changed {
+                    self.metrics.progress_updates(written);
                 }
-                self.metrics
-                    .progress_updates(self.progress_write(id, st, message_changed));
                 Applied::Accepted { commit: None }
             }
+        };
+        self.resize(st);
+        applied
+    }
+
+    /// A rejected update goes into the task's history: at once when the task's write slot is
+    /// free, else folded with the other rejections of the interval into one line, written when
+    /// the slot is (a flood of rejected updates costs one write per task per interval).
+    fn rejected(
+        &self,
+        id: &Arc<str>,
+        st: &mut TaskState,
+        u: &TaskUpdate,
+        times: Times,
+        r: &Rejection,
+        now: i64,
+    ) {
+        if let Some(line) = st.rejections.as_mut() {
+            line.count = line.count.saturating_add(1);
+            line.last_at = Some(now);
+            return;
+        }
+        let mut attempted = st.rec.clone();
+        attempted.status = u.status;
+        attempted.progress = u.progress;
+        attempted.update_time = times.update;
+        attempted.worker_id = u.worker_id.as_deref().map(Arc::from);
+        let line = event(
+            &attempted,
+            Some(st.rec.status),
+            Outcome::Rejected,
+            Some(r.reason()),
+            now,
+        );
+        match self.throttle.acquire(id) {
+            ProgressWrite::Now => self.send_event(st, line),
+            ProgressWrite::After(delay) => {
+                st.rejections = Some(Box::new(line));
+                self.arm(id, st, delay);
+            }
+            ProgressWrite::WithNextWrite => st.rejections = Some(Box::new(line)),
         }
     }
 
     /// Folds an accepted update into the record. Fields the update doesn't carry keep their
     /// stored value. Returns whether the progress message changed.
-    fn merge(&self, st: &mut TaskState, u: &TaskUpdate, now: i64) -> bool {
+    fn merge(&self, st: &mut TaskState, u: &TaskUpdate, times: Times, now: i64) -> bool {
         if let Some(p) = u.progress {
-            st.sample(u.update_time.unwrap_or(now), p);
+            st.sample(times.update.unwrap_or(now), p);
         }
         st.touched = now;
         let r = &mut st.rec;
@@ -253,15 +361,16 @@ impl Tracker {
                 message_changed = true;
             }
         }
+        let mut new_attempt = false;
         if let Some(w) = &u.worker_id {
             if r.worker_id.as_deref() != Some(w.as_str()) {
                 r.worker_id = Some(self.names.get(w));
-                st.attempt_dirty = true;
+                new_attempt = true;
             }
         }
         if u.retry_count.is_some() && u.retry_count != r.retry_count {
             r.retry_count = u.retry_count;
-            st.attempt_dirty |= r.worker_id.is_some();
+            new_attempt = true;
         }
         if let Some(t) = u.task_type.as_deref() {
             if &*r.task_type != t {
@@ -281,10 +390,13 @@ impl Tracker {
         r.seq = u.seq.or(r.seq);
         r.iteration = u.iteration.or(r.iteration);
         r.start_time = u.start_time.or(r.start_time);
-        r.update_time = u.update_time.max(r.update_time);
+        r.update_time = times.update.max(r.update_time);
         r.timeout_seconds = u.timeout_seconds.or(r.timeout_seconds);
         r.response_timeout_seconds = u.response_timeout_seconds.or(r.response_timeout_seconds);
         r.wait_until = u.wait_until.or(r.wait_until);
+        if new_attempt {
+            st.note_attempt(now);
+        }
         message_changed
     }
 
@@ -303,54 +415,87 @@ impl Tracker {
         Some(rx)
     }
 
+    /// Hands the task's current state to the writer, with its new attempt, the history line
+    /// of a status change it carries, and any rejections waiting.
     pub(crate) fn send_task(
         &self,
         st: &mut TaskState,
         kind: WriteKind,
         now: i64,
         ack: Option<oneshot::Sender<Commit>>,
-        event: Option<TaskEvent>,
+        mut event: Option<TaskEvent>,
     ) {
-        let attempt = if std::mem::take(&mut st.attempt_dirty) {
-            st.rec.worker_id.clone().map(|w| Attempt {
-                task_id: st.rec.task_id.clone(),
-                attempt: st.rec.retry_count.unwrap_or(0),
-                worker_id: w,
-                first_seen: now,
-                last_seen: now,
-            })
-        } else {
-            None
-        };
+        let attempts = std::mem::take(&mut st.attempts);
+        if event.is_none() && st.rec.status != st.written_status {
+            event = Some(crate::pipeline::task::event(
+                &st.rec,
+                Some(st.written_status),
+                Outcome::Accepted,
+                None,
+                now,
+            ));
+        }
         st.pending = Pending::Clean;
         st.written_progress = st.rec.progress;
+        st.written_status = st.rec.status;
+        let task_id = st.rec.task_id.clone();
+        st.events_written = st.events_written.saturating_add(event.is_some() as u16);
+        st.attempts_written = st.attempts_written.saturating_add(attempts.len() as u16);
         self.writer.send(Op::Task {
             rec: st.rec.clone(),
             kind,
-            attempt,
+            attempts,
             event,
             ack,
         });
+        if let Some(line) = st.rejections.take() {
+            self.send_event(st, *line);
+        }
+        self.prune_if_due(task_id, st);
     }
 
-    /// A progress-only update: write now, or coalesce. Returns whether it was written.
-    fn progress_write(&self, id: &Arc<str>, st: &mut TaskState, message_changed: bool) -> bool {
+    /// A history line of its own (rejected updates).
+    pub(crate) fn send_event(&self, st: &mut TaskState, line: TaskEvent) {
+        let task_id = line.task_id.clone();
+        st.events_written = st.events_written.saturating_add(1);
+        self.writer.send(Op::Event(line));
+        self.prune_if_due(task_id, st);
+    }
+
+    /// Past half again as many lines (or attempts) as a task keeps, the store drops the oldest.
+    fn prune_if_due(&self, task_id: Arc<str>, st: &mut TaskState) {
+        let events = st.events_written as usize >= HISTORY_KEPT + HISTORY_KEPT / 2;
+        let attempts = st.attempts_written as usize >= ATTEMPTS_KEPT + ATTEMPTS_KEPT / 2;
+        if events || attempts {
+            if events {
+                st.events_written = HISTORY_KEPT as u16;
+            }
+            if attempts {
+                st.attempts_written = ATTEMPTS_KEPT as u16;
+            }
+            self.writer.send(Op::Prune {
+                task_id,
+                events,
+                attempts,
+            });
+        }
+    }
+
+    /// A write through the throttle: now, or coalesced. Returns whether it was written.
+    /// `forced` makes the change worth a write whatever `--progress-min-delta` says.
+    fn progress_write(&self, id: &Arc<str>, st: &mut TaskState, forced: bool) -> bool {
         let now = st.rec.last_seen;
-        match self.throttle.progress(
-            id,
-            st.written_progress,
-            st.rec.progress,
-            message_changed || st.attempt_dirty,
-        ) {
+        match self
+            .throttle
+            .progress(id, st.written_progress, st.rec.progress, forced)
+        {
             ProgressWrite::Now => {
                 self.send_task(st, WriteKind::Progress, now, None, None);
                 true
             }
             ProgressWrite::After(delay) => {
-                if st.pending != Pending::Timed {
-                    st.pending = Pending::Timed;
-                    self.throttle.schedule(id.clone(), delay);
-                }
+                st.pending = Pending::Timed;
+                self.arm(id, st, delay);
                 false
             }
             ProgressWrite::WithNextWrite => {
@@ -362,18 +507,24 @@ impl Tracker {
         }
     }
 
+    /// Sets the task's timer unless one is set.
+    fn arm(&self, id: &Arc<str>, st: &mut TaskState, delay: std::time::Duration) {
+        if !st.timer {
+            st.timer = true;
+            self.throttle.schedule(id.clone(), delay);
+        }
+    }
+
     /// Bookkeeping when a task finishes: its duration and, for WAIT tasks, the wake-up lag. The
-    /// end is the terminal update's own `updateTime`, or its arrival when it has none (the
-    /// stored `updateTime` may be an earlier update's).
+    /// end is the terminal update's own `updateTime` as sent, or its arrival when it has none
+    /// (the stored `updateTime` may be an earlier update's).
     fn on_terminal(&self, rec: &mut TaskRecord, update_time: Option<i64>, now: i64) {
         rec.terminal_at = Some(now);
         let end = update_time.unwrap_or(now);
         let start = rec.start_time.filter(|t| *t > 0).unwrap_or(rec.first_seen);
         if end >= start {
             self.metrics
-                .task_duration_seconds
-                .with_label_values(&[&rec.task_type, rec.status.as_str()])
-                .observe((end - start) as f64 / 1000.0);
+                .task_finished(&rec.task_type, rec.status, (end - start) as f64 / 1000.0);
         }
         if self.wait_lag_from_updates.load(Ordering::Relaxed)
             && &*rec.task_type == WAIT_TASK_TYPE
@@ -403,16 +554,33 @@ impl Flush for Tracker {
             return Flushed::Done;
         };
         let st = entry.value_mut();
-        if st.pending != Pending::Timed || st.rec.status.is_terminal() {
+        st.timer = false;
+        let row_waits = st.pending == Pending::Timed && !st.rec.status.is_terminal();
+        if !row_waits && st.rejections.is_none() {
             return Flushed::Done;
         }
         match self.throttle.acquire(task_id) {
             ProgressWrite::Now => {
-                self.send_task(st, WriteKind::Progress, now_ms(), None, None);
+                if row_waits {
+                    self.send_task(st, WriteKind::Progress, now_ms(), None, None);
+                } else if let Some(line) = st.rejections.take() {
+                    self.send_event(st, *line);
+                }
                 Flushed::Done
             }
-            ProgressWrite::After(d) => Flushed::Retry(d),
+            ProgressWrite::After(d) => {
+                st.timer = true;
+                Flushed::Retry(d)
+            }
             ProgressWrite::WithNextWrite => Flushed::Done,
         }
     }
+}
+
+/// An update's engine times as taken for ordering and storing: never ahead of taskpulse's
+/// clock. (Durations and wake-up lag are measured on the sender's own times: both ends come
+/// from its clock.)
+#[derive(Clone, Copy, Debug)]
+struct Times {
+    update: Option<i64>,
 }

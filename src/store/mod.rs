@@ -31,6 +31,10 @@ pub struct Batch {
     /// their attempts: written only for rows the conditional upsert actually wrote.
     pub task_events: Vec<TaskEvent>,
     pub attempts: Vec<Attempt>,
+    /// Tasks whose history beyond the newest lines, and attempts beyond the newest, are deleted
+    /// in this transaction.
+    pub prune_events: Vec<std::sync::Arc<str>>,
+    pub prune_attempts: Vec<std::sync::Arc<str>>,
 }
 
 impl Batch {

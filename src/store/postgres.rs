@@ -9,8 +9,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use super::rows::{
-    upsert_set_clause, AttemptRow, EventRow, TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS,
-    OVERWRITE_GUARD, TASK_COLUMNS,
+    prune_attempts_sql, prune_events_sql, upsert_set_clause, AttemptRow, EventRow, TaskRow,
+    ATTEMPT_COLUMNS, EVENT_COLUMNS, OVERWRITE_GUARD, TASK_COLUMNS,
 };
 use super::Batch;
 use crate::error::Result;
@@ -97,8 +97,8 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
     let (e, a) = batch.history_after(&conflicts);
     if !e.is_empty() {
         sqlx::query(
-            "INSERT INTO task_events (task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time) \
-             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float4[], $9::int8[])",
+            "INSERT INTO task_events (task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time, count, last_at) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float4[], $9::int8[], $10::int4[], $11::int8[])",
         )
         .bind(e.iter().map(|r| &*r.task_id).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.at).collect::<Vec<_>>())
@@ -109,6 +109,8 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
         .bind(e.iter().map(|r| r.worker_id.as_deref()).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.progress_percent).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.update_time).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.count as i32).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.last_at).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
@@ -126,6 +128,14 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
         .bind(a.iter().map(|r| r.last_seen).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+    }
+    for (ids, sql) in [
+        (&batch.prune_events, prune_events_sql()),
+        (&batch.prune_attempts, prune_attempts_sql()),
+    ] {
+        for id in ids {
+            sqlx::query(&sql).bind(&**id).execute(&mut *tx).await?;
+        }
     }
     tx.commit().await?;
     Ok(conflicts)
@@ -168,7 +178,9 @@ pub(super) async fn task_history(
 
 pub(super) async fn task_attempts(pool: &PgPool, task_id: &str) -> Result<Vec<Attempt>> {
     let rows: Vec<AttemptRow> = sqlx::query_as(&format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = $1 ORDER BY attempt, first_seen"
+        "SELECT {ATTEMPT_COLUMNS} FROM (SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = $1 \
+         ORDER BY attempt DESC, last_seen DESC LIMIT {}) AS newest ORDER BY attempt, first_seen",
+        crate::model::ATTEMPTS_KEPT
     ))
     .bind(task_id)
     .fetch_all(pool)

@@ -99,6 +99,8 @@ pub(crate) struct EventRow {
     worker_id: Option<String>,
     progress: Option<f32>,
     update_time: Option<i64>,
+    count: i32,
+    last_at: Option<i64>,
 }
 
 impl TryFrom<EventRow> for TaskEvent {
@@ -114,6 +116,8 @@ impl TryFrom<EventRow> for TaskEvent {
             worker_id: r.worker_id.map(Into::into),
             progress_percent: r.progress,
             update_time: r.update_time,
+            count: r.count.max(1) as u32,
+            last_at: r.last_at,
         })
     }
 }
@@ -140,7 +144,27 @@ impl From<AttemptRow> for Attempt {
 }
 
 pub(crate) const EVENT_COLUMNS: &str =
-    "task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time";
+    "task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time, count, last_at";
+
+/// Deletes a task's history lines beyond the newest [`crate::model::HISTORY_KEPT`] (`$1`: the
+/// task id; nothing when it has fewer).
+pub(crate) fn prune_events_sql() -> String {
+    format!(
+        "DELETE FROM task_events WHERE task_id = $1 AND id < \
+         (SELECT id FROM task_events WHERE task_id = $1 ORDER BY id DESC LIMIT 1 OFFSET {})",
+        crate::model::HISTORY_KEPT - 1
+    )
+}
+
+/// Deletes a task's attempts beyond the newest [`crate::model::ATTEMPTS_KEPT`].
+pub(crate) fn prune_attempts_sql() -> String {
+    format!(
+        "DELETE FROM task_attempts WHERE task_id = $1 AND (attempt, worker_id) NOT IN \
+         (SELECT attempt, worker_id FROM task_attempts WHERE task_id = $1 \
+          ORDER BY attempt DESC, last_seen DESC LIMIT {})",
+        crate::model::ATTEMPTS_KEPT
+    )
+}
 pub(crate) const ATTEMPT_COLUMNS: &str = "task_id, attempt, worker_id, first_seen, last_seen";
 
 /// SQL is written once with `$N` placeholders; SQLite reads them as `?N`.

@@ -10,8 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::rows::{
-    upsert_set_clause, AttemptRow, EventRow, TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS,
-    OVERWRITE_GUARD, TASK_COLUMNS,
+    for_sqlite, prune_attempts_sql, prune_events_sql, upsert_set_clause, AttemptRow, EventRow,
+    TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS, OVERWRITE_GUARD, TASK_COLUMNS,
 };
 use super::Batch;
 use crate::error::Result;
@@ -118,7 +118,9 @@ async fn write_batch_on(
                 .push_bind(e.reason.as_deref())
                 .push_bind(e.worker_id.as_deref())
                 .push_bind(e.progress_percent)
-                .push_bind(e.update_time);
+                .push_bind(e.update_time)
+                .push_bind(e.count as i32)
+                .push_bind(e.last_at);
         });
         q.build().execute(&mut *tx).await?;
     }
@@ -137,6 +139,15 @@ async fn write_batch_on(
              SET last_seen = max(task_attempts.last_seen, excluded.last_seen)",
         );
         q.build().execute(&mut *tx).await?;
+    }
+    for (ids, sql) in [
+        (&batch.prune_events, prune_events_sql()),
+        (&batch.prune_attempts, prune_attempts_sql()),
+    ] {
+        let sql = for_sqlite(&sql);
+        for id in ids {
+            sqlx::query(&sql).bind(&**id).execute(&mut *tx).await?;
+        }
     }
     tx.commit().await?;
     Ok(conflicts)
@@ -188,7 +199,9 @@ pub(super) async fn task_history(
 
 pub(super) async fn task_attempts(pool: &SqlitePool, task_id: &str) -> Result<Vec<Attempt>> {
     let rows: Vec<AttemptRow> = sqlx::query_as(&format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = ? ORDER BY attempt, first_seen"
+        "SELECT {ATTEMPT_COLUMNS} FROM (SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE task_id = ? \
+         ORDER BY attempt DESC, last_seen DESC LIMIT {}) ORDER BY attempt, first_seen",
+        crate::model::ATTEMPTS_KEPT
     ))
     .bind(task_id)
     .fetch_all(pool)

@@ -75,12 +75,20 @@ pub enum Op {
     Task {
         rec: TaskRecord,
         kind: WriteKind,
-        attempt: Option<Attempt>,
+        /// Attempts (retry number, worker) seen since the task's last write.
+        attempts: Vec<Attempt>,
         /// History of this write (an accepted status change): stored only if the row is.
         event: Option<TaskEvent>,
         ack: Option<oneshot::Sender<Commit>>,
     },
     Event(TaskEvent),
+    /// Delete the task's history lines beyond the newest (`events`) and its attempts beyond
+    /// the newest (`attempts`), after this batch's own are in.
+    Prune {
+        task_id: Arc<str>,
+        events: bool,
+        attempts: bool,
+    },
     /// Answered once every op sent before it is committed (used by shutdown and tests).
     Barrier(oneshot::Sender<()>),
 }
@@ -90,8 +98,24 @@ pub enum Op {
 pub struct WriterHandle {
     tx: mpsc::UnboundedSender<Op>,
     pending: IntGauge,
+    /// Ops that batches being applied may still send (see [`WriterHandle::reserve`]).
+    reserved: Arc<AtomicI64>,
     /// Epoch ms of the first failed attempt of the batch being retried; 0 while writes succeed.
     failing_since: Arc<AtomicI64>,
+}
+
+/// Room in the writer's queue, held while a chunk of updates is applied; given back on drop
+/// (the ops the chunk sent are counted as pending by then).
+#[derive(Debug)]
+pub struct Reservation {
+    reserved: Arc<AtomicI64>,
+    n: i64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(self.n, Ordering::AcqRel);
+    }
 }
 
 impl WriterHandle {
@@ -102,9 +126,26 @@ impl WriterHandle {
         let handle = WriterHandle {
             tx,
             pending,
+            reserved: Arc::new(AtomicI64::new(0)),
             failing_since: Arc::new(AtomicI64::new(0)),
         };
         (handle, rx)
+    }
+
+    /// Reserves room for `n` more ops if the queue, with what others reserved, stays within
+    /// `limit`: the bound `--max-pending-writes` holds across concurrent requests, not only at
+    /// the moment each one was admitted.
+    pub fn reserve(&self, n: usize, limit: usize) -> Option<Reservation> {
+        let n = n as i64;
+        let before = self.reserved.fetch_add(n, Ordering::AcqRel);
+        if self.pending.get() + before + n > limit as i64 {
+            self.reserved.fetch_sub(n, Ordering::AcqRel);
+            return None;
+        }
+        Some(Reservation {
+            reserved: self.reserved.clone(),
+            n,
+        })
     }
 
     /// Queues an op; false when the writer has stopped.
@@ -220,7 +261,7 @@ impl PendingBatch {
             Op::Task {
                 rec,
                 kind,
-                attempt,
+                attempts,
                 event,
                 ack,
             } => {
@@ -242,7 +283,7 @@ impl PendingBatch {
                         self.batch.tasks.len() - 1
                     }
                 };
-                if let Some(a) = attempt {
+                for a in attempts {
                     let key = (a.task_id.clone(), a.attempt, a.worker_id.clone());
                     match self.attempts.get(&key) {
                         Some(&j) => self.batch.attempts[j].last_seen = a.last_seen,
@@ -257,6 +298,18 @@ impl PendingBatch {
                 }
             }
             Op::Event(e) => self.batch.events.push(e),
+            Op::Prune {
+                task_id,
+                events,
+                attempts,
+            } => {
+                if events && !self.batch.prune_events.contains(&task_id) {
+                    self.batch.prune_events.push(task_id.clone());
+                }
+                if attempts && !self.batch.prune_attempts.contains(&task_id) {
+                    self.batch.prune_attempts.push(task_id);
+                }
+            }
             Op::Barrier(tx) => self.barriers.push(tx),
         }
     }
@@ -352,6 +405,8 @@ async fn write_one_by_one(
                 .filter(|a| a.task_id == rec.task_id)
                 .cloned()
                 .collect(),
+            prune_events: Vec::new(),
+            prune_attempts: Vec::new(),
         };
         out.push(
             match write_transient_retried(store, metrics, health, &single).await {
@@ -381,8 +436,14 @@ async fn write_one_by_one(
             .filter(|a| !batch.tasks.iter().any(|t| t.task_id == a.task_id))
             .cloned()
             .collect(),
+        prune_events: batch.prune_events.clone(),
+        prune_attempts: batch.prune_attempts.clone(),
     };
-    if !orphans.events.is_empty() || !orphans.attempts.is_empty() {
+    if !orphans.events.is_empty()
+        || !orphans.attempts.is_empty()
+        || !orphans.prune_events.is_empty()
+        || !orphans.prune_attempts.is_empty()
+    {
         if let Err(e) = write_transient_retried(store, metrics, health, &orphans).await {
             metrics.write_errors_total.inc();
             tracing::error!(error = %e, events = orphans.events.len(), "store refused task history");

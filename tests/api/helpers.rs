@@ -249,6 +249,16 @@ impl TestApp {
         panic!("writes still pending after 5s");
     }
 
+    /// Waits past one throttle interval (so coalesced progress, status flaps and rejection
+    /// lines have been handed to the writer), then until everything is committed.
+    pub async fn settle_throttled(&self) {
+        tokio::time::sleep(
+            self.settings.throttle.progress_min_interval + Duration::from_millis(150),
+        )
+        .await;
+        self.settle().await;
+    }
+
     /// The value of one sample in a fresh scrape, matched by name and the given labels.
     pub async fn metric_value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let scrape = self.scrape().await;
@@ -321,9 +331,13 @@ pub fn update(task_id: &str, status: &str) -> serde_json::Value {
     })
 }
 
-/// Path of the built `taskpulse` binary (cargo builds it for integration tests).
+/// Path of the built `taskpulse` binary (cargo builds it for integration tests), or
+/// `TASKPULSE_TEST_BINARY` when set: running the process tests against another build (an
+/// earlier release, say) shows which of them that build fails.
 pub fn binary() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_taskpulse"))
+    std::env::var_os("TASKPULSE_TEST_BINARY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_taskpulse")))
 }
 
 /// Runs one SQL statement on the store behind the app's back (no binds; both dialects).

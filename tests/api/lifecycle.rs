@@ -37,6 +37,9 @@ async fn late_in_progress_after_completed_is_rejected(backend: Backend) {
         )
         .await;
     assert_eq!(rejected, Some(1.0));
+    // the completion's write used the task's slot: the rejection's line follows within one
+    // throttle interval
+    app.settle_throttled().await;
     let history = app.task("upload-135").await["history"].clone();
     assert_eq!(history[0]["outcome"], "rejected", "{history}");
     assert_eq!(history[0]["reason"], "terminal");
@@ -110,10 +113,14 @@ async fn terminal_statuses_are_final(backend: Backend) {
 store_test!(terminal_statuses_are_final);
 
 /// Conductor stores a worker's IN_PROGRESS as SCHEDULED and requeues: the flapping is legal,
-/// each change is written at once, and the task can still finish.
+/// shown at once, each change written once the task's throttle interval allows (here the
+/// changes come an interval apart, so each is), and the task can still finish.
 async fn scheduled_in_progress_flapping_is_legal(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.throttle.progress_min_interval = std::time::Duration::from_millis(100)
+    })
+    .await;
     let mut t = 1_000;
     for status in [
         "SCHEDULED",
@@ -126,6 +133,8 @@ async fn scheduled_in_progress_flapping_is_legal(backend: Backend) {
         let mut u = update("flap", status);
         u["updateTime"] = json!(t);
         assert_eq!(app.ingest(&u).await["accepted"], 1, "{status}");
+        assert_eq!(app.task("flap").await["status"], status, "shown at once");
+        app.settle_throttled().await;
         assert_eq!(app.stored("flap").await.unwrap().status.as_str(), status);
     }
     let mut u = update("flap", "COMPLETED");

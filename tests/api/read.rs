@@ -145,7 +145,29 @@ async fn the_task_list_filters_and_limits(backend: Backend) {
     // limit keeps the most recently updated
     assert_eq!(listed(&app, "?limit=2").await, ["l-full", "l-c1"]);
     assert_eq!(listed(&app, "?taskType=encode&limit=1").await, ["l-c1"]);
-    assert_eq!(listed(&app, "?limit=10000").await.len(), 6);
+    assert_eq!(listed(&app, "?limit=1000").await.len(), 6);
+    // pages: each `next` cursor gives the following page, in the same order, until none
+    let everything = listed(&app, "?limit=1000").await;
+    let mut paged = Vec::new();
+    let mut query = "?limit=4".to_string();
+    loop {
+        let (status, body) = get_json(&app, &format!("/api/v1/tasks{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        let page = body["tasks"].as_array().unwrap();
+        assert!(page.len() <= 4, "{body}");
+        paged.extend(
+            page.iter()
+                .map(|t| t["taskId"].as_str().unwrap().to_string()),
+        );
+        match body["next"].as_str() {
+            Some(next) => query = format!("?limit=4&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        paged, everything,
+        "the pages together are the whole list, once"
+    );
 
     // the fields of one listed task
     let (_, body) = get_json(&app, "/api/v1/tasks?workflowId=wf-F").await;
@@ -170,6 +192,8 @@ async fn the_task_list_filters_and_limits(backend: Backend) {
         "?limit=-1",
         "?limit=abc",
         "?limit=10001",
+        "?limit=1001",
+        "?cursor=not-a-cursor",
         "?limit=1.5",
     ] {
         let (status, body) = get_json(&app, &format!("/api/v1/tasks{query}")).await;
@@ -177,6 +201,8 @@ async fn the_task_list_filters_and_limits(backend: Backend) {
         let msg = body["error"].as_str().unwrap_or_default();
         let param = if query.contains("status") {
             "status"
+        } else if query.contains("cursor") {
+            "cursor"
         } else {
             "limit"
         };
@@ -215,8 +241,11 @@ async fn one_task_with_history_and_attempts(backend: Backend) {
                    "progressPercent": 50, "progressMessage": "chunk 2/4"}),
         ),
     ];
+    // each step a throttle interval after the last, so each is written with its history line
+    // and its attempt (inside one interval they would share a write)
     for s in &steps {
         assert_eq!(app.ingest(s).await["accepted"], 1, "{s}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // a late update from a worker that lost the task
     let r = app

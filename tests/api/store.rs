@@ -123,6 +123,8 @@ async fn history_and_attempts(backend: Backend) {
         worker_id: Some("w1".into()),
         progress_percent: Some(10.0),
         update_time: Some(at),
+        count: 1,
+        last_at: None,
     };
     let attempt = |n: i32, w: &str, seen: i64| Attempt {
         task_id: Arc::from("t"),
@@ -151,6 +153,7 @@ async fn history_and_attempts(backend: Backend) {
             ],
             task_events: vec![],
             attempts: vec![attempt(0, "w1", 1), attempt(1, "w2", 2)],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -251,6 +254,8 @@ async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
         worker_id: None,
         progress_percent: None,
         update_time: Some(20),
+        count: 1,
+        last_at: None,
     };
     let rejected = TaskEvent {
         outcome: Outcome::Rejected,
@@ -270,6 +275,7 @@ async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
                 first_seen: 20,
                 last_seen: 20,
             }],
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -138,23 +138,42 @@ async fn waiting_progress_is_never_written_after_completion(backend: Backend) {
 }
 store_test!(waiting_progress_is_never_written_after_completion);
 
-/// A status change (IN_PROGRESS -> SCHEDULED, as Conductor requeues) is written at once and
-/// carries the waiting progress.
-async fn status_changes_are_written_at_once(backend: Backend) {
+/// A non-terminal status change (IN_PROGRESS -> SCHEDULED, as Conductor requeues a worker's
+/// task on every update) is written like progress: shown at once, stored within the interval;
+/// a terminal update is written at once and carries everything waiting.
+async fn status_flaps_are_throttled_and_terminal_updates_written_at_once(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
         s.throttle.progress_min_interval = Duration::from_secs(60)
     })
     .await;
     app.ingest(&new_task("s")).await;
+    app.settle().await;
+    let first = app.stored_version("s").await;
     app.ingest(&progress("s", 40.0)).await;
-    app.ingest(&json!({"taskId": "s", "workflowId": "wf", "status": "SCHEDULED"}))
+    let r = app
+        .ingest(&json!({"taskId": "s", "workflowId": "wf", "status": "SCHEDULED"}))
+        .await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    assert_eq!(app.task("s").await["status"], "SCHEDULED", "shown at once");
+    app.settle().await;
+    assert_eq!(
+        app.stored_version("s").await,
+        first,
+        "inside the interval neither the progress nor the flap is written"
+    );
+    app.ingest(&json!({"taskId": "s", "workflowId": "wf", "status": "COMPLETED"}))
         .await;
     let stored = app.stored("s").await.unwrap();
-    assert_eq!(stored.status.as_str(), "SCHEDULED");
-    assert_eq!(stored.progress, Some(40.0));
+    assert_eq!(
+        stored.status.as_str(),
+        "COMPLETED",
+        "written before the answer"
+    );
+    assert_eq!(stored.progress, Some(40.0), "carrying the waiting progress");
+    assert_eq!(app.stored_version("s").await, first + 1, "in one write");
 }
-store_test!(status_changes_are_written_at_once);
+store_test!(status_flaps_are_throttled_and_terminal_updates_written_at_once);
 
 /// `--progress-min-delta`: a change smaller than the delta is not worth a write of its own,
 /// but it is kept and rides along with the task's next write.

@@ -24,7 +24,7 @@ use super::{Contribution, Engine, EngineContext};
 use crate::checker::Rule;
 use crate::error::{Error, Result};
 use crate::http::Routes;
-use crate::settings::redact_url;
+use crate::settings::{redact_url, Secret};
 use client::EngineClient;
 use metrics::ConductorMetrics;
 use proxy::Proxy;
@@ -46,15 +46,24 @@ pub struct Conductor {
 
 impl Conductor {
     /// `heartbeat_min_interval`: at most one lease heartbeat per task per this long goes
-    /// upstream through the proxy (`--progress-min-interval`).
-    pub fn new(settings: &ConductorSettings, heartbeat_min_interval: Duration) -> Conductor {
+    /// upstream through the proxy (`--progress-min-interval`). `token`: taskpulse's
+    /// `--auth-token`, which the proxy wants before it records what a caller says.
+    pub fn new(
+        settings: &ConductorSettings,
+        heartbeat_min_interval: Duration,
+        token: Option<Secret>,
+    ) -> Conductor {
         let client = settings
             .url
             .as_deref()
             .map(|url| Arc::new(EngineClient::new(url, settings.timeout)));
-        let proxy = client
-            .clone()
-            .map(|c| Arc::new(Proxy::new(c, heartbeat_min_interval)));
+        let proxy = client.clone().map(|c| {
+            Arc::new(Proxy::new(
+                c,
+                heartbeat_min_interval,
+                proxy::Callers::new(token.clone()),
+            ))
+        });
         Conductor {
             settings: settings.clone(),
             client,
@@ -103,6 +112,7 @@ impl Engine for Conductor {
                     metrics,
                     ctx.core.max_body_bytes.as_u64() as usize,
                 );
+                out.collectors.push(px.clone());
                 // Every replica verifies the terminal updates it forwarded, soon after.
                 out.side_rules
                     .push(Box::new(LostTerminalUpdate { px: px.clone() }));

@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use serde_json::json;
 
 use super::client::{urlencode, EngineClient};
-use super::proxy::{ForwardedTerminal, Proxy};
+use super::proxy::Proxy;
 use crate::checker::{
     Context, EngineAction, RepairPlan, Rule, SuccessorFinished, Violation, WaitOverdue,
 };
@@ -119,14 +119,7 @@ impl Rule for LostTerminalUpdate {
 
     fn check<'a>(&'a self, _ctx: &'a Context) -> BoxFuture<'a, Result<Vec<Violation>>> {
         async move {
-            let due: Vec<(String, ForwardedTerminal)> = self
-                .px
-                .forwarded
-                .iter()
-                .filter(|e| e.forwarded_at.elapsed() >= VERIFY_AFTER)
-                .take(MAX_ENGINE_CALLS)
-                .map(|e| (e.key().clone(), e.value().clone()))
-                .collect();
+            let due = self.px.forwarded.due(VERIFY_AFTER, MAX_ENGINE_CALLS);
             let mut out = Vec::new();
             for (task_id, fwd) in due {
                 match engine_task(&self.px.client, &task_id).await {
@@ -145,11 +138,13 @@ impl Rule for LostTerminalUpdate {
                             "forwardedSecondsAgo": fwd.forwarded_at.elapsed().as_secs_f64(),
                             "engineStatus": t.status,
                             "engineUpdateTime": t.update_time,
+                            // too large to keep (or over the proxy's bound): reported only
+                            "taskResultKept": fwd.body.is_some(),
                         }),
-                        repair: Some(RepairPlan::Engine {
+                        repair: fwd.body.clone().map(|body| RepairPlan::Engine {
                             action: Arc::new(Repost {
                                 client: self.px.client.clone(),
-                                body: fwd.body.clone(),
+                                body,
                             }),
                             detail: format!(
                                 "the engine lost the {} update taskpulse forwarded; posted the TaskResult again",

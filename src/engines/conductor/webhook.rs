@@ -101,42 +101,42 @@ fn progress_from_output(output: Option<&str>) -> Result<Option<OutputProgress>, 
     }
 }
 
-/// Parses a webhook body: one notification, or an array of them.
+/// Parses a webhook body: one notification, or an array of them, each only when it is taken
+/// (a large body costs its bytes and a small index, not a parsed tree of every notification).
+pub fn notifications(body: &[u8]) -> Result<impl Iterator<Item = Item> + '_, BodyError> {
+    Ok(crate::ingest::values(body)
+        .map_err(|mut e| {
+            if e.message.starts_with("expected a JSON object or an array") {
+                e.message = "expected a TaskNotification object or an array of them".into();
+            }
+            e
+        })?
+        .map(|(index, text)| Item {
+            index,
+            parsed: notification(text),
+        }))
+}
+
+/// Parses a webhook body at once (tests and the fuzzer).
 pub fn parse_notifications(body: &[u8]) -> Result<Vec<Item>, BodyError> {
-    let values: Vec<Value> = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => items,
-        Ok(v @ Value::Object(_)) => vec![v],
-        Ok(_) => {
-            return Err(BodyError {
-                line: 1,
-                column: 1,
-                message: "expected a TaskNotification object or an array of them".into(),
-            })
-        }
-        Err(e) => {
-            return Err(BodyError {
-                line: e.line(),
-                column: e.column(),
-                message: e.to_string(),
-            })
-        }
+    Ok(notifications(body)?.collect())
+}
+
+/// One notification, validated as an update.
+fn notification(text: &str) -> Result<crate::ingest::TaskUpdate, ItemError> {
+    let task_id = || {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("taskId").and_then(Value::as_str).map(str::to_string))
     };
-    Ok(values
-        .into_iter()
-        .enumerate()
-        .map(|(index, v)| {
-            let task_id = v.get("taskId").and_then(Value::as_str).map(str::to_string);
-            let parsed = serde_json::from_value::<Notification>(v)
-                .map_err(|e| Rejection::Invalid(format!("not a TaskNotification: {e}")))
-                .and_then(Notification::into_update)
-                .and_then(RawUpdate::validate)
-                .map_err(|rejection| ItemError {
-                    task_id: task_id.clone(),
-                    rejection,
-                });
-            Item { index, parsed }
+    serde_json::from_str::<Notification>(text)
+        .map_err(|e| Rejection::Invalid(format!("not a TaskNotification: {e}")))
+        .and_then(Notification::into_update)
+        .and_then(RawUpdate::validate)
+        .map_err(|rejection| ItemError {
+            task_id: task_id(),
+            rejection,
         })
-        .collect())
 }
 
 #[derive(Clone)]
@@ -167,7 +167,7 @@ async fn task_status(
     if let Err(e) = s.pipeline.admit() {
         return e.into_response();
     }
-    let items = match parse_notifications(&body) {
+    let items = match notifications(&body) {
         Ok(items) => items,
         Err(e) => return ingest::bad_body(&e),
     };

@@ -54,6 +54,7 @@ async fn setup(backend: Backend) -> (Emulator, TestDb, TestApp, Conductor) {
             ..Default::default()
         },
         Duration::from_secs(5),
+        None,
     );
     (emu, db, app, engine)
 }
@@ -111,6 +112,7 @@ async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend)
             ..Default::default()
         },
         Duration::from_secs(5),
+        None,
     );
     let r = pass(&app, &engine_checker(&dead)).await;
     assert!(!r.repairs.is_empty());

@@ -37,6 +37,9 @@
 //!   unless it was a heartbeat. Not counted as a conflict.
 //! * [`Emulator::lose_next_completion`]: the next terminal update is answered as a success but
 //!   not applied (the task stays where it was): the lost completion of conductor-oss#176.
+//! * [`Emulator::require_header`]: every request without that header and value is answered
+//!   403, as an engine with authentication on (Orkes Conductor's `X-Authorization`) answers.
+//! * [`Emulator::fail_lookups`] answers every `GET /api/tasks/{taskId}` with that status.
 //! * [`Emulator::fail_with`] answers every task update (both endpoints) with that HTTP status,
 //!   unapplied, until [`Emulator::heal`]; [`Emulator::delay`] delays every task update.
 //!
@@ -183,6 +186,8 @@ pub struct Recorded {
     pub query: String,
     /// The body parsed as JSON; `Null` when empty, a JSON string when it is not JSON.
     pub body: Value,
+    /// Header names (lower case) and values.
+    pub headers: BTreeMap<String, String>,
     pub at_ms: i64,
 }
 
@@ -221,6 +226,10 @@ struct State {
     fail_with: Option<u16>,
     delay: Option<Duration>,
     no_update_v2: bool,
+    /// Status every `GET /api/tasks/{taskId}` answers with, until [`Emulator::heal`].
+    fail_lookups: Option<u16>,
+    /// `(header, value)` every request must carry, else 403 (an engine with auth on).
+    require: Option<(String, String)>,
 }
 
 impl State {
@@ -436,11 +445,24 @@ impl Emulator {
         self.lock().delay = Some(by);
     }
 
-    /// Clears [`Emulator::fail_with`] and [`Emulator::delay`].
+    /// Answer every task look-up (`GET /api/tasks/{taskId}`) with this status, until
+    /// [`Emulator::heal`].
+    pub fn fail_lookups(&self, status: u16) {
+        self.lock().fail_lookups = Some(status);
+    }
+
+    /// Clears [`Emulator::fail_with`], [`Emulator::fail_lookups`] and [`Emulator::delay`].
     pub fn heal(&self) {
         let mut s = self.lock();
         s.fail_with = None;
+        s.fail_lookups = None;
         s.delay = None;
+    }
+
+    /// From now on every request without `header: value` is answered 403 (after being
+    /// recorded), as an engine with authentication on answers a caller without credentials.
+    pub fn require_header(&self, header: &str, value: &str) {
+        self.lock().require = Some((header.to_ascii_lowercase(), value.to_string()));
     }
 
     /// `POST /api/tasks/update-v2` answers 404, as on a server without it.
@@ -484,13 +506,33 @@ async fn record(AxState(state): AxState<Shared>, req: Request, next: Next) -> Re
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
-    state.lock().unwrap().requests.push(Recorded {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().unwrap_or("").to_string(),
-        body: body_json,
-        at_ms: epoch_ms(),
-    });
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let refused = {
+        let mut s = state.lock().unwrap();
+        s.requests.push(Recorded {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            body: body_json,
+            headers,
+            at_ms: epoch_ms(),
+        });
+        s.require.as_ref().is_some_and(|(name, value)| {
+            parts.headers.get(name.as_str()).map(|v| v.as_bytes()) != Some(value.as_bytes())
+        })
+    };
+    if refused {
+        return error(StatusCode::FORBIDDEN, "no valid credentials");
+    }
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
@@ -693,7 +735,14 @@ async fn update_v2(AxState(state): AxState<Shared>, body: Bytes) -> Response {
 }
 
 async fn get_task(AxState(state): AxState<Shared>, UrlPath(id): UrlPath<String>) -> Response {
-    match state.lock().unwrap().tasks.get(&id) {
+    let s = state.lock().unwrap();
+    if let Some(status) = s.fail_lookups {
+        return error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "failing look-ups (Emulator::fail_lookups)",
+        );
+    }
+    match s.tasks.get(&id) {
         Some(t) => Json(t.clone()).into_response(),
         None => error(StatusCode::NOT_FOUND, &format!("no task {id}")),
     }

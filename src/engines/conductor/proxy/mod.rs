@@ -23,7 +23,18 @@
 //!   (`lost_terminal_update`).
 //! - **Everything else** under `/api/` passes through unchanged (method, path, query, headers,
 //!   body, status, streaming). Engine errors reach the worker as they are; a dead engine is a
-//!   502 and a slow one a 504, and then nothing is recorded as accepted.
+//!   502 and a slow one a 504, and then nothing is recorded as accepted. Paths with `.` or
+//!   `..` segments are refused (400) and `/api/v1/` is never forwarded: it is taskpulse's own.
+//! - **What is recorded** is only what the engine accepted, and with `--auth-token` only what an
+//!   authenticated caller sent (see [`caller`]).
+
+mod caller;
+mod forwarded;
+mod task_result;
+
+pub use caller::{Caller, Callers, TOKEN_HEADER};
+pub use forwarded::{Forwarded, ForwardedTerminal};
+pub use task_result::inspect_task_result;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,39 +46,41 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 use dashmap::DashMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::client::{collect, EngineClient, UpstreamError};
 use super::metrics::ConductorMetrics;
+use crate::http::error;
 use crate::ingest::{Format, Item};
+use crate::metrics::{text, Budget, Collector};
 use crate::model::Status;
 use crate::pipeline::{Ack, Pipeline};
+use task_result::{local_answer, normalize};
 
 /// `source` label of updates learned by the proxy.
 pub const SOURCE: &str = "conductor_proxy";
 /// Heartbeat period when the task's `responseTimeoutSeconds` is unknown.
 const DEFAULT_HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 
-/// A terminal update that went upstream, kept until the engine is seen to hold it.
-#[derive(Clone, Debug)]
-pub struct ForwardedTerminal {
-    pub workflow_id: String,
-    pub status: Status,
-    /// The TaskResult as forwarded, to post again if the engine lost it.
-    pub body: Bytes,
-    pub forwarded_at: Instant,
+/// What the proxy remembers of a task's lease: when a heartbeat last went upstream, and the
+/// credentials the engine last accepted an update of it from.
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    heartbeat_sent: Option<Instant>,
+    accepted_from: u64,
+    seen: Instant,
 }
 
 /// The proxy's state, shared by every request.
 pub struct Proxy {
     pub client: Arc<EngineClient>,
     heartbeat_min_interval: Duration,
-    /// Task id -> when a heartbeat for it last went upstream.
-    last_heartbeat: DashMap<Arc<str>, Instant>,
+    leases: DashMap<Arc<str>, Lease>,
     /// Per-task lock: one update per task at a time goes upstream, in order.
     locks: DashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>,
     /// Terminal updates forwarded and not yet seen held by the engine.
-    pub forwarded: DashMap<String, ForwardedTerminal>,
+    pub forwarded: Forwarded,
+    callers: Callers,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -81,14 +94,19 @@ impl std::fmt::Debug for Proxy {
 
 impl Proxy {
     /// At most one heartbeat per task goes upstream per `heartbeat_min_interval` (or half the
-    /// task's response timeout, if that is shorter).
-    pub fn new(client: Arc<EngineClient>, heartbeat_min_interval: Duration) -> Proxy {
+    /// task's response timeout, if that is shorter). `callers` knows taskpulse's token.
+    pub fn new(
+        client: Arc<EngineClient>,
+        heartbeat_min_interval: Duration,
+        callers: Callers,
+    ) -> Proxy {
         Proxy {
             client,
             heartbeat_min_interval,
-            last_heartbeat: DashMap::new(),
+            leases: DashMap::new(),
             locks: DashMap::new(),
-            forwarded: DashMap::new(),
+            forwarded: Forwarded::default(),
+            callers,
         }
     }
 
@@ -102,12 +120,72 @@ impl Proxy {
             .clone()
     }
 
-    /// Forgets per-task state of tasks that finished or went quiet (called by the sweeper).
+    /// Forgets per-task state of tasks that finished or went quiet, and forwarded terminal
+    /// updates past their age (called by the sweeper).
     pub fn sweep(&self, quiet_for: Duration) {
-        self.last_heartbeat
-            .retain(|_, at| at.elapsed() < quiet_for.max(DEFAULT_HEARTBEAT_EVERY * 4));
+        let quiet = quiet_for.max(DEFAULT_HEARTBEAT_EVERY * 4);
+        self.leases.retain(|_, l| l.seen.elapsed() < quiet);
         // A lock only this map refers to is not held by any request.
         self.locks.retain(|_, l| Arc::strong_count(l) > 1);
+        let expired = self.forwarded.expire();
+        if expired > 0 {
+            tracing::warn!(
+                expired,
+                "proxy: forwarded terminal updates never seen held by the engine within 10 minutes; no longer checked"
+            );
+        }
+    }
+
+    /// Whether what `caller` says of this task may be recorded without asking the engine: it
+    /// carried taskpulse's token, or the same credentials the engine last accepted an update
+    /// of this task from (and, with a token set, it carried some).
+    fn vouched(&self, task_id: &str, caller: Caller) -> bool {
+        caller == Caller::Taskpulse
+            || caller.may_record(true, self.callers.token_set())
+                && self
+                    .leases
+                    .get(task_id)
+                    .is_some_and(|l| l.accepted_from == caller.fingerprint())
+    }
+
+    /// The engine accepted an update of this task from `caller`.
+    fn accepted(&self, task_id: &str, caller: Caller, heartbeat: bool) {
+        let now = Instant::now();
+        let mut lease = self.leases.entry(Arc::from(task_id)).or_insert(Lease {
+            heartbeat_sent: None,
+            accepted_from: caller.fingerprint(),
+            seen: now,
+        });
+        lease.accepted_from = caller.fingerprint();
+        lease.seen = now;
+        if heartbeat {
+            lease.heartbeat_sent = Some(now);
+        }
+    }
+}
+
+/// The forwarded terminal updates waiting to be seen held by the engine, and the TaskResult
+/// bytes kept of them: what the proxy holds in memory besides per-task leases.
+impl Collector for Proxy {
+    fn write_text(&self, out: &mut String, budget: &mut Budget) {
+        let start = out.len();
+        for (name, help, v) in [
+            (
+                "taskpulse_conductor_unconfirmed_terminal_updates",
+                "Terminal updates the worker proxy forwarded and has not yet seen held by the engine (at most 10,000, none older than 10 minutes).",
+                self.forwarded.len(),
+            ),
+            (
+                "taskpulse_conductor_unconfirmed_terminal_update_bytes",
+                "Bytes of those TaskResults kept to post again if the engine lost them (at most 16 KiB each, 16 MiB in all).",
+                self.forwarded.body_bytes(),
+            ),
+        ] {
+            text::header(out, name, help, "gauge");
+            text::sample_i64(out, name, &[], v as i64);
+        }
+        budget.series = budget.series.saturating_sub(2);
+        budget.bytes = budget.bytes.saturating_sub(out.len() - start);
     }
 }
 
@@ -138,14 +216,20 @@ pub fn routes(
         .with_state(state)
 }
 
-async fn handle(State(s): State<ProxyState>, req: Request) -> Response {
+async fn handle(State(s): State<ProxyState>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
+    if let Some(refusal) = refuse_path(&path) {
+        return refusal;
+    }
+    let caller = s.proxy.callers.identify(req.headers_mut());
     let method = req.method().clone();
     if method == Method::GET && path.starts_with("/api/tasks/poll/") {
-        return poll(&s, req).await.unwrap_or_else(|e| e.into_response());
+        return poll(&s, req, caller)
+            .await
+            .unwrap_or_else(|e| e.into_response());
     }
     if method == Method::POST && (path == "/api/tasks" || path == "/api/tasks/update-v2") {
-        return update(&s, req, path == "/api/tasks/update-v2")
+        return update(&s, req, caller, path == "/api/tasks/update-v2")
             .await
             .unwrap_or_else(|e| e.into_response());
     }
@@ -162,6 +246,28 @@ async fn handle(State(s): State<ProxyState>, req: Request) -> Response {
         .unwrap_or_else(|e| e.into_response())
 }
 
+/// A path the proxy does not forward: taskpulse's own API, and paths with `.` or `..`
+/// segments (raw or percent-encoded), which an engine or a proxy in front of it might resolve
+/// to somewhere else than they look.
+fn refuse_path(path: &str) -> Option<Response> {
+    if path == "/api/v1" || path.starts_with("/api/v1/") {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint (/api/v1/ is taskpulse's own API and is not forwarded)",
+        ));
+    }
+    let dot = path.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    });
+    dot.then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "paths with `.` or `..` segments are not forwarded to the engine",
+        )
+    })
+}
+
 /// Rebuilds a response around a body already read.
 fn respond(parts: http::response::Parts, body: Bytes) -> Response {
     let mut parts = parts;
@@ -174,7 +280,7 @@ async fn learn_tasks(s: &ProxyState, body: &[u8]) {
     if body.iter().all(u8::is_ascii_whitespace) {
         return;
     }
-    let Ok(items) = crate::ingest::parse_body(body, Format::Json) else {
+    let Ok(items) = crate::ingest::items(body, Format::Json) else {
         return;
     };
     // Workers get their tasks without waiting for taskpulse's store.
@@ -183,7 +289,7 @@ async fn learn_tasks(s: &ProxyState, body: &[u8]) {
     }
 }
 
-async fn poll(s: &ProxyState, req: Request) -> Result<Response, UpstreamError> {
+async fn poll(s: &ProxyState, req: Request, caller: Caller) -> Result<Response, UpstreamError> {
     let (parts, body) = req.into_parts();
     let pq = parts
         .uri
@@ -200,83 +306,10 @@ async fn poll(s: &ProxyState, req: Request) -> Result<Response, UpstreamError> {
     }
     let (parts, body) = resp.into_parts();
     let bytes = collect(body, s.max_body_bytes * 4).await?;
-    learn_tasks(s, &bytes).await;
+    if caller.may_record(true, s.proxy.callers.token_set()) {
+        learn_tasks(s, &bytes).await;
+    }
     Ok(respond(parts, bytes))
-}
-
-/// What taskpulse reads from a TaskResult.
-struct TaskResult {
-    task_id: String,
-    status: Option<Status>,
-    extend_lease: bool,
-    workflow_id: String,
-}
-
-/// Moves top-level progress fields into `outputData` (the engine only keeps `outputData`) and
-/// reads what the proxy needs. `None` when the body is not a TaskResult object.
-fn normalize(v: &mut Value) -> Option<TaskResult> {
-    let obj = v.as_object_mut()?;
-    let mut moved = Map::new();
-    for key in ["progressPercent", "progress", "progressMessage"] {
-        if let Some(val) = obj.remove(key) {
-            moved.insert(key.to_string(), val);
-        }
-    }
-    if !moved.is_empty() {
-        let output = obj
-            .entry("outputData")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !output.is_object() {
-            *output = Value::Object(Map::new());
-        }
-        if let Some(out) = output.as_object_mut() {
-            for (k, val) in moved {
-                out.entry(k).or_insert(val);
-            }
-        }
-    }
-    Some(TaskResult {
-        task_id: obj.get("taskId")?.as_str()?.to_string(),
-        status: obj
-            .get("status")
-            .and_then(Value::as_str)
-            .and_then(Status::parse),
-        extend_lease: obj
-            .get("extendLease")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        workflow_id: obj
-            .get("workflowInstanceId")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-    })
-}
-
-/// The proxy's reading of a TaskResult, exposed for the fuzzer and tests: the body read as
-/// `update` reads it (`serde_json::from_slice`, then `normalize`), the normalized value run
-/// through the update validation it is recorded with, and what the proxy decides on: the task
-/// id, the status and `extendLease`. `None` when the body is not a TaskResult object.
-pub fn inspect_task_result(body: &[u8]) -> Option<(String, Option<Status>, bool)> {
-    let mut value: Value = serde_json::from_slice(body).ok()?;
-    let result = normalize(&mut value)?;
-    let _ = crate::ingest::parse_value(&value);
-    Some((result.task_id, result.status, result.extend_lease))
-}
-
-/// The engine's answer to an update it accepted, given by taskpulse itself: the task id as text
-/// for `POST /api/tasks`, and for `update-v2` a 204 (the SDK reads it as "no next task").
-fn local_answer(task_id: &str, v2: bool) -> Response {
-    if v2 {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain")],
-            task_id.to_string(),
-        )
-            .into_response()
-    }
 }
 
 /// Records an update in taskpulse (after the engine took it, or instead of sending it).
@@ -290,27 +323,31 @@ async fn record(s: &ProxyState, body: &Value) {
     }
 }
 
-async fn update(s: &ProxyState, req: Request, v2: bool) -> Result<Response, UpstreamError> {
+async fn update(
+    s: &ProxyState,
+    req: Request,
+    caller: Caller,
+    v2: bool,
+) -> Result<Response, UpstreamError> {
     let px = &s.proxy;
+    let token_set = px.callers.token_set();
     let (parts, body) = req.into_parts();
     let bytes = collect(body, s.max_body_bytes).await?;
-    let mut value: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        // Not ours to judge: the engine answers it as it would.
-        Err(_) => {
-            let path = parts.uri.path().to_string();
-            return px
-                .client
-                .send(parts.method, &path, parts.headers, Body::from(bytes))
-                .await;
-        }
+    let path = parts.uri.path().to_string();
+    let forward_as_is = |bytes: Bytes| {
+        px.client.send(
+            parts.method.clone(),
+            &path,
+            parts.headers.clone(),
+            Body::from(bytes),
+        )
+    };
+    // Not ours to judge: the engine answers it as it would.
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return forward_as_is(bytes).await;
     };
     let Some(result) = normalize(&mut value) else {
-        let path = parts.uri.path().to_string();
-        return px
-            .client
-            .send(parts.method, &path, parts.headers, Body::from(bytes))
-            .await;
+        return forward_as_is(bytes).await;
     };
     // What the engine takes, taskpulse must be able to record (a terminal update it could not
     // record would let a late IN_PROGRESS through to the engine): while the pipeline takes
@@ -326,12 +363,15 @@ async fn update(s: &ProxyState, req: Request, v2: bool) -> Result<Response, Upst
     let is_terminal = result.status.is_some_and(Status::is_terminal);
     if terminal_accepted && !is_terminal {
         // conductor-oss#176: never let a late non-terminal update reach the engine after the
-        // terminal one. Recording it counts the rejected transition.
-        record(s, &value).await;
+        // terminal one. Recording it counts the rejected transition, when the caller is one
+        // the engine vouched for.
+        if px.vouched(&result.task_id, caller) {
+            record(s, &value).await;
+        }
         return Ok(local_answer(&result.task_id, v2));
     }
-    if result.extend_lease && result.status == Some(Status::InProgress) {
-        record(s, &value).await;
+    let heartbeat = result.extend_lease && result.status == Some(Status::InProgress);
+    if heartbeat {
         let every = known
             .as_ref()
             .and_then(|r| r.response_timeout_seconds)
@@ -340,22 +380,25 @@ async fn update(s: &ProxyState, req: Request, v2: bool) -> Result<Response, Upst
             .unwrap_or(DEFAULT_HEARTBEAT_EVERY)
             .min(px.heartbeat_min_interval);
         let due = px
-            .last_heartbeat
+            .leases
             .get(result.task_id.as_str())
+            .and_then(|l| l.heartbeat_sent)
             .is_none_or(|at| at.elapsed() >= every);
-        if !due {
+        // Answered here only for a caller the engine accepted this task's updates from.
+        if !due && px.vouched(&result.task_id, caller) {
             s.metrics.heartbeat(false);
+            record(s, &value).await;
             return Ok(local_answer(&result.task_id, v2));
         }
         s.metrics.heartbeat(true);
     }
     let body = Bytes::from(value.to_string());
-    let mut headers = parts.headers;
+    let mut headers = parts.headers.clone();
     headers.remove(header::CONTENT_LENGTH);
     let resp = px
         .client
         .send(
-            parts.method,
+            parts.method.clone(),
             parts.uri.path(),
             headers,
             Body::from(body.clone()),
@@ -366,25 +409,19 @@ async fn update(s: &ProxyState, req: Request, v2: bool) -> Result<Response, Upst
     }
     let (rparts, rbody) = resp.into_parts();
     let answer = collect(rbody, s.max_body_bytes * 4).await?;
-    if result.extend_lease {
-        px.last_heartbeat
-            .insert(Arc::from(result.task_id.as_str()), Instant::now());
-    } else {
+    px.accepted(&result.task_id, caller, heartbeat);
+    if caller.may_record(true, token_set) {
         record(s, &value).await;
     }
     if let Some(status) = result.status.filter(|st| st.is_terminal()) {
         px.forwarded.insert(
             result.task_id.clone(),
-            ForwardedTerminal {
-                workflow_id: result.workflow_id.clone(),
-                status,
-                body,
-                forwarded_at: Instant::now(),
-            },
+            result.workflow_id.clone(),
+            status,
+            body,
         );
-        px.last_heartbeat.remove(result.task_id.as_str());
     }
-    if v2 {
+    if v2 && caller.may_record(true, token_set) {
         learn_tasks(s, &answer).await;
     }
     Ok(respond(rparts, answer))
@@ -393,45 +430,25 @@ async fn update(s: &ProxyState, req: Request, v2: bool) -> Result<Response, Upst
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn top_level_progress_moves_into_output_data() {
-        let mut v = json!({"taskId": "t", "workflowInstanceId": "w", "status": "IN_PROGRESS",
-                           "progressPercent": 40, "progressMessage": "m", "extendLease": true,
-                           "outputData": {"progressPercent": 10, "keep": 1}});
-        let r = normalize(&mut v).unwrap();
-        assert_eq!(r.task_id, "t");
-        assert_eq!(r.workflow_id, "w");
-        assert!(r.extend_lease);
-        assert_eq!(r.status, Some(Status::InProgress));
-        assert!(v.get("progressPercent").is_none());
-        // the worker's own outputData wins over a top-level duplicate
-        assert_eq!(
-            v["outputData"],
-            json!({"progressPercent": 10, "keep": 1, "progressMessage": "m"})
-        );
-        let mut v = json!({"taskId": "t", "status": "COMPLETED", "progress": 100});
-        normalize(&mut v).unwrap();
-        assert_eq!(v["outputData"], json!({"progress": 100}));
-        assert!(normalize(&mut json!([1, 2])).is_none());
-        assert!(normalize(&mut json!({"status": "COMPLETED"})).is_none());
-    }
-
-    #[test]
-    fn a_task_result_is_read_as_the_proxy_reads_it() {
-        let body = br#"{"taskId":"t","workflowInstanceId":"w","status":"IN_PROGRESS",
-                        "extendLease":true,"progressPercent":40}"#;
-        assert_eq!(
-            inspect_task_result(body),
-            Some(("t".to_string(), Some(Status::InProgress), true))
-        );
-        assert_eq!(
-            inspect_task_result(br#"{"taskId":"t","status":"BOGUS"}"#),
-            Some(("t".to_string(), None, false))
-        );
-        assert_eq!(inspect_task_result(b"not json"), None);
-        assert_eq!(inspect_task_result(b"[1,2]"), None);
-        assert_eq!(inspect_task_result(br#"{"taskId":7}"#), None);
+    fn taskpulse_api_and_dot_segments_are_not_forwarded() {
+        for path in [
+            "/api/v1",
+            "/api/v1/anything",
+            "/api/tasks/../v1/updates",
+            "/api/./tasks",
+            "/api/%2e%2e/admin",
+            "/api/tasks/%2E%2E",
+        ] {
+            assert!(refuse_path(path).is_some(), "{path}");
+        }
+        for path in [
+            "/api/tasks",
+            "/api/tasks/poll/batch/encode",
+            "/api/tasks/a..b",
+        ] {
+            assert!(refuse_path(path).is_none(), "{path}");
+        }
     }
 }
