@@ -236,7 +236,7 @@ pub struct PipelineSettings {
     )]
     pub max_tracked_tasks: usize,
 
-    /// Memory the tasks kept in memory may take, at most (as estimated per task: about 700 bytes plus its ids and message); past it the least recently updated leave memory (not the store)
+    /// Memory the tasks kept in memory may take, at most (as estimated per task: about 900 bytes plus its ids and message); past it the least recently updated leave memory (not the store)
     #[arg(
         long,
         env = "TASKPULSE_MAX_TRACKED_MEMORY",

@@ -97,6 +97,13 @@ pub struct LoadgenArgs {
     /// (PUT /metrics/job/loadgen/task_id/ID), one update per request
     #[arg(long, value_enum, default_value_t = Protocol::Taskpulse)]
     pub protocol: Protocol,
+    /// Scrapers fetching `/metrics` (and reading it whole) while the load runs, as Prometheus
+    /// replicas and dashboards do
+    #[arg(long, default_value_t = 0)]
+    pub scrapers: usize,
+    /// Scrapes per second per scraper (0 = back to back)
+    #[arg(long, default_value_t = 10.0)]
+    pub scrape_rate: f64,
     /// Instead of generating load, run the baseline server on this address: it reads each body
     /// and answers 200
     #[arg(long, value_name = "ADDR")]
@@ -119,6 +126,9 @@ pub struct Report {
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub latency_ms_max: f64,
+    /// Scrapes answered while the load ran (`--scrapers`), and their median time.
+    pub scrapes: u64,
+    pub scrape_ms_p50: f64,
 }
 
 impl std::fmt::Display for Report {
@@ -137,7 +147,15 @@ impl std::fmt::Display for Report {
             f,
             "request latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             self.latency_ms_p50, self.latency_ms_p99, self.latency_ms_max
-        )
+        )?;
+        if self.scrapes > 0 {
+            write!(
+                f,
+                "\nscrapes meanwhile: {} (p50 {:.1} ms)",
+                self.scrapes, self.scrape_ms_p50
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -290,10 +308,50 @@ struct Totals {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Answer {
     accepted: u64,
     duplicates: u64,
     rejected: Vec<serde::de::IgnoredAny>,
+    /// Every rejection (the list holds the first 100); absent from older builds' answers.
+    rejected_count: Option<u64>,
+}
+
+/// `scrapers` loops fetching `{base}/metrics` at `rate` per second each until `deadline`: the
+/// scrape times in ms.
+fn spawn_scrapers(
+    client: &Client<HttpConnector, Body>,
+    base: &str,
+    scrapers: usize,
+    rate: f64,
+    deadline: Instant,
+) -> Vec<tokio::task::JoinHandle<Vec<f64>>> {
+    (0..scrapers)
+        .map(|_| {
+            let client = client.clone();
+            let url = format!("{base}/metrics");
+            tokio::spawn(async move {
+                let mut times = Vec::new();
+                let started = Instant::now();
+                while Instant::now() < deadline {
+                    if rate > 0.0 {
+                        let due = started + Duration::from_secs_f64(times.len() as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let Ok(req) = http::Request::get(url.as_str()).body(Body::empty()) else {
+                        break;
+                    };
+                    let t0 = Instant::now();
+                    if let Ok(resp) = client.request(req).await {
+                        if resp.into_body().collect().await.is_ok() {
+                            times.push(t0.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                }
+                times
+            })
+        })
+        .collect()
 }
 
 /// Runs the load and reports.
@@ -315,12 +373,13 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.connections)
+        .pool_max_idle_per_host(args.connections + args.scrapers)
         .build(connector);
     let totals = Arc::new(Totals::default());
     let started = Instant::now();
     let deadline = started + args.duration;
     let per_conn_rate = args.rate * args.tasks as f64 / args.connections as f64;
+    let scrapers = spawn_scrapers(&client, &base, args.scrapers, args.scrape_rate, deadline);
     let mut handles = Vec::new();
     for conn in 0..args.connections {
         let share =
@@ -430,9 +489,8 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
                         Ok(a) => {
                             totals.accepted.fetch_add(a.accepted, Ordering::Relaxed);
                             totals.duplicates.fetch_add(a.duplicates, Ordering::Relaxed);
-                            totals
-                                .rejected
-                                .fetch_add(a.rejected.len() as u64, Ordering::Relaxed);
+                            let rejected = a.rejected_count.unwrap_or(a.rejected.len() as u64);
+                            totals.rejected.fetch_add(rejected, Ordering::Relaxed);
                         }
                         Err(_) => {
                             totals.errors.fetch_add(1, Ordering::Relaxed);
@@ -451,6 +509,11 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
         hist.add(h.await?)?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let mut scrape_times = Vec::new();
+    for h in scrapers {
+        scrape_times.extend(h.await?);
+    }
+    scrape_times.sort_by(f64::total_cmp);
     let t = &totals;
     let accepted = t.accepted.load(Ordering::Relaxed);
     Ok(Report {
@@ -467,6 +530,11 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
         latency_ms_p50: hist.value_at_quantile(0.5) as f64 / 1000.0,
         latency_ms_p99: hist.value_at_quantile(0.99) as f64 / 1000.0,
         latency_ms_max: hist.max() as f64 / 1000.0,
+        scrapes: scrape_times.len() as u64,
+        scrape_ms_p50: scrape_times
+            .get(scrape_times.len() / 2)
+            .copied()
+            .unwrap_or(0.0),
     })
 }
 

@@ -47,8 +47,9 @@ pub fn register_build_info(registry: &Registry) -> prometheus::Result<()> {
 ///
 /// Concurrent scrapes share renders ([`Exposition::scrape`]): a scrape is answered by a render
 /// that started after it arrived (so it shows everything acknowledged before it), and renders
-/// start at most once per [`RENDER_GAP`], so ten scrapers polling ten times a second cost what
-/// a few renders cost, not a hundred.
+/// start at most once per [`RENDER_GAP`], or per three times the last render's duration when
+/// that is longer, so ten scrapers polling ten times a second cost what a few renders cost, not
+/// a hundred, and renders take at most about a third of a core however large the state.
 pub struct Exposition {
     registry: Registry,
     collectors: Vec<Arc<dyn Collector>>,
@@ -74,6 +75,8 @@ enum Step {
 struct Shared {
     rendering: bool,
     last_start: Option<Instant>,
+    /// How long the last render took.
+    last_took: Duration,
     /// The newest render and when it started.
     last: Option<(Instant, Bytes)>,
 }
@@ -160,7 +163,8 @@ impl Exposition {
             return Step::Wait;
         }
         let now = Instant::now();
-        match sh.last_start.map(|t| t + RENDER_GAP).filter(|t| *t > now) {
+        let gap = RENDER_GAP.max(sh.last_took * 3);
+        match sh.last_start.map(|t| t + gap).filter(|t| *t > now) {
             Some(t) => Step::Sleep(t),
             None => {
                 sh.rendering = true;
@@ -172,17 +176,22 @@ impl Exposition {
 
     async fn render_shared(self: &Arc<Self>, started: Instant) -> Result<Bytes, String> {
         let me = self.clone();
-        let result = tokio::task::spawn_blocking(move || me.render())
-            .await
-            .map(Bytes::from)
-            .map_err(|e| format!("scrape failed: {e}"));
-        {
+        let result = tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let text = me.render();
+            (Bytes::from(text), t0.elapsed())
+        })
+        .await
+        .map_err(|e| format!("scrape failed: {e}"));
+        let result = {
             let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             sh.rendering = false;
-            if let Ok(text) = &result {
+            result.map(|(text, took)| {
+                sh.last_took = took;
                 sh.last = Some((started, text.clone()));
-            }
-        }
+                text
+            })
+        };
         self.rendered.notify_waiters();
         result
     }

@@ -48,7 +48,8 @@ pub async fn settle_lost(
 
 /// Forgets what memory no longer needs (finished tasks past `--terminal-retention`, workers
 /// past `--worker-expiry`), and evicts past `--max-tracked-tasks` (at once when a flood of new
-/// tasks went far over it). Runs every 5 s, or every `--worker-expiry` when that is shorter.
+/// tasks went far over it). Runs every 5 s, or every quarter of `--worker-expiry` when that is
+/// shorter: a worker leaves the gauges at most one tick after its expiry.
 pub async fn sweeper(
     tracker: Arc<Tracker>,
     terminal_retention: Duration,
@@ -58,7 +59,7 @@ pub async fn sweeper(
     let retention_ms = terminal_retention.as_millis() as i64;
     let expiry_ms = worker_expiry.as_millis() as i64;
     let mut tick =
-        tokio::time::interval(SWEEP_EVERY.min(worker_expiry.max(Duration::from_millis(100))));
+        tokio::time::interval(SWEEP_EVERY.min((worker_expiry / 4).max(Duration::from_millis(100))));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

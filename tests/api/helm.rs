@@ -123,6 +123,19 @@ fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|e| e["name"] == name)
 }
 
+/// `512Mi`, `1Gi` (Kubernetes) or `256MiB`, `1GiB` (taskpulse) in bytes.
+fn bytes(size: &str) -> u64 {
+    let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("size {size}"));
+    n * match size[digits.len()..].trim_end_matches('B') {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        unit => panic!("unit {unit} in {size}"),
+    }
+}
+
 fn env_value(container: &Value, name: &str) -> Option<String> {
     env(container, name).and_then(|e| e["value"].as_str().map(str::to_string))
 }
@@ -383,6 +396,16 @@ fn helm_defaults_render_a_sqlite_deployment_and_service() {
     ] {
         assert_eq!(env_value(c, name).as_deref(), Some(value), "{name}");
     }
+    // The tracked tasks' budget fits the memory limit, with the room the README asks for
+    // (1.7 times the budget resident, at most).
+    let budget = env_value(c, "TASKPULSE_MAX_TRACKED_MEMORY").expect("a memory budget");
+    let limit = c["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("a memory limit");
+    assert!(
+        bytes(&budget) as f64 * 1.7 <= bytes(limit) as f64,
+        "--max-tracked-memory {budget} needs a memory limit of 1.7 times it, not {limit}"
+    );
     // Kubernetes kills the pod after terminationGracePeriodSeconds: it must outlast the
     // shutdown grace, the wait for open requests and the final flush.
     let shutdown = taskpulse::settings::HttpSettings::default().shutdown_grace
