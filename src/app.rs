@@ -244,7 +244,11 @@ impl Application {
                     bytes: settings.metrics.max_scrape_bytes.as_u64() as usize,
                 },
             )
-            .map_err(registered)?,
+            .map_err(registered)?
+            .with_histograms(&[
+                &pipeline_metrics.task_duration_seconds,
+                &wait_metrics.wakeup_lag_seconds,
+            ]),
         );
 
         let mut background: Vec<JoinHandle<()>> = election.into_iter().collect();

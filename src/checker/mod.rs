@@ -116,6 +116,9 @@ impl CheckSettings {
     }
 }
 
+/// The `outcome` label values of `taskpulse_checker_repairs_total` (and of the audit trail).
+pub const REPAIR_OUTCOMES: [&str; 4] = ["repaired", "conflict", "failed", "skipped"];
+
 /// What a rule sees.
 pub struct Context {
     pub store: Store,
@@ -161,8 +164,15 @@ impl Checker {
         metrics: CheckerMetrics,
         store_metrics: StoreMetrics,
     ) -> Checker {
+        // Every rule's series exist from the first scrape, so dashboards show 0 rather than
+        // "No data" and increase() sees the first repair.
         for r in &rules {
             metrics.violations.with_label_values(&[r.name()]).set(0);
+            for outcome in REPAIR_OUTCOMES {
+                metrics
+                    .repairs_total
+                    .with_label_values(&[r.name(), outcome]);
+            }
         }
         Checker {
             rules,

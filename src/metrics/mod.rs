@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use tokio::sync::Notify;
 
 /// What is left of a scrape's bounds (`--max-series`, `--max-scrape-bytes`) for a collector.
@@ -59,6 +61,9 @@ pub struct Exposition {
     /// `taskpulse_scrapes_total{outcome="rendered"}` and `{outcome="shared"}`.
     scrapes_rendered: IntCounter,
     scrapes_shared: IntCounter,
+    /// Families whose label values come from input, so they may have no series yet: their
+    /// HELP and TYPE are written anyway, and a dashboard or rule naming them finds the family.
+    declared: Vec<(String, String, &'static str)>,
 }
 
 /// Renders start at most this often, however many scrapes arrive.
@@ -105,7 +110,20 @@ impl Exposition {
             rendered: Notify::new(),
             scrapes_rendered: scrapes.with_label_values(&["rendered"]),
             scrapes_shared: scrapes.with_label_values(&["shared"]),
+            declared: Vec::new(),
         })
+    }
+
+    /// Histograms whose labels come from input: their families are in every scrape, with no
+    /// series until the first observation (the registry leaves empty families out).
+    pub fn with_histograms(mut self, histograms: &[&HistogramVec]) -> Exposition {
+        for h in histograms {
+            for d in prometheus::core::Collector::desc(*h) {
+                self.declared
+                    .push((d.fq_name.clone(), d.help.clone(), "histogram"));
+            }
+        }
+        self
     }
 
     /// The exposition text for `/metrics`, rendered now.
@@ -116,6 +134,11 @@ impl Exposition {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         let mut text = String::from_utf8(buf).unwrap_or_default();
+        for (name, help, kind) in &self.declared {
+            if !text.contains(&format!("# TYPE {name} ")) {
+                text::header(&mut text, name, help, kind);
+            }
+        }
         let mut budget = Budget {
             series: self
                 .bounds

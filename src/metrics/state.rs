@@ -249,10 +249,9 @@ impl PerTask {
             (&PREDICTED, &self.predicted),
             (&WORKER_INFO, &self.worker),
         ] {
-            if !lines.is_empty() {
-                family.header(out);
-                out.push_str(lines);
-            }
+            // the family even without series, so a dashboard naming it finds it
+            family.header(out);
+            out.push_str(lines);
         }
     }
 }
@@ -386,18 +385,16 @@ impl Collector for StateCollector {
             |a, b| a.add(b),
         );
         folded[0] = n;
-        if !types.is_empty() {
-            TASKS.header(&mut agg);
-            for ((wf, tt), c) in &types {
-                for (status, n) in Status::ALL.iter().zip(c.by_status) {
-                    if n > 0 {
-                        let labels = [
-                            ("workflow_type", &**wf),
-                            ("task_type", &**tt),
-                            ("status", status.as_str()),
-                        ];
-                        text::sample_i64(&mut agg, TASKS.0, &labels, n);
-                    }
+        TASKS.header(&mut agg);
+        for ((wf, tt), c) in &types {
+            for (status, n) in Status::ALL.iter().zip(c.by_status) {
+                if n > 0 {
+                    let labels = [
+                        ("workflow_type", &**wf),
+                        ("task_type", &**tt),
+                        ("status", status.as_str()),
+                    ];
+                    text::sample_i64(&mut agg, TASKS.0, &labels, n);
                 }
             }
         }
@@ -413,9 +410,6 @@ impl Collector for StateCollector {
             ),
             (&PREDICTED_TIMEOUT, |c: &TypeCounts| c.predicted_timeout),
         ] {
-            if in_flight.is_empty() {
-                break;
-            }
             family.header(&mut agg);
             for ((wf, tt), c) in &in_flight {
                 let labels = [("workflow_type", &**wf), ("task_type", &**tt)];
@@ -455,9 +449,6 @@ impl Collector for StateCollector {
             (&OVERDUE, |c: &WaitCounts| c.overdue),
             (&DUE_NEXT_MINUTE, |c: &WaitCounts| c.due_next_minute),
         ] {
-            if wait_by_wf.is_empty() {
-                break;
-            }
             family.header(&mut agg);
             for (wf, c) in &wait_by_wf {
                 text::sample_i64(&mut agg, family.0, &[("workflow_type", wf)], pick(c));
@@ -493,20 +484,18 @@ impl Collector for StateCollector {
             |a, b| *a = (a.0 + b.0, a.1.max(b.1)),
         );
         folded[2] = n;
-        if !seen.is_empty() {
-            WORKER_TASKS.header(&mut agg);
-            for (w, (n, _)) in &seen {
-                text::sample_i64(&mut agg, WORKER_TASKS.0, &[("worker_id", w)], *n);
-            }
-            WORKER_SEEN.header(&mut agg);
-            for (w, (_, at)) in &seen {
-                text::sample_f64(
-                    &mut agg,
-                    WORKER_SEEN.0,
-                    &[("worker_id", w)],
-                    *at as f64 / 1000.0,
-                );
-            }
+        WORKER_TASKS.header(&mut agg);
+        for (w, (n, _)) in &seen {
+            text::sample_i64(&mut agg, WORKER_TASKS.0, &[("worker_id", w)], *n);
+        }
+        WORKER_SEEN.header(&mut agg);
+        for (w, (_, at)) in &seen {
+            text::sample_f64(
+                &mut agg,
+                WORKER_SEEN.0,
+                &[("worker_id", w)],
+                *at as f64 / 1000.0,
+            );
         }
         FOLDED.header(&mut agg);
         for (family, n) in [TASKS.0, WAITING.0, WORKER_TASKS.0].iter().zip(folded) {

@@ -75,6 +75,13 @@ impl PipelineMetrics {
         registry.register(Box::new(m.progress_updates_total.clone()))?;
         registry.register(Box::new(m.task_duration_seconds.clone()))?;
         registry.register(Box::new(m.tasks_evicted_total.clone()))?;
+        // Every way to leave a terminal status exists from the first scrape, at 0.
+        for from in Status::ALL.iter().filter(|s| s.is_terminal()) {
+            for to in Status::ALL {
+                m.transitions_rejected_total
+                    .with_label_values(&[from.as_str(), to.as_str()]);
+            }
+        }
         Ok(m)
     }
 

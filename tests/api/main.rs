@@ -13,6 +13,7 @@ mod conductor_db;
 mod drift;
 mod e2e;
 mod faults;
+mod fresh_scrape;
 mod helm;
 mod hostile;
 mod ingest;
