@@ -41,6 +41,7 @@ use crate::leader::{self, Leadership};
 use crate::metrics::state::{ScrapeConfig, StateCollector};
 use crate::metrics::{self, Budget, Collector, Exposition};
 use crate::pipeline::{background, Pipeline, PipelineMetrics, Tracker};
+use crate::retention::{self, RetentionMetrics};
 use crate::settings::{redact_url, Secret};
 use crate::store::{self, Store, StoreMetrics};
 use crate::throttle::Throttle;
@@ -127,6 +128,7 @@ impl Application {
         let store_metrics = StoreMetrics::register(&registry).map_err(registered)?;
         let wait_metrics = WaitMetrics::register(&registry, &folding).map_err(registered)?;
         let checker_metrics = CheckerMetrics::register(&registry).map_err(registered)?;
+        let retention_metrics = RetentionMetrics::register(&registry).map_err(registered)?;
         pipeline_metrics.declare_source(crate::http::ingest::SOURCE);
 
         let stop = CancellationToken::new();
@@ -285,7 +287,8 @@ impl Application {
             &settings.throttle,
             &settings.wait,
             settings.check_loop.repair,
-        );
+        )
+        .with_retention(settings.retention.retention);
         let context = || Context {
             store: store.clone(),
             tracker: Some(tracker.clone()),
@@ -317,6 +320,14 @@ impl Application {
                 stop.clone(),
             )));
         }
+        background.push(tokio::spawn(retention::run(
+            store.clone(),
+            settings.retention.clone(),
+            retention::every(check_interval),
+            leadership.clone(),
+            retention_metrics,
+            stop.clone(),
+        )));
 
         let listener = TcpListener::bind(settings.http.listen).await.map_err(|e| {
             Error::Config(format!(
@@ -457,6 +468,15 @@ impl Application {
             _ => Err(Error::DrainTimeout(FLUSH_TIMEOUT)),
         }
     }
+}
+
+/// `taskpulse migrate`: the store's schema brought up to date. An SQLite file from before
+/// retention is also converted to incremental vacuum, so that retention gives deleted rows'
+/// space back from then on; true when it was.
+pub async fn migrate(url: &str) -> Result<bool> {
+    let store = Store::connect(url).await?;
+    store.migrate().await?;
+    store.enable_reclaim().await
 }
 
 /// `taskpulse check`: one pass against the store alone (no memory, so `store_divergence` has

@@ -25,7 +25,7 @@ use crate::engines::conductor::ConductorSettings;
 use crate::error::Error;
 use crate::settings::{
     CheckLoopSettings, CheckerSettings, HttpSettings, MetricsSettings, PipelineSettings,
-    StoreSettings, ThrottleSettings, WaitSettings,
+    RetentionSettings, StoreSettings, ThrottleSettings, WaitSettings,
 };
 
 /// The command line.
@@ -74,6 +74,8 @@ pub struct Settings {
     pub checker: CheckerSettings,
     #[command(flatten)]
     pub check_loop: CheckLoopSettings,
+    #[command(flatten)]
+    pub retention: RetentionSettings,
     #[command(flatten)]
     pub conductor: ConductorSettings,
 }

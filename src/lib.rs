@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod predict;
+pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod throttle;

@@ -7,7 +7,6 @@ use anyhow::Context;
 use taskpulse::app::{self, Shutdown};
 use taskpulse::cli::{self, CliError, Command};
 use taskpulse::settings::redact_url;
-use taskpulse::store::Store;
 use taskpulse::{Application, Error};
 
 #[tokio::main]
@@ -50,12 +49,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             app.run(signals()?).await?;
         }
         Command::Migrate(args) => {
-            let url = &args.store.database;
-            let store = Store::connect(url)
+            let url = redact_url(&args.store.database);
+            let converted = app::migrate(&args.store.database)
                 .await
-                .with_context(|| format!("cannot open `{}`", redact_url(url)))?;
-            store.migrate().await?;
-            println!("migrations applied to {}", redact_url(url));
+                .with_context(|| format!("cannot migrate `{url}`"))?;
+            println!("migrations applied to {url}");
+            if converted {
+                println!("converted to incremental vacuum (retention now shrinks the file)");
+            }
         }
         Command::Check(args) => {
             let report = app::check(&args)

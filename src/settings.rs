@@ -371,6 +371,19 @@ pub struct CheckLoopSettings {
     pub repair: bool,
 }
 
+/// How long the store keeps what is over: the leader deletes it (`crate::retention`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Retention")]
+pub struct RetentionSettings {
+    /// Finished tasks, with their history and attempts, are deleted from the store this long after they finished; 0 keeps them forever
+    #[arg(long, env = "TASKPULSE_RETENTION", value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// The checker's audit trail (GET /api/v1/repairs) is deleted this long after each repair; 0 keeps it forever
+    #[arg(long, env = "TASKPULSE_AUDIT_RETENTION", value_name = "DURATION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+}
+
 /// The defaults of a settings group, as clap declares them (no flags, no environment).
 pub fn defaults<T: Args + FromArgMatches>() -> T {
     let cmd = T::augment_args(Command::new("defaults")).mut_args(|a| a.env(None));
@@ -397,7 +410,8 @@ default_from_clap!(
     MetricsSettings,
     WaitSettings,
     CheckerSettings,
-    CheckLoopSettings
+    CheckLoopSettings,
+    RetentionSettings
 );
 
 fn bad(name: &str, why: &str) -> Result<()> {

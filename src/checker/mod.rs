@@ -97,6 +97,8 @@ pub struct CheckSettings {
     /// Added to response timeouts and deadlines before a silent task counts as expired.
     pub lease_grace: Duration,
     pub wait_grace: Duration,
+    /// `--retention`: finished tasks the store deleted on purpose after this long (zero: none).
+    pub retention: Duration,
 }
 
 impl CheckSettings {
@@ -112,7 +114,14 @@ impl CheckSettings {
             // A silent task's last write may lag its last update by one throttle interval.
             lease_grace: checker.lease_grace + throttle.progress_min_interval,
             wait_grace: wait.wait_grace,
+            retention: Duration::ZERO,
         }
+    }
+
+    /// Finished tasks are deleted from the store `retention` after they finished.
+    pub fn with_retention(mut self, retention: Duration) -> CheckSettings {
+        self.retention = retention;
+        self
     }
 }
 

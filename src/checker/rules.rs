@@ -297,9 +297,20 @@ impl Rule for StoreDivergence {
                 .into_iter()
                 .map(|s| (s.rec.task_id.to_string(), s))
                 .collect();
+            // Finished tasks past --retention were deleted from the store on purpose; memory
+            // may hold them a little longer (--terminal-retention plus a sweep). Measured from
+            // after the read: whatever retention deleted before it finished before this.
+            let pruned_before = (!ctx.settings.retention.is_zero())
+                .then(|| crate::now_ms() - ctx.settings.retention.as_millis() as i64);
             let mut out = Vec::new();
             for mem in settled {
                 let (plan, evidence) = match stored.get(&*mem.task_id) {
+                    None if pruned_before
+                        .zip(mem.terminal_at)
+                        .is_some_and(|(before, at)| at < before) =>
+                    {
+                        continue
+                    }
                     None => (
                         RepairPlan::Rewrite {
                             before: None,

@@ -7,6 +7,7 @@
 
 mod metrics;
 mod postgres;
+pub mod prune;
 mod queries;
 mod repairs;
 mod rows;

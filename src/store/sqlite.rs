@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::rows::{
@@ -20,6 +22,9 @@ use crate::model::{Attempt, TaskEvent, TaskRecord};
 pub(super) async fn connect(url: &str, timeout: Duration) -> Result<SqlitePool> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
+        // A new database gives deleted rows' pages back (retention: `Store::reclaim`); on an
+        // existing one this has no effect until `taskpulse migrate` converts it.
+        .auto_vacuum(SqliteAutoVacuum::Incremental)
         .journal_mode(SqliteJournalMode::Wal)
         // FULL: an acknowledged completion survives a power cut, not only a process crash.
         // Group commit keeps the fsync cost per batch, not per update.

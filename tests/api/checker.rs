@@ -8,7 +8,8 @@ use futures_util::FutureExt;
 use serde_json::json;
 use taskpulse::checker::CheckerMetrics;
 use taskpulse::checker::{
-    default_rules, CheckSettings, Checker, Context, LeaseExpired, PassReport, Rule, Violation,
+    default_rules, CheckSettings, Checker, Context, LeaseExpired, PassReport, Rule,
+    StoreDivergence, Violation,
 };
 use taskpulse::store::StoreMetrics;
 
@@ -21,6 +22,7 @@ fn settings(repair: bool) -> CheckSettings {
         max_repairs_per_run: 1000,
         lease_grace: Duration::from_secs(5),
         wait_grace: Duration::from_secs(30),
+        retention: Duration::ZERO,
     }
 }
 
@@ -419,6 +421,7 @@ async fn store_divergence_repairs_toward_the_newer_side(backend: Backend) {
     );
 }
 store_test!(store_divergence_repairs_toward_the_newer_side);
+
 
 /// The serving process runs the checker by itself every --check-interval and exports it.
 async fn serve_runs_the_checker_periodically(backend: Backend) {

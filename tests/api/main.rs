@@ -26,6 +26,7 @@ mod promtool;
 mod props;
 mod read;
 mod replicas;
+mod retention;
 mod shutdown;
 mod store;
 mod throttle;

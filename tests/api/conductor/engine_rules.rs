@@ -34,6 +34,7 @@ async fn pass(app: &TestApp, checker: &Checker) -> PassReport {
             max_repairs_per_run: 100,
             lease_grace: Duration::from_secs(3600),
             wait_grace: Duration::from_secs(30),
+            retention: Duration::ZERO,
         },
     };
     checker.run_pass(&ctx).await.expect("pass runs")

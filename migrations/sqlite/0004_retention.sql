@@ -1,0 +1,2 @@
+-- Retention deletes the audit trail by age.
+CREATE INDEX repairs_at ON repairs (at);
