@@ -252,7 +252,8 @@ impl Rule for WaitOverdue {
 /// `updateTime` wins; a terminal state wins over a non-terminal one, as the lifecycle says.
 ///
 /// Only settled tasks are compared: every write sent before the pass starts is committed first
-/// (a writer barrier), and tasks with a coalesced value waiting, or updated since, are skipped.
+/// (a writer barrier), and tasks with a coalesced value waiting, or updated since (before or
+/// while the store is read), are skipped.
 pub struct StoreDivergence;
 
 fn same(a: &TaskRecord, b: &TaskRecord) -> bool {
@@ -284,11 +285,16 @@ impl Rule for StoreDivergence {
             let Some(tracker) = &ctx.tracker else {
                 return Ok(Vec::new()); // `taskpulse check` has no memory to compare
             };
+            // The snapshot first, then the barrier: a task is clean once its write is sent
+            // (under its entry's lock), so the barrier, queued behind every write sent before
+            // the snapshot, returns when all of the snapshot's writes are committed. (The other
+            // way round, a batch that took its time before the pass could send writes after
+            // the barrier with a `lastSeen` before it, and read as missing from the store.)
             let started = crate::now_ms();
+            let settled = tracker.settled(started);
             if !tracker.writer().barrier().await {
                 return Ok(Vec::new());
             }
-            let settled = tracker.settled(started);
             let ids: Vec<&str> = settled.iter().map(|r| &*r.task_id).collect();
             let stored: HashMap<String, _> = ctx
                 .store
@@ -304,7 +310,20 @@ impl Rule for StoreDivergence {
                 .then(|| crate::now_ms() - ctx.settings.retention.as_millis() as i64);
             let mut out = Vec::new();
             for mem in settled {
-                let (plan, evidence) = match stored.get(&*mem.task_id) {
+                let stored = stored.get(&*mem.task_id);
+                if stored.is_some_and(|s| same(&mem, &s.rec)) {
+                    continue;
+                }
+                // Updated since the snapshot: the store read raced live ingest, and the store
+                // may hold a write newer than the snapshot that memory holds too. The next
+                // pass compares it settled.
+                if tracker
+                    .get(&mem.task_id)
+                    .is_none_or(|now| now.last_seen != mem.last_seen || !same(&now, &mem))
+                {
+                    continue;
+                }
+                let (plan, evidence) = match stored {
                     None if pruned_before
                         .zip(mem.terminal_at)
                         .is_some_and(|(before, at)| at < before) =>
@@ -320,7 +339,6 @@ impl Rule for StoreDivergence {
                         },
                         json!({"memory": mem, "store": null}),
                     ),
-                    Some(s) if same(&mem, &s.rec) => continue,
                     Some(s) => {
                         let evidence = json!({"memory": mem, "store": s.rec, "storeVersion": s.version});
                         if memory_wins(&mem, &s.rec) {

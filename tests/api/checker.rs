@@ -422,6 +422,58 @@ async fn store_divergence_repairs_toward_the_newer_side(backend: Backend) {
 }
 store_test!(store_divergence_repairs_toward_the_newer_side);
 
+/// Updates that land while a pass reads the store are no divergence: the store then holds a
+/// write newer than the pass's snapshot of memory, and memory holds it too. (Under load the
+/// pass used to report and "repair" thousands of such tasks per run.)
+async fn store_divergence_ignores_updates_racing_the_pass(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = app(&db).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (app.url("/api/v1/updates"), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // 200 tasks start, then the same 200 finish: each a write racing the pass
+                for status in ["IN_PROGRESS", "COMPLETED"] {
+                    let batch: Vec<_> = (n..n + 200)
+                        .map(|i| {
+                            json!({"taskId": format!("race-{i}"), "workflowId": "wf-race",
+                                        "taskType": "race", "status": status})
+                        })
+                        .collect();
+                    let r = http.post(&url).json(&batch).send().await.unwrap();
+                    assert!(r.status().is_success(), "{}", r.status());
+                }
+                n += 200;
+            }
+            n
+        })
+    };
+    let mut found = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < until {
+        let (r, _) = pass(
+            &app,
+            vec![Box::new(StoreDivergence)],
+            settings(false),
+            Duration::ZERO,
+        )
+        .await;
+        found.extend(r.violations.into_iter().map(|v| v.evidence));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tasks = load.await.unwrap();
+    assert!(tasks >= 2000, "the load ran: {tasks} tasks");
+    assert!(
+        found.is_empty(),
+        "{} false divergences over {tasks} tasks, first: {:#}",
+        found.len(),
+        found[0]
+    );
+}
+store_test!(store_divergence_ignores_updates_racing_the_pass);
 
 /// The serving process runs the checker by itself every --check-interval and exports it.
 async fn serve_runs_the_checker_periodically(backend: Backend) {
