@@ -130,7 +130,7 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
         )
     })
     .await;
-    let (history, mut attempts, history_error) = match from_store {
+    let (mut history, mut attempts, history_error) = match from_store {
         Ok((h, a)) => (h, a, None),
         Err(why) => (
             Vec::new(),
@@ -138,6 +138,12 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
             Some(format!("store unavailable: {why}")),
         ),
     };
+    // Rejected updates folded into one line wait in memory for the task's write slot (one
+    // history write per task per interval): shown at once, newest first like the rest.
+    if let Some(line) = tracker.unwritten_rejections(&task_id) {
+        history.insert(0, line);
+        history.truncate(50);
+    }
     // Attempts seen since the task's last write are in memory only; and the current one may be
     // on its way to the store.
     for a in tracker.unwritten_attempts(&task_id) {

@@ -333,6 +333,14 @@ impl Tracker {
             .unwrap_or_default()
     }
 
+    /// The line of rejected updates waiting for the task's write slot (the store has the
+    /// earlier lines); newer than anything in the store.
+    pub fn unwritten_rejections(&self, task_id: &str) -> Option<crate::model::TaskEvent> {
+        self.tasks
+            .get(task_id)
+            .and_then(|e| e.rejections.as_deref().cloned())
+    }
+
     /// Copies of the records that pass `filter`.
     pub fn select(&self, mut filter: impl FnMut(&TaskRecord) -> bool) -> Vec<TaskRecord> {
         self.tasks

@@ -491,6 +491,33 @@ async fn a_new_attempt_is_listed_at_once(backend: Backend) {
 }
 store_test!(a_new_attempt_is_listed_at_once);
 
+/// A rejected update is in the task's history at once, though its line waits in memory for
+/// the task's write slot (one history write per task per interval): the conductor-oss#176
+/// evidence must not lag by a throttle interval. Later rejections fold into the same line.
+async fn a_rejected_update_is_in_the_history_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn_with(&db, |s| {
+        s.throttle.progress_min_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let done = with(update("rej-1", "COMPLETED"), json!({"updateTime": 2_000}));
+    assert_eq!(app.ingest(&done).await["accepted"], 1);
+    let late = with(update("rej-1", "IN_PROGRESS"), json!({"updateTime": 3_000}));
+    for _ in 0..3 {
+        let r = app.ingest(&late).await;
+        assert_eq!(r["rejected"][0]["reason"], "terminal", "{r}");
+    }
+    let t = app.task("rej-1").await;
+    let history = t["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{t}");
+    assert_eq!(history[0]["outcome"], "rejected", "{t}");
+    assert_eq!(history[0]["to"], "IN_PROGRESS", "{t}");
+    assert_eq!(history[0]["count"], 3, "{t}");
+    assert_eq!(history[1]["outcome"], "accepted", "{t}");
+    assert_eq!(history[1]["to"], "COMPLETED", "{t}");
+}
+store_test!(a_rejected_update_is_in_the_history_at_once);
+
 /// Restarts `app` with a very short terminal retention, after its finished tasks are past it,
 /// so they are in the store only.
 async fn restart_past_retention(app: TestApp) -> TestApp {
