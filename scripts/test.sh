@@ -17,6 +17,9 @@
 #                    $TASKPULSE_HELM
 #   ensure_python_venv  .venv with tests/conductor/requirements.txt installed (reinstalled when
 #                    that file changes); its interpreter in $TASKPULSE_TEST_PYTHON
+#   ensure_image     the container image (scripts/image.sh: umoci, skopeo, binutils and
+#                    ca-certificates from apt, the release binary) and runc to run it; its path
+#                    in $TASKPULSE_TEST_IMAGE, runc's in $TASKPULSE_OCI_RUNTIME
 #   drop_stale_test_databases  leftovers of earlier runs (taskpulse_test_*)
 #
 # Tests that need an external tool fail instead of skipping: TASKPULSE_REQUIRE_TOOLS=1.
@@ -296,6 +299,25 @@ ensure_python_venv() {
     export TASKPULSE_TEST_PYTHON="$venv/bin/python"
 }
 
+# The OCI image the chart installs, built the way a release builds it (scripts/image.sh), and
+# runc, which tests/api/image.rs runs it with (crun needs a unified cgroup hierarchy, which
+# containers like this one often lack; runc works on both).
+ensure_image() {
+    local missing=() tool
+    for tool in umoci skopeo runc strip; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    if [[ ${#missing[@]} -gt 0 || ! -f /etc/ssl/certs/ca-certificates.crt ]]; then
+        apt_install umoci skopeo runc binutils ca-certificates
+    fi
+    log "building the container image (release binary, scripts/image.sh)"
+    quietly cargo build --release --locked --bin taskpulse
+    quietly bash "$REPO_ROOT/scripts/image.sh" target/release/taskpulse
+    export TASKPULSE_TEST_IMAGE="$REPO_ROOT/target/image/taskpulse.oci.tar"
+    TASKPULSE_OCI_RUNTIME="$(command -v runc)"
+    export TASKPULSE_OCI_RUNTIME
+}
+
 # Earlier runs that were killed leave their databases behind. Names are
 # taskpulse_test_<pid>_<n>_<ms>; a database whose process is still alive belongs to a run in
 # progress (another checkout on this machine) and is kept, and one still in use can't be
@@ -334,6 +356,7 @@ main() {
     ensure_alertmanager
     ensure_helm
     ensure_python_venv
+    ensure_image
     drop_stale_test_databases
     run_tests "$@"
 }

@@ -2,6 +2,7 @@
 //! store runs against a real SQLite file and a real PostgreSQL (see `store_test!`).
 
 mod helpers;
+mod image;
 
 mod alerts;
 mod architecture;
