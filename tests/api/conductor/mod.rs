@@ -785,8 +785,7 @@ pub fn python() -> Option<PathBuf> {
     if candidate.is_file() {
         return Some(candidate);
     }
-    let how =
-        "python3 -m venv .venv && .venv/bin/pip install -r tests/conductor/requirements.txt, \
+    let how = "python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt, \
                or run scripts/test.sh";
     if std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1") {
         panic!(

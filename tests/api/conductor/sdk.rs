@@ -1,4 +1,4 @@
-//! The real Conductor Python SDK (`conductor-python`, tests/conductor/requirements.txt) against
+//! The real Conductor Python SDK (`conductor-python`, tests/requirements.txt) against
 //! the engine emulator: first directly, proving the emulator speaks what the SDK expects; then
 //! through taskpulse's Conductor worker proxy (`--conductor-url`).
 
