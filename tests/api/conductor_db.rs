@@ -20,7 +20,7 @@ use crate::helpers::{Backend, TestDb};
 /// a queue-state trigger that notifies `conductor_queue_state` with
 /// `{"<queue>": {"nextDelivery": ms, "depth": n}, "__now__": ms}` (unpopped messages per queue)
 /// on every insert, delete and change of `popped`.
-const CONDUCTOR_SCHEMA: &str = r#"
+pub(crate) const CONDUCTOR_SCHEMA: &str = r#"
 CREATE TABLE workflow (
     workflow_id VARCHAR(255) NOT NULL PRIMARY KEY,
     correlation_id VARCHAR(255),
@@ -76,14 +76,14 @@ CREATE TRIGGER queue_state_on_change AFTER INSERT OR DELETE ON queue_message FOR
 const FOREVER_SECONDS: i64 = 2_147_483_647;
 
 /// A test database holding Conductor's tables, and a writer on it (playing Conductor).
-struct Conductor {
-    url: String,
-    pool: PgPool,
+pub(crate) struct Conductor {
+    pub(crate) url: String,
+    pub(crate) pool: PgPool,
     _db: TestDb,
 }
 
 impl Conductor {
-    async fn new() -> Conductor {
+    pub(crate) async fn new() -> Conductor {
         let db = TestDb::new(Backend::Postgres).await;
         let pool = PgPool::connect(&db.url)
             .await
@@ -100,7 +100,7 @@ impl Conductor {
     }
 
     /// The database's clock, epoch ms.
-    async fn now(&self) -> i64 {
+    pub(crate) async fn now(&self) -> i64 {
         sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::int8")
             .fetch_one(&self.pool)
             .await

@@ -1,11 +1,18 @@
 //! What the Conductor adapter reports on its own.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Clone, Debug)]
 pub struct ConductorMetrics {
     forwarded: IntCounter,
     coalesced: IntCounter,
+    /// `taskpulse_conductor_db_polls_total{outcome}`: reads of Conductor's task table.
+    pub polls_ok: IntCounter,
+    pub polls_failed: IntCounter,
+    /// `taskpulse_conductor_db_poll_seconds`: one read of the task table, start to end.
+    pub poll_seconds: Histogram,
+    /// `taskpulse_conductor_db_lag_seconds`: a row's `modified_on` to its read (database clock).
+    pub lag_seconds: Histogram,
 }
 
 impl ConductorMetrics {
@@ -18,9 +25,38 @@ impl ConductorMetrics {
             &["outcome"],
         )?;
         registry.register(Box::new(heartbeats.clone()))?;
+        let polls = IntCounterVec::new(
+            Opts::new(
+                "taskpulse_conductor_db_polls_total",
+                "Reads of Conductor's task table (--conductor-db), by outcome (ok, error).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(polls.clone()))?;
+        let buckets = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let poll_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "taskpulse_conductor_db_poll_seconds",
+                "Time one read of Conductor's task table took (list, fetch, submit).",
+            )
+            .buckets(buckets.clone()),
+        )?;
+        registry.register(Box::new(poll_seconds.clone()))?;
+        let lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "taskpulse_conductor_db_lag_seconds",
+                "From a task row's modified_on to taskpulse reading it, on the database's clock.",
+            )
+            .buckets(buckets),
+        )?;
+        registry.register(Box::new(lag_seconds.clone()))?;
         Ok(ConductorMetrics {
             forwarded: heartbeats.with_label_values(&["forwarded"]),
             coalesced: heartbeats.with_label_values(&["coalesced"]),
+            polls_ok: polls.with_label_values(&["ok"]),
+            polls_failed: polls.with_label_values(&["error"]),
+            poll_seconds,
+            lag_seconds,
         })
     }
 

@@ -4,13 +4,15 @@
 //!
 //! The webhook is always served (Conductor pushes to it; nothing to configure here). With
 //! `--conductor-url` the worker proxy runs at `/api/` and the checker asks the engine; with
-//! `--conductor-db` the WAIT gauges come from Conductor's queue.
+//! `--conductor-db` every task transition is followed in Conductor's `task` table
+//! ([`task_tail`]) and the WAIT gauges come from Conductor's queue.
 
 pub mod client;
 mod metrics;
 pub mod proxy;
 pub mod rules;
 mod settings;
+pub mod task_tail;
 pub mod wait_queue;
 pub mod webhook;
 
@@ -83,7 +85,7 @@ impl Engine for Conductor {
     }
 
     fn sources(&self) -> &'static [&'static str] {
-        &[webhook::SOURCE, proxy::SOURCE]
+        &[webhook::SOURCE, proxy::SOURCE, task_tail::SOURCE]
     }
 
     fn rules(&self) -> Vec<Box<dyn Rule>> {
@@ -109,7 +111,7 @@ impl Engine for Conductor {
                 out.routes.root = proxy::routes(
                     px.clone(),
                     ctx.pipeline.clone(),
-                    metrics,
+                    metrics.clone(),
                     ctx.core.max_body_bytes.as_u64() as usize,
                 );
                 out.collectors.push(px.clone());
@@ -132,6 +134,16 @@ impl Engine for Conductor {
                 );
             }
             if let Some(url) = &self.settings.db {
+                let tail = task_tail::TaskTail::start(url, ctx.pipeline.clone(), metrics.clone())
+                    .await
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "cannot read Conductor's task table from `{}` (--conductor-db): {e}",
+                            redact_url(url)
+                        ))
+                    })?;
+                out.tasks
+                    .push(tail.run(self.settings.poll_interval, ctx.stop.clone()));
                 let (rx, reader) = wait_queue::spawn(
                     url,
                     ctx.core.wait_grace,

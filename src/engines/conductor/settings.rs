@@ -23,7 +23,7 @@ pub struct ConductorSettings {
     #[arg(id = "conductor-timeout", long = "conductor-timeout", env = "TASKPULSE_CONDUCTOR_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
-    /// Conductor's own PostgreSQL, read-only, for the WAIT queue
+    /// Conductor's own PostgreSQL, read-only: every task transition from its task table (source conductor_db) and the WAIT queue
     #[arg(
         id = "conductor-db",
         long = "conductor-db",
@@ -31,6 +31,10 @@ pub struct ConductorSettings {
         value_name = "URL"
     )]
     pub db: Option<String>,
+
+    /// How often Conductor's store (--conductor-db) is read for changed tasks
+    #[arg(id = "conductor-poll-interval", long = "conductor-poll-interval", env = "TASKPULSE_CONDUCTOR_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
 }
 
 impl Default for ConductorSettings {
@@ -51,6 +55,12 @@ impl ConductorSettings {
             return bad(
                 "conductor-timeout",
                 "must be greater than 0 (e.g. 30s)".into(),
+            );
+        }
+        if self.poll_interval < Duration::from_millis(100) {
+            return bad(
+                "conductor-poll-interval",
+                "must be at least 100ms (e.g. 2s)".into(),
             );
         }
         if let Some(url) = &self.url {

@@ -36,7 +36,7 @@ fn wait_state_changed(payload: &str, last: &mut Option<Option<Value>>) -> bool {
 
 /// Retry delay after `failures` consecutive failures: from `min(base, 500 ms)`, doubling, at
 /// most `max(base, 30 s)`.
-pub(super) fn backoff(failures: u32, base: Duration) -> Duration {
+pub(in crate::engines::conductor) fn backoff(failures: u32, base: Duration) -> Duration {
     let first = base.min(Duration::from_millis(500));
     let cap = base.max(MAX_BACKOFF);
     first

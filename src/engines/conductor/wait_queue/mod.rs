@@ -60,7 +60,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 use crate::wait::{WaitMetrics, WaitSnapshot, WaitSource};
 use lag::LagTracker;
-use listen::{backoff, connect_listener, listen};
+pub(super) use listen::backoff;
+use listen::{connect_listener, listen};
 use reader::Reader;
 
 pub use lag::Wakeup;

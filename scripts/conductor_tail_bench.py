@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Following Conductor's task table (--conductor-db) at 1,000,000 rows and 10,000 changes/s.
+
+    scripts/conductor_tail_bench.py   (environment: TASKS, IN_FLIGHT, RATE, SECONDS, POLL)
+
+A fresh database with Conductor's tables (docs/engines/conductor-redis.md §7) gets TASKS rows
+of TaskModel JSON (about 1.2 KB each, as Conductor writes them: every primitive present, a
+workflowTask, inputData), of which IN_FLIGHT are IN_PROGRESS and the rest COMPLETED. The
+release build starts with --conductor-db on it (--conductor-poll-interval POLL, default 2s). Then a procedure
+in the database rewrites RATE rows a second for SECONDS, in transactions of RATE/10 rows every
+100 ms, the way Conductor's DAO does (json_data with a new status and updateTime,
+modified_on = CURRENT_TIMESTAMP): in-flight tasks flip between IN_PROGRESS and SCHEDULED, as a
+worker's updates make them.
+
+Prints: the time of one poll (median and p99 from taskpulse_conductor_db_poll_seconds), the lag
+from a row's modified_on to taskpulse reading it (taskpulse_conductor_db_lag_seconds, p50 and
+p99 interpolated within its buckets, like Prometheus' histogram_quantile), the updates
+accepted against the rows written, the cost of the listing query alone (EXPLAIN ANALYZE on the
+full table), and taskpulse's resident memory.
+
+Needs `cargo build --release` and the PostgreSQL that scripts/test.sh starts
+(TASKPULSE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/postgres).
+"""
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
+PG_ADMIN = os.environ.get("TASKPULSE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
+TASKS = int(os.environ.get("TASKS", "1000000"))
+IN_FLIGHT = int(os.environ.get("IN_FLIGHT", "20000"))
+RATE = int(os.environ.get("RATE", "10000"))
+SECONDS = int(os.environ.get("SECONDS", "60"))
+POLL = os.environ.get("POLL", "2s")
+
+SCHEMA = """
+CREATE TABLE task (task_id VARCHAR(255) NOT NULL PRIMARY KEY, json_data TEXT NOT NULL,
+  created_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  modified_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE queue_message (queue_name VARCHAR(255) NOT NULL, message_id VARCHAR(255) NOT NULL,
+  deliver_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP, popped BOOLEAN DEFAULT FALSE,
+  priority INTEGER DEFAULT 0, created_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  offset_time_seconds BIGINT, payload TEXT, PRIMARY KEY (queue_name, message_id));
+CREATE FUNCTION task_json(id text, status text, t bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT json_build_object(
+    'taskType','encode_video','status',status,'inputData',json_build_object('fileId','f-'||id,
+      'bucket','media-uploads-eu-west-1','options',json_build_object('codec','h264','crf',23,
+      'preset','medium','audio','aac','resolution','1920x1080')),
+    'referenceTaskName','encode_ref','retryCount',0,'seq',2,'correlationId','order-'||id,
+    'pollCount',1,'taskDefName','encode_video','scheduledTime',t-1000,'startTime',t-900,
+    'endTime',CASE WHEN status='COMPLETED' THEN t ELSE 0 END,'updateTime',t,
+    'startDelayInSeconds',0,'retried',false,'executed',false,'callbackFromWorker',true,
+    'responseTimeoutSeconds',600,'workflowInstanceId','wf-'||id,'workflowType','video_pipeline',
+    'taskId',id,'callbackAfterSeconds',0,'callbackAfterMs',0,'firstScheduledTime',t-1000,
+    'workerId','worker-'||(abs(hashtext(id))%50),'outputData',json_build_object('progress',50),
+    'workflowTask',json_build_object('name','encode_video','taskReferenceName','encode_ref',
+      'type','SIMPLE','inputParameters',json_build_object('fileId','${workflow.input.fileId}',
+      'bucket','${workflow.input.bucket}','options','${workflow.input.options}'),
+      'startDelay',0,'optional',false,'asyncComplete',false),
+    'rateLimitPerFrequency',0,'rateLimitFrequencyInSeconds',0,'workflowPriority',0,
+    'iteration',0,'subworkflowChanged',false,'waitTimeout',0,'idempotent',false,
+    'cachedOutput',false,'notifications',json_build_object(),'nonWorkflowEventTask',false,
+    'loopOverTask',false,'queueWaitTime',100,'idempotentExecution',false,'asyncComplete',false
+  )::text $$;
+CREATE PROCEDURE churn(in_flight int, per_tx int, txs int) LANGUAGE plpgsql AS $$
+DECLARE i int; n int := 0;
+BEGIN
+  FOR i IN 1..txs LOOP
+    UPDATE task SET json_data = task_json(task_id,
+        CASE WHEN i % 2 = 0 THEN 'IN_PROGRESS' ELSE 'SCHEDULED' END,
+        (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint),
+      modified_on = CURRENT_TIMESTAMP
+    WHERE task_id IN (SELECT 'in-' || ((n + g) % in_flight) FROM generate_series(1, per_tx) g);
+    n := n + per_tx;
+    COMMIT;
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+"""
+
+
+def psql(url, sql):
+    return subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", url, "-tAc", sql], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def scrape(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics")
+    return c.getresponse().read().decode()
+
+
+def histogram(text, name):
+    buckets, count = [], 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(name + "_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    return buckets, count
+
+
+def quantile(q, buckets, count):
+    """histogram_quantile: linear within the bucket."""
+    if count == 0:
+        return float("nan")
+    rank, prev_le, prev_n = q * count, 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-9)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def sample(text, name, *labels):
+    for line in text.splitlines():
+        if line.startswith(name) and all(l in line for l in labels):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    name = f"taskpulse_tail_{os.getpid()}"
+    psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
+    psql(PG_ADMIN, f"CREATE DATABASE {name}")
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
+    proc = None
+    try:
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], input=SCHEMA, text=True,
+                       check=True, capture_output=True)
+        started = time.time()
+        psql(url, f"INSERT INTO task (task_id, json_data, modified_on) SELECT 'done-'||g, "
+                  f"task_json('done-'||g, 'COMPLETED', 1780000000000 + g), "
+                  f"now() - interval '1 day' FROM generate_series(1, {TASKS - IN_FLIGHT}) g")
+        psql(url, f"INSERT INTO task (task_id, json_data, modified_on) SELECT 'in-'||g, "
+                  f"task_json('in-'||g, 'IN_PROGRESS', 1780000000000 + g), "
+                  f"now() - interval '1 hour' FROM generate_series(0, {IN_FLIGHT - 1}) g")
+        psql(url, "VACUUM ANALYZE task")
+        size = int(psql(url, "SELECT pg_total_relation_size('task')"))
+        print(f"task table: {TASKS} rows, {size / 2**20:.0f} MiB, loaded in {time.time() - started:.0f} s",
+              flush=True)
+        plan = psql(url, "EXPLAIN (ANALYZE, FORMAT TEXT) SELECT task_id, modified_on FROM task "
+                         "WHERE modified_on > now() - interval '12 seconds' ORDER BY modified_on, task_id LIMIT 50000")
+        exec_ms = [l for l in plan.splitlines() if "Execution Time" in l]
+        print(f"listing query on the full table: {exec_ms[0].strip() if exec_ms else plan}", flush=True)
+
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPULSE_")}
+        env["TASKPULSE_LOG"] = "warn"
+        t0 = time.time()
+        proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--database",
+                                 f"sqlite://{work}/t.db", "--conductor-db", url,
+                                 "--conductor-poll-interval", POLL], env=env)
+        for _ in range(1200):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        loaded = sample(scrape(port), "taskpulse_updates_total", 'source="conductor_db"', 'outcome="accepted"')
+        print(f"start: {time.time() - t0:.1f} s to ready, {loaded:.0f} in-flight tasks loaded", flush=True)
+        before = scrape(port)
+        per_tx = RATE // 10
+        txs = SECONDS * 10
+        t1 = time.time()
+        psql(url, f"CALL churn({IN_FLIGHT}, {per_tx}, {txs})")
+        took = time.time() - t1
+        time.sleep(6)
+        after = scrape(port)
+        written = per_tx * txs
+        accepted = sample(after, "taskpulse_updates_total", 'source="conductor_db"', 'outcome="accepted"') - \
+            sample(before, "taskpulse_updates_total", 'source="conductor_db"', 'outcome="accepted"')
+        pb, pc = histogram(after, "taskpulse_conductor_db_poll_seconds")
+        lb, lc = histogram(after, "taskpulse_conductor_db_lag_seconds")
+        print(f"changes: {written} rows rewritten in {took:.0f} s ({written / took:.0f}/s); "
+              f"{accepted:.0f} updates accepted from them", flush=True)
+        print(f"poll: median {quantile(0.5, pb, pc) * 1000:.0f} ms, p99 {quantile(0.99, pb, pc) * 1000:.0f} ms"
+              f" over {pc:.0f} polls", flush=True)
+        print(f"lag modified_on -> read: p50 {quantile(0.5, lb, lc):.2f} s, p99 {quantile(0.99, lb, lc):.2f} s"
+              f" over {lc:.0f} rows", flush=True)
+        print(f"taskpulse RSS: {rss_kib(proc.pid) / 1024:.0f} MiB", flush=True)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(60)
+        psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
