@@ -213,6 +213,7 @@ impl Application {
             added.tasks.extend(c.tasks);
             added.side_rules.extend(c.side_rules);
             added.collectors.extend(c.collectors);
+            added.readiness.extend(c.readiness);
             if c.wait_queue.is_some() {
                 if added.wait_queue.is_some() {
                     tracing::warn!(
@@ -349,6 +350,7 @@ impl Application {
             stall_after: settings.metrics.stall_after,
             settings: Arc::new(settings.http),
             draining: draining.clone(),
+            engine_readiness: Arc::new(std::mem::take(&mut added.readiness)),
         };
         let router = crate::http::router(state, Routes::merge(Routes::default(), added.routes));
         Ok(Application {

@@ -52,7 +52,7 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// One consistency pass over the store: exit 0 = clean, 1 = violations found, 2 = error.
     /// Repairs only with --repair.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
 }
 
 /// Everything `serve` takes: every core subsystem's settings and every engine's.

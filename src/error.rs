@@ -29,6 +29,10 @@ pub enum Error {
 
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+
+    /// An engine's own store (Conductor's Redis) could not be read.
+    #[error("{0}")]
+    Engine(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -94,6 +94,25 @@ pub struct HttpSettings {
     pub shutdown_grace: Duration,
 }
 
+/// A secret from a file named by the setting `name`: one trailing newline (`echo S > file`) is
+/// not part of it; an unreadable or empty file is a configuration error. The contents never
+/// appear in an error message.
+pub fn read_secret_file(name: &str, path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("`{name}`: cannot read {}: {e}", path.display())))?;
+    let secret = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if secret.trim().is_empty() {
+        return Err(Error::Config(format!(
+            "`{name}`: {} is empty",
+            path.display()
+        )));
+    }
+    Ok(secret.to_string())
+}
+
 impl HttpSettings {
     /// With `auth-token-file`, reads the token from the file (Kubernetes mounts a Secret as a
     /// file, so the token never has to sit in the pod spec or the process's arguments). One
@@ -108,23 +127,7 @@ impl HttpSettings {
                 "`auth-token` and `auth-token-file` are both set; use one".into(),
             ));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "`auth-token-file`: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
-        let token = text
-            .strip_suffix('\n')
-            .map(|t| t.strip_suffix('\r').unwrap_or(t))
-            .unwrap_or(&text);
-        if token.trim().is_empty() {
-            return Err(Error::Config(format!(
-                "`auth-token-file`: {} is empty",
-                path.display()
-            )));
-        }
-        self.auth_token = Some(Secret(token.to_string()));
+        self.auth_token = Some(Secret(read_secret_file("auth-token-file", path)?));
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::Rule;
 use crate::error::Result;
-use crate::http::Routes;
+use crate::http::{Readiness, Routes};
 use crate::metrics::Collector;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
@@ -66,6 +66,8 @@ pub struct Contribution {
     pub wait_queue: Option<WaitSource>,
     /// Families written at scrape time.
     pub collectors: Vec<Arc<dyn Collector>>,
+    /// Asked by `/readyz`: `Some(why)` while a source the engine reads is failing.
+    pub readiness: Vec<Readiness>,
 }
 
 /// One workflow engine's adapter.

@@ -43,7 +43,12 @@ pub struct HttpState {
     pub stall_after: Duration,
     /// Set when shutdown starts: readiness turns false at once.
     pub draining: Arc<AtomicBool>,
+    /// The engines' readiness checks (a source they read that is failing).
+    pub engine_readiness: Arc<Vec<Readiness>>,
 }
+
+/// A readiness check a source adds: `Some(why)` while it is failing (`/readyz` answers 503).
+pub type Readiness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Routes an engine adds, each with its own state already applied.
 #[derive(Default)]

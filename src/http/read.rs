@@ -224,13 +224,17 @@ pub(super) async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Ready: not draining, the writer not failing, the store reachable and migrated.
+/// Ready: not draining, every engine source readable, the writer not failing, the store
+/// reachable and migrated.
 pub(super) async fn readyz(State(s): State<HttpState>) -> Response {
     if s.draining.load(Ordering::Relaxed) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     // The writer knows first: a store that answers pings but refuses writes (disk full, read-
     // only, a lock held) is not ready either.
+    if let Some(why) = s.engine_readiness.iter().find_map(|check| check()) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
     let writer = s.pipeline.tracker().writer();
     if let Some(since) = writer.store_failing_since() {
         let secs = (crate::now_ms() - since).max(0) as f64 / 1000.0;
