@@ -9,6 +9,9 @@
 #   ensure_postgres  PostgreSQL accepting connections at $TASKPULSE_TEST_POSTGRES
 #                    (default postgres://postgres@127.0.0.1:5432/postgres, trust auth);
 #                    installed with apt and started when absent
+#   ensure_redis     Redis accepting connections at 127.0.0.1:6379 (Debian package
+#                    `redis-server`; started in the background, without persistence, when
+#                    absent), and `redis-server` on PATH for the tests that run their own
 #   ensure_promtool  Prometheus' promtool (Debian package `prometheus`), no server left running
 #   ensure_alertmanager  Alertmanager (Debian package `prometheus-alertmanager`), not started;
 #                    its path in $TASKPULSE_ALERTMANAGER
@@ -194,6 +197,24 @@ start_local_postgres() {
     fi
 }
 
+redis_accepts() {
+    (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && read -r -t 2 reply <&3 &&
+        [[ $reply == +PONG* ]]) 2>/dev/null
+}
+
+ensure_redis() {
+    command -v redis-server >/dev/null 2>&1 || install_without_daemon redis-server redis-server redis-server
+    if ! redis_accepts; then
+        log "starting redis-server on 127.0.0.1:6379 (no persistence)"
+        redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes >/dev/null
+        local deadline=$((SECONDS + 20))
+        until redis_accepts; do
+            ((SECONDS > deadline)) && die "Redis at 127.0.0.1:6379 does not answer PING"
+            sleep 0.2
+        done
+    fi
+}
+
 ensure_promtool() {
     if command -v promtool >/dev/null 2>&1; then
         return
@@ -369,6 +390,7 @@ run_tests() {
 main() {
     command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH (install Rust with rustup)"
     ensure_postgres
+    ensure_redis
     ensure_promtool
     ensure_alertmanager
     ensure_helm

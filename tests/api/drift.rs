@@ -247,6 +247,36 @@ pub async fn proxy_workload_metrics() -> String {
     text
 }
 
+/// The scrape of an app reading a Redis-backed Conductor (`--conductor-redis`, database 13 of
+/// the test Redis), for what only that reader fills (`taskpulse_conductor_queue_*`): one task
+/// queued. Empty when there is no Redis and tools are not required.
+pub async fn redis_workload_metrics() -> String {
+    use redis::AsyncCommands;
+    let url = "redis://127.0.0.1:6379/13";
+    let client = redis::Client::open(url).unwrap();
+    let mut con = match client.get_multiplexed_async_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+                "no Redis at {url}: {e} (scripts/test.sh starts one)"
+            );
+            return String::new();
+        }
+    };
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.unwrap();
+    let _: () = con
+        .zadd("conductor_queues.test.QUEUE.encode.c", "t-1", 1.0)
+        .await
+        .unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn_with(&db, |s| s.conductor.redis = Some(url.into())).await;
+    let text = app.metrics_text().await;
+    app.shutdown().await;
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.unwrap();
+    text
+}
+
 // ------------------------------------------------------------------------------------------
 // Dashboards, rule files, PromQL
 // ------------------------------------------------------------------------------------------
@@ -752,7 +782,8 @@ async fn dashboards_alerts_and_readme_name_only_exported_metrics() {
     app.settle().await;
     let text = app.metrics_text().await;
     let mut families = parse_exposition(&text);
-    for (name, f) in parse_exposition(&proxy_workload_metrics().await) {
+    let others = proxy_workload_metrics().await + &redis_workload_metrics().await;
+    for (name, f) in parse_exposition(&others) {
         let mine = families.entry(name).or_default();
         if mine.samples == 0 {
             *mine = f;

@@ -11,6 +11,7 @@ mod checker;
 mod cli;
 mod conductor;
 mod conductor_db;
+mod conductor_redis;
 mod conductor_tail;
 mod drift;
 mod e2e;

@@ -13,6 +13,8 @@ pub struct ConductorMetrics {
     pub poll_seconds: Histogram,
     /// `taskpulse_conductor_db_lag_seconds`: a row's `modified_on` to its read (database clock).
     pub lag_seconds: Histogram,
+    /// `taskpulse_conductor_redis_poll_seconds`: one read of Conductor's Redis.
+    pub redis_poll_seconds: Histogram,
 }
 
 impl ConductorMetrics {
@@ -47,9 +49,17 @@ impl ConductorMetrics {
                 "taskpulse_conductor_db_lag_seconds",
                 "From a task row's modified_on to taskpulse reading it, on the database's clock.",
             )
-            .buckets(buckets),
+            .buckets(buckets.clone()),
         )?;
         registry.register(Box::new(lag_seconds.clone()))?;
+        let redis_poll_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "taskpulse_conductor_redis_poll_seconds",
+                "Time one read of Conductor's Redis took (tasks in flight, queues, WAIT queue).",
+            )
+            .buckets(buckets),
+        )?;
+        registry.register(Box::new(redis_poll_seconds.clone()))?;
         Ok(ConductorMetrics {
             forwarded: heartbeats.with_label_values(&["forwarded"]),
             coalesced: heartbeats.with_label_values(&["coalesced"]),
@@ -57,6 +67,7 @@ impl ConductorMetrics {
             polls_failed: polls.with_label_values(&["error"]),
             poll_seconds,
             lag_seconds,
+            redis_poll_seconds,
         })
     }
 

@@ -10,6 +10,7 @@
 pub mod client;
 mod metrics;
 pub mod proxy;
+pub mod redis_reader;
 pub mod rules;
 mod settings;
 pub mod task_tail;
@@ -85,7 +86,12 @@ impl Engine for Conductor {
     }
 
     fn sources(&self) -> &'static [&'static str] {
-        &[webhook::SOURCE, proxy::SOURCE, task_tail::SOURCE]
+        &[
+            webhook::SOURCE,
+            proxy::SOURCE,
+            task_tail::SOURCE,
+            redis_reader::SOURCE,
+        ]
     }
 
     fn rules(&self) -> Vec<Box<dyn Rule>> {
@@ -99,6 +105,7 @@ impl Engine for Conductor {
         async move {
             let metrics = ConductorMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
+            let queue_metrics = redis_reader::QueueMetrics::default();
             let mut out = Contribution {
                 routes: Routes {
                     api: webhook::routes(ctx.pipeline.clone(), ctx.core.max_body_bytes),
@@ -167,6 +174,46 @@ impl Engine for Conductor {
                     }
                     .boxed(),
                 );
+            }
+            out.collectors.push(Arc::new(queue_metrics.clone()));
+            if let Some(url) = &self.settings.redis {
+                let s = &self.settings;
+                let password = s
+                    .redis_password_file
+                    .as_deref()
+                    .map(|p| crate::settings::read_secret_file("conductor-redis-password-file", p))
+                    .transpose()?;
+                let keys = redis_reader::Keys {
+                    namespace: s.redis_namespace.clone(),
+                    queue_namespace: s.redis_queue_namespace.clone(),
+                    stack: s.redis_stack.clone(),
+                    shard: s.redis_shard.clone(),
+                    domain: s.redis_domain.clone(),
+                };
+                let started = redis_reader::RedisReader::start(
+                    url,
+                    password.as_deref(),
+                    keys,
+                    ctx.pipeline.clone(),
+                    ctx.core.wait_grace,
+                    s.poll_interval,
+                    ctx.wait_metrics.clone(),
+                    queue_metrics,
+                    metrics.redis_poll_seconds.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read Conductor's Redis at `{}` (--conductor-redis): {e}",
+                        redact_url(url)
+                    ))
+                })?;
+                ctx.pipeline.tracker().wait_lag_measured_elsewhere();
+                out.wait_queue = Some(started.wait_queue);
+                let health = started.health;
+                out.readiness.push(Arc::new(move || health.failing()));
+                out.tasks
+                    .push(started.reader.run(s.poll_interval, ctx.stop.clone()));
             }
             Ok(out)
         }

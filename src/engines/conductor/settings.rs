@@ -32,7 +32,74 @@ pub struct ConductorSettings {
     )]
     pub db: Option<String>,
 
-    /// How often Conductor's store (--conductor-db) is read for changed tasks
+    /// A Redis-backed Conductor (redis://HOST:PORT[/DB]), read-only: tasks in flight and how they ended (source conductor_redis), the WAIT queue and every queue's depth
+    #[arg(
+        id = "conductor-redis",
+        long = "conductor-redis",
+        env = "TASKPULSE_CONDUCTOR_REDIS",
+        value_name = "URL"
+    )]
+    pub redis: Option<String>,
+
+    /// Read the Redis password from this file (one trailing newline is ignored)
+    #[arg(
+        id = "conductor-redis-password-file",
+        long = "conductor-redis-password-file",
+        env = "TASKPULSE_CONDUCTOR_REDIS_PASSWORD_FILE",
+        value_name = "PATH"
+    )]
+    pub redis_password_file: Option<std::path::PathBuf>,
+
+    /// Conductor's conductor.redis.workflowNamespacePrefix
+    #[arg(
+        id = "conductor-redis-namespace",
+        long = "conductor-redis-namespace",
+        env = "TASKPULSE_CONDUCTOR_REDIS_NAMESPACE",
+        value_name = "PREFIX",
+        default_value = "conductor"
+    )]
+    pub redis_namespace: String,
+
+    /// Conductor's conductor.redis.queueNamespacePrefix
+    #[arg(
+        id = "conductor-redis-queue-namespace",
+        long = "conductor-redis-queue-namespace",
+        env = "TASKPULSE_CONDUCTOR_REDIS_QUEUE_NAMESPACE",
+        value_name = "PREFIX",
+        default_value = "conductor_queues"
+    )]
+    pub redis_queue_namespace: String,
+
+    /// Conductor's conductor.app.stack
+    #[arg(
+        id = "conductor-redis-stack",
+        long = "conductor-redis-stack",
+        env = "TASKPULSE_CONDUCTOR_REDIS_STACK",
+        value_name = "NAME",
+        default_value = "test"
+    )]
+    pub redis_stack: String,
+
+    /// The queue shard: the last character of Conductor's conductor.redis.availabilityZone
+    #[arg(
+        id = "conductor-redis-shard",
+        long = "conductor-redis-shard",
+        env = "TASKPULSE_CONDUCTOR_REDIS_SHARD",
+        value_name = "SHARD",
+        default_value = "c"
+    )]
+    pub redis_shard: String,
+
+    /// Conductor's conductor.redis.keyspaceDomain, if set
+    #[arg(
+        id = "conductor-redis-domain",
+        long = "conductor-redis-domain",
+        env = "TASKPULSE_CONDUCTOR_REDIS_DOMAIN",
+        value_name = "DOMAIN"
+    )]
+    pub redis_domain: Option<String>,
+
+    /// How often Conductor's store (--conductor-db, --conductor-redis) is read for changed tasks
     #[arg(id = "conductor-poll-interval", long = "conductor-poll-interval", env = "TASKPULSE_CONDUCTOR_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 }
@@ -46,7 +113,7 @@ impl Default for ConductorSettings {
 impl ConductorSettings {
     /// Whether any part of the adapter is switched on.
     pub fn enabled(&self) -> bool {
-        self.url.is_some() || self.db.is_some()
+        self.url.is_some() || self.db.is_some() || self.redis.is_some()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -61,6 +128,25 @@ impl ConductorSettings {
             return bad(
                 "conductor-poll-interval",
                 "must be at least 100ms (e.g. 2s)".into(),
+            );
+        }
+        if let Some(url) = &self.redis {
+            if !url.starts_with("redis://") {
+                return bad(
+                    "conductor-redis",
+                    format!("must be a redis://HOST:PORT[/DB] URL (TLS, Sentinel and Cluster are not supported), got `{}`", redact_url(url)),
+                );
+            }
+            if self.db.is_some() {
+                return bad(
+                    "conductor-redis",
+                    "and `conductor-db` are two kinds of Conductor store: set the one your Conductor uses".into(),
+                );
+            }
+        } else if self.redis_password_file.is_some() {
+            return bad(
+                "conductor-redis-password-file",
+                "needs `conductor-redis`".into(),
             );
         }
         if let Some(url) = &self.url {

@@ -97,7 +97,7 @@ struct StoredTask {
 
 /// What taskpulse takes from a row; a re-read row is submitted only when this changed.
 #[derive(Clone, Debug, PartialEq)]
-struct Seen {
+pub(crate) struct Seen {
     status: Status,
     changed: Option<i64>,
     worker: Option<String>,
@@ -106,7 +106,7 @@ struct Seen {
 }
 
 impl Seen {
-    fn of(u: &TaskUpdate) -> Seen {
+    pub(crate) fn of(u: &TaskUpdate) -> Seen {
         Seen {
             status: u.status,
             changed: u.update_time,

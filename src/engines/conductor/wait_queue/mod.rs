@@ -59,12 +59,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::wait::{WaitMetrics, WaitSnapshot, WaitSource};
-use lag::LagTracker;
 pub(super) use listen::backoff;
 use listen::{connect_listener, listen};
 use reader::Reader;
 
-pub use lag::Wakeup;
+pub use lag::{LagTracker, Wakeup};
 pub use reader::{connect_read_only, snapshot_from_rows, task_info, wake_time, TaskInfo, WaitRow};
 
 /// Conductor's queue of WAIT tasks.

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Reading a Redis-backed Conductor (--conductor-redis) with 100,000 tasks in flight and
+100,000 WAIT entries.
+
+    scripts/conductor_redis_bench.py     (environment: IN_FLIGHT, WAITS, DB, SECONDS)
+
+Fills database DB (default 14) of the Redis on 127.0.0.1:6379 the way Conductor does
+(docs/engines/conductor-redis.md §2 to §4): IN_FLIGHT worker tasks (TaskModel JSON at
+conductor.test.TASK.{id}, members of conductor.test.IN_PROGRESS_TASKS.{def} for 20 task
+definitions), WAITS WAIT tasks (their JSON, set members, and conductor_queues.test.QUEUE.WAIT.c
+members scored by due time). It loads with `redis-cli --pipe`. The release build reads it
+(--conductor-poll-interval 2s) for SECONDS seconds. Prints the time per poll (median and p99
+from taskpulse_conductor_redis_poll_seconds, interpolated within its buckets), the lag of one
+change (a task completed) to taskpulse's state, over 20 changes, and resident memory. The
+database is flushed afterwards.
+"""
+
+import http.client
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
+IN_FLIGHT = int(os.environ.get("IN_FLIGHT", "100000"))
+WAITS = int(os.environ.get("WAITS", "100000"))
+DB = os.environ.get("DB", "14")
+SECONDS = int(os.environ.get("SECONDS", "30"))
+
+
+def resp(*args):
+    out = f"*{len(args)}\r\n"
+    for a in args:
+        a = str(a)
+        out += f"${len(a.encode())}\r\n{a}\r\n"
+    return out
+
+
+def task(id, def_, status, t, extra=None):
+    doc = {"taskType": def_, "taskDefName": def_, "status": status, "referenceTaskName": def_ + "_ref",
+           "retryCount": 0, "seq": 2, "pollCount": 1, "scheduledTime": t - 1000, "startTime": t - 900,
+           "endTime": 0, "updateTime": t, "responseTimeoutSeconds": 600,
+           "workflowInstanceId": "wf-" + id, "workflowType": "video_pipeline", "taskId": id,
+           "callbackAfterSeconds": 0, "workerId": "worker-%d" % (hash(id) % 50),
+           "inputData": {"fileId": "f-" + id, "bucket": "media-uploads-eu-west-1"},
+           "outputData": {"progress": 50}, "iteration": 0, "waitTimeout": 0,
+           "workflowTask": {"name": def_, "taskReferenceName": def_ + "_ref", "type": "SIMPLE"}}
+    doc.update(extra or {})
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def cli(*args, input=None):
+    return subprocess.run(["redis-cli", "-n", DB, *args], input=input, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def scrape(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics")
+    return c.getresponse().read().decode()
+
+
+def get(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def quantile(q, text, name):
+    buckets, count = [], 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(name + "_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    rank, prev_le, prev_n = q * count, 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            return prev_le if le == float("inf") else prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-9)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def main():
+    cli("FLUSHDB")
+    now = int(time.time() * 1000)
+    started = time.time()
+    lines = []
+    for i in range(IN_FLIGHT):
+        id, def_ = f"task-{i}", f"def_{i % 20}"
+        lines.append(resp("SET", f"conductor.test.TASK.{id}", task(id, def_, "IN_PROGRESS", now)))
+        lines.append(resp("SADD", f"conductor.test.IN_PROGRESS_TASKS.{def_}", id))
+    for i in range(WAITS):
+        id = f"wait-{i}"
+        due = now + (i % 3600) * 1000 - 600_000
+        lines.append(resp("SET", f"conductor.test.TASK.{id}", task(id, "WAIT", "IN_PROGRESS", now, {"waitTimeout": due})))
+        lines.append(resp("SADD", "conductor.test.IN_PROGRESS_TASKS.WAIT", id))
+        lines.append(resp("ZADD", "conductor_queues.test.QUEUE.WAIT.c", due, id))
+    cli("--pipe", input="".join(lines))
+    used = cli("INFO", "memory").split("used_memory:")[1].split()[0]
+    print(f"loaded {IN_FLIGHT} worker tasks and {WAITS} WAIT tasks in {time.time() - started:.0f} s;"
+          f" Redis uses {int(used) / 2**20:.0f} MiB", flush=True)
+
+    port = free_port()
+    work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPULSE_")}
+    env["TASKPULSE_LOG"] = "warn"
+    t0 = time.time()
+    proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--database",
+                             f"sqlite://{work}/t.db", "--conductor-redis", f"redis://127.0.0.1:6379/{DB}"],
+                            env=env)
+    try:
+        for _ in range(1200):
+            try:
+                if get(port, "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        print(f"ready after {time.time() - t0:.1f} s", flush=True)
+        time.sleep(SECONDS)
+        lags = []
+        for i in range(20):
+            time.sleep(random.uniform(0, 2))  # not in step with the polls
+            id = f"task-{i}"
+            doc = task(id, f"def_{i % 20}", "COMPLETED", int(time.time() * 1000), {"endTime": int(time.time() * 1000)})
+            t = time.time()
+            cli("SET", f"conductor.test.TASK.{id}", doc)
+            cli("SREM", f"conductor.test.IN_PROGRESS_TASKS.def_{i % 20}", id)
+            while b'"COMPLETED"' not in get(port, f"/api/v1/tasks/{id}")[1]:
+                time.sleep(0.01)
+            lags.append(time.time() - t)
+        lags.sort()
+        text = scrape(port)
+        with open(f"/proc/{proc.pid}/status") as f:
+            rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        print(f"poll: median {quantile(0.5, text, 'taskpulse_conductor_redis_poll_seconds') * 1000:.0f} ms,"
+              f" p99 {quantile(0.99, text, 'taskpulse_conductor_redis_poll_seconds') * 1000:.0f} ms", flush=True)
+        print(f"lag of a completion to taskpulse: median {lags[10]:.2f} s, max {lags[-1]:.2f} s (20 changes)", flush=True)
+        print(f"taskpulse RSS: {rss / 1024:.0f} MiB", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        cli("FLUSHDB")
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    main()
