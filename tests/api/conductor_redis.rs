@@ -13,6 +13,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
+use crate::conductor_tail::eventually;
 use crate::helpers::{Backend, TestApp, TestDb};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -134,26 +135,6 @@ async fn app_on(url: &str, db: &TestDb) -> TestApp {
         s.wait.wait_grace = Duration::from_secs(30);
     })
     .await
-}
-
-async fn eventually(app: &TestApp, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = app.get(&format!("/api/v1/tasks/{id}")).await;
-        let v: Value = if r.status() == 200 {
-            r.json().await.unwrap()
-        } else {
-            Value::Null
-        };
-        if pred(&v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id}: {what} not within 10 s; last {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn history(view: &Value) -> Vec<String> {

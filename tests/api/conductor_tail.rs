@@ -86,7 +86,12 @@ async fn app_on(conductor: &Conductor, db: &TestDb) -> TestApp {
 }
 
 /// The task's view once `pred` holds (at most 10 s).
-async fn eventually(app: &TestApp, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn eventually(
+    app: &TestApp,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = app.get(&format!("/api/v1/tasks/{id}")).await;

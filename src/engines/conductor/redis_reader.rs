@@ -35,12 +35,13 @@ use redis::IntoConnectionInfo;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::store_source::{self, Poller};
 use super::task_tail::{update_from_row, Seen};
-use super::wait_queue::{backoff, snapshot_from_rows, wake_time, LagTracker, WaitRow};
+use super::wait_queue::{snapshot_from_rows, wake_time, LagTracker, WaitRow};
 use crate::error::{Error, Result};
-use crate::ingest::{Item, TaskUpdate};
+use crate::ingest::TaskUpdate;
 use crate::metrics::{text, Budget, Collector};
-use crate::pipeline::{Ack, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::wait::{WaitMetrics, WaitSnapshot, WaitSource};
 
 /// The `source` of updates read from Conductor's Redis.
@@ -487,61 +488,29 @@ impl RedisReader {
     }
 
     async fn submit(&mut self, updates: Vec<TaskUpdate>) {
-        if updates.is_empty() {
-            return;
-        }
-        let items: Vec<Item> = updates
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(index, u)| Item {
-                index,
-                parsed: Ok(u),
-            })
-            .collect();
-        if let Err(e) = self.pipeline.submit(items, SOURCE, Ack::Memory).await {
-            tracing::warn!(error = %e, updates = updates.len(), "Conductor's Redis: the pipeline refused updates; retrying");
-            self.unsent.extend(updates);
-        }
+        store_source::submit(&self.pipeline, SOURCE, updates, &mut self.unsent).await;
     }
 
-    /// Polls every `every` until `stop`; failures are retried with backoff.
-    pub fn run(mut self, every: Duration, stop: CancellationToken) -> BoxFuture<'static, ()> {
-        async move {
-            let mut failures = 0u32;
-            loop {
-                let wait = if failures == 0 {
-                    every
-                } else {
-                    backoff(failures, every)
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                let started = std::time::Instant::now();
-                let polled = self.poll().await;
-                self.poll_seconds.observe(started.elapsed().as_secs_f64());
-                match polled {
-                    Ok(_) => {
-                        if failures > 0 {
-                            tracing::info!(failures, "Conductor's Redis: reading again");
-                        }
-                        failures = 0;
-                    }
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        self.health.set(Some(format!(
-                            "Conductor's Redis unreadable ({failures} failed reads): {e}"
-                        )));
-                        if failures == 1 || failures.is_power_of_two() {
-                            tracing::warn!(error = %e, failures, "Conductor's Redis: read failed; keeping the last state and retrying");
-                        }
-                    }
-                }
-            }
+    /// Polls every `every` until `stop` (see [`store_source::run`]).
+    pub fn run(self, every: Duration, stop: CancellationToken) -> BoxFuture<'static, ()> {
+        store_source::run(self, every, stop)
+    }
+}
+
+impl Poller for RedisReader {
+    const WHAT: &'static str = "Conductor's Redis";
+
+    fn poll_once(&mut self) -> BoxFuture<'_, Result<()>> {
+        async move { self.poll().await.map(|_| ()) }.boxed()
+    }
+
+    fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
+        self.poll_seconds.observe(took.as_secs_f64());
+        if let Some((e, failures)) = failed {
+            self.health.set(Some(format!(
+                "Conductor's Redis unreadable ({failures} failed reads): {e}"
+            )));
         }
-        .boxed()
     }
 }
 

@@ -42,11 +42,12 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::ConductorMetrics;
-use super::wait_queue::{backoff, connect_read_only};
-use crate::error::Result;
-use crate::ingest::{Item, RawUpdate, TaskUpdate};
+use super::store_source::{self, Poller};
+use super::wait_queue::connect_read_only;
+use crate::error::{Error, Result};
+use crate::ingest::{RawUpdate, TaskUpdate};
 use crate::model::Status;
-use crate::pipeline::{Ack, Pipeline};
+use crate::pipeline::Pipeline;
 
 /// The `source` of updates read from Conductor's database.
 pub const SOURCE: &str = "conductor_db";
@@ -323,69 +324,29 @@ impl TaskTail {
             .retain(|_, (s, m)| *m >= cut || !s.status.is_terminal());
     }
 
-    /// Submits into the pipeline; refused updates are kept for the next poll.
     async fn submit(&mut self, updates: Vec<TaskUpdate>) -> usize {
-        if updates.is_empty() {
-            return 0;
-        }
-        let n = updates.len();
-        let items: Vec<Item> = updates
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(index, u)| Item {
-                index,
-                parsed: Ok(u),
-            })
-            .collect();
-        match self.pipeline.submit(items, SOURCE, Ack::Memory).await {
-            Ok(_) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, updates = n, "conductor task table: the pipeline refused updates; retrying");
-                self.unsent.extend(updates);
-                0
-            }
-        }
+        store_source::submit(&self.pipeline, SOURCE, updates, &mut self.unsent).await
     }
 
-    /// Polls every `every` until `stop`; failures are retried with backoff.
-    pub fn run(mut self, every: Duration, stop: CancellationToken) -> BoxFuture<'static, ()> {
-        async move {
-            let mut failures = 0u32;
-            loop {
-                let wait = if failures == 0 {
-                    every
-                } else {
-                    backoff(failures, every)
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                let started = std::time::Instant::now();
-                let polled = self.poll().await;
-                self.metrics
-                    .poll_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                match polled {
-                    Ok(_) => {
-                        self.metrics.polls_ok.inc();
-                        if failures > 0 {
-                            tracing::info!("conductor task table: reading again");
-                        }
-                        failures = 0;
-                    }
-                    Err(e) => {
-                        self.metrics.polls_failed.inc();
-                        failures = failures.saturating_add(1);
-                        if failures == 1 || failures.is_power_of_two() {
-                            tracing::warn!(error = %e, failures, "conductor task table: read failed; retrying");
-                        }
-                    }
-                }
-            }
+    /// Polls every `every` until `stop` (see [`store_source::run`]).
+    pub fn run(self, every: Duration, stop: CancellationToken) -> BoxFuture<'static, ()> {
+        store_source::run(self, every, stop)
+    }
+}
+
+impl Poller for TaskTail {
+    const WHAT: &'static str = "Conductor's task table";
+
+    fn poll_once(&mut self) -> BoxFuture<'_, Result<()>> {
+        async move { self.poll().await.map(|_| ()) }.boxed()
+    }
+
+    fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
+        self.metrics.poll_seconds.observe(took.as_secs_f64());
+        match failed {
+            None => self.metrics.polls_ok.inc(),
+            Some(_) => self.metrics.polls_failed.inc(),
         }
-        .boxed()
     }
 }
 
