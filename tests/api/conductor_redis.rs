@@ -14,7 +14,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 
 use crate::conductor_tail::eventually;
-use crate::helpers::{Backend, TestApp, TestDb};
+use crate::helpers::{free_port, Backend, TestApp, TestDb};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -293,14 +293,6 @@ async fn tasks_in_flight_and_how_they_ended_the_wait_queue_and_queue_depths() {
     assert_eq!(c.dump().await, after, "polls write nothing");
     app.shutdown().await;
     let _: () = redis::cmd("FLUSHDB").query_async(&mut c.con).await.unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct RedisServer(Child);

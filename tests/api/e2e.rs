@@ -22,7 +22,7 @@ use crate::drift::{
     workload_settings, SLOW, SLOW_TASK_TYPE, SLOW_WORKFLOW_TYPE, WAIT_OVERDUE, WAIT_SOON,
     WAIT_WORKFLOW_TYPE,
 };
-use crate::helpers::{Backend, TestApp, TestDb};
+use crate::helpers::{free_port, Backend, TestApp, TestDb};
 
 /// What every alert rule's `for:` becomes.
 const FOR: &str = "2s";
@@ -101,13 +101,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Waits until `url` answers 200, failing early if the process exits.

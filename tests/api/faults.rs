@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use taskpulse::store::Store;
 
+use crate::helpers::free_port;
 use crate::helpers::{binary, settings_for, update, Backend, TestApp, TestDb};
-use crate::pgcluster::{as_unprivileged, free_port, PgCluster};
+use crate::pgcluster::{as_unprivileged, PgCluster};
 use crate::process::{run, Proc};
 
 fn progress(id: &str, percent: f64) -> Value {

@@ -134,6 +134,23 @@ fn validate(tool: &Path, args: &[String]) -> (Vec<Value>, bool) {
     (reports, out.status.success())
 }
 
+/// validate_k8s.py on `VERSION=FILE` pairs.
+fn validate_k8s(python: &Path, pairs: impl IntoIterator<Item = String>) -> (Vec<Value>, bool) {
+    let script = repo_path("tests/chart/validate_k8s.py")
+        .display()
+        .to_string();
+    let args: Vec<String> = std::iter::once(script).chain(pairs).collect();
+    validate(python, &args)
+}
+
+/// validate_crds.mjs on one file.
+fn validate_crds(node: &Path, file: &Path) -> (Vec<Value>, bool) {
+    let script = repo_path("tests/chart/validate_crds.mjs")
+        .display()
+        .to_string();
+    validate(node, &[script, file.display().to_string()])
+}
+
 fn errors(report: &Value) -> Vec<String> {
     report["errors"]
         .as_array()
@@ -219,16 +236,7 @@ fn helm_every_rendered_manifest_is_valid_for_every_supported_kubernetes() {
     }
 
     // Kubernetes' own kinds, every version, strict.
-    let (reports, ok) = validate(
-        &python,
-        &std::iter::once(
-            repo_path("tests/chart/validate_k8s.py")
-                .display()
-                .to_string(),
-        )
-        .chain(pairs)
-        .collect::<Vec<_>>(),
-    );
+    let (reports, ok) = validate_k8s(&python, pairs);
     assert_eq!(reports.len(), expected.len());
     let mut failures = Vec::new();
     for (report, (values, version, builtin)) in reports.iter().zip(&expected) {
@@ -250,15 +258,7 @@ fn helm_every_rendered_manifest_is_valid_for_every_supported_kubernetes() {
 
     // The Prometheus Operator's kinds, against its CRD schemas.
     for (file, custom) in custom_files.iter().zip(&custom_expected) {
-        let (reports, ok) = validate(
-            &node,
-            &[
-                repo_path("tests/chart/validate_crds.mjs")
-                    .display()
-                    .to_string(),
-                file.display().to_string(),
-            ],
-        );
+        let (reports, ok) = validate_crds(&node, file);
         assert!(ok, "invalid custom resources: {:?}", errors(&reports[0]));
         assert_eq!(&names(&reports[0], "validated"), custom);
     }
@@ -323,15 +323,8 @@ fn helm_schema_validators_reject_broken_manifests() {
     ];
     for (name, edit, expect) in &cases {
         let file = write(dir.path(), name, &broken(edit.as_ref()));
-        let (reports, ok) = validate(
-            &python,
-            &[
-                repo_path("tests/chart/validate_k8s.py")
-                    .display()
-                    .to_string(),
-                format!("{MIN_KUBE_VERSION}={}", file.display()),
-            ],
-        );
+        let (reports, ok) =
+            validate_k8s(&python, [format!("{MIN_KUBE_VERSION}={}", file.display())]);
         let errs = errors(&reports[0]);
         assert!(
             !ok && errs.iter().any(|e| e.contains(expect)),
@@ -361,15 +354,7 @@ fn helm_schema_validators_reject_broken_manifests() {
     ];
     for (name, edit, expect) in &cases {
         let file = write(dir.path(), name, &broken(edit.as_ref()));
-        let (reports, ok) = validate(
-            &node,
-            &[
-                repo_path("tests/chart/validate_crds.mjs")
-                    .display()
-                    .to_string(),
-                file.display().to_string(),
-            ],
-        );
+        let (reports, ok) = validate_crds(&node, &file);
         let errs = errors(&reports[0]);
         assert!(
             !ok && errs.len() == 1 && errs[0].starts_with(expect),

@@ -348,3 +348,11 @@ pub async fn exec(store: &Store, sql: &str) -> u64 {
     }
     .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
+
+/// A free loopback port: bind port 0, read the port, release it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::alerts::repo_path;
-use crate::helpers::update;
+use crate::helpers::{free_port, update};
 
 /// The user and group the image runs as (`scripts/image.sh`; the chart's `runAsUser`).
 const IMAGE_UID: u32 = 65532;
@@ -124,14 +124,6 @@ fn env_of(process: &Value, key: &str) -> Option<String> {
         .iter()
         .filter_map(|e| e.as_str())
         .find_map(|e| e.strip_prefix(&prefix).map(str::to_string))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The uid line (`Uid: real effective saved fs`) of a process, from the host's /proc.

@@ -4,14 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// A free loopback port: bind port 0, read the port, release it.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::helpers::free_port;
 
 pub fn is_root() -> bool {
     Command::new("id")

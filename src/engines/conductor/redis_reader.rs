@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store_source::{self, Poller};
 use super::task_tail::{update_from_row, Seen};
-use super::wait_queue::{snapshot_from_rows, wake_time, LagTracker, WaitRow};
+use super::wait_queue::{snapshot_from_rows, wake_time, LagTracker, WaitRow, WAIT_QUEUE};
 use crate::error::{Error, Result};
 use crate::ingest::TaskUpdate;
 use crate::metrics::{text, Budget, Collector};
@@ -193,6 +193,11 @@ fn redis_error(e: redis::RedisError) -> Error {
     Error::Engine(format!("Conductor's Redis: {e}"))
 }
 
+/// What the WAIT gauges need of a WAIT task: its workflow type and `waitTimeout`.
+fn wait_info(u: &TaskUpdate) -> (String, Option<i64>) {
+    (u.workflow_type.clone().unwrap_or_default(), u.wait_until)
+}
+
 /// The reader's state between polls.
 pub struct RedisReader {
     con: ConnectionManager,
@@ -201,7 +206,8 @@ pub struct RedisReader {
     /// Per task in flight: a hash of its JSON as last read (an unchanged document is not
     /// parsed again) and what was last submitted.
     seen: HashMap<String, (u64, Option<Seen>)>,
-    /// WAIT members' workflow type and `waitTimeout`, read once per member.
+    /// WAIT members' workflow type and `waitTimeout`: taken from the in-flight read, fetched
+    /// only for members it did not cover.
     wait_info: HashMap<String, (String, Option<i64>)>,
     lag: LagTracker,
     wait_grace: Duration,
@@ -269,40 +275,34 @@ impl RedisReader {
 
     /// Every key matching `pattern` (`SCAN`, in steps of [`BATCH`]).
     async fn scan(&mut self, pattern: &str) -> Result<Vec<String>> {
-        let mut cursor = 0u64;
-        let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut self.con)
-                .await
-                .map_err(redis_error)?;
-            out.extend(keys);
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
-        }
+        self.cursor(|c| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(c).arg("MATCH").arg(pattern).arg("COUNT").arg(BATCH);
+            cmd
+        })
+        .await
     }
 
     /// Every member of a set (`SSCAN`).
     async fn members(&mut self, key: &str) -> Result<Vec<String>> {
+        self.cursor(|c| {
+            let mut cmd = redis::cmd("SSCAN");
+            cmd.arg(key).arg(c).arg("COUNT").arg(BATCH);
+            cmd
+        })
+        .await
+    }
+
+    /// Runs a cursor command (`SCAN`, `SSCAN`) from cursor 0 until Redis answers 0.
+    async fn cursor(&mut self, step: impl Fn(u64) -> redis::Cmd) -> Result<Vec<String>> {
         let mut cursor = 0u64;
         let mut out = Vec::new();
         loop {
-            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                .arg(key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(BATCH)
+            let (next, items): (u64, Vec<String>) = step(cursor)
                 .query_async(&mut self.con)
                 .await
                 .map_err(redis_error)?;
-            out.extend(ids);
+            out.extend(items);
             if next == 0 {
                 return Ok(out);
             }
@@ -345,7 +345,8 @@ impl RedisReader {
             .filter(|id| !current.contains(id.as_str()))
             .cloned()
             .collect();
-        let mut ids = in_flight.clone();
+        let n = in_flight.len();
+        let mut ids = in_flight;
         ids.extend(left.iter().cloned());
         // a chunk at a time: at most BATCH documents are held at once
         for chunk in ids.chunks(BATCH) {
@@ -363,6 +364,13 @@ impl RedisReader {
                     continue;
                 }
                 let u = update_from_row(id, &doc);
+                // a WAIT task's labels and timer, so the WAIT queue read needn't fetch it again
+                if let Some(w) = u
+                    .as_ref()
+                    .filter(|u| u.task_type.as_deref() == Some(WAIT_QUEUE))
+                {
+                    self.wait_info.insert(id.clone(), wait_info(w));
+                }
                 let now = u.as_ref().map(Seen::of);
                 let changed = self.seen.get(id).map(|(_, s)| s) != Some(&now);
                 self.seen.insert(id.clone(), (hash, now));
@@ -377,7 +385,7 @@ impl RedisReader {
         }
         self.read_queues().await?;
         self.health.set(None);
-        Ok(in_flight.len())
+        Ok(n)
     }
 
     async fn read_queues(&mut self) -> Result<()> {
@@ -435,7 +443,7 @@ impl RedisReader {
     }
 
     async fn read_wait(&mut self, now: i64) -> Result<()> {
-        let key = self.keys.queue(super::wait_queue::WAIT_QUEUE);
+        let key = self.keys.queue(WAIT_QUEUE);
         let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(&key)
             .arg(0)
@@ -454,7 +462,7 @@ impl RedisReader {
             let info = doc
                 .as_deref()
                 .and_then(|d| update_from_row(&id, d))
-                .map(|u| (u.workflow_type.unwrap_or_default(), u.wait_until))
+                .map(|u| wait_info(&u))
                 .unwrap_or_default();
             self.wait_info.insert(id, info);
         }
