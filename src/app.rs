@@ -61,12 +61,12 @@ fn engines(
     conductor: &ConductorSettings,
     progress_min_interval: Duration,
     token: Option<Secret>,
-) -> Vec<Box<dyn Engine>> {
-    vec![Box::new(Conductor::new(
+) -> Result<Vec<Box<dyn Engine>>> {
+    Ok(vec![Box::new(Conductor::new(
         conductor,
         progress_min_interval,
         token,
-    ))]
+    )?)])
 }
 
 /// The two signals a serving process reacts to.
@@ -187,7 +187,7 @@ impl Application {
             &settings.conductor,
             settings.throttle.progress_min_interval,
             settings.http.auth_token.clone(),
-        );
+        )?;
         let ctx = EngineContext {
             pipeline: pipeline.clone(),
             store: store.clone(),
@@ -486,7 +486,7 @@ pub async fn migrate(url: &str) -> Result<bool> {
 pub async fn check(args: &CheckArgs) -> Result<PassReport> {
     let store = Store::connect_within(&args.store.database, Duration::from_secs(3)).await?;
     store.ready().await?;
-    let engine_rules = engines(&args.conductor, args.throttle.progress_min_interval, None)
+    let engine_rules = engines(&args.conductor, args.throttle.progress_min_interval, None)?
         .iter()
         .flat_map(|e| e.rules())
         .collect();

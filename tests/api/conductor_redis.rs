@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 use crate::conductor_tail::eventually;
 use crate::helpers::{free_port, Backend, TestApp, TestDb};
 
-const REDIS: &str = "redis://127.0.0.1:6379";
+pub(crate) const REDIS: &str = "redis://127.0.0.1:6379";
 
 /// TaskModel JSON as Conductor writes it (every primitive present, 0 = unset).
-fn task_model(id: &str, def: &str, status: &str, update_time: i64) -> Value {
+pub(crate) fn task_model(id: &str, def: &str, status: &str, update_time: i64) -> Value {
     json!({
         "taskType": def, "taskDefName": def, "status": status,
         "referenceTaskName": format!("{def}_ref"), "retryCount": 0, "seq": 1, "pollCount": 0,
@@ -32,13 +32,13 @@ fn task_model(id: &str, def: &str, status: &str, update_time: i64) -> Value {
 }
 
 /// Plays Conductor on one database of a Redis.
-struct Conductor {
+pub(crate) struct Conductor {
     con: redis::aio::MultiplexedConnection,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Conductor {
-    async fn on(base: &str, db: u8) -> Option<Conductor> {
+    pub(crate) async fn on(base: &str, db: u8) -> Option<Conductor> {
         let url = format!("{base}/{db}");
         let client = redis::Client::open(url.as_str()).unwrap();
         let con = match client.get_multiplexed_async_connection().await {
@@ -58,7 +58,7 @@ impl Conductor {
     }
 
     /// `RedisExecutionDAO.updateTask`: the JSON, and the in-flight set while not terminal.
-    async fn write_task(&mut self, doc: &Value) {
+    pub(crate) async fn write_task(&mut self, doc: &Value) {
         let id = doc["taskId"].as_str().unwrap();
         let def = doc["taskDefName"].as_str().unwrap();
         let status = doc["status"].as_str().unwrap();
@@ -93,7 +93,7 @@ impl Conductor {
     }
 
     /// Every key and its value, as one text (the store's contents).
-    async fn dump(&mut self) -> String {
+    pub(crate) async fn dump(&mut self) -> String {
         let mut keys: Vec<String> = self.con.keys("*").await.unwrap();
         keys.sort();
         let mut out = String::new();

@@ -13,7 +13,7 @@ use crate::conductor_db::Conductor;
 use crate::helpers::{Backend, TestApp, TestDb};
 
 /// TaskModel JSON as Conductor stores it: every primitive present (0 = unset), nulls left out.
-fn task_model(id: &str, task_type: &str, status: &str, update_time: i64) -> Value {
+pub(crate) fn task_model(id: &str, task_type: &str, status: &str, update_time: i64) -> Value {
     json!({
         "taskType": task_type, "taskDefName": task_type, "status": status,
         "referenceTaskName": format!("{task_type}_ref"), "retryCount": 0, "seq": 1,
@@ -34,7 +34,7 @@ fn task_model(id: &str, task_type: &str, status: &str, update_time: i64) -> Valu
 
 impl Conductor {
     /// Conductor's `insertOrUpdateTaskData`.
-    async fn write_task(&self, doc: &Value) {
+    pub(crate) async fn write_task(&self, doc: &Value) {
         sqlx::query(
             "INSERT INTO task (task_id, json_data, modified_on) VALUES ($1, $2, CURRENT_TIMESTAMP) \
              ON CONFLICT (task_id) DO UPDATE SET json_data = excluded.json_data, \
@@ -65,7 +65,7 @@ impl Conductor {
     }
 
     /// Everything in Conductor's tables, as one checksum.
-    async fn checksum(&self) -> String {
+    pub(crate) async fn checksum(&self) -> String {
         sqlx::query_scalar(
             "SELECT md5(COALESCE((SELECT string_agg(t::text, '|' ORDER BY task_id) FROM task t), '') \
              || COALESCE((SELECT string_agg(q::text, '|' ORDER BY message_id) FROM queue_message q), ''))",

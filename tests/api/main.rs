@@ -12,6 +12,7 @@ mod cli;
 mod conductor;
 mod conductor_db;
 mod conductor_redis;
+mod conductor_store_rules;
 mod conductor_tail;
 mod drift;
 mod e2e;

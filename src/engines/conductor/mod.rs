@@ -8,6 +8,7 @@
 //! ([`task_tail`]) and the WAIT gauges come from Conductor's queue.
 
 pub mod client;
+pub mod lookup;
 mod metrics;
 pub mod proxy;
 pub mod redis_reader;
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::http::Routes;
 use crate::settings::{redact_url, Secret};
 use client::EngineClient;
+use lookup::Lookup;
 use metrics::ConductorMetrics;
 use proxy::Proxy;
 use rules::LostTerminalUpdate;
@@ -46,17 +48,21 @@ pub struct Conductor {
     settings: ConductorSettings,
     client: Option<Arc<EngineClient>>,
     proxy: Option<Arc<Proxy>>,
+    /// Where the checker reads the engine's side: its store when one is followed, else REST.
+    lookup: Option<Arc<Lookup>>,
 }
 
 impl Conductor {
     /// `heartbeat_min_interval`: at most one lease heartbeat per task per this long goes
     /// upstream through the proxy (`--progress-min-interval`). `token`: taskpulse's
-    /// `--auth-token`, which the proxy wants before it records what a caller says.
+    /// `--auth-token`, which the proxy wants before it records what a caller says. Fails on a
+    /// password file that can't be read or a store URL that can't be parsed (nothing is
+    /// connected yet).
     pub fn new(
         settings: &ConductorSettings,
         heartbeat_min_interval: Duration,
         token: Option<Secret>,
-    ) -> Conductor {
+    ) -> Result<Conductor> {
         let client = settings
             .url
             .as_deref()
@@ -68,11 +74,23 @@ impl Conductor {
                 proxy::Callers::new(token.clone()),
             ))
         });
-        Conductor {
+        let lookup = if let Some(url) = &settings.db {
+            Some(Lookup::postgres(url)?)
+        } else if let Some(url) = &settings.redis {
+            Some(Lookup::redis(
+                url,
+                settings.redis_password()?,
+                settings.redis_keys(),
+            ))
+        } else {
+            client.clone().map(Lookup::Rest)
+        };
+        Ok(Conductor {
             settings: settings.clone(),
             client,
             proxy,
-        }
+            lookup: lookup.map(Arc::new),
+        })
     }
 
     /// The worker proxy, when `--conductor-url` is set.
@@ -96,10 +114,7 @@ impl Engine for Conductor {
     }
 
     fn rules(&self) -> Vec<Box<dyn Rule>> {
-        match &self.client {
-            Some(client) => rules::engine_rules(client.clone(), self.proxy.clone()),
-            None => Vec::new(),
-        }
+        rules::engine_rules(self.lookup.clone(), self.client.clone(), self.proxy.clone())
     }
 
     fn start<'a>(&'a self, ctx: &'a EngineContext) -> BoxFuture<'a, Result<Contribution>> {
@@ -124,8 +139,13 @@ impl Engine for Conductor {
                 );
                 out.collectors.push(px.clone());
                 // Every replica verifies the terminal updates it forwarded, soon after.
-                out.side_rules
-                    .push(Box::new(LostTerminalUpdate { px: px.clone() }));
+                if let Some(lookup) = &self.lookup {
+                    out.side_rules
+                        .push(Box::new(LostTerminalUpdate::forwarded_only(
+                            lookup.clone(),
+                            px.clone(),
+                        )));
+                }
                 let (sweep, stop) = (px.clone(), ctx.stop.clone());
                 let quiet = ctx.core.terminal_retention;
                 out.tasks.push(
@@ -179,22 +199,10 @@ impl Engine for Conductor {
             out.collectors.push(Arc::new(queue_metrics.clone()));
             if let Some(url) = &self.settings.redis {
                 let s = &self.settings;
-                let password = s
-                    .redis_password_file
-                    .as_deref()
-                    .map(|p| crate::settings::read_secret_file("conductor-redis-password-file", p))
-                    .transpose()?;
-                let keys = redis_reader::Keys {
-                    namespace: s.redis_namespace.clone(),
-                    queue_namespace: s.redis_queue_namespace.clone(),
-                    stack: s.redis_stack.clone(),
-                    shard: s.redis_shard.clone(),
-                    domain: s.redis_domain.clone(),
-                };
                 let started = redis_reader::RedisReader::start(
                     url,
-                    password.as_deref(),
-                    keys,
+                    s.redis_password()?.as_deref(),
+                    s.redis_keys(),
                     ctx.pipeline.clone(),
                     ctx.core.wait_grace,
                     s.poll_interval,

@@ -116,6 +116,25 @@ impl ConductorSettings {
         self.url.is_some() || self.db.is_some() || self.redis.is_some()
     }
 
+    /// `--conductor-redis-password-file`, read.
+    pub fn redis_password(&self) -> Result<Option<String>> {
+        self.redis_password_file
+            .as_deref()
+            .map(|p| crate::settings::read_secret_file("conductor-redis-password-file", p))
+            .transpose()
+    }
+
+    /// Where Conductor keeps its keys in Redis.
+    pub fn redis_keys(&self) -> super::redis_reader::Keys {
+        super::redis_reader::Keys {
+            namespace: self.redis_namespace.clone(),
+            queue_namespace: self.redis_queue_namespace.clone(),
+            stack: self.redis_stack.clone(),
+            shard: self.redis_shard.clone(),
+            domain: self.redis_domain.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |name: &str, why: String| Err(Error::Config(format!("`{name}` {why}")));
         if self.timeout.is_zero() {

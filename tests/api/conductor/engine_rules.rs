@@ -56,7 +56,8 @@ async fn setup(backend: Backend) -> (Emulator, TestDb, TestApp, Conductor) {
         },
         Duration::from_secs(5),
         None,
-    );
+    )
+    .unwrap();
     (emu, db, app, engine)
 }
 
@@ -114,7 +115,8 @@ async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend)
         },
         Duration::from_secs(5),
         None,
-    );
+    )
+    .unwrap();
     let r = pass(&app, &engine_checker(&dead)).await;
     assert!(!r.repairs.is_empty());
     assert!(

@@ -60,6 +60,11 @@ impl Forwarded {
         }
     }
 
+    /// The forwarded terminal update of this task, if it is still kept.
+    pub fn get(&self, task_id: &str) -> Option<ForwardedTerminal> {
+        self.map.get(task_id).map(|e| e.value().clone())
+    }
+
     pub fn remove(&self, task_id: &str) {
         if let Some((_, old)) = self.map.remove(task_id) {
             self.release(&old);

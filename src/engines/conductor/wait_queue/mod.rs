@@ -64,7 +64,9 @@ use listen::{connect_listener, listen};
 use reader::Reader;
 
 pub use lag::{LagTracker, Wakeup};
-pub use reader::{connect_read_only, snapshot_from_rows, task_info, wake_time, TaskInfo, WaitRow};
+pub use reader::{
+    connect_read_only, lazy_read_only, snapshot_from_rows, task_info, wake_time, TaskInfo, WaitRow,
+};
 
 /// Conductor's queue of WAIT tasks.
 pub const WAIT_QUEUE: &str = "WAIT";

@@ -99,6 +99,18 @@ pub fn snapshot_from_rows(rows: &[WaitRow], now: i64, grace: Duration) -> WaitSn
 
 /// A pool on Conductor's database whose every session is read-only. `url`: `postgres://...`.
 pub async fn connect_read_only(url: &str) -> Result<PgPool> {
+    let (pool, options) = read_only_options(url)?;
+    Ok(pool.connect_with(options).await?)
+}
+
+/// The same pool, connecting on first use (for the checker's look-ups, which `taskpulse
+/// check` and `serve` build before anything is read).
+pub fn lazy_read_only(url: &str) -> Result<PgPool> {
+    let (pool, options) = read_only_options(url)?;
+    Ok(pool.connect_lazy_with(options))
+}
+
+fn read_only_options(url: &str) -> Result<(PgPoolOptions, PgConnectOptions)> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(Error::Config(
             "--conductor-db: expected a postgres://... URL".into(),
@@ -121,10 +133,8 @@ pub async fn connect_read_only(url: &str) -> Result<PgPool> {
                 conn.execute(SESSION_SETUP).await?;
                 Ok(())
             })
-        })
-        .connect_with(options)
-        .await?;
-    Ok(pool)
+        });
+    Ok((pool, options))
 }
 
 /// The WAIT rows and the statement time in one statement (one row even when WAIT is empty).

@@ -1,0 +1,174 @@
+//! What Conductor holds of a task, for the checker's rules: read from its own store when
+//! taskpulse follows one (`--conductor-db`, `--conductor-redis`: one batched query by primary
+//! key, no REST round trip), else asked of its REST API (`--conductor-url`, one call per task).
+//! Read-only like the store readers: `SELECT ... WHERE task_id = ANY($1)` or `MGET`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use sqlx::{PgPool, Row};
+use tokio::sync::OnceCell;
+
+use super::client::{urlencode, EngineClient};
+use super::redis_reader::{self, Keys};
+use super::task_tail::update_from_row;
+use super::wait_queue::lazy_read_only;
+use crate::error::Result;
+use crate::model::Status;
+
+/// Tasks asked of a store per query.
+pub const STORE_BATCH: usize = 2_000;
+/// Tasks asked of the REST API per rule per pass, at most (one call each).
+pub const REST_BATCH: usize = 500;
+
+const FETCH: &str = "SELECT task_id::text, json_data FROM task WHERE task_id = ANY($1)";
+
+/// What the engine holds of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineTask {
+    pub status: Option<Status>,
+    /// The last change, epoch ms (from a store: the larger of `updateTime` and `endTime`).
+    pub update_time: Option<i64>,
+    pub worker_id: Option<String>,
+}
+
+/// Where the checker reads the engine's side.
+pub enum Lookup {
+    Rest(Arc<EngineClient>),
+    Postgres(PgPool),
+    Redis(Box<RedisLookup>),
+}
+
+/// A connection to Conductor's Redis made on first use.
+pub struct RedisLookup {
+    url: String,
+    password: Option<String>,
+    keys: Keys,
+    con: OnceCell<ConnectionManager>,
+}
+
+impl Lookup {
+    /// A store look-up, connecting on first use.
+    pub fn postgres(url: &str) -> Result<Lookup> {
+        Ok(Lookup::Postgres(lazy_read_only(url)?))
+    }
+
+    pub fn redis(url: &str, password: Option<String>, keys: Keys) -> Lookup {
+        Lookup::Redis(Box::new(RedisLookup {
+            url: url.to_string(),
+            password,
+            keys,
+            con: OnceCell::new(),
+        }))
+    }
+
+    /// How it reads, for evidence: `rest`, `conductor_db` or `conductor_redis`.
+    pub fn via(&self) -> &'static str {
+        match self {
+            Lookup::Rest(_) => "rest",
+            Lookup::Postgres(_) => super::task_tail::SOURCE,
+            Lookup::Redis(_) => redis_reader::SOURCE,
+        }
+    }
+
+    /// Whether it reads the engine's store (the whole store can be swept), not its API.
+    pub fn is_store(&self) -> bool {
+        !matches!(self, Lookup::Rest(_))
+    }
+
+    /// Most tasks worth asking in one pass of one rule.
+    pub fn per_pass(&self) -> usize {
+        match self {
+            Lookup::Rest(_) => REST_BATCH,
+            _ => 50 * STORE_BATCH,
+        }
+    }
+
+    /// The engine's side of these tasks; a task it doesn't hold (or holds unreadably) is
+    /// absent from the answer. An error when the engine or its store can't be read.
+    pub async fn tasks(
+        &self,
+        ids: &[String],
+    ) -> std::result::Result<HashMap<String, EngineTask>, String> {
+        let mut out = HashMap::with_capacity(ids.len());
+        match self {
+            Lookup::Rest(client) => {
+                for id in ids.iter().take(REST_BATCH) {
+                    if let Some(t) = rest_task(client, id).await? {
+                        out.insert(id.clone(), t);
+                    }
+                }
+            }
+            Lookup::Postgres(pool) => {
+                for chunk in ids.chunks(STORE_BATCH) {
+                    let rows = sqlx::query(FETCH)
+                        .bind(chunk)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(|e| format!("Conductor's database: {e}"))?;
+                    for row in rows {
+                        let (Ok(id), Ok(json)) =
+                            (row.try_get::<String, _>(0), row.try_get::<String, _>(1))
+                        else {
+                            continue;
+                        };
+                        if let Some(t) = from_json(&id, &json) {
+                            out.insert(id, t);
+                        }
+                    }
+                }
+            }
+            Lookup::Redis(r) => {
+                let mut con = r
+                    .con
+                    .get_or_try_init(|| redis_reader::connect(&r.url, r.password.as_deref()))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .clone();
+                for chunk in ids.chunks(redis_reader::BATCH) {
+                    let keys: Vec<String> = chunk.iter().map(|id| r.keys.task(id)).collect();
+                    let docs: Vec<Option<String>> = redis::cmd("MGET")
+                        .arg(&keys)
+                        .query_async(&mut con)
+                        .await
+                        .map_err(|e| format!("Conductor's Redis: {e}"))?;
+                    for (id, doc) in chunk.iter().zip(docs) {
+                        if let Some(t) = doc.and_then(|d| from_json(id, &d)) {
+                            out.insert(id.clone(), t);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A stored `TaskModel` read as the store readers read it.
+fn from_json(id: &str, json: &str) -> Option<EngineTask> {
+    update_from_row(id, json).map(|u| EngineTask {
+        status: Some(u.status),
+        update_time: u.update_time,
+        worker_id: u.worker_id,
+    })
+}
+
+/// `GET /api/tasks/{taskId}`: `Ok(None)` when the engine doesn't know the task.
+pub async fn rest_task(
+    client: &EngineClient,
+    task_id: &str,
+) -> std::result::Result<Option<EngineTask>, String> {
+    let path = format!("/api/tasks/{}", urlencode(task_id));
+    Ok(client.get_json(&path).await?.map(|v| EngineTask {
+        status: v
+            .get("status")
+            .and_then(|s| s.as_str())
+            .and_then(Status::parse),
+        update_time: v.get("updateTime").and_then(|t| t.as_i64()),
+        worker_id: v
+            .get("workerId")
+            .and_then(|w| w.as_str())
+            .map(str::to_string),
+    }))
+}
