@@ -101,6 +101,8 @@ pub async fn pass(
             store.reclaim(RECLAIM_PAGES).await?;
             tokio::time::sleep(PAUSE).await;
         }
+        // Worker hosts not seen for as long: one row per worker, few.
+        store.prune_workers(before).await?;
     }
     if !settings.audit_retention.is_zero() {
         let before = now_ms - settings.audit_retention.as_millis() as i64;

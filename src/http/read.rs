@@ -179,7 +179,21 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
     let mut view =
         serde_json::to_value(TaskView::new(&rec, predicted, now, stall_ms)).unwrap_or_default();
     view["history"] = json!(history);
-    view["attempts"] = json!(attempts);
+    let mut attempts = json!(attempts);
+    // The host of each worker, where an engine told it (Kestra's service registry): kept after
+    // the worker is gone.
+    let ids: Vec<&str> = rec_workers(&attempts);
+    if !ids.is_empty() {
+        if let Ok(hosts) = s.store.worker_hosts(&ids).await {
+            for a in attempts.as_array_mut().into_iter().flatten() {
+                let host = a["workerId"].as_str().and_then(|w| hosts.get(w)).cloned();
+                if let Some(h) = host {
+                    a["host"] = json!(h);
+                }
+            }
+        }
+    }
+    view["attempts"] = attempts;
     if let Some(why) = history_error {
         // Only the in-memory part is shown; say so rather than pass off an empty history.
         view["historyUnavailable"] = json!(why);
@@ -302,4 +316,17 @@ pub(super) async fn landing() -> Html<&'static str> {
 
 pub(super) async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// The distinct worker ids of the attempts (as JSON), at most one look-up per attempt kept.
+fn rec_workers(attempts: &serde_json::Value) -> Vec<&str> {
+    let mut ids: Vec<&str> = attempts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["workerId"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }

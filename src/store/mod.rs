@@ -257,6 +257,68 @@ impl Store {
         }
     }
 
+    /// Records the hosts of these workers (`(worker id, host)`), seen `now`: what an engine
+    /// adapter learned from the engine's service registry, kept after the worker is gone.
+    pub async fn record_workers(&self, workers: &[(String, String)], now: i64) -> Result<()> {
+        const UPSERT: &str = "INSERT INTO workers (worker_id, host, seen) VALUES ($1, $2, $3) \
+             ON CONFLICT (worker_id) DO UPDATE SET host = excluded.host, seen = excluded.seen";
+        match self {
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for (id, host) in workers {
+                    sqlx::query(&rows::for_sqlite(UPSERT))
+                        .bind(id)
+                        .bind(host)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for (id, host) in workers {
+                    sqlx::query(UPSERT)
+                        .bind(id)
+                        .bind(host)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The recorded hosts of these workers.
+    pub async fn worker_hosts(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut out = std::collections::HashMap::new();
+        for id in ids {
+            let host: Option<String> = match self {
+                Store::Sqlite(pool) => {
+                    sqlx::query_scalar("SELECT host FROM workers WHERE worker_id = ?")
+                        .bind(id)
+                        .fetch_optional(pool)
+                        .await?
+                }
+                Store::Postgres(pool) => {
+                    sqlx::query_scalar("SELECT host FROM workers WHERE worker_id = $1")
+                        .bind(id)
+                        .fetch_optional(pool)
+                        .await?
+                }
+            };
+            if let Some(h) = host {
+                out.insert(id.to_string(), h);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn close(&self) {
         match self {
             Store::Sqlite(pool) => pool.close().await,

@@ -114,6 +114,23 @@ impl Store {
         })
     }
 
+    /// Forgets the hosts of workers last seen before `before_ms`.
+    pub async fn prune_workers(&self, before_ms: i64) -> Result<u64> {
+        const OLD: &str = "DELETE FROM workers WHERE seen < $1";
+        Ok(match self {
+            Store::Sqlite(pool) => sqlx::query(&super::rows::for_sqlite(OLD))
+                .bind(before_ms)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Store::Postgres(pool) => sqlx::query(OLD)
+                .bind(before_ms)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        })
+    }
+
     /// Gives up to `pages` free pages back to the file system (SQLite's incremental vacuum;
     /// PostgreSQL's autovacuum makes the space reusable on its own).
     pub async fn reclaim(&self, pages: i64) -> Result<()> {

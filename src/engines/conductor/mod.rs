@@ -14,7 +14,6 @@ pub mod proxy;
 pub mod redis_reader;
 pub mod rules;
 mod settings;
-mod store_source;
 pub mod task_tail;
 pub mod wait_queue;
 pub mod webhook;

@@ -35,9 +35,9 @@ use redis::IntoConnectionInfo;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::store_source::{self, Poller};
 use super::task_tail::{update_from_row, Seen};
 use super::wait_queue::{snapshot_from_rows, wake_time, LagTracker, WaitRow, WAIT_QUEUE};
+use crate::engines::store_source::{self, Poller};
 use crate::error::{Error, Result};
 use crate::ingest::TaskUpdate;
 use crate::metrics::{text, Budget, Collector};

@@ -42,8 +42,8 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::ConductorMetrics;
-use super::store_source::{self, Poller};
 use super::wait_queue::connect_read_only;
+use crate::engines::store_source::{self, Poller};
 use crate::error::{Error, Result};
 use crate::ingest::{RawUpdate, TaskUpdate};
 use crate::model::Status;

@@ -10,9 +10,8 @@ use sqlx::{Acquire, PgPool};
 use tokio::sync::Notify;
 
 use super::{NOTIFY_CHANNEL, WAIT_QUEUE};
+use crate::engines::store_source::backoff;
 use crate::error::Result;
-
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Whether a `conductor_queue_state` payload shows a WAIT queue different from the last one
 /// seen (`last`: `None` = nothing seen yet). Anything unparsable counts as a change.
@@ -32,16 +31,6 @@ fn wait_state_changed(payload: &str, last: &mut Option<Option<Value>>) -> bool {
             true
         }
     }
-}
-
-/// Retry delay after `failures` consecutive failures: from `min(base, 500 ms)`, doubling, at
-/// most `max(base, 30 s)`.
-pub(in crate::engines::conductor) fn backoff(failures: u32, base: Duration) -> Duration {
-    let first = base.min(Duration::from_millis(500));
-    let cap = base.max(MAX_BACKOFF);
-    first
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
-        .min(cap)
 }
 
 pub(super) async fn connect_listener(pool: &PgPool) -> Result<PgListener> {
@@ -133,19 +122,5 @@ mod tests {
         assert!(!wait_state_changed(empty, &mut last));
         assert!(wait_state_changed("garbage", &mut last));
         assert!(wait_state_changed(empty, &mut last));
-    }
-
-    #[test]
-    fn backoff_doubles_within_bounds() {
-        let base = Duration::from_secs(5);
-        assert_eq!(backoff(1, base), Duration::from_millis(500));
-        assert_eq!(backoff(2, base), Duration::from_secs(1));
-        assert_eq!(backoff(4, base), Duration::from_secs(4));
-        assert_eq!(backoff(10, base), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX, base), MAX_BACKOFF);
-        let fast = Duration::from_millis(200);
-        assert_eq!(backoff(1, fast), fast);
-        let slow = Duration::from_secs(120);
-        assert_eq!(backoff(30, slow), slow);
     }
 }

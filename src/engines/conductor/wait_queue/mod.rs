@@ -57,9 +57,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::engines::store_source::backoff;
 use crate::error::Result;
 use crate::wait::{WaitMetrics, WaitSnapshot, WaitSource};
-pub(super) use listen::backoff;
 use listen::{connect_listener, listen};
 use reader::Reader;
 

@@ -6,20 +6,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Executor, PgPool};
+use sqlx::PgPool;
 
 use super::{APPLICATION_NAME, WAIT_QUEUE};
+use crate::engines::store_source::read_only_pool;
 use crate::error::{Error, Result};
 use crate::wait::{WaitSnapshot, WaitTally};
 
 /// A wake-up time further out than this is "until signalled".
 const NO_TIMER_HORIZON_MS: i64 = 10 * 365 * 86_400_000;
-/// Run first on every session: read-only, and a server-side limit for one statement.
-const SESSION_SETUP: &str = "SET default_transaction_read_only = on; SET statement_timeout = '10s'";
 /// Client-side limit for one whole read (also covers a silent network).
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const TASK_LOOKUP_CHUNK: usize = 1000;
 
 /// One WAIT message as read, joined with its task.
@@ -99,42 +96,15 @@ pub fn snapshot_from_rows(rows: &[WaitRow], now: i64, grace: Duration) -> WaitSn
 
 /// A pool on Conductor's database whose every session is read-only. `url`: `postgres://...`.
 pub async fn connect_read_only(url: &str) -> Result<PgPool> {
-    let (pool, options) = read_only_options(url)?;
-    Ok(pool.connect_with(options).await?)
+    read_only_pool("conductor-db", APPLICATION_NAME, url)?
+        .connect()
+        .await
 }
 
 /// The same pool, connecting on first use (for the checker's look-ups, which `taskpulse
 /// check` and `serve` build before anything is read).
 pub fn lazy_read_only(url: &str) -> Result<PgPool> {
-    let (pool, options) = read_only_options(url)?;
-    Ok(pool.connect_lazy_with(options))
-}
-
-fn read_only_options(url: &str) -> Result<(PgPoolOptions, PgConnectOptions)> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(Error::Config(
-            "--conductor-db: expected a postgres://... URL".into(),
-        ));
-    }
-    let mut options: PgConnectOptions = url
-        .parse()
-        .map_err(|e| Error::Config(format!("--conductor-db: {e}")))?;
-    if options.get_application_name().is_none() {
-        options = options.application_name(APPLICATION_NAME);
-    }
-    let pool = PgPoolOptions::new()
-        // one for reads, one held by the listener, one spare while a dead one is replaced
-        .max_connections(3)
-        .min_connections(0)
-        .acquire_timeout(CONNECT_TIMEOUT)
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                // no arguments: the simple query protocol, so both statements run
-                conn.execute(SESSION_SETUP).await?;
-                Ok(())
-            })
-        });
-    Ok((pool, options))
+    Ok(read_only_pool("conductor-db", APPLICATION_NAME, url)?.lazy())
 }
 
 /// The WAIT rows and the statement time in one statement (one row even when WAIT is empty).
