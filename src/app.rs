@@ -33,6 +33,7 @@ use crate::cardinality::Folding;
 use crate::checker::{self, CheckSettings, Checker, CheckerMetrics, Context, PassReport};
 use crate::cli::{CheckArgs, Settings};
 use crate::engines::conductor::{Conductor, ConductorSettings};
+use crate::engines::kestra::{Kestra, KestraSettings};
 use crate::engines::{Contribution, CoreSettings, Engine, EngineContext};
 use crate::error::{Error, Result};
 use crate::http::server::{self, ConnLimits};
@@ -59,14 +60,14 @@ const SIDE_RULES_EVERY: Duration = Duration::from_secs(1);
 /// The engines of this build. Adding one is a line here (and its settings in [`crate::cli`]).
 fn engines(
     conductor: &ConductorSettings,
+    kestra: &KestraSettings,
     progress_min_interval: Duration,
     token: Option<Secret>,
 ) -> Result<Vec<Box<dyn Engine>>> {
-    Ok(vec![Box::new(Conductor::new(
-        conductor,
-        progress_min_interval,
-        token,
-    )?)])
+    Ok(vec![
+        Box::new(Conductor::new(conductor, progress_min_interval, token)?),
+        Box::new(Kestra::new(kestra)),
+    ])
 }
 
 /// The two signals a serving process reacts to.
@@ -185,6 +186,7 @@ impl Application {
         // The engines: their sources, routes, rules and metrics.
         let engines = engines(
             &settings.conductor,
+            &settings.kestra,
             settings.throttle.progress_min_interval,
             settings.http.auth_token.clone(),
         )?;
@@ -486,10 +488,15 @@ pub async fn migrate(url: &str) -> Result<bool> {
 pub async fn check(args: &CheckArgs) -> Result<PassReport> {
     let store = Store::connect_within(&args.store.database, Duration::from_secs(3)).await?;
     store.ready().await?;
-    let engine_rules = engines(&args.conductor, args.throttle.progress_min_interval, None)?
-        .iter()
-        .flat_map(|e| e.rules())
-        .collect();
+    let engine_rules = engines(
+        &args.conductor,
+        &args.kestra,
+        args.throttle.progress_min_interval,
+        None,
+    )?
+    .iter()
+    .flat_map(|e| e.rules())
+    .collect();
     let checker = Checker::new(
         checker::compose(checker::default_rules(), engine_rules),
         CheckerMetrics::unregistered(),

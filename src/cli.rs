@@ -22,6 +22,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::engines::conductor::ConductorSettings;
+use crate::engines::kestra::KestraSettings;
 use crate::error::Error;
 use crate::settings::{
     CheckLoopSettings, CheckerSettings, HttpSettings, MetricsSettings, PipelineSettings,
@@ -78,6 +79,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     #[command(flatten)]
     pub conductor: ConductorSettings,
+    #[command(flatten)]
+    pub kestra: KestraSettings,
 }
 
 impl Settings {
@@ -89,7 +92,8 @@ impl Settings {
         self.throttle.validate()?;
         self.pipeline.validate()?;
         self.metrics.validate()?;
-        self.conductor.validate()
+        self.conductor.validate()?;
+        self.kestra.validate()
     }
 }
 
@@ -114,6 +118,8 @@ pub struct CheckArgs {
     pub checker: CheckerSettings,
     #[command(flatten)]
     pub conductor: ConductorSettings,
+    #[command(flatten)]
+    pub kestra: KestraSettings,
     /// Apply the repairs the rules plan (by default `check` only reports). Never read from the
     /// environment or the file: `TASKPULSE_REPAIR` and `repair` are meant for `serve`
     #[arg(id = "repair-now", long = "repair", help_heading = "Output")]
@@ -176,6 +182,7 @@ fn validate(mut cli: Cli) -> Result<Cli, CliError> {
             c.store.validate()?;
             c.throttle.validate()?;
             c.conductor.validate()?;
+            c.kestra.validate()?;
         }
     }
     Ok(cli)

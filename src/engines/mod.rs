@@ -13,6 +13,7 @@
 //! is adding a folder and one line there (`docs/architecture.md`).
 
 pub mod conductor;
+pub mod kestra;
 pub(crate) mod store_source;
 
 use std::sync::Arc;

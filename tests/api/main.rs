@@ -22,6 +22,7 @@ mod helm;
 mod helm_schemas;
 mod hostile;
 mod ingest;
+mod kestra;
 mod lifecycle;
 mod metrics;
 mod pgcluster;

@@ -1,0 +1,382 @@
+//! A Kestra execution (`executions.value`, `docs/engines/kestra.md` §2) read into taskpulse
+//! updates: one task per task run, its attempts with the worker of each.
+//!
+//! - task id = the task run's `id`; task type = its `taskId`; workflow id = the execution's
+//!   `id`; workflow type = `{namespace}/{flowId}`; `iteration` kept; the attempt number is the
+//!   attempt's index (0 for the first), and the worker its `workerId`.
+//! - Both shapes are read: `taskRunList` (0.x, 1.x, most of 2.x) and the slim 2.x
+//!   `executionTaskRuns`.
+//! - Times: ISO-8601 instants with 0 to 9 fractional digits and `Z` or an offset.
+
+use serde::Deserialize;
+
+use crate::ingest::{RawUpdate, TaskUpdate};
+use crate::model::Status;
+
+/// The separator between namespace and flow id in the workflow type (`company.team/etl`):
+/// namespaces are dotted, so a dot would be ambiguous.
+pub const FLOW_SEPARATOR: char = '/';
+
+/// Kestra's `State.Type` mapped to taskpulse's lifecycle (`docs/engines/kestra.md` §3):
+/// `None` for a value this version doesn't know (treated as not finished, logged once).
+pub fn map_state(kestra: &str) -> Option<Status> {
+    Some(match kestra {
+        "CREATED" | "SUBMITTED" | "QUEUED" | "RESTARTED" => Status::Scheduled,
+        "RUNNING" | "KILLING" | "RETRYING" | "PAUSED" | "BREAKPOINT" => Status::InProgress,
+        "SUCCESS" => Status::Completed,
+        "WARNING" => Status::CompletedWithErrors,
+        "FAILED" => Status::Failed,
+        "KILLED" | "CANCELLED" => Status::Canceled,
+        "SKIPPED" => Status::Skipped,
+        // A task run that was retried as a new task run (RETRIED), or handed to another worker
+        // (RESUBMITTED), ended here and goes on elsewhere: terminated in Kestra's own terms
+        // (`isTerminated()`), not a failure (`isTerminatedNoFail()`), and not a success either.
+        // CANCELED says "stopped, not by its own outcome" without counting it as a failure.
+        "RETRIED" | "RESUBMITTED" => Status::Canceled,
+        _ => return None,
+    })
+}
+
+/// Whether a state ends an execution (`State.Type.isTerminated()`, 1.x and 2.x).
+pub fn is_terminated(kestra: &str) -> bool {
+    matches!(
+        kestra,
+        "FAILED"
+            | "WARNING"
+            | "SUCCESS"
+            | "KILLED"
+            | "CANCELLED"
+            | "RETRIED"
+            | "SKIPPED"
+            | "RESUBMITTED"
+    )
+}
+
+/// What one task run says: its earlier attempts (oldest first) and where it is now.
+#[derive(Debug)]
+pub struct RunUpdates {
+    pub earlier: Vec<TaskUpdate>,
+    pub current: TaskUpdate,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    pub id: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub flow_id: String,
+    #[serde(default)]
+    pub task_run_list: Option<Vec<TaskRun>>,
+    /// The slim 2.x shape.
+    #[serde(default)]
+    pub execution_task_runs: Option<Vec<TaskRun>>,
+    pub state: Option<State>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRun {
+    pub id: String,
+    pub task_id: String,
+    pub parent_task_run_id: Option<String>,
+    pub value: Option<serde_json::Value>,
+    pub iteration: Option<i64>,
+    #[serde(default)]
+    pub attempts: Option<Vec<Attempt>>,
+    pub state: State,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub state: Option<State>,
+    pub worker_id: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    pub current: String,
+    #[serde(default)]
+    pub histories: Vec<History>,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct History {
+    pub state: String,
+    pub date: String,
+}
+
+impl State {
+    /// When it began: `startDate`, else the first history's date (epoch ms).
+    fn started(&self) -> Option<i64> {
+        self.start_date
+            .as_deref()
+            .or(self.histories.first().map(|h| h.date.as_str()))
+            .and_then(parse_instant)
+    }
+
+    /// Its last change: the last history's date, else `endDate` or `startDate`.
+    fn changed(&self) -> Option<i64> {
+        self.histories
+            .last()
+            .map(|h| h.date.as_str())
+            .or(self.end_date.as_deref())
+            .or(self.start_date.as_deref())
+            .and_then(parse_instant)
+    }
+}
+
+impl Execution {
+    pub fn parse(json: &str) -> Result<Execution, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    pub fn task_runs(&self) -> &[TaskRun] {
+        self.task_run_list
+            .as_deref()
+            .or(self.execution_task_runs.as_deref())
+            .unwrap_or_default()
+    }
+
+    pub fn workflow_type(&self) -> String {
+        format!("{}{FLOW_SEPARATOR}{}", self.namespace, self.flow_id)
+    }
+
+    /// Per task run whose state taskpulse can map: its update now, and one for each earlier
+    /// attempt (IN_PROGRESS, with that attempt's number, worker and last change), so that
+    /// taskpulse records the worker of every attempt even when it first sees the task run on a
+    /// later one. `unknown` gets the Kestra states it could not map.
+    pub fn updates(&self, unknown: &mut Vec<String>) -> Vec<RunUpdates> {
+        let workflow_type = self.workflow_type();
+        let mut out = Vec::new();
+        for run in self.task_runs() {
+            let Some(status) = map_state(&run.state.current) else {
+                unknown.push(run.state.current.clone());
+                continue;
+            };
+            let attempts = run.attempts.as_deref().unwrap_or_default();
+            let update = |status: Status, n: Option<usize>, changed: Option<i64>| RawUpdate {
+                task_id: Some(run.id.clone()),
+                workflow_id: Some(self.id.clone()),
+                task_type: Some(run.task_id.clone()),
+                workflow_type: Some(workflow_type.clone()),
+                iteration: run.iteration,
+                retry_count: n.map(|n| n as i64),
+                status: Some(status.as_str().to_string()),
+                worker_id: n.and_then(|n| attempts[n].worker_id.clone()),
+                start_time: run.state.started(),
+                update_time: changed,
+                ..Default::default()
+            };
+            let last = attempts.len().checked_sub(1);
+            // the last change of the task run or of its current attempt
+            let changed = [
+                run.state.changed(),
+                last.and_then(|n| attempts[n].state.as_ref())
+                    .and_then(State::changed),
+            ]
+            .into_iter()
+            .flatten()
+            .max();
+            let Ok(current) = update(status, last, changed).validate() else {
+                continue;
+            };
+            let earlier = (0..last.unwrap_or(0))
+                .filter_map(|n| {
+                    let at = attempts[n].state.as_ref().and_then(State::changed);
+                    update(Status::InProgress, Some(n), at).validate().ok()
+                })
+                .collect();
+            out.push(RunUpdates { earlier, current });
+        }
+        out
+    }
+
+    /// The worker ids its attempts name.
+    pub fn worker_ids(&self) -> impl Iterator<Item = &str> {
+        self.task_runs()
+            .iter()
+            .flat_map(|r| r.attempts.as_deref().unwrap_or_default())
+            .filter_map(|a| a.worker_id.as_deref())
+    }
+}
+
+/// An ISO-8601 instant (`2025-06-01T10:00:02.300Z`, 0 to 9 fractional digits, `Z` or
+/// `±HH:MM`) as epoch ms.
+pub fn parse_instant(s: &str) -> Option<i64> {
+    let (base, offset_min) = match s.strip_suffix('Z') {
+        Some(b) => (b, 0i64),
+        None => {
+            let cut = s.len().checked_sub(6)?;
+            let (b, off) = s.split_at(cut);
+            let sign = match off.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let h: i64 = off.get(1..3)?.parse().ok()?;
+            let m: i64 = off.get(4..6)?.parse().ok()?;
+            (b, sign * (h * 60 + m))
+        }
+    };
+    let t = humantime::parse_rfc3339_weak(base).ok()?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
+    Some(ms - offset_min * 60_000)
+}
+
+/// A duration as Kestra writes it: a number of seconds (`4.651658000`) or ISO-8601
+/// (`PT4.651658S`, `PT1M2.5S`, `PT2H`), in ms.
+pub fn parse_duration(v: &serde_json::Value) -> Option<i64> {
+    if let Some(n) = v.as_f64() {
+        return Some((n * 1000.0).round() as i64);
+    }
+    let s = v.as_str()?.strip_prefix("PT")?;
+    let (mut ms, mut num) = (0f64, String::new());
+    for c in s.chars() {
+        match c {
+            '0'..='9' | '.' | '-' => num.push(c),
+            'H' | 'M' | 'S' => {
+                let n: f64 = num.parse().ok()?;
+                ms += n * match c {
+                    'H' => 3_600_000.0,
+                    'M' => 60_000.0,
+                    _ => 1000.0,
+                };
+                num.clear();
+            }
+            _ => return None,
+        }
+    }
+    num.is_empty().then_some(ms.round() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_with_3_6_or_9_digits_and_offsets() {
+        let ms = 1_748_772_002_300; // 2025-06-01T10:00:02.300Z
+        assert_eq!(parse_instant("2025-06-01T10:00:02.300Z"), Some(ms));
+        assert_eq!(parse_instant("2025-06-01T10:00:02.300123Z"), Some(ms));
+        assert_eq!(parse_instant("2025-06-01T10:00:02.300123456Z"), Some(ms));
+        assert_eq!(parse_instant("2025-06-01T10:00:02Z"), Some(ms - 300));
+        assert_eq!(parse_instant("2025-06-01T12:00:02.300+02:00"), Some(ms));
+        assert_eq!(parse_instant("2025-06-01T09:30:02.300-00:30"), Some(ms));
+        assert_eq!(parse_instant("yesterday"), None);
+        assert_eq!(parse_instant(""), None);
+    }
+
+    #[test]
+    fn durations_as_seconds_or_iso() {
+        use serde_json::json;
+        assert_eq!(parse_duration(&json!(4.651658)), Some(4652));
+        assert_eq!(parse_duration(&json!("PT4.651658S")), Some(4652));
+        assert_eq!(parse_duration(&json!("PT1M2.5S")), Some(62_500));
+        assert_eq!(parse_duration(&json!("PT2H")), Some(7_200_000));
+        assert_eq!(parse_duration(&json!("P1D")), None);
+        assert_eq!(parse_duration(&json!("PT5")), None);
+    }
+
+    #[test]
+    fn every_state_type_is_mapped_and_unknown_ones_are_not() {
+        let all = [
+            "CREATED",
+            "SUBMITTED",
+            "RUNNING",
+            "PAUSED",
+            "RESTARTED",
+            "KILLING",
+            "SUCCESS",
+            "WARNING",
+            "FAILED",
+            "KILLED",
+            "CANCELLED",
+            "QUEUED",
+            "RETRYING",
+            "RETRIED",
+            "SKIPPED",
+            "BREAKPOINT",
+            "RESUBMITTED",
+        ];
+        for s in all {
+            let mapped = map_state(s).unwrap_or_else(|| panic!("{s} unmapped"));
+            assert_eq!(
+                mapped.is_terminal(),
+                is_terminated(s),
+                "{s}: taskpulse's terminal agrees with Kestra's isTerminated()"
+            );
+        }
+        assert_eq!(map_state("WARNING"), Some(Status::CompletedWithErrors));
+        assert_eq!(map_state("KILLED"), Some(Status::Canceled));
+        assert_eq!(map_state("UNKNOWN_DEFAULT_OPEN_API"), None);
+    }
+
+    #[test]
+    fn a_task_run_on_its_second_attempt() {
+        let json = r#"{"id":"ex1","namespace":"company.team","flowId":"etl","deleted":false,
+          "state":{"current":"RUNNING","histories":[{"state":"CREATED","date":"2025-06-01T10:00:00.010Z"}],
+                   "startDate":"2025-06-01T10:00:00.010Z"},
+          "taskRunList":[{"id":"tr1","executionId":"ex1","taskId":"load","iteration":2,
+            "attempts":[
+              {"state":{"current":"FAILED","histories":[{"state":"RUNNING","date":"2025-06-01T10:00:02.450Z"},
+                 {"state":"FAILED","date":"2025-06-01T10:00:05.900Z"}],"duration":3.45},"workerId":"w-a"},
+              {"state":{"current":"RUNNING","histories":[{"state":"RUNNING","date":"2025-06-01T10:00:15.930Z"}]},
+               "workerId":"w-b"}],
+            "outputs":null,
+            "state":{"current":"RUNNING","histories":[{"state":"CREATED","date":"2025-06-01T10:00:02.330Z"},
+              {"state":"RUNNING","date":"2025-06-01T10:00:15.925Z"}],"startDate":"2025-06-01T10:00:02.330Z"}}]}"#;
+        let ex = Execution::parse(json).unwrap();
+        let mut unknown = Vec::new();
+        let u = ex.updates(&mut unknown);
+        assert!(unknown.is_empty());
+        assert_eq!(u.len(), 1);
+        let first = &u[0].earlier;
+        assert_eq!(first.len(), 1, "the FAILED first attempt");
+        assert_eq!(
+            (
+                first[0].status,
+                first[0].retry_count,
+                first[0].worker_id.as_deref()
+            ),
+            (Status::InProgress, Some(0), Some("w-a"))
+        );
+        assert_eq!(
+            first[0].update_time,
+            parse_instant("2025-06-01T10:00:05.900Z")
+        );
+        let u = &u[0].current;
+        assert_eq!(
+            (
+                u.task_id.as_str(),
+                u.workflow_id.as_str(),
+                u.task_type.as_deref()
+            ),
+            ("tr1", "ex1", Some("load"))
+        );
+        assert_eq!(u.workflow_type.as_deref(), Some("company.team/etl"));
+        assert_eq!(u.status, Status::InProgress);
+        assert_eq!(u.retry_count, Some(1), "the second attempt");
+        assert_eq!(u.worker_id.as_deref(), Some("w-b"));
+        assert_eq!(u.iteration, Some(2));
+        assert_eq!(u.start_time, parse_instant("2025-06-01T10:00:02.330Z"));
+        assert_eq!(u.update_time, parse_instant("2025-06-01T10:00:15.930Z"));
+        assert_eq!(ex.worker_ids().collect::<Vec<_>>(), ["w-a", "w-b"]);
+
+        let slim = r#"{"id":"ex2","namespace":"n","flowId":"f","executionTaskRuns":[
+            {"id":"tr2","taskId":"t","state":{"current":"SOME_NEW_STATE","histories":[]}},
+            {"id":"tr3","taskId":"t","state":{"current":"SUCCESS","histories":[{"state":"SUCCESS","date":"2026-01-01T00:00:00.000001Z"}]}}]}"#;
+        let ex = Execution::parse(slim).unwrap();
+        let u = ex.updates(&mut unknown);
+        assert_eq!(unknown, ["SOME_NEW_STATE"]);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].current.status, Status::Completed);
+        assert_eq!(u[0].current.retry_count, None);
+        assert!(u[0].earlier.is_empty());
+    }
+}

@@ -1,0 +1,489 @@
+//! Kestra's store followed (`--kestra-db`, `src/engines/kestra/`): a real PostgreSQL holding
+//! Kestra's tables as its JDBC migrations create them (`docs/engines/kestra.md` §1: the
+//! `state_type` enum grown value by value as the migrations add them, the helper functions,
+//! the generated columns and indexes of `executions`, `service_instance`), written the way
+//! Kestra's executor writes them (the whole row rewritten on every change, §5), with execution
+//! JSON shaped as §2 gives it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::conductor_tail::eventually;
+use crate::helpers::{Backend, TestApp, TestDb};
+
+/// Kestra's schema, as far as a reader depends on it: V1_1 (functions, enum, tables), the
+/// enum values added by later migrations, V1_5 (`tenant_id`), V1_10 (indexes with
+/// `tenant_id`), V1_12 (`trigger_execution_id`), V1_17/V1_34/V1_36 (`service_instance`).
+const KESTRA_SCHEMA: &str = r#"
+CREATE TYPE state_type AS ENUM ('CREATED','RUNNING','PAUSED','RESTARTED','KILLING','SUCCESS','WARNING','FAILED','KILLED');
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'CANCELLED';
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'QUEUED';
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'RETRYING';
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'RETRIED';
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'SKIPPED';
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'BREAKPOINT';
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'SUBMITTED';
+ALTER TYPE state_type ADD VALUE IF NOT EXISTS 'RESUBMITTED';
+CREATE OR REPLACE FUNCTION STATE_FROMTEXT(text) RETURNS state_type AS $$ SELECT CAST($1 AS state_type) $$ LANGUAGE SQL IMMUTABLE;
+CREATE OR REPLACE FUNCTION PARSE_ISO8601_DATETIME(text) RETURNS timestamptz AS $$ SELECT $1::timestamptz $$ LANGUAGE SQL IMMUTABLE;
+CREATE OR REPLACE FUNCTION PARSE_ISO8601_DURATION(text) RETURNS interval AS $$ SELECT $1::interval $$ LANGUAGE SQL IMMUTABLE;
+CREATE OR REPLACE FUNCTION FULLTEXT_INDEX(text) RETURNS tsvector AS $$ SELECT to_tsvector('simple', COALESCE($1, '')) $$ LANGUAGE SQL IMMUTABLE;
+CREATE TABLE executions (
+    key VARCHAR(250) NOT NULL PRIMARY KEY,
+    value JSONB NOT NULL,
+    deleted BOOL NOT NULL GENERATED ALWAYS AS (CAST(value ->> 'deleted' AS bool)) STORED,
+    namespace VARCHAR(150) NOT NULL GENERATED ALWAYS AS (value ->> 'namespace') STORED,
+    flow_id VARCHAR(150) NOT NULL GENERATED ALWAYS AS (value ->> 'flowId') STORED,
+    state_current state_type NOT NULL GENERATED ALWAYS AS (STATE_FROMTEXT(value #>> '{state, current}')) STORED,
+    state_duration BIGINT GENERATED ALWAYS AS ((ROUND(EXTRACT(EPOCH FROM PARSE_ISO8601_DURATION(value #>> '{state, duration}')) * 1000))::bigint) STORED,
+    start_date TIMESTAMP NOT NULL GENERATED ALWAYS AS (PARSE_ISO8601_DATETIME(value #>> '{state, startDate}')) STORED,
+    end_date TIMESTAMP GENERATED ALWAYS AS (PARSE_ISO8601_DATETIME(value #>> '{state, endDate}')) STORED,
+    fulltext TSVECTOR GENERATED ALWAYS AS (FULLTEXT_INDEX(value ->> 'namespace') || FULLTEXT_INDEX(value ->> 'flowId') || FULLTEXT_INDEX(value ->> 'id')) STORED,
+    id VARCHAR(150) NOT NULL GENERATED ALWAYS AS (value ->> 'id') STORED,
+    tenant_id VARCHAR(250) GENERATED ALWAYS AS (value ->> 'tenantId') STORED,
+    trigger_execution_id VARCHAR(150) GENERATED ALWAYS AS (value #>> '{trigger, variables, executionId}') STORED
+);
+CREATE INDEX executions_namespace ON executions ("deleted", "tenant_id", "namespace");
+CREATE INDEX executions_flow_id ON executions ("deleted", "tenant_id", "flow_id");
+CREATE INDEX executions_state_current ON executions ("deleted", "tenant_id", "state_current");
+CREATE INDEX executions_start_date ON executions ("deleted", "tenant_id", "start_date");
+CREATE INDEX executions_end_date ON executions ("deleted", "tenant_id", "end_date");
+CREATE INDEX executions_state_duration ON executions ("deleted", "tenant_id", "state_duration");
+CREATE INDEX executions_fulltext ON executions USING GIN (fulltext);
+CREATE INDEX executions_labels ON executions USING GIN ((value -> 'labels'));
+CREATE INDEX executions_trigger_execution_id ON executions ("deleted", "tenant_id", "trigger_execution_id");
+CREATE TABLE service_instance (
+    key VARCHAR(250) NOT NULL PRIMARY KEY,
+    value JSONB NOT NULL,
+    service_id VARCHAR(36) NOT NULL GENERATED ALWAYS AS (value ->> 'id') STORED,
+    service_type VARCHAR(36) NOT NULL GENERATED ALWAYS AS (value ->> 'type') STORED,
+    state VARCHAR(36) NOT NULL GENERATED ALWAYS AS (value ->> 'state') STORED,
+    created_at TIMESTAMPTZ NOT NULL GENERATED ALWAYS AS (PARSE_ISO8601_DATETIME(value ->> 'createdAt')) STORED,
+    updated_at TIMESTAMPTZ NOT NULL GENERATED ALWAYS AS (PARSE_ISO8601_DATETIME(value ->> 'updatedAt')) STORED
+);
+CREATE INDEX ix_service_instance_state ON service_instance (state);
+CREATE INDEX ix_service_instance_type_created_at_updated_at ON service_instance (service_type, created_at, updated_at);
+CREATE UNIQUE INDEX ix_service_id ON service_instance (service_id);
+"#;
+
+const WORKER_A: &str = "0b7d2c1e-6f0a-4e59-9a3c-2f8d6e1b4a77";
+const WORKER_B: &str = "9e41f3a2-1c5b-4d8e-b0f7-7a6c3d2e5f10";
+
+/// Plays Kestra on a database of its own.
+struct Kestra {
+    url: String,
+    pool: PgPool,
+    _db: TestDb,
+}
+
+impl Kestra {
+    async fn new() -> Kestra {
+        let db = TestDb::new(Backend::Postgres).await;
+        let pool = PgPool::connect(&db.url).await.expect("connect as Kestra");
+        sqlx::raw_sql(KESTRA_SCHEMA)
+            .execute(&pool)
+            .await
+            .expect("create Kestra's tables");
+        Kestra {
+            url: db.url.clone(),
+            pool,
+            _db: db,
+        }
+    }
+
+    /// `AbstractJdbcRepository.persist`: the whole row upserted, generated columns recomputed.
+    async fn persist(&self, execution: &Value) {
+        sqlx::query(
+            "INSERT INTO executions (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(execution["id"].as_str().unwrap())
+        .bind(execution)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    /// A worker registering itself (`ServiceLivenessManager`).
+    async fn register_worker(&self, id: &str, host: &str) {
+        let value = json!({"id": id, "type": "WORKER", "state": "RUNNING",
+            "server": {"id": "srv", "type": "SERVER", "version": "1.3.0", "hostname": host},
+            "createdAt": "2025-06-01T09:00:00.000Z", "updatedAt": "2025-06-01T10:00:00.000Z"});
+        sqlx::query("INSERT INTO service_instance (key, value) VALUES ($1, $2)")
+            .bind(id)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn checksum(&self) -> String {
+        sqlx::query_scalar(
+            "SELECT md5(COALESCE((SELECT string_agg(e::text, '|' ORDER BY key) FROM executions e), '') \
+             || COALESCE((SELECT string_agg(s::text, '|' ORDER BY key) FROM service_instance s), ''))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+/// A Kestra `State` with these (state, date) histories; `endDate` and `duration` when the last
+/// one is terminated or PAUSED (the 1.x rule).
+fn state(histories: &[(&str, &str)]) -> Value {
+    let (current, last) = *histories.last().unwrap();
+    let mut s = json!({
+        "current": current,
+        "histories": histories.iter().map(|(s, d)| json!({"state": s, "date": d})).collect::<Vec<_>>(),
+        "startDate": histories[0].1,
+    });
+    let ended = matches!(
+        current,
+        "SUCCESS"
+            | "WARNING"
+            | "FAILED"
+            | "KILLED"
+            | "CANCELLED"
+            | "RETRIED"
+            | "SKIPPED"
+            | "PAUSED"
+    );
+    if ended {
+        s["endDate"] = json!(last);
+        s["duration"] = json!(2.5);
+    }
+    s
+}
+
+fn attempt(histories: &[(&str, &str)], worker: &str) -> Value {
+    json!({"state": state(histories), "workerId": worker})
+}
+
+fn task_run(id: &str, execution: &str, task: &str, attempts: Vec<Value>, st: Value) -> Value {
+    json!({"tenantId": "main", "id": id, "executionId": execution, "namespace": "company.team",
+           "flowId": "etl", "taskId": task, "attempts": attempts, "outputs": null, "state": st})
+}
+
+fn execution(id: &str, runs: Vec<Value>, st: Value) -> Value {
+    json!({"tenantId": "main", "id": id, "namespace": "company.team", "flowId": "etl",
+           "flowRevision": 3, "taskRunList": runs,
+           "labels": [{"key": "system.correlationId", "value": id}],
+           "state": st, "originalId": id, "deleted": false,
+           "metadata": {"attemptNumber": 1, "originalCreatedDate": "2025-06-01T10:00:00.010Z"}})
+}
+
+/// ISO instants `s` seconds after a base close to now (so "ended recently" holds).
+fn at(base: i64, s: f64) -> String {
+    let ms = base + (s * 1000.0) as i64;
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+        .to_string()
+}
+
+async fn app_on(k: &Kestra, db: &TestDb) -> TestApp {
+    let url = k.url.clone();
+    TestApp::spawn_with(db, move |s| {
+        s.kestra.db = Some(url);
+        s.kestra.poll_interval = Duration::from_millis(200);
+    })
+    .await
+}
+
+async fn task_runs_attempts_and_workers(backend: Backend) {
+    let k = Kestra::new().await;
+    let db = TestDb::new(backend).await;
+    k.register_worker(WORKER_A, "worker-a.example").await;
+    k.register_worker(WORKER_B, "worker-b.example").await;
+    let t = taskpulse::now_ms() - 30_000;
+    let ex_state = state(&[("CREATED", &at(t, 0.0)), ("RUNNING", &at(t, 0.03))]);
+    let extract = task_run(
+        "tr-extract",
+        "ex-1",
+        "extract",
+        vec![attempt(
+            &[("RUNNING", &at(t, 0.1)), ("SUCCESS", &at(t, 2.3))],
+            WORKER_A,
+        )],
+        state(&[
+            ("CREATED", &at(t, 0.05)),
+            ("RUNNING", &at(t, 0.1)),
+            ("SUCCESS", &at(t, 2.31)),
+        ]),
+    );
+    // `load`: its first attempt FAILED on worker A, the second runs on worker B
+    let first = attempt(
+        &[("RUNNING", &at(t, 2.45)), ("FAILED", &at(t, 5.9))],
+        WORKER_A,
+    );
+    let second_running = attempt(&[("RUNNING", &at(t, 15.93))], WORKER_B);
+    let load_running = state(&[
+        ("CREATED", &at(t, 2.33)),
+        ("RUNNING", &at(t, 2.44)),
+        ("FAILED", &at(t, 5.91)),
+        ("RETRYING", &at(t, 5.92)),
+        ("CREATED", &at(t, 15.9)),
+        ("RUNNING", &at(t, 15.925)),
+    ]);
+    let running = execution(
+        "ex-1",
+        vec![
+            extract.clone(),
+            task_run(
+                "tr-load",
+                "ex-1",
+                "load",
+                vec![first.clone(), second_running],
+                load_running,
+            ),
+        ],
+        ex_state.clone(),
+    );
+    k.persist(&running).await;
+    // an execution that ended long ago: history, not replayed
+    let mut old = execution(
+        "ex-old",
+        vec![task_run(
+            "tr-old",
+            "ex-old",
+            "extract",
+            vec![attempt(
+                &[
+                    ("RUNNING", "2025-01-01T00:00:00.000Z"),
+                    ("SUCCESS", "2025-01-01T00:00:01.000Z"),
+                ],
+                WORKER_A,
+            )],
+            state(&[
+                ("RUNNING", "2025-01-01T00:00:00.000Z"),
+                ("SUCCESS", "2025-01-01T00:00:01.000Z"),
+            ]),
+        )],
+        state(&[
+            ("RUNNING", "2025-01-01T00:00:00.000Z"),
+            ("SUCCESS", "2025-01-01T00:00:01.000Z"),
+        ]),
+    );
+    old["state"]["endDate"] = json!("2025-01-01T00:00:01.000Z");
+    k.persist(&old).await;
+
+    let before = k.checksum().await;
+    let app = app_on(&k, &db).await;
+    let view = eventually(&app, "tr-load", "its second attempt", |v| {
+        v["status"] == "IN_PROGRESS" && v["retryCount"] == 1
+    })
+    .await;
+    assert_eq!(view["workflowId"], "ex-1");
+    assert_eq!(view["workflowType"], "company.team/etl");
+    assert_eq!(view["taskType"], "load");
+    assert_eq!(view["workerId"], WORKER_B);
+    let ext = eventually(&app, "tr-extract", "finished", |v| {
+        v["status"] == "COMPLETED"
+    })
+    .await;
+    assert_eq!(ext["workerId"], WORKER_A);
+    assert_eq!(
+        app.get("/api/v1/tasks/tr-old").await.status(),
+        404,
+        "no replay"
+    );
+
+    // Kestra finishes the second attempt, and the execution
+    let done = execution(
+        "ex-1",
+        vec![
+            extract,
+            task_run(
+                "tr-load",
+                "ex-1",
+                "load",
+                vec![
+                    first,
+                    attempt(
+                        &[("RUNNING", &at(t, 15.93)), ("SUCCESS", &at(t, 20.0))],
+                        WORKER_B,
+                    ),
+                ],
+                state(&[
+                    ("CREATED", &at(t, 2.33)),
+                    ("RUNNING", &at(t, 2.44)),
+                    ("FAILED", &at(t, 5.91)),
+                    ("RETRYING", &at(t, 5.92)),
+                    ("CREATED", &at(t, 15.9)),
+                    ("RUNNING", &at(t, 15.925)),
+                    ("SUCCESS", &at(t, 20.01)),
+                ]),
+            ),
+        ],
+        state(&[
+            ("CREATED", &at(t, 0.0)),
+            ("RUNNING", &at(t, 0.03)),
+            ("SUCCESS", &at(t, 20.02)),
+        ]),
+    );
+    k.persist(&done).await;
+    eventually(&app, "tr-load", "finished", |v| v["status"] == "COMPLETED").await;
+    // the workers leave; what taskpulse recorded stays
+    sqlx::query("DELETE FROM service_instance")
+        .execute(&k.pool)
+        .await
+        .unwrap();
+    app.settle_throttled().await;
+    let view = app.task("tr-load").await;
+    let attempts: Vec<(i64, String, String)> = view["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap(),
+                a["workerId"].as_str().unwrap().to_string(),
+                a["host"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (0, WORKER_A.to_string(), "worker-a.example".to_string()),
+            (1, WORKER_B.to_string(), "worker-b.example".to_string())
+        ],
+        "{view:#}"
+    );
+
+    // a KILLED execution, and a 2.x-shaped row (`executionTaskRuns`, slim task runs)
+    let killed = execution(
+        "ex-killed",
+        vec![task_run(
+            "tr-killed",
+            "ex-killed",
+            "transform",
+            vec![attempt(
+                &[("RUNNING", &at(t, 21.0)), ("KILLED", &at(t, 22.0))],
+                WORKER_B,
+            )],
+            state(&[
+                ("CREATED", &at(t, 20.9)),
+                ("RUNNING", &at(t, 21.0)),
+                ("KILLED", &at(t, 22.0)),
+            ]),
+        )],
+        state(&[
+            ("CREATED", &at(t, 20.8)),
+            ("RUNNING", &at(t, 20.9)),
+            ("KILLED", &at(t, 22.1)),
+        ]),
+    );
+    k.persist(&killed).await;
+    let slim = json!({"tenantId": "main", "id": "ex-v2", "namespace": "company.team", "flowId": "report",
+        "executionTaskRuns": [{"id": "tr-v2", "taskId": "render",
+            "attempts": [{"state": {"current": "RUNNING", "histories": [{"state": "RUNNING", "date": at(t, 23.0)}]},
+                          "workerId": WORKER_A}],
+            "state": {"current": "RUNNING", "histories": [{"state": "CREATED", "date": at(t, 22.9)},
+                                                           {"state": "RUNNING", "date": at(t, 23.0)}]}}],
+        "state": {"current": "RUNNING", "histories": [{"state": "RUNNING", "date": at(t, 22.8)}], "startDate": at(t, 22.8)},
+        "deleted": false});
+    k.persist(&slim).await;
+    eventually(&app, "tr-killed", "killed", |v| v["status"] == "CANCELED").await;
+    let v2 = eventually(&app, "tr-v2", "read from the 2.x shape", |v| {
+        v["status"] == "IN_PROGRESS"
+    })
+    .await;
+    assert_eq!(v2["workflowType"], "company.team/report");
+    assert_eq!(v2["workerId"], WORKER_A);
+
+    // each transition once: the history of tr-extract is one accepted line
+    let history = app.task("tr-extract").await["history"].clone();
+    let accepted = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["outcome"] == "accepted")
+        .count();
+    assert_eq!(accepted, 1, "{history:#}");
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains(r#"taskpulse_updates_total{outcome="accepted",source="kestra_db"}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"taskpulse_kestra_db_polls_total{outcome="ok"}"#));
+
+    // taskpulse never wrote to Kestra's tables: only the test's own writes changed them
+    let mine = k.checksum().await;
+    assert_ne!(before, mine);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(k.checksum().await, mine);
+}
+crate::store_test!(task_runs_attempts_and_workers);
+
+/// Kestra's database unreachable for a while: `/readyz` says so, and the reader catches up
+/// with what ended meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_down_and_back() {
+    let k = Kestra::new().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let t = taskpulse::now_ms();
+    let run = |st: &str, at_s: f64| {
+        execution(
+            "ex-down",
+            vec![task_run(
+                "tr-down",
+                "ex-down",
+                "extract",
+                vec![],
+                state(&[("CREATED", &at(t, 0.0)), (st, &at(t, at_s))]),
+            )],
+            state(&[("CREATED", &at(t, 0.0)), (st, &at(t, at_s))]),
+        )
+    };
+    k.persist(&run("RUNNING", 0.1)).await;
+    let app = app_on(&k, &db).await;
+    eventually(&app, "tr-down", "followed", |v| {
+        v["status"] == "IN_PROGRESS"
+    })
+    .await;
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&k.pool)
+        .await
+        .unwrap();
+    let admin = PgPool::connect(&crate::helpers::postgres_admin_url())
+        .await
+        .unwrap();
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{name}' AND application_name = 'taskpulse-kestra'"
+    );
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query(&terminate).execute(&admin).await.unwrap();
+    // the task finishes while taskpulse can't read (Kestra's own session stays open)
+    k.persist(&run("SUCCESS", 1.0)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = app.get("/readyz").await;
+        let (code, body) = (r.status().as_u16(), r.text().await.unwrap());
+        if code == 503 {
+            assert!(body.contains("kestra-db"), "{body}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never unready: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    eventually(&app, "tr-down", "caught up", |v| v["status"] == "COMPLETED").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.get("/readyz").await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
