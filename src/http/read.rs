@@ -183,8 +183,8 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
     // The host of each worker, where an engine told it (Kestra's service registry): kept after
     // the worker is gone.
     let ids: Vec<&str> = rec_workers(&attempts);
-    if !ids.is_empty() {
-        if let Ok(hosts) = s.store.worker_hosts(&ids).await {
+    if !ids.is_empty() && history_error.is_none() {
+        if let Ok(hosts) = within_store_timeout(s.store.worker_hosts(&ids)).await {
             for a in attempts.as_array_mut().into_iter().flatten() {
                 let host = a["workerId"].as_str().and_then(|w| hosts.get(w)).cloned();
                 if let Some(h) = host {

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Following Kestra's executions table (--kestra-db) at 100,000 executions, 5,000 of them running
+with 10 task runs each.
+
+    scripts/kestra_bench.py   (environment: EXECUTIONS, RUNNING, RATE, SECONDS, POLL)
+
+A fresh database with Kestra's tables (tests/kestra_schema.sql, from docs/engines/kestra.md §1)
+gets EXECUTIONS rows of execution JSON as §2 gives it (10 task runs each, one attempt each with a
+workerId among 50 registered workers), of which RUNNING are running (9 task runs finished, the
+10th RUNNING) and the rest SUCCESS, ended a day ago. The release build starts with --kestra-db
+(--kestra-poll-interval POLL, default 2s). Then a procedure rewrites RATE running executions a
+second for SECONDS, in transactions every 100 ms, the way Kestra's executor persists them (the
+whole row, a new history date on the running task run). Meanwhile, twice a second, one of 100
+running executions the procedure leaves alone is rewritten with a marked date, and taskpulse's
+read API is polled until the task run shows it: that is the lag from a row's rewrite to
+taskpulse's state.
+
+Prints: the time to ready (the first pass), the time of one poll (median and p99 from
+taskpulse_kestra_db_poll_seconds), the lag (median, p99, max over the samples), the updates
+accepted, and taskpulse's resident memory.
+
+Needs `cargo build --release` and the PostgreSQL that scripts/test.sh starts
+(TASKPULSE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/postgres).
+"""
+
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conductor_tail_bench import (BIN, PG_ADMIN, free_port, histogram, psql, quantile,  # noqa: E402
+                                  rss_kib, sample, scrape)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXECUTIONS = int(os.environ.get("EXECUTIONS", "100000"))
+RUNNING = int(os.environ.get("RUNNING", "5000"))
+RATE = int(os.environ.get("RATE", "1000"))
+SECONDS = int(os.environ.get("SECONDS", "60"))
+POLL = os.environ.get("POLL", "2s")
+SAMPLED = 100  # running executions the churn leaves alone, for the lag samples
+
+FUNCTIONS = """
+CREATE FUNCTION iso(ms bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT to_char(to_timestamp(ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+CREATE FUNCTION st(cur text, t0 bigint, t1 bigint) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+  SELECT jsonb_build_object('current', cur,
+    'histories', jsonb_build_array(jsonb_build_object('state','CREATED','date',iso(t0)),
+                                   jsonb_build_object('state','RUNNING','date',iso(t0 + 5)))
+                 || CASE WHEN cur = 'RUNNING' THEN jsonb_build_array(jsonb_build_object('state','RUNNING','date',iso(t1)))
+                         ELSE jsonb_build_array(jsonb_build_object('state',cur,'date',iso(t1))) END,
+    'startDate', iso(t0))
+  || CASE WHEN cur = 'RUNNING' THEN '{}'::jsonb
+          ELSE jsonb_build_object('endDate', iso(t1), 'duration', (t1 - t0) / 1000.0) END $$;
+CREATE FUNCTION worker(n int) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT lpad(to_hex(n), 8, '0') || '-6f0a-4e59-9a3c-2f8d6e1b4a77' $$;
+CREATE FUNCTION execution(id text, running boolean, t bigint) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+  SELECT jsonb_build_object('tenantId','main','id',id,'namespace','company.team','flowId','etl',
+    'flowRevision',3,'deleted',false,
+    'labels', jsonb_build_array(jsonb_build_object('key','system.correlationId','value',id)),
+    'metadata', jsonb_build_object('attemptNumber',1,'originalCreatedDate',iso(t - 60000)),
+    'state', st(CASE WHEN running THEN 'RUNNING' ELSE 'SUCCESS' END, t - 60000, t),
+    'taskRunList', (SELECT jsonb_agg(jsonb_build_object(
+        'tenantId','main','id',id || '-' || r,'executionId',id,'namespace','company.team',
+        'flowId','etl','taskId','step_' || r,'outputs',NULL,
+        'attempts', jsonb_build_array(jsonb_build_object(
+            'state', st(CASE WHEN running AND r = 9 THEN 'RUNNING' ELSE 'SUCCESS' END, t - 60000 + r * 1000, t),
+            'workerId', worker(abs(hashtext(id || r)) % 50))),
+        'state', st(CASE WHEN running AND r = 9 THEN 'RUNNING' ELSE 'SUCCESS' END, t - 60000 + r * 1000, t)))
+      FROM generate_series(0, 9) r)) $$;
+CREATE PROCEDURE churn(running int, per_tx int, txs int) LANGUAGE plpgsql AS $$
+DECLARE i int; n int := 0;
+BEGIN
+  FOR i IN 1..txs LOOP
+    UPDATE executions SET value = execution(key, true, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint)
+    WHERE key IN (SELECT 'run-' || ((n + g) % running) FROM generate_series(1, per_tx) g);
+    n := n + per_tx;
+    COMMIT;
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+"""
+
+
+def get_json(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def sampler(url, port, stop, lags):
+    """Rewrites an execution the churn leaves alone with a marked date; waits to see it."""
+    while not stop.is_set():
+        n = RUNNING - SAMPLED + random.randrange(SAMPLED)
+        ex = f"run-{n}"
+        marker = int(time.time() * 1000) // 10 * 10 + 7
+        psql(url, f"UPDATE executions SET value = execution(key, true, {marker}) WHERE key = '{ex}'")
+        written = time.time()
+        while time.time() - written < 30:
+            status, body = get_json(port, f"/api/v1/tasks/{ex}-9")
+            if status == 200 and json.loads(body).get("updateTime") == marker:
+                lags.append(time.time() - written)
+                break
+            time.sleep(0.01)
+        else:
+            lags.append(float("inf"))
+        time.sleep(0.5)
+
+
+def main():
+    name = f"taskpulse_kestra_{os.getpid()}"
+    psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
+    psql(PG_ADMIN, f"CREATE DATABASE {name}")
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
+    proc = None
+    try:
+        with open(os.path.join(ROOT, "tests/kestra_schema.sql")) as f:
+            schema = f.read()
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], input=schema + FUNCTIONS,
+                       text=True, check=True, capture_output=True)
+        started = time.time()
+        day_ago = int(time.time() * 1000) - 86_400_000
+        psql(url, f"INSERT INTO executions (key, value) SELECT 'done-'||g, "
+                  f"execution('done-'||g, false, {day_ago} + g) FROM generate_series(1, {EXECUTIONS - RUNNING}) g")
+        now = int(time.time() * 1000)
+        psql(url, f"INSERT INTO executions (key, value) SELECT 'run-'||g, "
+                  f"execution('run-'||g, true, {now}) FROM generate_series(0, {RUNNING - 1}) g")
+        psql(url, "INSERT INTO service_instance (key, value) SELECT worker(g), jsonb_build_object("
+                  "'id', worker(g), 'type', 'WORKER', 'state', 'RUNNING', 'server', jsonb_build_object("
+                  "'hostname', 'worker-' || g || '.example'), 'createdAt', iso(0), 'updatedAt', iso(0)) "
+                  "FROM generate_series(0, 49) g")
+        psql(url, "VACUUM ANALYZE executions")
+        size = int(psql(url, "SELECT pg_total_relation_size('executions')"))
+        print(f"executions: {EXECUTIONS} rows ({RUNNING} running, 10 task runs each), "
+              f"{size / 2**20:.0f} MiB, loaded in {time.time() - started:.0f} s", flush=True)
+
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPULSE_")}
+        env["TASKPULSE_LOG"] = "warn"
+        t0 = time.time()
+        proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--database",
+                                 f"sqlite://{work}/t.db", "--kestra-db", url,
+                                 "--kestra-poll-interval", POLL], env=env)
+        for _ in range(1200):
+            try:
+                if get_json(port, "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        loaded = sample(scrape(port), "taskpulse_updates_total", 'source="kestra_db"', 'outcome="accepted"')
+        print(f"start: {time.time() - t0:.1f} s to ready, {loaded:.0f} task runs loaded", flush=True)
+        before = scrape(port)
+        stop, lags = threading.Event(), []
+        thread = threading.Thread(target=sampler, args=(url, port, stop, lags))
+        thread.start()
+        per_tx = max(RATE // 10, 1)
+        t1 = time.time()
+        psql(url, f"CALL churn({RUNNING - SAMPLED}, {per_tx}, {SECONDS * 10})")
+        took = time.time() - t1
+        stop.set()
+        thread.join()
+        time.sleep(2 * float(POLL.rstrip("s")) + 1)
+        after = scrape(port)
+        written = per_tx * SECONDS * 10
+        accepted = sample(after, "taskpulse_updates_total", 'source="kestra_db"', 'outcome="accepted"') - \
+            sample(before, "taskpulse_updates_total", 'source="kestra_db"', 'outcome="accepted"')
+        pb, pc = histogram(after, "taskpulse_kestra_db_poll_seconds")
+        print(f"changes: {written} executions rewritten in {took:.0f} s ({written / took:.0f}/s); "
+              f"{accepted:.0f} task run updates accepted", flush=True)
+        print(f"poll: median {quantile(0.5, pb, pc) * 1000:.0f} ms, p99 {quantile(0.99, pb, pc) * 1000:.0f} ms"
+              f" over {pc:.0f} polls", flush=True)
+        lags.sort()
+        if lags:
+            p = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]  # noqa: E731
+            print(f"lag rewrite -> taskpulse state: median {p(0.5):.2f} s, p99 {p(0.99):.2f} s, "
+                  f"max {lags[-1]:.2f} s over {len(lags)} samples", flush=True)
+        print(f"taskpulse RSS: {rss_kib(proc.pid) / 1024:.0f} MiB", flush=True)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(60)
+        psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
