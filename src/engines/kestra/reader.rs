@@ -168,18 +168,23 @@ impl KestraReader {
             Some(_) => "tenant_id = $1",
             None => "tenant_id IS NULL AND $1::text IS NULL",
         };
+        // Each arm a condition Kestra's indexes answer (a BitmapOr of
+        // `executions_state_current` and `executions_end_date`); no arm that would make the
+        // planner read the whole table.
+        let ended = match ended_within {
+            Some(_) => " OR end_date >= LOCALTIMESTAMP - make_interval(secs => $3)",
+            None => "",
+        };
         let sql = format!(
             "SELECT key::text, value::text FROM executions \
              WHERE deleted = false AND {tenant} \
-               AND (state_current = ANY($2::text[]::state_type[]) \
-                    OR ($3::float8 IS NOT NULL AND end_date >= LOCALTIMESTAMP - make_interval(secs => $3)))"
+               AND (state_current = ANY($2::text[]::state_type[]){ended})"
         );
-        let rows = sqlx::query(&sql)
-            .bind(&self.tenant)
-            .bind(&self.active)
-            .bind(ended_within.map(|d| d.as_secs_f64()))
-            .fetch_all(&self.pool)
-            .await?;
+        let mut query = sqlx::query(&sql).bind(&self.tenant).bind(&self.active);
+        if let Some(d) = ended_within {
+            query = query.bind(d.as_secs_f64());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
