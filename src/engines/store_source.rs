@@ -2,6 +2,7 @@
 //! `redis_reader`, Kestra's `executions` reader): handing what they read to the pipeline, and
 //! the poll loop with its backoff.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -89,6 +90,23 @@ impl ReadOnlyPool {
 
     pub(crate) fn lazy(self) -> PgPool {
         self.pool.connect_lazy_with(self.options)
+    }
+}
+
+/// Whether a store reader's last read worked: `/readyz` asks (every reader's own).
+#[derive(Clone, Debug, Default)]
+pub struct Health(Arc<Mutex<Option<String>>>);
+
+impl Health {
+    /// `Some(why)` while reads are failing.
+    pub fn failing(&self) -> Option<String> {
+        self.0.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    pub(crate) fn set(&self, why: Option<String>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = why;
+        }
     }
 }
 

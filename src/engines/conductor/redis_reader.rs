@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::task_tail::{update_from_row, Seen};
 use super::wait_queue::{snapshot_from_rows, wake_time, LagTracker, WaitRow, WAIT_QUEUE};
-use crate::engines::store_source::{self, Poller};
+use crate::engines::store_source::{self, Health, Poller};
 use crate::error::{Error, Result};
 use crate::ingest::TaskUpdate;
 use crate::metrics::{text, Budget, Collector};
@@ -142,23 +142,6 @@ impl Collector for QueueMetrics {
         }
         budget.series = budget.series.saturating_sub(2 * fits);
         budget.bytes = budget.bytes.saturating_sub(out.len() - start);
-    }
-}
-
-/// Whether the last read worked: `/readyz` asks.
-#[derive(Clone, Debug, Default)]
-pub struct Health(Arc<Mutex<Option<String>>>);
-
-impl Health {
-    /// `Some(why)` while reads are failing.
-    pub fn failing(&self) -> Option<String> {
-        self.0.lock().map(|g| g.clone()).unwrap_or(None)
-    }
-
-    fn set(&self, why: Option<String>) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = why;
-        }
     }
 }
 

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::execution::{is_terminated, Execution};
 use super::metrics::KestraMetrics;
-use crate::engines::store_source::{self, read_only_pool, Poller};
+use crate::engines::store_source::{self, read_only_pool, Health, Poller};
 use crate::error::{Error, Result};
 use crate::ingest::TaskUpdate;
 use crate::pipeline::Pipeline;
@@ -73,22 +73,6 @@ impl Seen {
             changed: u.update_time,
             attempt: u.retry_count,
             worker: u.worker_id.clone(),
-        }
-    }
-}
-
-/// What `/readyz` asks: `Some(why)` while reading fails.
-#[derive(Clone, Default)]
-pub struct Health(Arc<Mutex<Option<String>>>);
-
-impl Health {
-    pub fn failing(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|g| g.clone())
-    }
-
-    fn set(&self, why: Option<String>) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = why;
         }
     }
 }
