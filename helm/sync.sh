@@ -22,7 +22,7 @@ rm -f "$root"/helm/taskpulse/dashboards/*.json
 mkdir -p "$root/helm/taskpulse/dashboards"
 cp "$root"/dashboards/*.json "$root/helm/taskpulse/dashboards/"
 
-rendered="$("$helm" template taskpulse "$root/helm/taskpulse" \
+rendered="$("$helm" template taskpulse "$root/helm/taskpulse" --kube-version 1.30.0 \
     --set prometheusRule.enabled=true --show-only templates/prometheusrule.yaml)"
 out="$root/alerts/taskpulse-rules.yaml"
 {

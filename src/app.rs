@@ -37,7 +37,7 @@ use crate::engines::kestra::{Kestra, KestraSettings};
 use crate::engines::{Contribution, CoreSettings, Engine, EngineContext};
 use crate::error::{Error, Result};
 use crate::http::server::{self, ConnLimits};
-use crate::http::{HttpState, Routes};
+use crate::http::{HttpState, Overview, OverviewSources, Routes};
 use crate::leader::{self, Leadership};
 use crate::metrics::state::{ScrapeConfig, StateCollector};
 use crate::metrics::{self, Budget, Collector, Exposition};
@@ -237,7 +237,7 @@ impl Application {
                 max_label_values: settings.metrics.max_label_values,
             },
             leadership.clone(),
-            added.wait_queue,
+            added.wait_queue.clone(),
         ))];
         collectors.extend(added.collectors);
         let exposition = Arc::new(
@@ -314,7 +314,7 @@ impl Application {
         }
         if !check_interval.is_zero() {
             let rules = checker::compose(checker::default_rules(), engine_rules);
-            let checker = Checker::new(rules, checker_metrics, store_metrics);
+            let checker = Checker::new(rules, checker_metrics.clone(), store_metrics);
             background.push(tokio::spawn(checker::run_loop(
                 checker,
                 context(),
@@ -345,6 +345,15 @@ impl Application {
             max_connections: settings.http.max_connections,
         };
         let shutdown_grace = settings.http.shutdown_grace;
+        let overview = Arc::new(Overview::new(OverviewSources {
+            tracker: tracker.clone(),
+            wait_source: added.wait_queue.take(),
+            wait_metrics: wait_metrics.clone(),
+            wait_grace: settings.wait.wait_grace,
+            stall_after: settings.metrics.stall_after,
+            leadership: leadership.clone(),
+            checker: (!check_interval.is_zero()).then_some(checker_metrics),
+        }));
         let state = HttpState {
             pipeline: pipeline.clone(),
             store: store.clone(),
@@ -353,6 +362,8 @@ impl Application {
             settings: Arc::new(settings.http),
             draining: draining.clone(),
             engine_readiness: Arc::new(std::mem::take(&mut added.readiness)),
+            overview,
+            live: Arc::default(),
         };
         let router = crate::http::router(state, Routes::merge(Routes::default(), added.routes));
         Ok(Application {

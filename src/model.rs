@@ -104,6 +104,10 @@ pub struct TaskRecord {
     pub timeout_seconds: Option<i64>,
     pub response_timeout_seconds: Option<i64>,
     pub wait_until: Option<i64>,
+    /// The task this one runs under, where the engine has one (Kestra's `parentTaskRunId`).
+    pub parent_task_id: Option<Arc<str>>,
+    /// The value this run of a loop works on (Kestra's task run `value`).
+    pub iteration_value: Option<Arc<str>>,
     /// taskpulse's own times, epoch ms: first and last accepted update, last progress change.
     pub first_seen: i64,
     pub last_seen: i64,
@@ -196,6 +200,16 @@ pub struct Attempt {
     /// Conductor's `retryCount` (0 for the first attempt).
     pub attempt: i32,
     pub worker_id: Arc<str>,
+    /// The attempt's own state and engine times, where the engine reports them per attempt
+    /// (Kestra); absent when attempts are only known from the task's updates (Conductor,
+    /// where each retry is a task of its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<i64>,
+    /// taskpulse's first and last sight of the attempt.
     pub first_seen: i64,
     pub last_seen: i64,
 }
@@ -266,6 +280,8 @@ mod tests {
             timeout_seconds: Some(60),
             response_timeout_seconds: None,
             wait_until: None,
+            parent_task_id: None,
+            iteration_value: None,
             first_seen: 1_000,
             last_seen: 1_000,
             progress_changed: 1_000,

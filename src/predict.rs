@@ -190,6 +190,16 @@ impl ProgressWindow {
         Some(self.base_ms.saturating_add(at.round() as i64))
     }
 
+    /// The samples held, oldest first, as (epoch ms, percent): the task view's progress chart.
+    pub fn samples(&self) -> Vec<(i64, f32)> {
+        (0..self.len())
+            .map(|i| {
+                let at = self.base_ms.saturating_add(i64::from(self.offsets_ms[i]));
+                (at, self.progress[i])
+            })
+            .collect()
+    }
+
     /// Samples held.
     pub fn len(&self) -> usize {
         usize::from(self.len)
@@ -342,6 +352,19 @@ mod tests {
             assert!((got - 1000.0).abs() < 0.5, "at {end} ms: {got}");
             assert_sane(&w);
         }
+    }
+
+    #[test]
+    fn samples_come_back_oldest_first_in_epoch_ms() {
+        let mut w = ProgressWindow::default();
+        w.record(1_000_000, 10.0);
+        w.record(1_000_000 + 60_000, 20.0);
+        w.record(1_000_000 + 120_000, 35.0);
+        let s = w.samples();
+        assert_eq!(s.len(), w.len());
+        assert_eq!(s.first(), Some(&(1_000_000, 10.0)));
+        assert_eq!(s.last(), Some(&(1_120_000, 35.0)));
+        assert!(s.windows(2).all(|p| p[0].0 < p[1].0));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{HistogramOpts, HistogramVec, Registry};
@@ -113,7 +114,12 @@ pub struct WaitMetrics {
     pub wakeup_lag_seconds: HistogramVec,
     /// The workflow types the histogram keeps series for.
     workflow_types: Arc<LabelCap>,
+    /// The latest wake-up's lag (f64 bits; [`NO_LAG`] before the first): the status page's
+    /// figure, where the histogram gives Prometheus the distribution.
+    last_lag: Arc<AtomicU64>,
 }
+
+const NO_LAG: u64 = u64::MAX;
 
 impl WaitMetrics {
     pub fn register(registry: &Registry, folding: &Folding) -> prometheus::Result<WaitMetrics> {
@@ -133,6 +139,7 @@ impl WaitMetrics {
             workflow_types: Arc::new(
                 folding.cap("taskpulse_wait_wakeup_lag_seconds", HISTOGRAM_LABEL_VALUES),
             ),
+            last_lag: Arc::new(AtomicU64::new(NO_LAG)),
         })
     }
 
@@ -145,6 +152,14 @@ impl WaitMetrics {
         self.wakeup_lag_seconds
             .with_label_values(&[self.workflow_types.label(workflow_type)])
             .observe(lag_seconds.max(0.0));
+        self.last_lag
+            .store(lag_seconds.max(0.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// How late the latest WAIT task woke, in seconds; `None` before the first.
+    pub fn last_lag_seconds(&self) -> Option<f64> {
+        let bits = self.last_lag.load(Ordering::Relaxed);
+        (bits != NO_LAG).then(|| f64::from_bits(bits))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The HTTP surface (`docs/contract.md` §2 and §5): ingest, reading state, health and `/metrics`, served by
+//! The HTTP surface (`docs/contract.md` §2 and §5): ingest, reading state, the status page and
+//! its live feed, health and `/metrics`, served by
 //! our own accept loop ([`server`]). Handlers parse, call the pipeline or read memory and the
 //! store, and turn the outcome into a response; nothing here decides about an update.
 //!
@@ -8,8 +9,12 @@
 mod auth;
 pub mod body;
 pub mod ingest;
+mod live;
+pub mod overview;
+mod query;
 mod read;
 pub mod server;
+mod ui;
 mod views;
 
 use std::sync::atomic::AtomicBool;
@@ -30,6 +35,8 @@ use crate::settings::HttpSettings;
 use crate::store::Store;
 
 pub use auth::bearer_matches;
+pub use live::LiveStreams;
+pub use overview::{Overview, OverviewSources};
 pub use views::TaskView;
 
 /// Shared by the core's handlers.
@@ -45,6 +52,10 @@ pub struct HttpState {
     pub draining: Arc<AtomicBool>,
     /// The engines' readiness checks (a source they read that is failing).
     pub engine_readiness: Arc<Vec<Readiness>>,
+    /// The status page's overview, shared by every page and stream.
+    pub overview: Arc<Overview>,
+    /// The open event streams (`/api/v1/events`), bounded.
+    pub live: Arc<LiveStreams>,
 }
 
 /// A readiness check a source adds: `Some(why)` while it is failing (`/readyz` answers 503).
@@ -75,13 +86,17 @@ pub fn router(state: HttpState, extra: Routes) -> Router {
         .route("/tasks", get(read::list_tasks))
         .route("/tasks/{task_id}", get(read::get_task))
         .route("/repairs", get(read::list_repairs))
+        .route("/overview", get(read::overview))
+        .route("/events", get(live::events))
         // the rest of /api/v1/ is ours too: never anyone else's route (the worker proxy's)
         .route("/{*rest}", axum::routing::any(read::not_found))
         .with_state(state.clone())
         .merge(extra.api)
         .layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
-        .route("/", get(read::landing))
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
         .route("/healthz", get(read::healthz))
         .route("/readyz", get(read::readyz))
         .route("/metrics", get(read::metrics))

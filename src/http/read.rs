@@ -1,110 +1,58 @@
 //! Reading state: the task list and one task, the repairs audit, health, readiness,
-//! `/metrics` and the landing page (`docs/contract.md` §2 and §5).
+//! `/metrics` and the status page's overview (`docs/contract.md` §2 and §5).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::query::{parse_limit, ListParams, TaskQuery};
 use super::views::TaskView;
 use super::{error, unavailable, HttpState};
-use crate::model::{Attempt, Status};
+use crate::model::Attempt;
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct ListQuery {
-    status: Option<String>,
-    task_type: Option<String>,
-    workflow_type: Option<String>,
-    workflow_id: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
-const DEFAULT_LIST_LIMIT: usize = 100;
-/// Longest page of the task list: a page copies only its own records.
-const MAX_LIST_LIMIT: usize = 1000;
-
-/// A page boundary as the API hands it out: `<lastSeen>.<task id in hex>`.
-fn cursor_of(last_seen: i64, task_id: &str) -> String {
-    let hex: String = task_id.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{last_seen}.{hex}")
-}
-
-fn parse_cursor(c: &str) -> Option<(i64, String)> {
-    let (seen, hex) = c.split_once('.')?;
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some((seen.parse().ok()?, String::from_utf8(bytes).ok()?))
-}
-
-/// `GET /api/v1/tasks`: tracked tasks, most recently updated first, a page at a time.
-pub(super) async fn list_tasks(State(s): State<HttpState>, Query(q): Query<ListQuery>) -> Response {
-    let status = match q.status.as_deref().filter(|v| !v.is_empty()) {
-        None => None,
-        Some(v) => match Status::parse(v) {
-            Some(st) => Some(st),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                    "unknown status `{v}`; expected a Conductor task status such as IN_PROGRESS"
-                ),
-                )
-            }
-        },
-    };
-    let limit = match parse_limit(q.limit.as_deref()) {
-        Ok(n) => n,
+/// `GET /api/v1/tasks`: tracked tasks, filtered and sorted ([`TaskQuery`]), a page at a time.
+pub(super) async fn list_tasks(
+    State(s): State<HttpState>,
+    Query(p): Query<ListParams>,
+) -> Response {
+    let q = match TaskQuery::parse(p) {
+        Ok(q) => q,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(c) => match parse_cursor(c) {
-            Some(a) => Some(a),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("`cursor` is not one this API handed out: `{c}`"),
-                )
-            }
-        },
-    };
     let tracker = s.pipeline.tracker();
-    let (tasks, more) = tracker.page(
-        |r| {
-            status.is_none_or(|st| r.status == st)
-                && q.task_type.as_deref().is_none_or(|t| &*r.task_type == t)
-                && q.workflow_type
-                    .as_deref()
-                    .is_none_or(|t| r.workflow_type.as_deref() == Some(t))
-                && q.workflow_id
-                    .as_deref()
-                    .is_none_or(|w| &*r.workflow_id == w)
-        },
-        after.as_ref().map(|(seen, id)| (*seen, id.as_str())),
-        limit,
+    let page = tracker.page(
+        |r| q.matches(r),
+        |r| q.key(r),
+        q.after.as_ref().map(|(k, id)| (*k, id.as_str())),
+        q.limit,
     );
-    let next = more
-        .then(|| tasks.last().map(|r| cursor_of(r.last_seen, &r.task_id)))
+    let next = page
+        .more
+        .then(|| page.tasks.last().map(|(k, r)| q.cursor(*k, &r.task_id)))
         .flatten();
     let stall_ms = s.stall_after.as_millis() as i64;
     let now = crate::now_ms();
-    let views: Vec<TaskView> = tasks
+    let views: Vec<TaskView> = page
+        .tasks
         .iter()
-        .map(|r| {
+        .map(|(_, r)| {
             let predicted = tracker.predicted_completion(&r.task_id, now, stall_ms);
             TaskView::new(r, predicted, now, stall_ms)
         })
         .collect();
-    Json(json!({ "tasks": views, "count": views.len(), "next": next })).into_response()
+    Json(json!({
+        "tasks": views,
+        "count": views.len(),
+        "total": page.total,
+        "next": next,
+    }))
+    .into_response()
 }
 
 /// `GET /api/v1/tasks/{taskId}`: one task, its recent history and its attempts' workers.
@@ -151,7 +99,12 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
             .iter_mut()
             .find(|s| s.attempt == a.attempt && s.worker_id == a.worker_id)
         {
-            Some(stored) => stored.last_seen = stored.last_seen.max(a.last_seen),
+            Some(stored) => {
+                stored.last_seen = stored.last_seen.max(a.last_seen);
+                stored.status = a.status.or(stored.status);
+                stored.start_time = a.start_time.or(stored.start_time);
+                stored.end_time = a.end_time.or(stored.end_time);
+            }
             None => attempts.push(a),
         }
     }
@@ -165,6 +118,9 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
                 task_id: rec.task_id.clone(),
                 attempt: n,
                 worker_id: worker.clone(),
+                status: None,
+                start_time: None,
+                end_time: None,
                 first_seen: rec.last_seen,
                 last_seen: rec.last_seen,
             });
@@ -179,6 +135,10 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
     let mut view =
         serde_json::to_value(TaskView::new(&rec, predicted, now, stall_ms)).unwrap_or_default();
     view["history"] = json!(history);
+    let samples = tracker.progress_samples(&task_id);
+    if !samples.is_empty() {
+        view["progressSamples"] = json!(samples);
+    }
     let mut attempts = json!(attempts);
     // The host of each worker, where an engine told it (Kestra's service registry): kept after
     // the worker is gone.
@@ -202,8 +162,11 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct RepairsQuery {
     limit: Option<String>,
+    /// Only this task's repairs.
+    task_id: Option<String>,
 }
 
 /// `GET /api/v1/repairs`: the checker's audit trail, newest first.
@@ -215,22 +178,10 @@ pub(super) async fn list_repairs(
         Ok(n) => n,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    match s.store.list_repairs(limit as i64).await {
+    let task = q.task_id.as_deref().filter(|t| !t.is_empty());
+    match within_store_timeout(s.store.list_repairs(limit as i64, task)).await {
         Ok(repairs) => Json(json!({ "repairs": repairs, "count": repairs.len() })).into_response(),
-        Err(e) => unavailable(format!("store unavailable: {e}")),
-    }
-}
-
-/// `limit` query parameter: 1 to MAX_LIST_LIMIT, default DEFAULT_LIST_LIMIT.
-fn parse_limit(v: Option<&str>) -> Result<usize, String> {
-    match v.filter(|v| !v.is_empty()) {
-        None => Ok(DEFAULT_LIST_LIMIT),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"
-            )),
-        },
+        Err(why) => unavailable(format!("store unavailable: {why}")),
     }
 }
 
@@ -274,7 +225,7 @@ pub(super) async fn readyz(State(s): State<HttpState>) -> Response {
 const STORE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A store read bounded by [`STORE_READ_TIMEOUT`]; the error says why it gave no answer.
-async fn within_store_timeout<T>(
+pub(super) async fn within_store_timeout<T>(
     read: impl std::future::Future<Output = crate::Result<T>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(STORE_READ_TIMEOUT, read).await {
@@ -301,17 +252,9 @@ pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
     }
 }
 
-pub(super) async fn landing() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><html><head><title>taskpulse</title></head><body>",
-        "<h1>taskpulse ",
-        env!("CARGO_PKG_VERSION"),
-        "</h1><p>Monitoring sidecar for workflow engines.</p><ul>",
-        "<li><a href=\"/metrics\">/metrics</a></li>",
-        "<li><a href=\"/api/v1/tasks\">/api/v1/tasks</a></li>",
-        "<li><a href=\"/healthz\">/healthz</a></li>",
-        "<li><a href=\"/readyz\">/readyz</a></li></ul></body></html>"
-    ))
+/// `GET /api/v1/overview`: the status page's overview ([`super::overview`]).
+pub(super) async fn overview(State(s): State<HttpState>) -> Response {
+    Json(s.overview.get()).into_response()
 }
 
 pub(super) async fn not_found() -> Response {

@@ -16,6 +16,8 @@ pub struct TaskView<'a> {
     pub deadline: Option<i64>,
     /// Estimated finish from the progress rate, where the rate allows one.
     pub predicted_completion: Option<i64>,
+    /// The predicted completion is past the deadline.
+    pub predicted_late: bool,
     /// In flight, and its progress hasn't changed for `--stall-after`.
     pub stalled: bool,
 }
@@ -32,6 +34,10 @@ impl<'a> TaskView<'a> {
             attempt: r.retry_count.unwrap_or(0),
             deadline: r.deadline_ms(),
             predicted_completion,
+            predicted_late: matches!(
+                (predicted_completion, r.deadline_ms()),
+                (Some(p), Some(d)) if p > d
+            ),
             stalled: r.is_in_flight()
                 && r.progress.is_some()
                 && now - r.progress_changed >= stall_after_ms,

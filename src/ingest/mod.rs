@@ -8,7 +8,9 @@
 
 mod update;
 
-pub use update::{OutputProgress, RawUpdate, TaskUpdate, MAX_ID_LEN, MAX_MESSAGE_LEN};
+pub use update::{
+    AttemptReport, OutputProgress, RawAttempt, RawUpdate, TaskUpdate, MAX_ID_LEN, MAX_MESSAGE_LEN,
+};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;

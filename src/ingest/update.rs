@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::lifecycle::Rejection;
-use crate::model::Status;
+use crate::model::{Status, ATTEMPTS_KEPT};
 
 /// Longest accepted id or name. Label values come from these, so they must stay short.
 pub const MAX_ID_LEN: usize = 256;
@@ -42,6 +42,38 @@ pub struct TaskUpdate {
     pub timeout_seconds: Option<i64>,
     pub response_timeout_seconds: Option<i64>,
     pub wait_until: Option<i64>,
+    /// The task this one runs under (a loop's or a parallel branch's parent), where the engine
+    /// has one: Kestra's `parentTaskRunId`.
+    pub parent_task_id: Option<String>,
+    /// The value this run of a loop works on (Kestra's task run `value`), cut at
+    /// [`MAX_ID_LEN`].
+    pub iteration_value: Option<String>,
+    /// The attempts as the engine reports them, each with its own state (the newest
+    /// [`ATTEMPTS_KEPT`]); empty when the engine reports only the current one.
+    pub attempts: Vec<AttemptReport>,
+}
+
+/// One attempt of a task as its engine reports it (Kestra: an entry of `attempts[]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptReport {
+    /// 0 for the first, as `retryCount`.
+    pub attempt: i32,
+    pub worker_id: String,
+    /// The attempt's own state, mapped to taskpulse's statuses.
+    pub status: Option<Status>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+}
+
+/// The wire shape of one attempt.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawAttempt {
+    pub attempt: Option<i64>,
+    pub worker_id: Option<String>,
+    pub status: Option<String>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
 }
 
 /// The wire shape. Everything is optional so a missing field gets our message, not serde's.
@@ -73,6 +105,9 @@ pub struct RawUpdate {
     pub wait_until: Option<i64>,
     pub wait_timeout: Option<i64>,
     pub output_data: Option<OutputProgress>,
+    pub parent_task_id: Option<String>,
+    pub iteration_value: Option<String>,
+    pub attempts: Option<Vec<RawAttempt>>,
 }
 
 /// What taskpulse reads from `outputData`: `progressPercent`, `progressMessage`, and `progress`
@@ -246,12 +281,52 @@ impl RawUpdate {
                 self.response_timeout_seconds,
             )?,
             wait_until: non_negative("waitUntil", self.wait_until.or(self.wait_timeout))?,
+            parent_task_id: optional_id("parentTaskId", self.parent_task_id)?,
+            iteration_value: self
+                .iteration_value
+                .map(|v| {
+                    let v: String = v.chars().filter(|c| !c.is_control()).collect();
+                    truncate(&v, MAX_ID_LEN).to_string()
+                })
+                .filter(|v| !v.is_empty()),
+            attempts: attempts(self.attempts.unwrap_or_default())?,
         })
     }
 
     pub fn task_id(&self) -> Option<&str> {
         self.task_id.as_deref()
     }
+}
+
+/// The attempts an update reports, the newest [`ATTEMPTS_KEPT`] (the store keeps no more).
+fn attempts(raw: Vec<RawAttempt>) -> Result<Vec<AttemptReport>, Rejection> {
+    let skip = raw.len().saturating_sub(ATTEMPTS_KEPT);
+    raw.into_iter()
+        .enumerate()
+        .skip(skip)
+        .map(|(i, a)| {
+            let field = |f: &str| format!("attempts[{i}].{f}");
+            let status = match a.status {
+                None => None,
+                Some(s) => Some(Status::parse(&s).ok_or_else(|| {
+                    Rejection::Invalid(format!(
+                        "`{}` must be a taskpulse status such as FAILED; got {:?}",
+                        field("status"),
+                        truncate(&s, 40)
+                    ))
+                })?),
+            };
+            Ok(AttemptReport {
+                attempt: small_int(&field("attempt"), a.attempt)?.unwrap_or(i as i32),
+                worker_id: optional_label(&field("workerId"), a.worker_id)?.ok_or_else(|| {
+                    Rejection::Invalid(format!("missing required field `{}`", field("workerId")))
+                })?,
+                status,
+                start_time: non_negative(&field("startTime"), a.start_time)?,
+                end_time: non_negative(&field("endTime"), a.end_time)?,
+            })
+        })
+        .collect()
 }
 
 fn required_id(field: &str, v: Option<String>) -> Result<String, Rejection> {

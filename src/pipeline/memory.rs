@@ -14,6 +14,17 @@ use crate::store::writer::Lost;
 use crate::store::{Op, WriteKind};
 use crate::throttle::Pending;
 
+/// One page of the task list ([`Tracker::page`]).
+#[derive(Debug)]
+pub struct Page {
+    /// The page's records, each with its sort key (for the next page's cursor).
+    pub tasks: Vec<(i64, TaskRecord)>,
+    /// More tasks follow this page.
+    pub more: bool,
+    /// Tasks that pass the filter, on every page.
+    pub total: usize,
+}
+
 /// How a write that lost to the store ends, decided by the lifecycle on what the store holds.
 #[derive(Debug, PartialEq)]
 pub enum Settled {
@@ -325,6 +336,15 @@ impl Tracker {
         self.tasks.get(task_id).map(|e| e.rec.clone())
     }
 
+    /// A task's recent progress samples (epoch ms, percent), oldest first; empty when it
+    /// reports no progress or is not in memory.
+    pub fn progress_samples(&self, task_id: &str) -> Vec<(i64, f32)> {
+        self.tasks
+            .get(task_id)
+            .and_then(|e| e.window.as_ref().map(|w| w.samples()))
+            .unwrap_or_default()
+    }
+
     /// The attempts of a task seen since its last write (the store has the earlier ones).
     pub fn unwritten_attempts(&self, task_id: &str) -> Vec<crate::model::Attempt> {
         self.tasks
@@ -350,33 +370,44 @@ impl Tracker {
             .collect()
     }
 
-    /// One page of the tasks that pass `filter`, most recently updated first (then by id),
-    /// starting after `after` (the last (last seen, task id) of the previous page); and whether
-    /// more follow. Only the page's records are copied: the walk keeps a key per match.
+    /// One page of the tasks that pass `filter`, in ascending order of (`key`, task id),
+    /// starting after `after` (the last (key, task id) of the previous page); with whether more
+    /// follow and how many pass the filter in all. The caller's `key` encodes the sort and its
+    /// direction. Only the page's records are copied: the walk keeps a key per match.
     pub fn page(
         &self,
         mut filter: impl FnMut(&TaskRecord) -> bool,
+        key: impl Fn(&TaskRecord) -> i64,
         after: Option<(i64, &str)>,
         limit: usize,
-    ) -> (Vec<TaskRecord>, bool) {
-        let past = |last_seen: i64, id: &str| match after {
+    ) -> Page {
+        let past = |k: i64, id: &str| match after {
             None => true,
-            Some((seen, after_id)) => last_seen < seen || (last_seen == seen && id > after_id),
+            Some((after_k, after_id)) => k > after_k || (k == after_k && id > after_id),
         };
-        let mut keys: Vec<(std::cmp::Reverse<i64>, Arc<str>)> = self
-            .tasks
-            .iter()
-            .filter(|e| past(e.rec.last_seen, &e.rec.task_id) && filter(&e.rec))
-            .map(|e| (std::cmp::Reverse(e.rec.last_seen), e.key().clone()))
-            .collect();
+        let mut total = 0;
+        let mut keys: Vec<(i64, Arc<str>)> = Vec::new();
+        for e in self.tasks.iter() {
+            if !filter(&e.rec) {
+                continue;
+            }
+            total += 1;
+            let k = key(&e.rec);
+            if past(k, &e.rec.task_id) {
+                keys.push((k, e.key().clone()));
+            }
+        }
         let more = keys.len() > limit;
         if more && limit > 0 {
             keys.select_nth_unstable(limit - 1);
         }
         keys.truncate(limit);
         keys.sort_unstable();
-        let page = keys.iter().filter_map(|(_, id)| self.get(id)).collect();
-        (page, more)
+        let tasks = keys
+            .iter()
+            .filter_map(|(k, id)| Some((*k, self.get(id)?)))
+            .collect();
+        Page { tasks, more, total }
     }
 
     /// Calls `f` on every tracked task (metrics scrape). Holds one shard at a time.

@@ -32,7 +32,7 @@ use crate::ingest::{Item, TaskUpdate};
 use crate::lifecycle::Rejection;
 use crate::store::{Commit, Store};
 
-pub use memory::Settled;
+pub use memory::{Page, Settled};
 pub use metrics::PipelineMetrics;
 pub use task::{Applied, TaskState};
 pub use tracker::Tracker;

@@ -3,7 +3,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::ingest::TaskUpdate;
+use crate::ingest::{AttemptReport, TaskUpdate};
 use crate::lifecycle::{Diff, Rejection};
 use crate::model::{Attempt, Outcome, Status, TaskEvent, TaskRecord, ATTEMPTS_KEPT};
 use crate::now_ms;
@@ -87,9 +87,51 @@ impl TaskState {
             task_id: self.rec.task_id.clone(),
             attempt,
             worker_id: worker,
+            status: None,
+            start_time: None,
+            end_time: None,
             first_seen: now,
             last_seen: now,
         });
+    }
+
+    /// Notes the attempts an engine reported with their own state (Kestra's `attempts[]`), for
+    /// the next write; `worker` interns the worker ids.
+    pub(crate) fn note_reported(
+        &mut self,
+        reports: &[AttemptReport],
+        now: i64,
+        worker: impl Fn(&str) -> std::sync::Arc<str>,
+    ) {
+        for r in reports {
+            let found = self
+                .attempts
+                .iter_mut()
+                .find(|a| a.attempt == r.attempt && *a.worker_id == *r.worker_id);
+            let a = match found {
+                Some(a) => a,
+                None => {
+                    if self.attempts.len() >= ATTEMPTS_KEPT {
+                        self.attempts.remove(0);
+                    }
+                    self.attempts.push(Attempt {
+                        task_id: self.rec.task_id.clone(),
+                        attempt: r.attempt,
+                        worker_id: worker(&r.worker_id),
+                        status: None,
+                        start_time: None,
+                        end_time: None,
+                        first_seen: now,
+                        last_seen: now,
+                    });
+                    self.attempts.last_mut().expect("just pushed")
+                }
+            };
+            a.status = r.status.or(a.status);
+            a.start_time = r.start_time.or(a.start_time);
+            a.end_time = r.end_time.or(a.end_time);
+            a.last_seen = now;
+        }
     }
 
     /// Adds a progress sample (engine time where the update carries one).

@@ -15,7 +15,7 @@
 //! What the table does besides (loading from the store, following it, eviction, sweeping and
 //! reads) is in [`super::memory`].
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -56,6 +56,8 @@ pub struct Tracker {
     /// Woken when a new task puts the table far over the cap, so the sweeper evicts at once
     /// instead of at its next tick; the request that noticed does no scanning itself.
     pub(crate) evict_now: Notify,
+    /// Updates accepted since start ([`Tracker::accepted`]).
+    accepted: AtomicU64,
 }
 
 /// How far over `--max-tracked-tasks` the table may grow between sweeps before a new task wakes
@@ -86,6 +88,7 @@ impl Tracker {
             bytes: AtomicUsize::new(0),
             max_bytes: usize::MAX,
             evict_now: Notify::new(),
+            accepted: AtomicU64::new(0),
         }
     }
 
@@ -164,6 +167,20 @@ impl Tracker {
     /// update less far ahead, has its `updateTime` set to taskpulse's clock, so a fast clock
     /// never blocks a later update, and a terminal update is never lost to one.
     pub fn apply(&self, u: &TaskUpdate) -> Applied {
+        let applied = self.apply_inner(u);
+        if matches!(applied, Applied::Accepted { .. }) {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        applied
+    }
+
+    /// How many updates memory has accepted since start: the live views' cheap "anything new?"
+    /// check (one relaxed increment per update, nothing kept per update).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    fn apply_inner(&self, u: &TaskUpdate) -> Applied {
         let now = now_ms();
         let times = match self.times(u, now) {
             Ok(t) => t,
@@ -205,6 +222,8 @@ impl Tracker {
                     timeout_seconds: u.timeout_seconds,
                     response_timeout_seconds: u.response_timeout_seconds,
                     wait_until: u.wait_until,
+                    parent_task_id: u.parent_task_id.as_deref().map(Arc::from),
+                    iteration_value: u.iteration_value.as_deref().map(Arc::from),
                     first_seen: now,
                     last_seen: now,
                     progress_changed: now,
@@ -212,6 +231,7 @@ impl Tracker {
                 };
                 let mut st = TaskState::new(rec);
                 st.note_attempt(now);
+                st.note_reported(&u.attempts, now, |w| self.names.get(w));
                 let mut entry = v.insert(st);
                 let st = entry.value_mut();
                 if st.rec.status.is_terminal() {
@@ -394,9 +414,20 @@ impl Tracker {
         r.timeout_seconds = u.timeout_seconds.or(r.timeout_seconds);
         r.response_timeout_seconds = u.response_timeout_seconds.or(r.response_timeout_seconds);
         r.wait_until = u.wait_until.or(r.wait_until);
+        if let Some(p) = u.parent_task_id.as_deref() {
+            if r.parent_task_id.as_deref() != Some(p) {
+                r.parent_task_id = Some(Arc::from(p));
+            }
+        }
+        if let Some(v) = u.iteration_value.as_deref() {
+            if r.iteration_value.as_deref() != Some(v) {
+                r.iteration_value = Some(Arc::from(v));
+            }
+        }
         if new_attempt {
             st.note_attempt(now);
         }
+        st.note_reported(&u.attempts, now, |w| self.names.get(w));
         message_changed
     }
 

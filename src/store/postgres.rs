@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use super::rows::{
     prune_attempts_sql, prune_events_sql, upsert_set_clause, AttemptRow, EventRow, TaskRow,
-    ATTEMPT_COLUMNS, EVENT_COLUMNS, OVERWRITE_GUARD, TASK_COLUMNS,
+    ATTEMPT_COLUMNS, ATTEMPT_UPSERT, EVENT_COLUMNS, OVERWRITE_GUARD, TASK_COLUMNS,
 };
 use super::Batch;
 use crate::error::Result;
@@ -30,8 +30,8 @@ fn upsert_sql() -> String {
         "INSERT INTO tasks ({TASK_COLUMNS}) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
            $6::int4[], $7::int4[], $8::int4[], $9::text[], $10::float4[], $11::text[], $12::text[], \
-           $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], \
-           $20::int8[], $21::int8[]) \
+           $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], \
+           $18::text[], $19::text[], $20::int8[], $21::int8[], $22::int8[], $23::int8[]) \
          ON CONFLICT (task_id) DO UPDATE SET {} WHERE {OVERWRITE_GUARD} \
          RETURNING task_id",
         upsert_set_clause()
@@ -81,6 +81,16 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
                     .collect::<Vec<_>>(),
             )
             .bind(t.iter().map(|r| r.wait_until).collect::<Vec<_>>())
+            .bind(
+                t.iter()
+                    .map(|r| r.parent_task_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                t.iter()
+                    .map(|r| r.iteration_value.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(t.iter().map(|r| r.first_seen).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.last_seen).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.progress_changed).collect::<Vec<_>>())
@@ -115,15 +125,21 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
         .await?;
     }
     if !a.is_empty() {
-        sqlx::query(
-            "INSERT INTO task_attempts (task_id, attempt, worker_id, first_seen, last_seen) \
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int8[], $5::int8[]) \
-             ON CONFLICT (task_id, attempt, worker_id) DO UPDATE \
-             SET last_seen = GREATEST(task_attempts.last_seen, excluded.last_seen)",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO task_attempts ({ATTEMPT_COLUMNS}) \
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], \
+               $6::int8[], $7::int8[], $8::int8[]) {ATTEMPT_UPSERT}"
+        ))
         .bind(a.iter().map(|r| &*r.task_id).collect::<Vec<_>>())
         .bind(a.iter().map(|r| r.attempt).collect::<Vec<_>>())
         .bind(a.iter().map(|r| &*r.worker_id).collect::<Vec<_>>())
+        .bind(
+            a.iter()
+                .map(|r| r.status.map(|s| s.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(a.iter().map(|r| r.start_time).collect::<Vec<_>>())
+        .bind(a.iter().map(|r| r.end_time).collect::<Vec<_>>())
         .bind(a.iter().map(|r| r.first_seen).collect::<Vec<_>>())
         .bind(a.iter().map(|r| r.last_seen).collect::<Vec<_>>())
         .execute(&mut *tx)

@@ -87,16 +87,32 @@ impl Store {
     }
 
     /// The audit trail, newest first.
-    pub async fn list_repairs(&self, limit: i64) -> Result<Vec<RepairRecord>> {
-        let sql = format!("SELECT {REPAIR_COLUMNS} FROM repairs ORDER BY id DESC LIMIT $1");
+    pub async fn list_repairs(
+        &self,
+        limit: i64,
+        task_id: Option<&str>,
+    ) -> Result<Vec<RepairRecord>> {
+        // `$2 IS NULL OR task_id = $2`: one statement for both; a task's lines come from the
+        // `repairs_task` index.
+        let sql = format!(
+            "SELECT {REPAIR_COLUMNS} FROM repairs WHERE ($2 IS NULL OR task_id = $2) \
+             ORDER BY id DESC LIMIT $1"
+        );
         let rows: Vec<RepairRow> = match self {
             Store::Sqlite(pool) => {
                 sqlx::query_as(&for_sqlite(&sql))
                     .bind(limit)
+                    .bind(task_id)
                     .fetch_all(pool)
                     .await?
             }
-            Store::Postgres(pool) => sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?,
+            Store::Postgres(pool) => {
+                sqlx::query_as(&sql)
+                    .bind(limit)
+                    .bind(task_id)
+                    .fetch_all(pool)
+                    .await?
+            }
         };
         Ok(rows.into_iter().map(RepairRecord::from).collect())
     }

@@ -11,7 +11,7 @@ pub(crate) const OVERWRITE_GUARD: &str = "tasks.status NOT IN ('COMPLETED','COMP
      AND (excluded.update_time IS NULL OR tasks.update_time IS NULL OR excluded.update_time >= tasks.update_time)";
 
 /// Column list shared by both backends, in bind order.
-pub const TASK_COLUMNS: &str = "task_id, workflow_id, task_type, workflow_type, reference_task_name, seq, iteration, retry_count, status, progress, progress_message, worker_id, start_time, update_time, timeout_seconds, response_timeout_seconds, wait_until, first_seen, last_seen, progress_changed, terminal_at";
+pub const TASK_COLUMNS: &str = "task_id, workflow_id, task_type, workflow_type, reference_task_name, seq, iteration, retry_count, status, progress, progress_message, worker_id, start_time, update_time, timeout_seconds, response_timeout_seconds, wait_until, parent_task_id, iteration_value, first_seen, last_seen, progress_changed, terminal_at";
 
 /// `SET` clause of the upsert: every column but the key and `first_seen`, plus the version.
 pub(crate) fn upsert_set_clause() -> String {
@@ -53,6 +53,8 @@ pub(crate) struct TaskRow {
     timeout_seconds: Option<i64>,
     response_timeout_seconds: Option<i64>,
     wait_until: Option<i64>,
+    parent_task_id: Option<String>,
+    iteration_value: Option<String>,
     first_seen: i64,
     last_seen: i64,
     progress_changed: i64,
@@ -80,6 +82,8 @@ impl TryFrom<TaskRow> for TaskRecord {
             timeout_seconds: r.timeout_seconds,
             response_timeout_seconds: r.response_timeout_seconds,
             wait_until: r.wait_until,
+            parent_task_id: r.parent_task_id.map(Into::into),
+            iteration_value: r.iteration_value.map(Into::into),
             first_seen: r.first_seen,
             last_seen: r.last_seen,
             progress_changed: r.progress_changed,
@@ -127,6 +131,9 @@ pub(crate) struct AttemptRow {
     task_id: String,
     attempt: i32,
     worker_id: String,
+    status: Option<String>,
+    start_time: Option<i64>,
+    end_time: Option<i64>,
     first_seen: i64,
     last_seen: i64,
 }
@@ -137,6 +144,10 @@ impl From<AttemptRow> for Attempt {
             task_id: r.task_id.into(),
             attempt: r.attempt,
             worker_id: r.worker_id.into(),
+            // a status this version doesn't know (a newer one wrote it) shows as none
+            status: r.status.as_deref().and_then(Status::parse),
+            start_time: r.start_time,
+            end_time: r.end_time,
             first_seen: r.first_seen,
             last_seen: r.last_seen,
         }
@@ -165,7 +176,15 @@ pub(crate) fn prune_attempts_sql() -> String {
         crate::model::ATTEMPTS_KEPT
     )
 }
-pub(crate) const ATTEMPT_COLUMNS: &str = "task_id, attempt, worker_id, first_seen, last_seen";
+pub(crate) const ATTEMPT_COLUMNS: &str =
+    "task_id, attempt, worker_id, status, start_time, end_time, first_seen, last_seen";
+
+/// On a repeat of an attempt: the newest state and times it reported, the latest sight.
+pub(crate) const ATTEMPT_UPSERT: &str = "ON CONFLICT (task_id, attempt, worker_id) DO UPDATE SET \
+     status = COALESCE(excluded.status, task_attempts.status), \
+     start_time = COALESCE(excluded.start_time, task_attempts.start_time), \
+     end_time = COALESCE(excluded.end_time, task_attempts.end_time), \
+     last_seen = GREATEST(task_attempts.last_seen, excluded.last_seen)";
 
 /// SQL is written once with `$N` placeholders; SQLite reads them as `?N`.
 pub(crate) fn for_sqlite(sql: &str) -> String {
@@ -246,6 +265,8 @@ macro_rules! bind_record {
             .bind($t.timeout_seconds)
             .bind($t.response_timeout_seconds)
             .bind($t.wait_until)
+            .bind($t.parent_task_id.as_deref())
+            .bind($t.iteration_value.as_deref())
             .bind($t.first_seen)
             .bind($t.last_seen)
             .bind($t.progress_changed)

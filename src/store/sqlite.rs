@@ -13,7 +13,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::rows::{
     for_sqlite, prune_attempts_sql, prune_events_sql, upsert_set_clause, AttemptRow, EventRow,
-    TaskRow, ATTEMPT_COLUMNS, EVENT_COLUMNS, OVERWRITE_GUARD, TASK_COLUMNS,
+    TaskRow, ATTEMPT_COLUMNS, ATTEMPT_UPSERT, EVENT_COLUMNS, OVERWRITE_GUARD, TASK_COLUMNS,
 };
 use super::Batch;
 use crate::error::Result;
@@ -90,6 +90,8 @@ async fn write_batch_on(
                 .push_bind(t.timeout_seconds)
                 .push_bind(t.response_timeout_seconds)
                 .push_bind(t.wait_until)
+                .push_bind(t.parent_task_id.as_deref())
+                .push_bind(t.iteration_value.as_deref())
                 .push_bind(t.first_seen)
                 .push_bind(t.last_seen)
                 .push_bind(t.progress_changed)
@@ -136,13 +138,14 @@ async fn write_batch_on(
             b.push_bind(&*a.task_id)
                 .push_bind(a.attempt)
                 .push_bind(&*a.worker_id)
+                .push_bind(a.status.map(|s| s.as_str()))
+                .push_bind(a.start_time)
+                .push_bind(a.end_time)
                 .push_bind(a.first_seen)
                 .push_bind(a.last_seen);
         });
-        q.push(
-            " ON CONFLICT (task_id, attempt, worker_id) DO UPDATE \
-             SET last_seen = max(task_attempts.last_seen, excluded.last_seen)",
-        );
+        // SQLite's two-argument max() is GREATEST
+        q.push(format!(" {}", ATTEMPT_UPSERT.replace("GREATEST(", "max(")));
         q.build().execute(&mut *tx).await?;
     }
     for (ids, sql) in [

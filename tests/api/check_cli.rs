@@ -34,6 +34,8 @@ fn row(id: &str, workflow: &str, task_type: &str, status: Status, last_seen: i64
         timeout_seconds: None,
         response_timeout_seconds: None,
         wait_until: None,
+        parent_task_id: None,
+        iteration_value: None,
         first_seen: last_seen,
         last_seen,
         progress_changed: last_seen,
@@ -241,7 +243,7 @@ async fn check_reports_then_repairs_lease_expired_idempotently(backend: Backend)
         "report only changed the row"
     );
     assert_eq!(stored_version(&store, "expired-1").await, version);
-    assert!(store.list_repairs(10).await.unwrap().is_empty());
+    assert!(store.list_repairs(10, None).await.unwrap().is_empty());
 
     // repair
     let (code, stdout, stderr) = check(
@@ -289,7 +291,7 @@ async fn check_reports_then_repairs_lease_expired_idempotently(backend: Backend)
         Status::InProgress,
         "a healthy task was touched"
     );
-    let trail = store.list_repairs(10).await.unwrap();
+    let trail = store.list_repairs(10, None).await.unwrap();
     assert_eq!(trail.len(), 1, "{trail:?}");
     assert_eq!(
         (
@@ -310,7 +312,7 @@ async fn check_reports_then_repairs_lease_expired_idempotently(backend: Backend)
     );
     assert!(stdout.contains("0 violation(s)"), "{stdout}");
     assert_eq!(stored_version(&store, "expired-1").await, version + 1);
-    assert_eq!(store.list_repairs(10).await.unwrap().len(), 1);
+    assert_eq!(store.list_repairs(10, None).await.unwrap().len(), 1);
     store.close().await;
 }
 crate::store_test!(check_reports_then_repairs_lease_expired_idempotently);
@@ -460,7 +462,7 @@ async fn report_only_rules_are_never_repaired(backend: Backend) {
         store.get_task("wait-1").await.unwrap().unwrap().status,
         Status::InProgress
     );
-    assert!(store.list_repairs(10).await.unwrap().is_empty());
+    assert!(store.list_repairs(10, None).await.unwrap().is_empty());
     store.close().await;
 }
 crate::store_test!(report_only_rules_are_never_repaired);

@@ -234,8 +234,22 @@ async fn a_repair_that_loses_the_race_is_a_conflict(backend: Backend) {
         (stored.status.as_str(), stored.progress),
         ("IN_PROGRESS", Some(77.0))
     );
-    let audit = app.store.list_repairs(10).await.unwrap();
+    let audit = app.store.list_repairs(10, None).await.unwrap();
     assert_eq!(audit[0].outcome, "conflict");
+    // one task's lines, as the status page's task view asks for them
+    let (of_task, of_other) = (
+        app.store.list_repairs(10, Some("raced")).await.unwrap(),
+        app.store.list_repairs(10, Some("another")).await.unwrap(),
+    );
+    assert_eq!(of_task, audit);
+    assert!(of_other.is_empty());
+    let api: serde_json::Value = app
+        .get("/api/v1/repairs?taskId=raced")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["count"], 1, "{api}");
 }
 store_test!(a_repair_that_loses_the_race_is_a_conflict);
 

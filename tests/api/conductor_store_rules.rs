@@ -354,7 +354,7 @@ async fn a_forwarded_completion_lost_in_the_store_is_reposted(backend: Backend) 
         "read from the store, not REST: {lookups:#?}"
     );
     let audit = loop {
-        let audit = app.store.list_repairs(10).await.unwrap();
+        let audit = app.store.list_repairs(10, None).await.unwrap();
         if !audit.is_empty() || tokio::time::Instant::now() > deadline {
             break audit;
         }

@@ -854,3 +854,67 @@ async fn updates_total_counts_every_outcome(backend: Backend) {
     );
 }
 store_test!(updates_total_counts_every_outcome);
+
+/// An engine that reports each attempt with its own state (Kestra's `attempts[]`), and the
+/// task's parent and loop value: kept and shown; a wrong attempt names its field.
+#[tokio::test]
+async fn reported_attempts_and_loop_fields_are_kept() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(&db).await;
+    let mut u = update("looped", "IN_PROGRESS");
+    u["retryCount"] = json!(1);
+    u["workerId"] = json!("w-b");
+    u["parentTaskId"] = json!("each-region");
+    u["iterationValue"] = json!("eu-west\u{7}");
+    u["attempts"] = json!([
+        {"attempt": 0, "workerId": "w-a", "status": "FAILED", "startTime": 1000, "endTime": 2000},
+        {"attempt": 1, "workerId": "w-b", "status": "IN_PROGRESS", "startTime": 3000}
+    ]);
+    let r = app.ingest(&u).await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    app.settle().await;
+    let v = app.task("looped").await;
+    assert_eq!(v["parentTaskId"], "each-region");
+    assert_eq!(v["iterationValue"], "eu-west", "control characters dropped");
+    let a = v["attempts"].as_array().unwrap();
+    assert_eq!(a.len(), 2, "{v:#}");
+    assert_eq!(
+        (
+            &a[0]["workerId"],
+            &a[0]["status"],
+            &a[0]["startTime"],
+            &a[0]["endTime"]
+        ),
+        (&json!("w-a"), &json!("FAILED"), &json!(1000), &json!(2000))
+    );
+    assert_eq!(
+        (&a[1]["workerId"], &a[1]["status"]),
+        (&json!("w-b"), &json!("IN_PROGRESS"))
+    );
+    assert!(a[1].get("endTime").is_none());
+    // kept in the store: a restart shows the same
+    let stored = app.stored("looped").await.unwrap();
+    assert_eq!(stored.parent_task_id.as_deref(), Some("each-region"));
+
+    for (attempts, named) in [
+        (
+            json!([{"attempt": 0, "status": "FAILED"}]),
+            "attempts[0].workerId",
+        ),
+        (
+            json!([{"attempt": 0, "workerId": "w", "status": "BROKEN"}]),
+            "attempts[0].status",
+        ),
+        (
+            json!([{"attempt": -1, "workerId": "w"}]),
+            "attempts[0].attempt",
+        ),
+    ] {
+        let mut bad = update("bad-attempt", "IN_PROGRESS");
+        bad["attempts"] = attempts;
+        let resp = app.post_updates(&bad).await;
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body.to_string().contains(named), "{named}: {body}");
+    }
+    app.shutdown().await;
+}

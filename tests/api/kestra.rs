@@ -281,7 +281,7 @@ async fn task_runs_attempts_and_workers(backend: Backend) {
         .unwrap();
     app.settle_throttled().await;
     let view = app.task("tr-load").await;
-    let attempts: Vec<(i64, String, String)> = view["attempts"]
+    let attempts: Vec<(i64, String, String, String)> = view["attempts"]
         .as_array()
         .unwrap()
         .iter()
@@ -290,15 +290,39 @@ async fn task_runs_attempts_and_workers(backend: Backend) {
                 a["attempt"].as_i64().unwrap(),
                 a["workerId"].as_str().unwrap().to_string(),
                 a["host"].as_str().unwrap_or("").to_string(),
+                a["status"].as_str().unwrap_or("").to_string(),
             )
         })
         .collect();
     assert_eq!(
         attempts,
         [
-            (0, WORKER_A.to_string(), "worker-a.example".to_string()),
-            (1, WORKER_B.to_string(), "worker-b.example".to_string())
+            (
+                0,
+                WORKER_A.to_string(),
+                "worker-a.example".to_string(),
+                "FAILED".to_string()
+            ),
+            (
+                1,
+                WORKER_B.to_string(),
+                "worker-b.example".to_string(),
+                "COMPLETED".to_string()
+            )
         ],
+        "{view:#}"
+    );
+    // each attempt's own times, from its state histories
+    let ms = |s: f64| t + (s * 1000.0) as i64;
+    let a = &view["attempts"];
+    assert_eq!(
+        (a[0]["startTime"].as_i64(), a[0]["endTime"].as_i64()),
+        (Some(ms(2.45)), Some(ms(5.9))),
+        "{view:#}"
+    );
+    assert_eq!(
+        (a[1]["startTime"].as_i64(), a[1]["endTime"].as_i64()),
+        (Some(ms(15.93)), Some(ms(20.0))),
         "{view:#}"
     );
 
@@ -328,6 +352,7 @@ async fn task_runs_attempts_and_workers(backend: Backend) {
     k.persist(&killed).await;
     let slim = json!({"tenantId": "main", "id": "ex-v2", "namespace": "company.team", "flowId": "report",
         "executionTaskRuns": [{"id": "tr-v2", "taskId": "render",
+            "parentTaskRunId": "tr-v2-loop", "value": "eu-west", "iteration": 1,
             "attempts": [{"state": {"current": "RUNNING", "histories": [{"state": "RUNNING", "date": at(t, 23.0)}]},
                           "workerId": WORKER_A}],
             "state": {"current": "RUNNING", "histories": [{"state": "CREATED", "date": at(t, 22.9)},
@@ -342,6 +367,11 @@ async fn task_runs_attempts_and_workers(backend: Backend) {
     .await;
     assert_eq!(v2["workflowType"], "company.team/report");
     assert_eq!(v2["workerId"], WORKER_A);
+    assert_eq!(
+        (&v2["parentTaskId"], &v2["iterationValue"], &v2["iteration"]),
+        (&json!("tr-v2-loop"), &json!("eu-west"), &json!(1)),
+        "the loop's fields are kept: {v2:#}"
+    );
 
     // each transition once: the history of tr-extract is one accepted line
     let history = app.task("tr-extract").await["history"].clone();

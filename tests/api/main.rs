@@ -34,6 +34,7 @@ mod read;
 mod replicas;
 mod retention;
 mod shutdown;
+mod status_api;
 mod store;
 mod throttle;
 mod webhook;

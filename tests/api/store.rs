@@ -29,6 +29,8 @@ fn rec(id: &str, status: Status, update_time: Option<i64>, progress: Option<f32>
         timeout_seconds: Some(300),
         response_timeout_seconds: Some(60),
         wait_until: None,
+        parent_task_id: None,
+        iteration_value: None,
         first_seen: 5,
         last_seen: 6,
         progress_changed: 6,
@@ -130,6 +132,9 @@ async fn history_and_attempts(backend: Backend) {
         task_id: Arc::from("t"),
         attempt: n,
         worker_id: w.into(),
+        status: None,
+        start_time: None,
+        end_time: None,
         first_seen: seen,
         last_seen: seen,
     };
@@ -157,13 +162,21 @@ async fn history_and_attempts(backend: Backend) {
         })
         .await
         .unwrap();
-    store
-        .write_batch(&Batch {
-            attempts: vec![attempt(0, "w1", 9)],
-            ..Batch::default()
-        })
-        .await
-        .unwrap();
+    // the engine reports the first attempt's own state and times: kept, and not lost to a
+    // later sight that reports none
+    let mut reported = attempt(0, "w1", 5);
+    reported.status = Some(Status::Failed);
+    reported.start_time = Some(100);
+    reported.end_time = Some(200);
+    for a in [reported, attempt(0, "w1", 9)] {
+        store
+            .write_batch(&Batch {
+                attempts: vec![a],
+                ..Batch::default()
+            })
+            .await
+            .unwrap();
+    }
     let h = store.task_history("t", 2).await.unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!(
@@ -182,7 +195,14 @@ async fn history_and_attempts(backend: Backend) {
         ),
         (0, "w1", 1, 9)
     );
-    assert_eq!((a[1].attempt, &*a[1].worker_id), (1, "w2"));
+    assert_eq!(
+        (a[0].status, a[0].start_time, a[0].end_time),
+        (Some(Status::Failed), Some(100), Some(200))
+    );
+    assert_eq!(
+        (a[1].attempt, &*a[1].worker_id, a[1].status),
+        (1, "w2", None)
+    );
 }
 store_test!(history_and_attempts);
 
@@ -272,6 +292,9 @@ async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
                 task_id: Arc::from("t"),
                 attempt: 0,
                 worker_id: "late-worker".into(),
+                status: None,
+                start_time: None,
+                end_time: None,
                 first_seen: 20,
                 last_seen: 20,
             }],

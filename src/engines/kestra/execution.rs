@@ -10,8 +10,8 @@
 
 use serde::Deserialize;
 
-use crate::ingest::{RawUpdate, TaskUpdate};
-use crate::model::Status;
+use crate::ingest::{RawAttempt, RawUpdate, TaskUpdate};
+use crate::model::{Status, ATTEMPTS_KEPT};
 
 /// The separator between namespace and flow id in the workflow type (`company.team/etl`):
 /// namespaces are dotted, so a dot would be ambiguous.
@@ -50,13 +50,6 @@ pub fn is_terminated(kestra: &str) -> bool {
             | "SKIPPED"
             | "RESUBMITTED"
     )
-}
-
-/// What one task run says: its earlier attempts (oldest first) and where it is now.
-#[derive(Debug)]
-pub struct RunUpdates {
-    pub earlier: Vec<TaskUpdate>,
-    pub current: TaskUpdate,
 }
 
 #[derive(Deserialize, Debug)]
@@ -120,6 +113,14 @@ impl State {
             .and_then(parse_instant)
     }
 
+    /// When it ended: `endDate`, else the last history's date (epoch ms).
+    fn ended(&self) -> Option<i64> {
+        self.end_date
+            .as_deref()
+            .or(self.histories.last().map(|h| h.date.as_str()))
+            .and_then(parse_instant)
+    }
+
     /// Its last change: the last history's date, else `endDate` or `startDate`.
     fn changed(&self) -> Option<i64> {
         self.histories
@@ -147,11 +148,11 @@ impl Execution {
         format!("{}{FLOW_SEPARATOR}{}", self.namespace, self.flow_id)
     }
 
-    /// Per task run whose state taskpulse can map: its update now, and one for each earlier
-    /// attempt (IN_PROGRESS, with that attempt's number, worker and last change), so that
-    /// taskpulse records the worker of every attempt even when it first sees the task run on a
-    /// later one. `unknown` gets the Kestra states it could not map.
-    pub fn updates(&self, unknown: &mut Vec<String>) -> Vec<RunUpdates> {
+    /// Per task run whose state taskpulse can map: its update now, with every attempt it
+    /// holds (the newest [`ATTEMPTS_KEPT`]), each with its own state, times and worker, so
+    /// taskpulse records the worker of every attempt even when it first sees the task run on
+    /// a later one (kestra-io/kestra#7799). `unknown` gets the Kestra states it could not map.
+    pub fn updates(&self, unknown: &mut Vec<String>) -> Vec<TaskUpdate> {
         let workflow_type = self.workflow_type();
         let mut out = Vec::new();
         for run in self.task_runs() {
@@ -160,19 +161,6 @@ impl Execution {
                 continue;
             };
             let attempts = run.attempts.as_deref().unwrap_or_default();
-            let update = |status: Status, n: Option<usize>, changed: Option<i64>| RawUpdate {
-                task_id: Some(run.id.clone()),
-                workflow_id: Some(self.id.clone()),
-                task_type: Some(run.task_id.clone()),
-                workflow_type: Some(workflow_type.clone()),
-                iteration: run.iteration,
-                retry_count: n.map(|n| n as i64),
-                status: Some(status.as_str().to_string()),
-                worker_id: n.and_then(|n| attempts[n].worker_id.clone()),
-                start_time: run.state.started(),
-                update_time: changed,
-                ..Default::default()
-            };
             let last = attempts.len().checked_sub(1);
             // the last change of the task run or of its current attempt
             let changed = [
@@ -183,16 +171,44 @@ impl Execution {
             .into_iter()
             .flatten()
             .max();
-            let Ok(current) = update(status, last, changed).validate() else {
-                continue;
-            };
-            let earlier = (0..last.unwrap_or(0))
-                .filter_map(|n| {
-                    let at = attempts[n].state.as_ref().and_then(State::changed);
-                    update(Status::InProgress, Some(n), at).validate().ok()
+            let skip = attempts.len().saturating_sub(ATTEMPTS_KEPT);
+            let reported = attempts
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .filter_map(|(n, a)| {
+                    let state = a.state.as_ref();
+                    let status = state.and_then(|s| map_state(&s.current));
+                    Some(RawAttempt {
+                        attempt: Some(n as i64),
+                        worker_id: Some(a.worker_id.clone()?),
+                        status: status.map(|s| s.as_str().to_string()),
+                        start_time: state.and_then(State::started),
+                        end_time: state
+                            .filter(|s| is_terminated(&s.current))
+                            .and_then(State::ended),
+                    })
                 })
                 .collect();
-            out.push(RunUpdates { earlier, current });
+            let update = RawUpdate {
+                task_id: Some(run.id.clone()),
+                workflow_id: Some(self.id.clone()),
+                task_type: Some(run.task_id.clone()),
+                workflow_type: Some(workflow_type.clone()),
+                iteration: run.iteration,
+                retry_count: last.map(|n| n as i64),
+                status: Some(status.as_str().to_string()),
+                worker_id: last.and_then(|n| attempts[n].worker_id.clone()),
+                start_time: run.state.started(),
+                update_time: changed,
+                parent_task_id: run.parent_task_run_id.clone(),
+                iteration_value: run.value.as_ref().and_then(value_text),
+                attempts: Some(reported),
+                ..Default::default()
+            };
+            if let Ok(u) = update.validate() {
+                out.push(u);
+            }
         }
         out
     }
@@ -203,6 +219,15 @@ impl Execution {
             .iter()
             .flat_map(|r| r.attempts.as_deref().unwrap_or_default())
             .filter_map(|a| a.worker_id.as_deref())
+    }
+}
+
+/// A task run's `value` as text: a string as it is, anything else as its JSON.
+fn value_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
     }
 }
 
@@ -323,6 +348,7 @@ mod tests {
           "state":{"current":"RUNNING","histories":[{"state":"CREATED","date":"2025-06-01T10:00:00.010Z"}],
                    "startDate":"2025-06-01T10:00:00.010Z"},
           "taskRunList":[{"id":"tr1","executionId":"ex1","taskId":"load","iteration":2,
+            "parentTaskRunId":"tr0","value":"eu-west",
             "attempts":[
               {"state":{"current":"FAILED","histories":[{"state":"RUNNING","date":"2025-06-01T10:00:02.450Z"},
                  {"state":"FAILED","date":"2025-06-01T10:00:05.900Z"}],"duration":3.45},"workerId":"w-a"},
@@ -336,21 +362,22 @@ mod tests {
         let u = ex.updates(&mut unknown);
         assert!(unknown.is_empty());
         assert_eq!(u.len(), 1);
-        let first = &u[0].earlier;
-        assert_eq!(first.len(), 1, "the FAILED first attempt");
+        let a = &u[0].attempts;
+        assert_eq!(a.len(), 2, "both attempts, each with its own state");
         assert_eq!(
-            (
-                first[0].status,
-                first[0].retry_count,
-                first[0].worker_id.as_deref()
-            ),
-            (Status::InProgress, Some(0), Some("w-a"))
+            (a[0].attempt, a[0].worker_id.as_str(), a[0].status),
+            (0, "w-a", Some(Status::Failed))
         );
+        assert_eq!(a[0].start_time, parse_instant("2025-06-01T10:00:02.450Z"));
+        assert_eq!(a[0].end_time, parse_instant("2025-06-01T10:00:05.900Z"));
         assert_eq!(
-            first[0].update_time,
-            parse_instant("2025-06-01T10:00:05.900Z")
+            (a[1].attempt, a[1].worker_id.as_str(), a[1].status),
+            (1, "w-b", Some(Status::InProgress))
         );
-        let u = &u[0].current;
+        assert_eq!(a[1].end_time, None, "still running");
+        assert_eq!(u[0].parent_task_id.as_deref(), Some("tr0"));
+        assert_eq!(u[0].iteration_value.as_deref(), Some("eu-west"));
+        let u = &u[0];
         assert_eq!(
             (
                 u.task_id.as_str(),
@@ -375,8 +402,12 @@ mod tests {
         let u = ex.updates(&mut unknown);
         assert_eq!(unknown, ["SOME_NEW_STATE"]);
         assert_eq!(u.len(), 1);
-        assert_eq!(u[0].current.status, Status::Completed);
-        assert_eq!(u[0].current.retry_count, None);
-        assert!(u[0].earlier.is_empty());
+        assert_eq!(u[0].status, Status::Completed);
+        assert_eq!(u[0].retry_count, None);
+        assert!(u[0].attempts.is_empty());
+        assert_eq!(
+            value_text(&serde_json::json!({"k": 1})).as_deref(),
+            Some(r#"{"k":1}"#)
+        );
     }
 }

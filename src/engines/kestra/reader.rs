@@ -246,20 +246,12 @@ impl KestraReader {
             let entry = self.seen.entry(key).or_default();
             entry.0 = hash;
             for run in ex.updates(&mut unknown) {
-                let now = Seen::of(&run.current);
-                let before = entry.1.get(&run.current.task_id);
-                if before == Some(&now) {
+                let now = Seen::of(&run);
+                if entry.1.get(&run.task_id) == Some(&now) {
                     continue;
                 }
-                // earlier attempts taskpulse has not seen (all of them for a new task run)
-                let seen_attempt = before.and_then(|s| s.attempt).unwrap_or(-1);
-                updates.extend(
-                    run.earlier
-                        .into_iter()
-                        .filter(|u| u.retry_count.unwrap_or(0) > seen_attempt),
-                );
-                entry.1.insert(run.current.task_id.clone(), now);
-                updates.push(run.current);
+                entry.1.insert(run.task_id.clone(), now);
+                updates.push(run);
             }
         }
         for state in unknown {

@@ -130,7 +130,7 @@ async fn wait_overdue_asks_the_engine_to_decide_once_per_grace(backend: Backend)
         r.repairs[0].detail
     );
     assert_eq!(
-        app.store.list_repairs(10).await.unwrap()[0].outcome,
+        app.store.list_repairs(10, None).await.unwrap()[0].outcome,
         "failed"
     );
 }
