@@ -19,18 +19,18 @@ use crate::helpers::{Backend, TestApp, TestDb};
 /// (nullable: 1.x writes no duration while running), V1_17/V1_34/V1_36 (`service_instance`).
 const KESTRA_SCHEMA: &str = include_str!("../kestra_schema.sql");
 
-const WORKER_A: &str = "0b7d2c1e-6f0a-4e59-9a3c-2f8d6e1b4a77";
-const WORKER_B: &str = "9e41f3a2-1c5b-4d8e-b0f7-7a6c3d2e5f10";
+pub(crate) const WORKER_A: &str = "0b7d2c1e-6f0a-4e59-9a3c-2f8d6e1b4a77";
+pub(crate) const WORKER_B: &str = "9e41f3a2-1c5b-4d8e-b0f7-7a6c3d2e5f10";
 
 /// Plays Kestra on a database of its own.
-struct Kestra {
-    url: String,
+pub(crate) struct Kestra {
+    pub(crate) url: String,
     pool: PgPool,
     _db: TestDb,
 }
 
 impl Kestra {
-    async fn new() -> Kestra {
+    pub(crate) async fn new() -> Kestra {
         let db = TestDb::new(Backend::Postgres).await;
         let pool = PgPool::connect(&db.url).await.expect("connect as Kestra");
         sqlx::raw_sql(KESTRA_SCHEMA)
@@ -45,7 +45,7 @@ impl Kestra {
     }
 
     /// `AbstractJdbcRepository.persist`: the whole row upserted, generated columns recomputed.
-    async fn persist(&self, execution: &Value) {
+    pub(crate) async fn persist(&self, execution: &Value) {
         sqlx::query(
             "INSERT INTO executions (key, value) VALUES ($1, $2) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -58,7 +58,7 @@ impl Kestra {
     }
 
     /// A worker registering itself (`ServiceLivenessManager`).
-    async fn register_worker(&self, id: &str, host: &str) {
+    pub(crate) async fn register_worker(&self, id: &str, host: &str) {
         let value = json!({"id": id, "type": "WORKER", "state": "RUNNING",
             "server": {"id": "srv", "type": "SERVER", "version": "1.3.0", "hostname": host},
             "createdAt": "2025-06-01T09:00:00.000Z", "updatedAt": "2025-06-01T10:00:00.000Z"});
@@ -83,7 +83,7 @@ impl Kestra {
 
 /// A Kestra `State` with these (state, date) histories; `endDate` and `duration` when the last
 /// one is terminated or PAUSED (the 1.x rule).
-fn state(histories: &[(&str, &str)]) -> Value {
+pub(crate) fn state(histories: &[(&str, &str)]) -> Value {
     let (current, last) = *histories.last().unwrap();
     let mut s = json!({
         "current": current,
@@ -108,16 +108,22 @@ fn state(histories: &[(&str, &str)]) -> Value {
     s
 }
 
-fn attempt(histories: &[(&str, &str)], worker: &str) -> Value {
+pub(crate) fn attempt(histories: &[(&str, &str)], worker: &str) -> Value {
     json!({"state": state(histories), "workerId": worker})
 }
 
-fn task_run(id: &str, execution: &str, task: &str, attempts: Vec<Value>, st: Value) -> Value {
+pub(crate) fn task_run(
+    id: &str,
+    execution: &str,
+    task: &str,
+    attempts: Vec<Value>,
+    st: Value,
+) -> Value {
     json!({"tenantId": "main", "id": id, "executionId": execution, "namespace": "company.team",
            "flowId": "etl", "taskId": task, "attempts": attempts, "outputs": null, "state": st})
 }
 
-fn execution(id: &str, runs: Vec<Value>, st: Value) -> Value {
+pub(crate) fn execution(id: &str, runs: Vec<Value>, st: Value) -> Value {
     json!({"tenantId": "main", "id": id, "namespace": "company.team", "flowId": "etl",
            "flowRevision": 3, "taskRunList": runs,
            "labels": [{"key": "system.correlationId", "value": id}],
@@ -126,13 +132,13 @@ fn execution(id: &str, runs: Vec<Value>, st: Value) -> Value {
 }
 
 /// ISO instants `s` seconds after a base close to now (so "ended recently" holds).
-fn at(base: i64, s: f64) -> String {
+pub(crate) fn at(base: i64, s: f64) -> String {
     let ms = base + (s * 1000.0) as i64;
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
         .to_string()
 }
 
-async fn app_on(k: &Kestra, db: &TestDb) -> TestApp {
+pub(crate) async fn app_on(k: &Kestra, db: &TestDb) -> TestApp {
     let url = k.url.clone();
     TestApp::spawn_with(db, move |s| {
         s.kestra.db = Some(url);
