@@ -23,6 +23,8 @@
 #   ensure_chart_validators  the Prometheus Operator's CRD schemas for the chart tests:
 #                    `npm ci` in tests/chart (node_modules there, redone when the lock changes);
 #                    Kubernetes' schemas come with kubernetes-validate in the venv
+#   ensure_browser   the status page's browser test: Debian's chromium and `npm ci` in
+#                    tests/browser (playwright-core); chromium's path in $TASKPULSE_CHROMIUM
 #   ensure_image     the container image (scripts/image.sh: umoci, skopeo, binutils and
 #                    ca-certificates from apt, the release binary) and runc to run it; its path
 #                    in $TASKPULSE_TEST_IMAGE, runc's in $TASKPULSE_OCI_RUNTIME
@@ -337,6 +339,24 @@ ensure_chart_validators() {
     fi
 }
 
+# The status page's real-browser test (tests/browser/status_page.mjs): Debian's chromium (no
+# browser download; Playwright only drives it) and playwright-core from
+# tests/browser/package-lock.json (npm ci, redone when the lock changes); chromium's path in
+# $TASKPULSE_CHROMIUM.
+ensure_browser() {
+    [[ -x /usr/bin/chromium ]] || apt_install chromium
+    local dir="$REPO_ROOT/tests/browser" want have=""
+    want="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+    [[ -f $dir/node_modules/.lock.sha256 ]] && have="$(<"$dir/node_modules/.lock.sha256")"
+    if [[ ! -d $dir/node_modules/playwright-core || $want != "$have" ]]; then
+        command -v npm >/dev/null 2>&1 || apt_install npm
+        log "npm ci in tests/browser (playwright-core)"
+        (cd "$dir" && quietly npm ci --silent --no-audit --no-fund)
+        printf '%s\n' "$want" >"$dir/node_modules/.lock.sha256"
+    fi
+    export TASKPULSE_CHROMIUM=/usr/bin/chromium
+}
+
 # The OCI image the chart installs, built the way a release builds it (scripts/image.sh), and
 # runc, which tests/api/image.rs runs it with (crun needs a unified cgroup hierarchy, which
 # containers like this one often lack; runc works on both).
@@ -396,6 +416,7 @@ main() {
     ensure_helm
     ensure_python_venv
     ensure_chart_validators
+    ensure_browser
     ensure_image
     drop_stale_test_databases
     run_tests "$@"

@@ -35,6 +35,7 @@ mod replicas;
 mod retention;
 mod shutdown;
 mod status_api;
+mod status_page;
 mod store;
 mod throttle;
 mod webhook;

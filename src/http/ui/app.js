@@ -1003,7 +1003,7 @@ async function eventLoop(run) {
     try {
       const res = await apiFetch(url, { signal: run.ctrl.signal, headers: { Accept: 'text/event-stream' } });
       if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
-      setLive('live', 'live');
+      setLive('live', 'connected');
       if (reconnect) refreshView();
       state.everConnected = true;
       // the backoff starts over only for a stream that delivered something: a server that
