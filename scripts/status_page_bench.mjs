@@ -7,7 +7,8 @@
 //      with no page open and with 50 open pages, alternated (A B A B ...), medians. The 50 pages
 //      are clients that do what the page does on its first page (src/http/ui/app.js): a stream
 //      watching the 50 rows it shows, the first page fetched again at most every 2 s when
-//      `changed` arrives, and a new stream when the rows shown differ.
+//      `changed` arrives (accepting an answer up to 1 s old, `maxAge`), and a new stream when the
+//      rows shown differ.
 //
 // Run: cargo build --release && (cd tests/browser && npm ci) && node scripts/status_page_bench.mjs
 // Needs /usr/bin/chromium (or CHROMIUM). Prints a JSON summary.
@@ -28,6 +29,8 @@ const RATE = Number(process.env.RATE || 10_000);
 const ROUND_S = Number(process.env.ROUND_S || 15);
 const ROUNDS = Number(process.env.ROUNDS || 3);
 const PAGE_ROWS = 50;
+// app.js's refreshes on `changed` accept an answer this old (ms); MAX_AGE=0 measures without.
+const MAX_AGE = Number(process.env.MAX_AGE ?? 1000);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => {
@@ -109,8 +112,8 @@ function pageClient(stats) {
   let shown = '';
   let lastFetch = 0;
   let pending = null;
-  const rows = async () => {
-    const r = await fetch(`${BASE}/api/v1/tasks?inFlight=true&limit=${PAGE_ROWS}`);
+  const rows = async (maxAge) => {
+    const r = await fetch(`${BASE}/api/v1/tasks?inFlight=true&limit=${PAGE_ROWS}${maxAge ? `&maxAge=${maxAge}` : ''}`);
     stats.fetches++;
     const body = await r.json();
     return body.tasks.map((t) => encodeURIComponent(t.taskId)).join(',');
@@ -121,7 +124,7 @@ function pageClient(stats) {
     pending = setTimeout(async () => {
       pending = null;
       lastFetch = Date.now();
-      const ids = await rows();
+      const ids = await rows(MAX_AGE);
       if (ids !== shown) {
         shown = ids;
         stats.reconnects++;
@@ -212,6 +215,7 @@ async function main() {
       firstRenderRuns: render.ms,
       transferBytes: render.transfer,
       updatesPerSecond: RATE,
+      maxAgeMs: MAX_AGE,
       achievedUpdatesPerSecond: median(rounds.map((r) => r.updatesPerSecond)),
       cpuNoPages: median(none.map((r) => r.cpu)),
       cpuWithPages: median(open.map((r) => r.cpu)),

@@ -364,6 +364,7 @@ impl Application {
             engine_readiness: Arc::new(std::mem::take(&mut added.readiness)),
             overview,
             live: Arc::default(),
+            shared_lists: Arc::default(),
         };
         let router = crate::http::router(state, Routes::merge(Routes::default(), added.routes));
         Ok(Application {

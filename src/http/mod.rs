@@ -37,6 +37,7 @@ use crate::store::Store;
 pub use auth::bearer_matches;
 pub use live::LiveStreams;
 pub use overview::{Overview, OverviewSources};
+pub use read::SharedLists;
 pub use views::TaskView;
 
 /// Shared by the core's handlers.
@@ -56,6 +57,8 @@ pub struct HttpState {
     pub overview: Arc<Overview>,
     /// The open event streams (`/api/v1/events`), bounded.
     pub live: Arc<LiveStreams>,
+    /// Task-list answers shared by requests that accept a recent one (`maxAge`).
+    pub shared_lists: Arc<SharedLists>,
 }
 
 /// A readiness check a source adds: `Some(why)` while it is failing (`/readyz` answers 503).

@@ -18,11 +18,15 @@ pub(super) struct ListParams {
     order: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+    max_age: Option<String>,
 }
 
 pub(super) const DEFAULT_LIST_LIMIT: usize = 100;
 /// Longest page of the task list: a page copies only its own records.
 pub(super) const MAX_LIST_LIMIT: usize = 1000;
+
+/// Longest `maxAge` a request may accept, in ms.
+pub(super) const MAX_AGE_MS: u64 = 5000;
 
 /// What the list can be sorted by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +86,9 @@ pub(super) struct TaskQuery {
     pub limit: usize,
     /// The last (key, task id) of the previous page.
     pub after: Option<(i64, String)>,
+    /// `maxAge`: an answer computed for the same query up to this long ago will do (the
+    /// status page's background refreshes); 0, the default, asks for a fresh one.
+    pub max_age: std::time::Duration,
 }
 
 impl TaskQuery {
@@ -119,6 +126,15 @@ impl TaskQuery {
             Some(v) => return Err(format!("`order` must be `asc` or `desc`, got `{v}`")),
         };
         let limit = parse_limit(p.limit.as_deref())?;
+        let max_age = match given(p.max_age) {
+            None => 0,
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if ms <= MAX_AGE_MS => ms,
+                _ => return Err(format!(
+                    "`maxAge` must be a number of milliseconds from 0 to {MAX_AGE_MS}, got `{v}`"
+                )),
+            },
+        };
         let mut q = TaskQuery {
             status,
             task_type: given(p.task_type),
@@ -129,6 +145,7 @@ impl TaskQuery {
             descending,
             limit,
             after: None,
+            max_age: std::time::Duration::from_millis(max_age),
         };
         if let Some(c) = given(p.cursor) {
             q.after = Some(q.parse_cursor(&c).ok_or_else(|| {
@@ -150,6 +167,22 @@ impl TaskQuery {
                 .workflow_id
                 .as_deref()
                 .is_none_or(|w| &*r.workflow_id == w)
+    }
+
+    /// What identifies the answer (everything but `maxAge`): the shared answers' key.
+    pub fn answer_key(&self) -> String {
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}|{}|{:?}",
+            self.status,
+            self.task_type,
+            self.workflow_type,
+            self.workflow_id,
+            self.in_flight,
+            self.sort,
+            self.descending,
+            self.limit,
+            self.after
+        )
     }
 
     /// The key the list is in ascending order of (ties by task id): the sort value, negated
@@ -219,6 +252,7 @@ mod tests {
                 "order" => p.order = v,
                 "limit" => p.limit = v,
                 "cursor" => p.cursor = v,
+                "maxAge" => p.max_age = v,
                 other => panic!("no parameter {other}"),
             }
         }
@@ -276,6 +310,7 @@ mod tests {
             ("inFlight", "yes"),
             ("limit", "0"),
             ("status", "DONE"),
+            ("maxAge", "9000"),
         ] {
             let e = TaskQuery::parse(params(&[(k, v)])).unwrap_err();
             assert!(e.contains(v), "{k}={v}: {e}");

@@ -2,7 +2,8 @@
 //! `/metrics` and the status page's overview (`docs/contract.md` §2 and §5).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -25,6 +26,20 @@ pub(super) async fn list_tasks(
         Ok(q) => q,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
+    if !q.max_age.is_zero() {
+        if let Some(answer) = s.shared_lists.get(&q.answer_key(), q.max_age) {
+            return Json(answer).into_response();
+        }
+    }
+    let answer = Arc::new(task_page(&s, &q));
+    if !q.max_age.is_zero() {
+        s.shared_lists.put(q.answer_key(), answer.clone());
+    }
+    Json(answer).into_response()
+}
+
+/// One page of the task list as JSON.
+fn task_page(s: &HttpState, q: &TaskQuery) -> serde_json::Value {
     let tracker = s.pipeline.tracker();
     let page = tracker.page(
         |r| q.matches(r),
@@ -46,13 +61,45 @@ pub(super) async fn list_tasks(
             TaskView::new(r, predicted, now, stall_ms)
         })
         .collect();
-    Json(json!({
+    json!({
         "tasks": views,
         "count": views.len(),
         "total": page.total,
         "next": next,
-    }))
-    .into_response()
+    })
+}
+
+/// Task-list answers kept for the requests that accept a recent one (`maxAge`): fifty open
+/// status pages refreshing the same first page cost one walk of the tracked tasks, not fifty.
+/// At most [`SHARED_LISTS`] answers are kept, none longer than the longest `maxAge`.
+#[derive(Default)]
+pub struct SharedLists {
+    answers: std::sync::Mutex<std::collections::HashMap<String, (Instant, Arc<serde_json::Value>)>>,
+}
+
+/// Answers kept at once.
+const SHARED_LISTS: usize = 64;
+
+impl SharedLists {
+    fn get(&self, key: &str, max_age: Duration) -> Option<Arc<serde_json::Value>> {
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers
+            .get(key)
+            .filter(|(at, _)| at.elapsed() <= max_age)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: String, answer: Arc<serde_json::Value>) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if answers.len() >= SHARED_LISTS && !answers.contains_key(&key) {
+            let oldest = Duration::from_millis(super::query::MAX_AGE_MS);
+            answers.retain(|_, (at, _)| at.elapsed() <= oldest);
+            if answers.len() >= SHARED_LISTS {
+                answers.clear();
+            }
+        }
+        answers.insert(key, (Instant::now(), answer));
+    }
 }
 
 /// `GET /api/v1/tasks/{taskId}`: one task, its recent history and its attempts' workers.

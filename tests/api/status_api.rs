@@ -119,7 +119,28 @@ async fn the_task_list_sorts_pages_and_counts_on_the_server() {
     let (status, b) = get_json(&app, &format!("/api/v1/tasks?sort=started&cursor={c}")).await;
     assert_eq!(status, 400);
     assert!(b["error"].as_str().unwrap().contains("cursor"), "{b}");
-    for bad in ["sort=colour", "order=sideways", "inFlight=maybe"] {
+    // a request that accepts a recent answer may get the one computed for the same query;
+    // one that doesn't always gets a fresh one
+    let q = "/api/v1/tasks?inFlight=true&sort=progress&limit=1";
+    let (_, before) = get_json(&app, &format!("{q}&maxAge=5000")).await;
+    let mut top = task("t22", "encode", Some(1.0), 1);
+    top["updateTime"] = json!(taskpulse::now_ms());
+    app.ingest(&json!(top)).await;
+    let (_, shared) = get_json(&app, &format!("{q}&maxAge=5000")).await;
+    assert_eq!(shared, before, "within maxAge: the shared answer");
+    let (_, fresh) = get_json(&app, q).await;
+    assert_eq!(
+        fresh["tasks"][0]["taskId"], "t21",
+        "t22 moved down: {fresh}"
+    );
+    let (_, other) = get_json(&app, &format!("{q}&maxAge=0")).await;
+    assert_eq!(other, fresh);
+    for bad in [
+        "sort=colour",
+        "order=sideways",
+        "inFlight=maybe",
+        "maxAge=60000",
+    ] {
         let (status, b) = get_json(&app, &format!("/api/v1/tasks?{bad}")).await;
         assert_eq!(status, 400, "{bad}");
         let value = bad.split('=').nth(1).unwrap();

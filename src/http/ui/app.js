@@ -506,9 +506,12 @@ function updateFilterOptions() {
 
 // ---- the in-flight table
 
-function listUrl() {
+// `maxAge` (ms): a refresh that only looks for new tasks accepts an answer the server computed
+// that long ago for another page, so many open pages cost the server one walk of its tasks.
+function listUrl(maxAge) {
   const l = state.list;
   const q = new URLSearchParams({ inFlight: 'true', sort: l.sort, order: l.order, limit: String(PAGE_SIZE) });
+  if (maxAge) q.set('maxAge', String(maxAge));
   if (l.taskType) q.set('taskType', l.taskType);
   if (l.workflowType) q.set('workflowType', l.workflowType);
   if (l.status) q.set('status', l.status);
@@ -516,11 +519,11 @@ function listUrl() {
   return `/api/v1/tasks?${q}`;
 }
 
-function refreshTasks() {
+function refreshTasks(maxAge) {
   const el = state.slots.tasks;
   if (!el) return Promise.resolve();
   return loadInto('tasks', el, async (current) => {
-    const data = await apiJson(listUrl());
+    const data = await apiJson(listUrl(maxAge));
     if (!current()) return [];
     const panel = state.taskPanel || (state.taskPanel = taskPanel());
     updateTaskPanel(panel, data);
@@ -1091,7 +1094,7 @@ const refetchTasksSoon = throttle(() => { if (state.route.name === 'overview') r
 const refetchTaskSoon = throttle(() => { if (state.route.name === 'task') refreshTask(); }, 1000);
 const refetchWaitSoon = throttle(() => { if (state.route.name === 'wait') refreshWaitTable(); }, 2000);
 // `changed` comes with any update anywhere: at most one refetch of the page every 2 s for it.
-const refetchTasksChanged = throttle(() => { if (state.route.name === 'overview') refreshTasks(); }, 2000);
+const refetchTasksChanged = throttle(() => { if (state.route.name === 'overview') refreshTasks(1000); }, 2000);
 
 function onTasksChanged(tasks) {
   const route = state.route;
