@@ -105,6 +105,9 @@ pub(super) async fn events(State(s): State<HttpState>, Query(q): Query<EventsQue
             ),
         );
     }
+    if s.draining.load(Ordering::Relaxed) {
+        return unavailable("shutting down");
+    }
     let max = MAX_STREAMS.min((s.settings.max_connections / 2).max(1));
     let Some(slot) = s.live.take(max) else {
         return unavailable(format!(

@@ -14,6 +14,7 @@ pub(super) struct ListParams {
     workflow_type: Option<String>,
     workflow_id: Option<String>,
     in_flight: Option<String>,
+    waiting: Option<String>,
     sort: Option<String>,
     order: Option<String>,
     limit: Option<String>,
@@ -81,6 +82,8 @@ pub(super) struct TaskQuery {
     pub workflow_type: Option<String>,
     pub workflow_id: Option<String>,
     pub in_flight: bool,
+    /// Only WAIT tasks that have not finished (the WAIT queue).
+    pub waiting: bool,
     pub sort: Sort,
     pub descending: bool,
     pub limit: usize,
@@ -102,11 +105,13 @@ impl TaskQuery {
                 )
             })?),
         };
-        let in_flight = match given(p.in_flight).as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(v) => return Err(format!("`inFlight` must be `true` or `false`, got `{v}`")),
+        let flag = |name: &str, v: Option<String>| match given(v).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(v) => Err(format!("`{name}` must be `true` or `false`, got `{v}`")),
         };
+        let in_flight = flag("inFlight", p.in_flight)?;
+        let waiting = flag("waiting", p.waiting)?;
         let sort = match given(p.sort) {
             None => Sort::Updated,
             Some(v) => Sort::ALL
@@ -130,9 +135,11 @@ impl TaskQuery {
             None => 0,
             Some(v) => match v.parse::<u64>() {
                 Ok(ms) if ms <= MAX_AGE_MS => ms,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "`maxAge` must be a number of milliseconds from 0 to {MAX_AGE_MS}, got `{v}`"
-                )),
+                ))
+                }
             },
         };
         let mut q = TaskQuery {
@@ -141,6 +148,7 @@ impl TaskQuery {
             workflow_type: given(p.workflow_type),
             workflow_id: given(p.workflow_id),
             in_flight,
+            waiting,
             sort,
             descending,
             limit,
@@ -157,6 +165,7 @@ impl TaskQuery {
 
     pub fn matches(&self, r: &TaskRecord) -> bool {
         (!self.in_flight || r.is_in_flight())
+            && (!self.waiting || r.is_waiting())
             && self.status.is_none_or(|st| r.status == st)
             && self.task_type.as_deref().is_none_or(|t| &*r.task_type == t)
             && self
@@ -172,12 +181,13 @@ impl TaskQuery {
     /// What identifies the answer (everything but `maxAge`): the shared answers' key.
     pub fn answer_key(&self) -> String {
         format!(
-            "{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}|{}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}|{}|{}|{:?}",
             self.status,
             self.task_type,
             self.workflow_type,
             self.workflow_id,
             self.in_flight,
+            self.waiting,
             self.sort,
             self.descending,
             self.limit,
@@ -248,6 +258,7 @@ mod tests {
             match *k {
                 "status" => p.status = v,
                 "inFlight" => p.in_flight = v,
+                "waiting" => p.waiting = v,
                 "sort" => p.sort = v,
                 "order" => p.order = v,
                 "limit" => p.limit = v,
@@ -308,6 +319,7 @@ mod tests {
             ("sort", "colour"),
             ("order", "up"),
             ("inFlight", "yes"),
+            ("waiting", "soon"),
             ("limit", "0"),
             ("status", "DONE"),
             ("maxAge", "9000"),

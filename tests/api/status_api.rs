@@ -113,6 +113,13 @@ async fn the_task_list_sorts_pages_and_counts_on_the_server() {
     assert_eq!(b["total"], 27, "{b}");
     let (_, b) = get_json(&app, "/api/v1/tasks?taskType=WAIT&sort=waitUntil&order=asc").await;
     assert_eq!(b["tasks"][0]["taskId"], "wait");
+    // the WAIT queue: unfinished WAIT tasks only
+    let mut woke = task("woke", "WAIT", None, 1);
+    woke["status"] = json!("COMPLETED");
+    app.ingest(&json!(woke)).await;
+    let (_, b) = get_json(&app, "/api/v1/tasks?waiting=true&sort=waitUntil").await;
+    assert_eq!(b["total"], 1, "{b}");
+    assert_eq!(b["tasks"][0]["taskId"], "wait");
     // a cursor belongs to its sort
     let (_, b) = get_json(&app, "/api/v1/tasks?sort=progress&limit=2").await;
     let c = b["next"].as_str().unwrap().to_string();

@@ -886,7 +886,7 @@ function refreshWaitTable() {
   const el = state.slots.waitTable;
   if (!el) return Promise.resolve();
   return loadInto('waitTable', el, async (current) => {
-    const data = await apiJson('/api/v1/tasks?taskType=WAIT&sort=waitUntil&order=asc&limit=50');
+    const data = await apiJson('/api/v1/tasks?waiting=true&sort=waitUntil&order=asc&limit=50');
     const tasks = Array.isArray(data.tasks) ? data.tasks : [];
     const now = Date.now();
     const rows = tasks.map((t) => {
