@@ -136,6 +136,50 @@ impl TaskRecord {
     pub fn is_in_flight(&self) -> bool {
         !self.status.is_terminal() && &*self.task_type != WAIT_TASK_TYPE
     }
+
+    /// Reports progress that hasn't changed for `stall_after_ms` (the caller decides whether
+    /// the task is still running). One definition for the metrics, the read API and the page.
+    pub fn progress_stalled(&self, now: i64, stall_after_ms: i64) -> bool {
+        self.progress.is_some() && now - self.progress_changed >= stall_after_ms
+    }
+
+    /// Whether a predicted completion falls after the deadline.
+    pub fn predicted_late(&self, predicted_completion: Option<i64>) -> bool {
+        matches!((predicted_completion, self.deadline_ms()), (Some(p), Some(d)) if p > d)
+    }
+}
+
+#[cfg(test)]
+impl TaskRecord {
+    /// An `encode` task in progress, first seen at `at` with nothing else known: the unit
+    /// tests' starting point.
+    pub(crate) fn in_progress(task_id: &str, at: i64) -> TaskRecord {
+        TaskRecord {
+            task_id: task_id.into(),
+            workflow_id: "w".into(),
+            task_type: "encode".into(),
+            workflow_type: None,
+            reference_task_name: None,
+            seq: None,
+            iteration: None,
+            retry_count: None,
+            status: Status::InProgress,
+            progress: None,
+            progress_message: None,
+            worker_id: None,
+            start_time: None,
+            update_time: None,
+            timeout_seconds: None,
+            response_timeout_seconds: None,
+            wait_until: None,
+            parent_task_id: None,
+            iteration_value: None,
+            first_seen: at,
+            last_seen: at,
+            progress_changed: at,
+            terminal_at: None,
+        }
+    }
 }
 
 /// Whether a history line records an accepted status change or a rejected update.
@@ -214,6 +258,22 @@ pub struct Attempt {
     pub last_seen: i64,
 }
 
+impl Attempt {
+    /// An attempt first seen `now`, with no state of its own reported (yet).
+    pub fn seen(task_id: Arc<str>, attempt: i32, worker_id: Arc<str>, now: i64) -> Attempt {
+        Attempt {
+            task_id,
+            attempt,
+            worker_id,
+            status: None,
+            start_time: None,
+            end_time: None,
+            first_seen: now,
+            last_seen: now,
+        }
+    }
+}
+
 /// A stored task and the version its row had when it was read (optimistic locking).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredTask {
@@ -262,31 +322,8 @@ mod tests {
 
     #[test]
     fn deadline_starts_at_start_time_or_first_sight() {
-        let mut r = TaskRecord {
-            task_id: "t".into(),
-            workflow_id: "w".into(),
-            task_type: "encode".into(),
-            workflow_type: None,
-            reference_task_name: None,
-            seq: None,
-            iteration: None,
-            retry_count: None,
-            status: Status::InProgress,
-            progress: None,
-            progress_message: None,
-            worker_id: None,
-            start_time: None,
-            update_time: None,
-            timeout_seconds: Some(60),
-            response_timeout_seconds: None,
-            wait_until: None,
-            parent_task_id: None,
-            iteration_value: None,
-            first_seen: 1_000,
-            last_seen: 1_000,
-            progress_changed: 1_000,
-            terminal_at: None,
-        };
+        let mut r = TaskRecord::in_progress("t", 1_000);
+        r.timeout_seconds = Some(60);
         assert_eq!(r.deadline_ms(), Some(61_000));
         r.start_time = Some(500);
         assert_eq!(r.deadline_ms(), Some(60_500));

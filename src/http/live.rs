@@ -90,20 +90,19 @@ struct Feed {
 }
 
 pub(super) async fn events(State(s): State<HttpState>, Query(q): Query<EventsQuery>) -> Response {
+    // Checked while splitting, so a URL of a million ids costs no more than one of 201.
     let mut watched: Vec<(String, Option<Seen>)> = Vec::new();
     for id in q.watch.as_deref().unwrap_or("").split(',') {
-        if !id.is_empty() && !watched.iter().any(|(w, _)| w == id) {
-            watched.push((id.to_string(), None));
+        if id.is_empty() || watched.iter().any(|(w, _)| w == id) {
+            continue;
         }
-    }
-    if watched.len() > MAX_WATCHED {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "`watch` names {} tasks; a stream watches at most {MAX_WATCHED}",
-                watched.len()
-            ),
-        );
+        if watched.len() == MAX_WATCHED {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`watch` names more than {MAX_WATCHED} tasks, the most a stream watches"),
+            );
+        }
+        watched.push((id.to_string(), None));
     }
     if s.draining.load(Ordering::Relaxed) {
         return unavailable("shutting down");
@@ -148,19 +147,23 @@ impl Feed {
         let stall_ms = self.s.stall_after.as_millis() as i64;
         let mut views = Vec::new();
         for (id, seen) in &mut self.watched {
+            // compared in place; a record is copied only for a task that changed
+            let now_seen = tracker.inspect(id, |st| Seen {
+                last_seen: st.rec.last_seen,
+                stalled: st.rec.is_in_flight() && st.rec.progress_stalled(now, stall_ms),
+            });
+            if now_seen.is_none() || *seen == now_seen {
+                continue;
+            }
             let Some(rec) = tracker.get(id) else {
                 continue;
             };
+            *seen = now_seen;
             let predicted = tracker.predicted_completion(id, now, stall_ms);
-            let view = TaskView::new(&rec, predicted, now, stall_ms);
-            let now_seen = Seen {
-                last_seen: rec.last_seen,
-                stalled: view.stalled,
-            };
-            if *seen != Some(now_seen) {
-                *seen = Some(now_seen);
-                views.push(serde_json::to_value(view).unwrap_or_default());
-            }
+            views.push(
+                serde_json::to_value(TaskView::new(&rec, predicted, now, stall_ms))
+                    .unwrap_or_default(),
+            );
         }
         if !views.is_empty() {
             out.extend(json_event("tasks", &json!({ "tasks": views })));

@@ -87,11 +87,10 @@ impl Overview {
             in_flight += 1;
             *by_status.entry(r.status.as_str()).or_default() += 1;
             *by_type.entry(r.task_type.clone()).or_default() += 1;
-            if r.progress.is_some() && now - r.progress_changed >= stall_ms {
+            if r.progress_stalled(now, stall_ms) {
                 stalled += 1;
             }
-            let predicted = st.predicted_completion(now, stall_ms);
-            if matches!((predicted, r.deadline_ms()), (Some(p), Some(d)) if p > d) {
+            if r.predicted_late(st.predicted_completion(now, stall_ms)) {
                 late += 1;
             }
         });
@@ -106,10 +105,12 @@ impl Overview {
             }
             None => tracked_wait,
         };
-        let mut types: Vec<(Arc<str>, u64)> = by_type.into_iter().collect();
-        types.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        types.truncate(TYPES_LISTED);
+        let types = most_common(by_type);
         let task_types: BTreeSet<&str> = types.iter().map(|(t, _)| &**t).collect();
+        let workflow_types: BTreeSet<Arc<str>> = most_common(workflow_types)
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "at": now,
@@ -134,7 +135,7 @@ impl Overview {
             "stalled": stalled,
             "checker": self.checker(),
             "taskTypes": task_types,
-            "workflowTypes": most_common(workflow_types),
+            "workflowTypes": workflow_types,
         })
     }
 
@@ -162,10 +163,11 @@ impl Overview {
     }
 }
 
-/// Names by how often they occur, at most [`TYPES_LISTED`], then sorted by name.
-fn most_common(counts: BTreeMap<Arc<str>, u64>) -> BTreeSet<Arc<str>> {
+/// The [`TYPES_LISTED`] most common names with their counts, most common first (ties by name).
+fn most_common(counts: BTreeMap<Arc<str>, u64>) -> Vec<(Arc<str>, u64)> {
     let mut v: Vec<(Arc<str>, u64)> = counts.into_iter().collect();
+    // stable: equal counts stay in the map's name order
     v.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     v.truncate(TYPES_LISTED);
-    v.into_iter().map(|(k, _)| k).collect()
+    v
 }

@@ -270,34 +270,6 @@ mod tests {
         p
     }
 
-    fn record() -> TaskRecord {
-        TaskRecord {
-            task_id: "t".into(),
-            workflow_id: "w".into(),
-            task_type: "encode".into(),
-            workflow_type: None,
-            reference_task_name: None,
-            seq: None,
-            iteration: None,
-            retry_count: None,
-            status: Status::InProgress,
-            progress: None,
-            progress_message: None,
-            worker_id: None,
-            start_time: None,
-            update_time: None,
-            timeout_seconds: None,
-            response_timeout_seconds: None,
-            wait_until: None,
-            parent_task_id: None,
-            iteration_value: None,
-            first_seen: 1,
-            last_seen: 1,
-            progress_changed: 1,
-            terminal_at: None,
-        }
-    }
-
     #[test]
     fn cursors_round_trip_and_belong_to_their_sort() {
         let q = TaskQuery::parse(params(&[("sort", "deadline"), ("order", "asc")])).unwrap();
@@ -333,7 +305,7 @@ mod tests {
     fn missing_values_sort_last_both_ways() {
         let asc = TaskQuery::parse(params(&[("sort", "progress"), ("order", "asc")])).unwrap();
         let desc = TaskQuery::parse(params(&[("sort", "progress"), ("order", "desc")])).unwrap();
-        let mut r = record();
+        let mut r = TaskRecord::in_progress("t", 1);
         r.progress = None;
         assert_eq!(asc.key(&r), i64::MAX);
         assert_eq!(desc.key(&r), i64::MAX);

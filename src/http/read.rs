@@ -161,16 +161,12 @@ pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<Str
             .iter()
             .any(|a| a.attempt == n && a.worker_id == *worker)
         {
-            attempts.push(Attempt {
-                task_id: rec.task_id.clone(),
-                attempt: n,
-                worker_id: worker.clone(),
-                status: None,
-                start_time: None,
-                end_time: None,
-                first_seen: rec.last_seen,
-                last_seen: rec.last_seen,
-            });
+            attempts.push(Attempt::seen(
+                rec.task_id.clone(),
+                n,
+                worker.clone(),
+                rec.last_seen,
+            ));
         }
     }
     attempts.sort_by_key(|a| (a.attempt, a.first_seen));

@@ -34,13 +34,8 @@ impl<'a> TaskView<'a> {
             attempt: r.retry_count.unwrap_or(0),
             deadline: r.deadline_ms(),
             predicted_completion,
-            predicted_late: matches!(
-                (predicted_completion, r.deadline_ms()),
-                (Some(p), Some(d)) if p > d
-            ),
-            stalled: r.is_in_flight()
-                && r.progress.is_some()
-                && now - r.progress_changed >= stall_after_ms,
+            predicted_late: r.predicted_late(predicted_completion),
+            stalled: r.is_in_flight() && r.progress_stalled(now, stall_after_ms),
         }
     }
 }

@@ -348,14 +348,12 @@ impl Collector for StateCollector {
                 return;
             }
             if rec.progress.is_some() {
-                if now - rec.progress_changed >= stall_ms {
+                if rec.progress_stalled(now, stall_ms) {
                     counts.stalled += 1;
                 }
                 let predicted = st.predicted_completion(now, stall_ms);
-                if let (Some(p), Some(d)) = (predicted, rec.deadline_ms()) {
-                    if p > d {
-                        counts.predicted_timeout += 1;
-                    }
+                if rec.predicted_late(predicted) {
+                    counts.predicted_timeout += 1;
                 }
                 candidates.push((rec.first_seen, rec.task_id.clone()));
                 if candidates.len() <= cap {

@@ -83,16 +83,12 @@ impl TaskState {
         if self.attempts.len() >= ATTEMPTS_KEPT {
             self.attempts.remove(0);
         }
-        self.attempts.push(Attempt {
-            task_id: self.rec.task_id.clone(),
+        self.attempts.push(Attempt::seen(
+            self.rec.task_id.clone(),
             attempt,
-            worker_id: worker,
-            status: None,
-            start_time: None,
-            end_time: None,
-            first_seen: now,
-            last_seen: now,
-        });
+            worker,
+            now,
+        ));
     }
 
     /// Notes the attempts an engine reported with their own state (Kestra's `attempts[]`), for
@@ -114,16 +110,12 @@ impl TaskState {
                     if self.attempts.len() >= ATTEMPTS_KEPT {
                         self.attempts.remove(0);
                     }
-                    self.attempts.push(Attempt {
-                        task_id: self.rec.task_id.clone(),
-                        attempt: r.attempt,
-                        worker_id: worker(&r.worker_id),
-                        status: None,
-                        start_time: None,
-                        end_time: None,
-                        first_seen: now,
-                        last_seen: now,
-                    });
+                    self.attempts.push(Attempt::seen(
+                        self.rec.task_id.clone(),
+                        r.attempt,
+                        worker(&r.worker_id),
+                        now,
+                    ));
                     self.attempts.last_mut().expect("just pushed")
                 }
             };

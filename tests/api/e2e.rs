@@ -231,6 +231,74 @@ fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
 /// The values the dashboard's variables take in this test: "All" (`.*`) for multi-value query
 /// variables, the slow task for `task_id`, the test's stall window for `stall_after`, the
 /// current value for the rest; Grafana's built-in intervals.
+/// Starts Prometheus in `dir` with `config` (everything before `scrape_configs:`) scraping
+/// `target` as job [`JOB`]; returns it and its URL once it is ready.
+async fn start_prometheus(
+    client: &reqwest::Client,
+    prometheus: &Path,
+    dir: &Path,
+    config: &str,
+    target: std::net::SocketAddr,
+    extra_args: &[&str],
+) -> (Proc, String) {
+    let port = free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "{config}scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let mut args = vec![
+        format!("--config.file={}", dir.join("prometheus.yml").display()),
+        format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let mut prom = Proc::spawn("prometheus", prometheus, &args, dir);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(client, &format!("{url}/-/ready"), &mut prom).await;
+    (prom, url)
+}
+
+/// Every panel query of every dashboard, the variables substituted (`set` overrides them),
+/// with the place it comes from.
+fn dashboard_queries(app_url: &str, set: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    for (file, dashboard) in dashboards() {
+        let mut vars = variables(&dashboard, app_url);
+        vars.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        for q in panel_queries(&dashboard) {
+            let expr = substitute(&q.expr, &vars);
+            assert!(
+                !expr.contains('$'),
+                "dashboards/{file} panel `{}`: unknown variable in {expr}",
+                q.panel
+            );
+            queries.push((
+                format!("dashboards/{file} panel `{}` ({})", q.panel, q.ref_id),
+                expr,
+            ));
+        }
+    }
+    queries
+}
+
+/// The places of the queries that return no finite value through Prometheus now.
+async fn empty_queries(
+    client: &reqwest::Client,
+    prom: &str,
+    queries: &[(String, String)],
+) -> BTreeSet<String> {
+    let mut empty = BTreeSet::new();
+    for (place, expr) in queries {
+        if !matches!(query(client, prom, expr).await, Ok(r) if has_finite(&r)) {
+            empty.insert(place.clone());
+        }
+    }
+    empty
+}
+
 fn variables(dashboard: &Value, app_url: &str) -> BTreeMap<String, String> {
     let mut vars: BTreeMap<String, String> = [
         ("__rate_interval", "1m"),
@@ -400,47 +468,29 @@ async fn dashboards_have_data_and_alerts_fire_and_resolve_through_prometheus_and
     let rules_dir = dir.path().join("rules");
     std::fs::create_dir(&rules_dir).unwrap();
     let rules = shortened_rules(&rules_dir);
-    let prom_port = free_port();
     let rule_list: String = rules
         .iter()
         .map(|(p, _)| format!("  - {}\n", p.display()))
         .collect();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n{rule_list}\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n\
-             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{}']\n",
-            app.addr
-        ),
-    )
-    .unwrap();
-    let mut prom = Proc::spawn(
-        "prometheus",
-        &prometheus,
-        &[
-            format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ),
-            format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("prom-data").display()
-            ),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-            "--rules.alert.resend-delay=1s".to_string(),
-        ],
-        dir.path(),
-    );
-    let prom_url = format!("http://127.0.0.1:{prom_port}");
     wait_ready(
         &client,
         &format!("http://127.0.0.1:{am_port}/-/ready"),
         &mut am,
     )
     .await;
-    wait_ready(&client, &format!("{prom_url}/-/ready"), &mut prom).await;
+    let (prom, prom_url) = start_prometheus(
+        &client,
+        &prometheus,
+        dir.path(),
+        &format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n{rule_list}\
+             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n"
+        ),
+        app.addr,
+        &["--rules.alert.resend-delay=1s"],
+    )
+    .await;
     let logs = || format!("{}\n{}", prom.tail(), am.tail());
 
     // Prometheus loaded every rule of the files, and scrapes taskpulse
@@ -498,32 +548,10 @@ async fn dashboards_have_data_and_alerts_fire_and_resolve_through_prometheus_and
     wait_for_checker(&app, 2).await;
 
     // every query of every dashboard panel returns data
-    let app_url = format!("http://{}", app.addr);
-    let mut queries: Vec<(String, String)> = Vec::new();
-    for (file, dashboard) in dashboards() {
-        let vars = variables(&dashboard, &app_url);
-        for q in panel_queries(&dashboard) {
-            let expr = substitute(&q.expr, &vars);
-            assert!(
-                !expr.contains('$'),
-                "dashboards/{file} panel `{}`: unknown variable in {expr}",
-                q.panel
-            );
-            queries.push((
-                format!("dashboards/{file} panel `{}` ({})", q.panel, q.ref_id),
-                expr,
-            ));
-        }
-    }
+    let queries = dashboard_queries(&format!("http://{}", app.addr), &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut empty = Vec::new();
-        for (place, expr) in &queries {
-            match query(&client, &prom_url, expr).await {
-                Ok(r) if has_finite(&r) => {}
-                r => empty.push(format!("{place}: {expr}\n  -> {r:?}")),
-            }
-        }
+        let empty = empty_queries(&client, &prom_url, &queries).await;
         if empty.is_empty() {
             break;
         }
@@ -532,7 +560,14 @@ async fn dashboards_have_data_and_alerts_fire_and_resolve_through_prometheus_and
             "{} of {} dashboard queries return no data through Prometheus:\n{}\n{}",
             empty.len(),
             queries.len(),
-            empty.join("\n"),
+            empty
+                .iter()
+                .map(|place| {
+                    let expr = &queries.iter().find(|(p, _)| p == place).unwrap().1;
+                    format!("{place}: {expr}")
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
             logs()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -705,34 +740,15 @@ async fn the_dashboards_show_kestra_task_runs_through_prometheus() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().expect("temp dir");
-    let prom_port = free_port();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{}']\n",
-            app.addr
-        ),
-    )
-    .unwrap();
-    let mut prom = Proc::spawn(
-        "prometheus",
+    let (prom, prom_url) = start_prometheus(
+        &client,
         &prometheus,
-        &[
-            format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ),
-            format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("prom-data").display()
-            ),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
         dir.path(),
-    );
-    let prom_url = format!("http://127.0.0.1:{prom_port}");
-    wait_ready(&client, &format!("{prom_url}/-/ready"), &mut prom).await;
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n",
+        app.addr,
+        &[],
+    )
+    .await;
     wait_for_data(
         &client,
         &prom_url,
@@ -812,39 +828,19 @@ async fn the_dashboards_show_kestra_task_runs_through_prometheus() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     k.persist(&second("SUCCESS", 9.0)).await;
 
-    let app_url = format!("http://{}", app.addr);
-    let mut queries: Vec<(String, String)> = Vec::new();
-    for (file, dashboard) in dashboards() {
-        let mut vars = variables(&dashboard, &app_url);
-        vars.insert("namespace".into(), "company.team".into());
-        vars.insert("task_id".into(), "tr-k-next".into());
-        for q in panel_queries(&dashboard) {
-            let expr = substitute(&q.expr, &vars);
-            assert!(
-                !expr.contains('$'),
-                "dashboards/{file}: unknown variable in {expr}"
-            );
-            queries.push((
-                format!("dashboards/{file} panel `{}` ({})", q.panel, q.ref_id),
-                expr,
-            ));
-        }
-    }
+    let queries = dashboard_queries(
+        &format!("http://{}", app.addr),
+        &[("namespace", "company.team"), ("task_id", "tr-k-next")],
+    );
+    let expected: BTreeSet<String> = EMPTY_WITH_KESTRA.iter().map(|s| s.to_string()).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     let empty = loop {
-        let mut empty = BTreeSet::new();
-        for (place, expr) in &queries {
-            if !matches!(query(&client, &prom_url, expr).await, Ok(r) if has_finite(&r)) {
-                empty.insert(place.clone());
-            }
-        }
-        let expected: BTreeSet<String> = EMPTY_WITH_KESTRA.iter().map(|s| s.to_string()).collect();
+        let empty = empty_queries(&client, &prom_url, &queries).await;
         if empty == expected || Instant::now() > deadline {
             break empty;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let expected: BTreeSet<String> = EMPTY_WITH_KESTRA.iter().map(|s| s.to_string()).collect();
     assert_eq!(
         empty,
         expected,
