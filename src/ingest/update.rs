@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::lifecycle::Rejection;
-use crate::model::{Status, ATTEMPTS_KEPT};
+use crate::model::{ReopenKind, Status, ATTEMPTS_KEPT};
 
 /// Longest accepted id or name. Label values come from these, so they must stay short.
 pub const MAX_ID_LEN: usize = 256;
@@ -51,6 +51,20 @@ pub struct TaskUpdate {
     /// The attempts as the engine reports them, each with its own state (the newest
     /// [`ATTEMPTS_KEPT`]); empty when the engine reports only the current one.
     pub attempts: Vec<AttemptReport>,
+    /// The engine's own evidence that this task was put back to work after it had finished.
+    /// Set only by readers of an engine's store, never from a request body: a worker or a
+    /// webhook cannot reopen a finished task (`docs/contract.md` §3).
+    pub reopen: Option<Reopen>,
+}
+
+/// What an engine's store shows of a task being scheduled or started again: the latest moment
+/// (engine time, epoch ms) the engine's own record of the task names for that, and how. The
+/// lifecycle takes it as a reopen only when `at` is not before the end taskpulse holds; a late
+/// write of the same run (conductor-oss#176) carries times from before that end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reopen {
+    pub kind: ReopenKind,
+    pub at: i64,
 }
 
 /// One attempt of a task as its engine reports it (Kestra: an entry of `attempts[]`).
@@ -108,6 +122,9 @@ pub struct RawUpdate {
     pub parent_task_id: Option<String>,
     pub iteration_value: Option<String>,
     pub attempts: Option<Vec<RawAttempt>>,
+    /// Set by an engine's store reader only; never read from JSON.
+    #[serde(skip)]
+    pub reopen: Option<Reopen>,
 }
 
 /// What taskpulse reads from `outputData`: `progressPercent`, `progressMessage`, and `progress`
@@ -290,6 +307,7 @@ impl RawUpdate {
                 })
                 .filter(|v| !v.is_empty()),
             attempts: attempts(self.attempts.unwrap_or_default())?,
+            reopen: self.reopen,
         })
     }
 

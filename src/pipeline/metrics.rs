@@ -6,7 +6,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, R
 use std::sync::Arc;
 
 use crate::cardinality::{Folding, LabelCap, HISTOGRAM_LABEL_VALUES};
-use crate::model::Status;
+use crate::model::{ReopenKind, Status};
 
 /// The `outcome` label values of `taskpulse_updates_total`.
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
@@ -15,6 +15,8 @@ pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 pub struct PipelineMetrics {
     pub updates_total: IntCounterVec,
     pub transitions_rejected_total: IntCounterVec,
+    /// Finished tasks the engine put back to work under the same id, by how.
+    pub task_reopens_total: IntCounterVec,
     pub progress_updates_total: IntCounterVec,
     pub task_duration_seconds: HistogramVec,
     /// Tasks that left memory because of `--max-tracked-tasks` (they stay in the store).
@@ -54,10 +56,15 @@ impl PipelineMetrics {
                 "Updates rejected because they would leave a terminal status, by from and to status.",
                 &["from", "to"],
             )?,
+            task_reopens_total: counter_vec(
+                "taskpulse_task_reopens_total",
+                "Finished tasks the engine itself put back to work under the same id (seen in its own store), by kind: rerun, retry, restart or clear.",
+                &["kind"],
+            )?,
             task_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "taskpulse_task_duration_seconds",
-                    "Task duration from start to its terminal status.",
+                    "Task duration from start to its terminal status; a task the engine reopened counts once per run.",
                 )
                 .buckets(vec![
                     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
@@ -72,6 +79,7 @@ impl PipelineMetrics {
         };
         registry.register(Box::new(m.updates_total.clone()))?;
         registry.register(Box::new(m.transitions_rejected_total.clone()))?;
+        registry.register(Box::new(m.task_reopens_total.clone()))?;
         registry.register(Box::new(m.progress_updates_total.clone()))?;
         registry.register(Box::new(m.task_duration_seconds.clone()))?;
         registry.register(Box::new(m.tasks_evicted_total.clone()))?;
@@ -81,6 +89,9 @@ impl PipelineMetrics {
                 m.transitions_rejected_total
                     .with_label_values(&[from.as_str(), to.as_str()]);
             }
+        }
+        for kind in ReopenKind::ALL {
+            m.task_reopens_total.with_label_values(&[kind.as_str()]);
         }
         Ok(m)
     }
@@ -115,6 +126,12 @@ impl PipelineMetrics {
     pub(crate) fn transition_rejected(&self, from: Status, to: Status) {
         self.transitions_rejected_total
             .with_label_values(&[from.as_str(), to.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn task_reopened(&self, kind: ReopenKind) {
+        self.task_reopens_total
+            .with_label_values(&[kind.as_str()])
             .inc();
     }
 

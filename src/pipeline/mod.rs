@@ -235,10 +235,12 @@ impl Pipeline {
                     Ok(Commit::Written) => report.accepted += 1,
                     Ok(Commit::Conflict(Some(stored))) => {
                         let d = task::diff(&stored, &update);
-                        match self
-                            .tracker
-                            .settle(*stored, update.status, update.update_time, d)
-                        {
+                        let new = crate::lifecycle::Incoming {
+                            status: update.status,
+                            update_time: update.update_time,
+                            reopen: update.reopen.map(|r| r.at),
+                        };
+                        match self.tracker.settle(*stored, new, d) {
                             Settled::Duplicate => report.duplicates += 1,
                             Settled::Rejected(r) => report.reject(index, task_id(), &r),
                         }

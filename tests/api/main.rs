@@ -31,6 +31,7 @@ mod process;
 mod promtool;
 mod props;
 mod read;
+mod reopen;
 mod replicas;
 mod retention;
 mod shutdown;
