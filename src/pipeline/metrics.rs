@@ -3,10 +3,16 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use crate::cardinality::{Folding, LabelCap, HISTOGRAM_LABEL_VALUES};
+use crate::ingest::{Adjustment, TaskUpdate};
 use crate::model::{ReopenKind, Status};
+
+/// (task type, field) pairs whose first adjustment is logged, at most: past it they are only
+/// counted.
+const ADJUSTMENTS_LOGGED: usize = 1024;
 
 /// The `outcome` label values of `taskpulse_updates_total`.
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
@@ -17,6 +23,10 @@ pub struct PipelineMetrics {
     pub transitions_rejected_total: IntCounterVec,
     /// Finished tasks the engine put back to work under the same id, by how.
     pub task_reopens_total: IntCounterVec,
+    /// Fields of engines' rows dropped or cut so the row could be taken.
+    pub engine_fields_adjusted_total: IntCounterVec,
+    /// (task type, field) pairs already logged.
+    adjustments_logged: Arc<Mutex<HashSet<(String, &'static str)>>>,
     pub progress_updates_total: IntCounterVec,
     pub task_duration_seconds: HistogramVec,
     /// Tasks that left memory because of `--max-tracked-tasks` (they stay in the store).
@@ -61,6 +71,12 @@ impl PipelineMetrics {
                 "Finished tasks the engine itself put back to work under the same id (seen in its own store), by kind: rerun, retry, restart or clear.",
                 &["kind"],
             )?,
+            engine_fields_adjusted_total: counter_vec(
+                "taskpulse_engine_fields_adjusted_total",
+                "Fields of rows read from an engine's own store that were dropped or cut so the row (and its transition) could be taken, by source and action (the log names the field and task type, once each).",
+                &["source", "action"],
+            )?,
+            adjustments_logged: Arc::default(),
             task_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "taskpulse_task_duration_seconds",
@@ -80,6 +96,7 @@ impl PipelineMetrics {
         registry.register(Box::new(m.updates_total.clone()))?;
         registry.register(Box::new(m.transitions_rejected_total.clone()))?;
         registry.register(Box::new(m.task_reopens_total.clone()))?;
+        registry.register(Box::new(m.engine_fields_adjusted_total.clone()))?;
         registry.register(Box::new(m.progress_updates_total.clone()))?;
         registry.register(Box::new(m.task_duration_seconds.clone()))?;
         registry.register(Box::new(m.tasks_evicted_total.clone()))?;
@@ -115,6 +132,15 @@ impl PipelineMetrics {
         }
     }
 
+    /// An engine's source: its update counters and what its rows lost, from the first scrape.
+    pub fn declare_engine_source(&self, source: &str) {
+        self.declare_source(source);
+        for action in Adjustment::ALL {
+            self.engine_fields_adjusted_total
+                .with_label_values(&[source, action.as_str()]);
+        }
+    }
+
     pub(crate) fn progress_updates(&self, written: bool) {
         if written {
             self.progress_written.inc()
@@ -133,6 +159,32 @@ impl PipelineMetrics {
         self.task_reopens_total
             .with_label_values(&[kind.as_str()])
             .inc();
+    }
+
+    /// Counts what was dropped or cut from an engine's row, and logs the first time each field
+    /// of each task type was (the engine's data is shaped by its users: worth an operator's
+    /// look, not an error).
+    pub(crate) fn engine_fields_adjusted(&self, source: &str, u: &TaskUpdate) {
+        for a in &u.adjusted {
+            self.engine_fields_adjusted_total
+                .with_label_values(&[source, a.action.as_str()])
+                .inc();
+            let task_type = u.task_type.as_deref().unwrap_or("");
+            let first = self.adjustments_logged.lock().is_ok_and(|mut seen| {
+                seen.len() < ADJUSTMENTS_LOGGED && seen.insert((task_type.to_string(), a.field))
+            });
+            if first {
+                tracing::warn!(
+                    source,
+                    task_type,
+                    task_id = %u.task_id,
+                    field = a.field,
+                    action = a.action.as_str(),
+                    "a field of the engine's row was {} so its transition could be taken (logged once per task type and field; counted in taskpulse_engine_fields_adjusted_total)",
+                    a.action.as_str()
+                );
+            }
+        }
     }
 
     pub(crate) fn counted(&self, source: &str, outcome: &str, n: u64) {

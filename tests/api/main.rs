@@ -25,6 +25,7 @@ mod ingest;
 mod kestra;
 mod lifecycle;
 mod metrics;
+mod odd_rows;
 mod pgcluster;
 mod predict;
 mod process;

@@ -177,7 +177,7 @@ pub fn update_from_row(task_id: &str, json_data: &str) -> Option<TaskUpdate> {
     raw.wait_until = positive(raw.wait_until);
     raw.response_timeout_seconds = positive(raw.response_timeout_seconds);
     raw.task_id.get_or_insert_with(|| task_id.to_string());
-    match raw.validate() {
+    match raw.validate_from_engine() {
         Ok(mut u) => {
             let (update, scheduled, start, end) = engine_times;
             u.reopen = reopen_evidence(u.status, update, scheduled, start, end);

@@ -236,7 +236,7 @@ impl Execution {
                 attempts: Some(reported),
                 ..Default::default()
             };
-            if let Ok(mut u) = update.validate() {
+            if let Ok(mut u) = update.validate_from_engine() {
                 u.reopen = run.state.reopen();
                 out.push(u);
             }
