@@ -35,11 +35,55 @@ pub enum Rejection {
     Invalid(String),
 }
 
+/// Longest quoted value a rejection's message repeats from the update; longer ones are cut.
+const QUOTED_MAX_CHARS: usize = 40;
+/// Longest message a rejection carries, whatever it quotes.
+const MESSAGE_MAX_BYTES: usize = 512;
+
+/// A message as a rejection carries it: each quoted value (`"..."`, as serde quotes what it
+/// could not take) cut to [`QUOTED_MAX_CHARS`], the whole to [`MESSAGE_MAX_BYTES`]. An answer
+/// then costs a few hundred bytes per listed rejection, whatever the refused values held.
+pub fn cut_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(MESSAGE_MAX_BYTES + 8));
+    let mut rest = msg;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let inner = &rest[open + 1..];
+        let (quoted, after) = match inner.find('"') {
+            Some(close) => (&inner[..close], &inner[close..]),
+            None => (inner, ""),
+        };
+        match quoted.char_indices().nth(QUOTED_MAX_CHARS) {
+            Some((cut, _)) => {
+                out.push_str(&quoted[..cut]);
+                out.push('…');
+            }
+            None => out.push_str(quoted),
+        }
+        if after.is_empty() {
+            rest = "";
+            break;
+        }
+        out.push('"');
+        rest = &after[1..];
+    }
+    out.push_str(rest);
+    if out.len() > MESSAGE_MAX_BYTES {
+        let mut end = MESSAGE_MAX_BYTES;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}
+
 impl Rejection {
     /// The short, stable reason clients match on (for `invalid`, with what was wrong).
     pub fn reason(&self) -> String {
         match self {
-            Rejection::Invalid(msg) => format!("invalid: {msg}"),
+            Rejection::Invalid(msg) => format!("invalid: {}", cut_message(msg)),
             other => other.code().into(),
         }
     }
@@ -68,7 +112,7 @@ impl Rejection {
                 *ahead_ms as f64 / 1000.0,
                 limit_ms / 1000
             ),
-            Rejection::Invalid(msg) => msg.clone(),
+            Rejection::Invalid(msg) => cut_message(msg),
         }
     }
 }
@@ -354,5 +398,23 @@ mod tests {
             }
         );
         assert!(reopens(Some(4), Some(3)) && !reopens(Some(3), Some(3)) && !reopens(None, Some(1)));
+    }
+
+    #[test]
+    fn messages_never_repeat_a_long_refused_value() {
+        let long = "x".repeat(80_000);
+        let msg = format!("`seq`: invalid type: string \"{long}\", expected i64");
+        let r = Rejection::Invalid(msg);
+        for text in [r.reason(), r.detail()] {
+            assert!(text.len() < 200, "{} bytes", text.len());
+            assert!(text.ends_with("…\", expected i64"), "{text}");
+            assert!(text.contains("`seq`"));
+        }
+        assert_eq!(cut_message("a \"short\" one"), "a \"short\" one");
+        assert_eq!(
+            cut_message(&format!("open \"{}", "é".repeat(50))),
+            format!("open \"{}…", "é".repeat(40))
+        );
+        assert!(cut_message(&"y".repeat(10_000)).len() <= 512 + 3);
     }
 }

@@ -118,6 +118,44 @@ pub struct RawAttempt {
     pub status: Option<String>,
     pub start_time: Option<i64>,
     pub end_time: Option<i64>,
+    /// Its position in the update's `attempts` (the attempt number when it names none).
+    #[serde(skip)]
+    pub index: Option<usize>,
+}
+
+/// `attempts` as it is parsed: one attempt at a time, keeping the newest [`ATTEMPTS_KEPT`]
+/// (the store keeps no more), so a body of a million attempts costs what twenty do.
+fn newest_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawAttempt>>, D::Error> {
+    struct Newest;
+    impl<'de> Visitor<'de> for Newest {
+        type Value = Option<Vec<RawAttempt>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of attempts")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut kept = std::collections::VecDeque::with_capacity(ATTEMPTS_KEPT);
+            let mut index = 0;
+            while let Some(mut a) = seq.next_element::<RawAttempt>()? {
+                a.index = Some(index);
+                index += 1;
+                if kept.len() == ATTEMPTS_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(a);
+            }
+            Ok(Some(kept.into()))
+        }
+    }
+    d.deserialize_option(Newest)
 }
 
 /// The wire shape. Everything is optional so a missing field gets our message, not serde's.
@@ -151,6 +189,7 @@ pub struct RawUpdate {
     pub output_data: Option<OutputProgress>,
     pub parent_task_id: Option<String>,
     pub iteration_value: Option<String>,
+    #[serde(default, deserialize_with = "newest_attempts")]
     pub attempts: Option<Vec<RawAttempt>>,
     /// Set by an engine's store reader only; never read from JSON.
     #[serde(skip)]
@@ -582,7 +621,8 @@ fn attempts(raw: Vec<RawAttempt>) -> Result<Vec<AttemptReport>, Rejection> {
     raw.into_iter()
         .enumerate()
         .skip(skip)
-        .map(|(i, a)| {
+        .map(|(position, a)| {
+            let i = a.index.unwrap_or(position);
             let field = |f: &str| format!("attempts[{i}].{f}");
             let status = match a.status {
                 None => None,
@@ -793,5 +833,32 @@ mod tests {
             ("w-b", None)
         );
         assert_eq!(adjusted(&u), [("attempts", "dropped")]);
+    }
+
+    #[test]
+    fn only_the_newest_attempts_are_kept_while_parsing() {
+        let many: Vec<serde_json::Value> = (0..1000)
+            .map(|i| serde_json::json!({"workerId": format!("w-{i}")}))
+            .collect();
+        let raw = row(serde_json::json!({"attempts": many}));
+        let kept = raw.attempts.as_ref().unwrap();
+        assert_eq!(kept.len(), ATTEMPTS_KEPT, "cut while parsing");
+        assert_eq!(kept[0].index, Some(1000 - ATTEMPTS_KEPT));
+        let u = raw.validate().unwrap();
+        assert_eq!(u.attempts.len(), ATTEMPTS_KEPT);
+        let last = u.attempts.last().unwrap();
+        assert_eq!((last.attempt, last.worker_id.as_str()), (999, "w-999"));
+        // an error names the attempt by its place in the body
+        let mut bad: Vec<serde_json::Value> = (0..30)
+            .map(|_| serde_json::json!({"workerId": "w"}))
+            .collect();
+        bad[25] = serde_json::json!({"workerId": "w", "status": "NOPE"});
+        let e = row(serde_json::json!({"attempts": bad}))
+            .validate()
+            .unwrap_err();
+        assert!(e.detail().contains("attempts[25].status"), "{}", e.detail());
+        assert!(row(serde_json::json!({"attempts": null}))
+            .attempts
+            .is_none());
     }
 }

@@ -217,6 +217,7 @@ impl Execution {
                         end_time: state
                             .filter(|s| is_terminated(&s.current))
                             .and_then(State::ended),
+                        index: Some(n),
                     })
                 })
                 .collect();
