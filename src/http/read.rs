@@ -2,7 +2,7 @@
 //! `/metrics` and the status page's overview (`docs/contract.md` §2 and §5).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
@@ -28,14 +28,22 @@ pub(super) async fn list_tasks(
     };
     if !q.max_age.is_zero() {
         if let Some(answer) = s.shared_lists.get(&q.answer_key(), q.max_age) {
-            return Json(answer).into_response();
+            return json_bytes(answer);
         }
     }
-    let answer = Arc::new(task_page(&s, &q));
+    let answer = match serde_json::to_vec(&task_page(&s, &q)) {
+        Ok(a) => bytes::Bytes::from(a),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     if !q.max_age.is_zero() {
         s.shared_lists.put(q.answer_key(), answer.clone());
     }
-    Json(answer).into_response()
+    json_bytes(answer)
+}
+
+/// An answer already serialized as JSON.
+fn json_bytes(body: bytes::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// One page of the task list as JSON.
@@ -71,34 +79,96 @@ fn task_page(s: &HttpState, q: &TaskQuery) -> serde_json::Value {
 
 /// Task-list answers kept for the requests that accept a recent one (`maxAge`): fifty open
 /// status pages refreshing the same first page cost one walk of the tracked tasks, not fifty.
-/// At most [`SHARED_LISTS`] answers are kept, none longer than the longest `maxAge`.
+/// Answers are kept as their JSON bytes, none longer than the longest `maxAge` (older ones are
+/// dropped whenever the cache is used), at most [`SHARED_LISTS`] of them and
+/// [`SHARED_LIST_BYTES`] in all: past that the oldest go first, and an answer larger than the
+/// whole budget is not kept. What the cache pins is bounded, whatever the queries.
 #[derive(Default)]
 pub struct SharedLists {
-    answers: std::sync::Mutex<std::collections::HashMap<String, (Instant, Arc<serde_json::Value>)>>,
+    answers: std::sync::Mutex<SharedAnswers>,
+}
+
+#[derive(Default)]
+struct SharedAnswers {
+    by_key: std::collections::HashMap<String, (Instant, bytes::Bytes)>,
+    bytes: usize,
 }
 
 /// Answers kept at once.
 const SHARED_LISTS: usize = 64;
+/// Bytes of answers (and their keys) kept at once.
+pub const SHARED_LIST_BYTES: usize = 16 * 1024 * 1024;
+
+impl SharedAnswers {
+    fn remove(&mut self, key: &str) {
+        if let Some((_, v)) = self.by_key.remove(key) {
+            self.bytes -= v.len() + key.len();
+        }
+    }
+
+    /// Drops what no `maxAge` can accept any more.
+    fn expire(&mut self) {
+        let oldest = Duration::from_millis(super::query::MAX_AGE_MS);
+        let stale: Vec<String> = self
+            .by_key
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() > oldest)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            self.remove(&k);
+        }
+    }
+
+    /// Drops the oldest answers until `need` more bytes and one more answer fit.
+    fn make_room(&mut self, need: usize) {
+        while !self.by_key.is_empty()
+            && (self.by_key.len() >= SHARED_LISTS || self.bytes + need > SHARED_LIST_BYTES)
+        {
+            let Some(oldest) = self
+                .by_key
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+    }
+}
 
 impl SharedLists {
-    fn get(&self, key: &str, max_age: Duration) -> Option<Arc<serde_json::Value>> {
-        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedAnswers> {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: &str, max_age: Duration) -> Option<bytes::Bytes> {
+        let mut answers = self.lock();
+        answers.expire();
         answers
+            .by_key
             .get(key)
             .filter(|(at, _)| at.elapsed() <= max_age)
             .map(|(_, v)| v.clone())
     }
 
-    fn put(&self, key: String, answer: Arc<serde_json::Value>) {
-        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        if answers.len() >= SHARED_LISTS && !answers.contains_key(&key) {
-            let oldest = Duration::from_millis(super::query::MAX_AGE_MS);
-            answers.retain(|_, (at, _)| at.elapsed() <= oldest);
-            if answers.len() >= SHARED_LISTS {
-                answers.clear();
-            }
+    fn put(&self, key: String, answer: bytes::Bytes) {
+        let need = answer.len() + key.len();
+        let mut answers = self.lock();
+        answers.expire();
+        answers.remove(&key);
+        if need > SHARED_LIST_BYTES {
+            return;
         }
-        answers.insert(key, (Instant::now(), answer));
+        answers.make_room(need);
+        answers.bytes += need;
+        answers.by_key.insert(key, (Instant::now(), answer));
+    }
+
+    /// Bytes the kept answers take (and their keys).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 

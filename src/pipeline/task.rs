@@ -150,20 +150,30 @@ impl TaskState {
 pub(crate) const TASK_OVERHEAD: usize = 900;
 /// A task's progress window, once it reports progress.
 const WINDOW_BYTES: usize = 112;
+/// What an optional string of the record costs besides its bytes: the `Arc`'s counts and the
+/// allocator's header and rounding.
+const STRING_OVERHEAD: usize = 32;
 
 /// About how many bytes a tracked task takes. Names shared by many tasks (types, workers) are
-/// not counted; the workflow id is, in full, as most are one workflow's alone.
+/// not counted; the workflow id is, in full, as most are one workflow's alone. Every string a
+/// task holds alone is (its parent task and loop value included), and attempts and a waiting
+/// rejection at their real size.
 pub(crate) fn footprint(st: &TaskState) -> usize {
     let r = &st.rec;
-    let len = |s: &Option<std::sync::Arc<str>>| s.as_deref().map_or(0, str::len);
+    let own =
+        |s: &Option<std::sync::Arc<str>>| s.as_deref().map_or(0, |s| s.len() + STRING_OVERHEAD);
     TASK_OVERHEAD
         + r.task_id.len() // one allocation shared by the table key, the record and the limiter
         + r.workflow_id.len()
-        + len(&r.reference_task_name)
-        + len(&r.progress_message)
+        + own(&r.reference_task_name)
+        + own(&r.progress_message)
+        + own(&r.parent_task_id)
+        + own(&r.iteration_value)
         + if st.window.is_some() { WINDOW_BYTES } else { 0 }
-        + st.rejections.as_ref().map_or(0, |_| 160)
-        + st.attempts.len() * 64
+        + st.rejections.as_ref().map_or(0, |e| {
+            std::mem::size_of::<TaskEvent>() + STRING_OVERHEAD + e.reason.as_ref().map_or(0, String::len)
+        })
+        + st.attempts.capacity() * std::mem::size_of::<Attempt>()
 }
 
 /// The outcome of one update.
