@@ -93,7 +93,23 @@ impl Settings {
         self.pipeline.validate()?;
         self.metrics.validate()?;
         self.conductor.validate()?;
-        self.kestra.validate()
+        self.kestra.validate()?;
+        self.retention_covers_memory()
+    }
+
+    /// A finished task stays in memory for `--terminal-retention` and answers late updates
+    /// from there; the store must keep its row at least as long, or the history of those
+    /// late updates would outlive the task it belongs to.
+    fn retention_covers_memory(&self) -> Result<(), Error> {
+        let (kept, in_memory) = (self.retention.retention, self.pipeline.terminal_retention);
+        if !kept.is_zero() && kept < in_memory {
+            return Err(Error::Config(format!(
+                "`retention` ({}) must not be shorter than `terminal-retention` ({}): finished tasks still in memory would lose their store rows",
+                humantime::format_duration(kept),
+                humantime::format_duration(in_memory)
+            )));
+        }
+        Ok(())
     }
 }
 

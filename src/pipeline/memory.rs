@@ -258,6 +258,13 @@ impl Tracker {
     /// on since (a newer non-terminal update arrived meanwhile; its own write follows).
     pub fn reload(&self, rec: TaskRecord) {
         if let Some(mut st) = self.tasks.get_mut(&*rec.task_id) {
+            // A finished task goes back only to a row the engine reopened (the lifecycle's
+            // rule): a row read before the terminal write committed is older, whatever its
+            // times say (both can carry the same millisecond).
+            let leaves_terminal = st.rec.status.is_terminal() && !rec.status.is_terminal();
+            if leaves_terminal && !lifecycle::reopens(rec.reopened_at, st.rec.ended_at()) {
+                return;
+            }
             let newer = rec.status.is_terminal()
                 || (rec.update_time, rec.last_seen) >= (st.rec.update_time, st.rec.last_seen);
             if !newer {

@@ -666,3 +666,23 @@ fn a_reopen_that_finished_between_two_reads_counts_the_new_run() {
     assert!(matches!(t.tracker.apply(&retried), Applied::Duplicate));
     assert_eq!(m.task_reopens_total.with_label_values(&["retry"]).get(), 1);
 }
+
+#[test]
+fn memory_never_goes_back_to_a_row_read_before_the_task_finished() {
+    let t = table(Duration::from_secs(60));
+    t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));
+    let running = t.tracker.get("t1").unwrap();
+    t.tracker.apply(&update(json!({"status": "COMPLETED"})));
+    // the leader's merge read the row before the completion committed (same millisecond)
+    let mut stale = running.clone();
+    stale.last_seen = t.tracker.get("t1").unwrap().last_seen;
+    t.tracker.reload(stale);
+    assert_eq!(t.tracker.get("t1").unwrap().status, Status::Completed);
+    // a row the engine reopened after the end is followed
+    let done = t.tracker.get("t1").unwrap();
+    let mut reopened = running;
+    reopened.reopened_at = Some(done.ended_at().unwrap() + 1);
+    reopened.last_seen = done.last_seen + 1;
+    t.tracker.reload(reopened);
+    assert_eq!(t.tracker.get("t1").unwrap().status, Status::InProgress);
+}

@@ -111,7 +111,10 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
     if !e.is_empty() {
         sqlx::query(
             "INSERT INTO task_events (task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time, count, last_at) \
-             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float4[], $9::int8[], $10::int4[], $11::int8[])",
+             SELECT u.task_id, u.at, u.outcome, u.from_status, u.to_status, u.reason, u.worker_id, u.progress, u.update_time, u.count, u.last_at \
+             FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float4[], $9::int8[], $10::int4[], $11::int8[]) \
+               WITH ORDINALITY AS u(task_id, at, outcome, from_status, to_status, reason, worker_id, progress, update_time, count, last_at, n) \
+             WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = u.task_id) ORDER BY u.n",
         )
         .bind(e.iter().map(|r| &*r.task_id).collect::<Vec<_>>())
         .bind(e.iter().map(|r| r.at).collect::<Vec<_>>())
@@ -130,8 +133,9 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
     if !a.is_empty() {
         sqlx::query(&format!(
             "INSERT INTO task_attempts ({ATTEMPT_COLUMNS}) \
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], \
-               $6::int8[], $7::int8[], $8::int8[]) {ATTEMPT_UPSERT}"
+             SELECT u.* FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], \
+               $6::int8[], $7::int8[], $8::int8[]) AS u({ATTEMPT_COLUMNS}) \
+             WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = u.task_id) {ATTEMPT_UPSERT}"
         ))
         .bind(a.iter().map(|r| &*r.task_id).collect::<Vec<_>>())
         .bind(a.iter().map(|r| r.attempt).collect::<Vec<_>>())

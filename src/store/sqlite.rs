@@ -62,6 +62,13 @@ pub(super) async fn write_batch(pool: &SqlitePool, batch: &Batch) -> Result<Vec<
     }
 }
 
+/// Closes `SELECT * FROM (VALUES ...` so that only rows of tasks the store holds are inserted:
+/// history and attempts are never written for a task retention already deleted (they would
+/// never be deleted themselves). The `WHERE` also keeps SQLite from reading a following
+/// `ON CONFLICT` as a join constraint.
+const ONLY_STORED_TASKS: &str =
+    ") AS v WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = v.column1)";
+
 async fn write_batch_on(
     conn: &mut sqlx::pool::PoolConnection<Sqlite>,
     batch: &Batch,
@@ -116,8 +123,9 @@ async fn write_batch_on(
     }
     let (events, attempts) = batch.history_after(&conflicts);
     for chunk in events.chunks(EVENT_ROWS) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO task_events ({EVENT_COLUMNS}) "));
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "INSERT INTO task_events ({EVENT_COLUMNS}) SELECT * FROM ("
+        ));
         q.push_values(chunk, |mut b, e| {
             b.push_bind(&*e.task_id)
                 .push_bind(e.at)
@@ -131,11 +139,13 @@ async fn write_batch_on(
                 .push_bind(e.count as i32)
                 .push_bind(e.last_at);
         });
+        q.push(ONLY_STORED_TASKS);
         q.build().execute(&mut *tx).await?;
     }
     for chunk in attempts.chunks(ATTEMPT_ROWS) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO task_attempts ({ATTEMPT_COLUMNS}) "));
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "INSERT INTO task_attempts ({ATTEMPT_COLUMNS}) SELECT * FROM ("
+        ));
         q.push_values(chunk, |mut b, a| {
             b.push_bind(&*a.task_id)
                 .push_bind(a.attempt)
@@ -146,6 +156,7 @@ async fn write_batch_on(
                 .push_bind(a.first_seen)
                 .push_bind(a.last_seen);
         });
+        q.push(ONLY_STORED_TASKS);
         // SQLite's two-argument max() is GREATEST
         q.push(format!(" {}", ATTEMPT_UPSERT.replace("GREATEST(", "max(")));
         q.build().execute(&mut *tx).await?;

@@ -232,6 +232,12 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
             &["progress-min-delta"],
         ),
         (vec!["--config", missing], vec![], &["no-such-file.toml"]),
+        // the store would delete finished tasks that memory still answers late updates for
+        (
+            vec!["--retention", "1s", "--terminal-retention", "10m"],
+            vec![],
+            &["terminal-retention"],
+        ),
         (
             vec![],
             vec![("TASKPULSE_CONFIG", missing)],

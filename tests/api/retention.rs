@@ -35,6 +35,9 @@ async fn finished_tasks_past_retention_leave_the_store(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(&db, |s| {
         s.retention.retention = Duration::from_secs(1);
+        // memory keeps finished tasks no longer than the store does (a shorter store
+        // retention is refused at start)
+        s.pipeline.terminal_retention = Duration::from_millis(500);
         s.retention.audit_retention = Duration::from_secs(3600);
         s.check_loop.check_interval = Duration::from_millis(200);
     })
@@ -88,6 +91,7 @@ async fn finished_tasks_past_retention_leave_the_store(backend: Backend) {
         2 * DONE
     );
 
+    // one pass deletes the finished tasks, then the old audit records: wait for both
     let deadline = Instant::now() + Duration::from_secs(20);
     while count(
         &store,
@@ -95,10 +99,16 @@ async fn finished_tasks_past_retention_leave_the_store(backend: Backend) {
     )
     .await
         > 0
+        || count(
+            &store,
+            "SELECT count(*) FROM repairs WHERE task_id LIKE 'audit-%'",
+        )
+        .await
+            > 1
     {
         assert!(
             Instant::now() < deadline,
-            "finished tasks still stored after 20 s"
+            "finished tasks or old audit records still stored after 20 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -219,6 +229,8 @@ async fn the_sqlite_file_shrinks_once_finished_tasks_are_past_retention() {
             // long enough that nothing is pruned before all of it is written, on a busy
             // machine too (the size "full" is measured then)
             "--retention",
+            "20s",
+            "--terminal-retention",
             "10s",
             "--check-interval",
             "300ms",
@@ -256,7 +268,7 @@ async fn the_sqlite_file_shrinks_once_finished_tasks_are_past_retention() {
         "nothing pruned yet"
     );
     assert!(full > empty + 4_000, "{empty} pages empty, {full} full");
-    let deadline = Instant::now() + Duration::from_secs(40);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let pruned = metric_value(
             &server.scrape().await,
@@ -268,7 +280,7 @@ async fn the_sqlite_file_shrinks_once_finished_tasks_are_past_retention() {
         }
         assert!(
             Instant::now() < deadline,
-            "pruned {pruned:?} of {N} in 40 s"
+            "pruned {pruned:?} of {N} in 60 s"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -311,3 +311,46 @@ async fn history_of_a_lost_write_is_not_stored(backend: Backend) {
     assert!(store.task_attempts("t").await.unwrap().is_empty());
 }
 store_test!(history_of_a_lost_write_is_not_stored);
+
+/// History and attempts of a task the store does not hold (retention deleted it while memory
+/// still answered its late updates) are not written: they would never be deleted.
+async fn history_of_a_task_the_store_no_longer_has_is_not_written(backend: Backend) {
+    let (_db, store) = migrated(backend).await;
+    let line = |task: &str| TaskEvent {
+        task_id: Arc::from(task),
+        at: 21,
+        outcome: Outcome::Rejected,
+        from: Some(Status::Completed),
+        to: Status::InProgress,
+        reason: Some("terminal".into()),
+        worker_id: None,
+        progress_percent: None,
+        update_time: Some(20),
+        count: 1,
+        last_at: None,
+    };
+    let attempt = |task: &str| Attempt {
+        task_id: Arc::from(task),
+        attempt: 0,
+        worker_id: "w".into(),
+        status: None,
+        start_time: None,
+        end_time: None,
+        first_seen: 20,
+        last_seen: 20,
+    };
+    write(&store, vec![rec("kept", Status::Completed, Some(10), None)]).await;
+    store
+        .write_batch(&Batch {
+            events: vec![line("kept"), line("pruned")],
+            attempts: vec![attempt("kept"), attempt("pruned")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.task_history("kept", 10).await.unwrap().len(), 1);
+    assert_eq!(store.task_attempts("kept").await.unwrap().len(), 1);
+    assert!(store.task_history("pruned", 10).await.unwrap().is_empty());
+    assert!(store.task_attempts("pruned").await.unwrap().is_empty());
+}
+store_test!(history_of_a_task_the_store_no_longer_has_is_not_written);
