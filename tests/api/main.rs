@@ -39,3 +39,4 @@ mod status_page;
 mod store;
 mod throttle;
 mod webhook;
+mod webhook_conductor;
