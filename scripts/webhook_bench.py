@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long the Conductor status webhook takes to answer, under a load shaped like Conductor's.
 
-    scripts/webhook_bench.py   (environment: SENDERS, SECONDS, STORES, TASKPULSE_BIN)
+    scripts/webhook_bench.py   (environment: SENDERS, SECONDS, STORES, BACKGROUND, TASKPULSE_BIN)
 
 Conductor's notifier (task-status-listener, conductor-oss b54f0d4e) has one sender thread per
 server: it takes a notification from its 50-slot buffer, POSTs it on a pooled keep-alive
@@ -18,7 +18,10 @@ on the wire: a TaskNotification with every field, ISO-8859-1 (a task name and ou
 (`conductor.app.summary-input-output-json-serialization.enabled=true`).
 
 For each store (SQLite, PostgreSQL) and each number of senders (SENDERS, default "1 4 16"), the
-release build serves a fresh database for SECONDS (default 30) of load. Prints, per run: the
+release build serves a fresh database for SECONDS (default 30) of load. With BACKGROUND=N,
+taskpulse-loadgen posts about N updates a second to /api/v1/updates at the same time (NDJSON,
+N/10 tasks at 10 updates/s, each finishing after 100 updates and replaced by a new one): a
+taskpulse busy with other sources. Prints, per run: the
 notifications answered per second, the answer time's p50, p99 and maximum (client side: from
 sending the request to reading the whole answer), the answers slower than Conductor's 300 ms
 read timeout, and any answer other than 200 with every notification accepted.
@@ -39,6 +42,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
+LOADGEN = os.environ.get("LOADGEN", os.path.join(ROOT, "target/release/taskpulse-loadgen"))
+BACKGROUND = int(os.environ.get("BACKGROUND", "0"))
 PG_ADMIN = os.environ.get("TASKPULSE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
 SENDERS = [int(n) for n in os.environ.get("SENDERS", "1 4 16").split()]
 SECONDS = float(os.environ.get("SECONDS", "30"))
@@ -160,7 +165,14 @@ def run(store, senders, work):
         psql(PG_ADMIN, f"CREATE DATABASE {name}")
         database = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     proc, port = start(database, work)
+    background = None
     try:
+        if BACKGROUND:
+            background = subprocess.Popen(
+                [LOADGEN, "--target", f"http://127.0.0.1:{port}", "--tasks",
+                 str(max(1, BACKGROUND // 10)), "--rate", "10", "--mode", "ndjson", "--batch",
+                 "500", "--connections", "2", "--wait-fraction", "0", "--updates-per-task", "100",
+                 "--duration", f"{SECONDS:.0f}s", "--json"], stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + SECONDS
         out = []
         threads = [threading.Thread(target=sender, args=(port, f"s{i}", deadline, out))
@@ -171,6 +183,9 @@ def run(store, senders, work):
         for t in threads:
             t.join()
         elapsed = time.monotonic() - began
+        if background:
+            report = json.loads(background.communicate(timeout=60)[0])
+            background = f"{report['accepted_per_second']:,.0f}"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -179,7 +194,8 @@ def run(store, senders, work):
     times = sorted(t for ts, _ in out for t in ts)
     bad = [b for _, bs in out for b in bs]
     slow = sum(1 for t in times if t > READ_TIMEOUT_MS)
-    print(f"| {store} | {senders} | {len(times) / elapsed:,.0f} | {pct(times, 0.5):.2f} | "
+    bg = f" {background} |" if BACKGROUND else ""
+    print(f"| {store} | {senders} |{bg} {len(times) / elapsed:,.0f} | {pct(times, 0.5):.2f} | "
           f"{pct(times, 0.99):.2f} | {times[-1]:.1f} | {slow} of {len(times):,} | {len(bad)} |",
           flush=True)
     for b in bad[:5]:
@@ -189,9 +205,10 @@ def run(store, senders, work):
 def main():
     print(f"{SECONDS:.0f} s per run, {', '.join(map(str, SENDERS))} senders, "
           f"{PAUSE_S * 1000:.0f} ms pause after each answer")
-    print("| store | senders | notifications/s | p50 ms | p99 ms | max ms | over 300 ms | "
+    bg = " background updates/s |" if BACKGROUND else ""
+    print(f"| store | senders |{bg} notifications/s | p50 ms | p99 ms | max ms | over 300 ms | "
           "not accepted |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if BACKGROUND else ""))
     with tempfile.TemporaryDirectory() as work:
         for store in STORES:
             for senders in SENDERS:
