@@ -170,6 +170,35 @@ async fn a_completion_after_newer_progress_is_taken(backend: Backend) {
 }
 store_test!(a_completion_after_newer_progress_is_taken);
 
+/// A task cancelled with its workflow, published before its write: Conductor's
+/// `cancelNonTerminalTasks` sets CANCELED and calls the listener, then writes the task (which
+/// stamps `endTime`); the sender thread may serialize it before that write, with `endTime` 0 and
+/// the poll's `updateTime`. Newer progress had reached taskpulse: the cancellation is taken,
+/// timed by its arrival.
+async fn a_cancellation_published_before_its_write_is_taken(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let mut task = Task::new("cancel-1");
+    task.status = "IN_PROGRESS";
+    task.start = T0 + 1_000;
+    task.update = T0 + 1_000;
+    assert_eq!(publish(&app, &task).await["accepted"], 1);
+    let r = app
+        .ingest(&json!({"taskId": "cancel-1", "workflowId": "wf-cancel-1",
+            "status": "IN_PROGRESS", "progressPercent": 20, "updateTime": T0 + 5_000}))
+        .await;
+    assert_eq!(r["accepted"], 1, "{r}");
+    task.status = "CANCELED";
+    let before = taskpulse::now_ms();
+    let r = publish(&app, &task).await;
+    assert_eq!(r["accepted"], 1, "the cancellation was refused: {r}");
+    app.settle().await;
+    let stored = app.stored("cancel-1").await.unwrap();
+    assert_eq!(stored.status.as_str(), "CANCELED");
+    assert!(stored.terminal_at.unwrap() >= before);
+}
+store_test!(a_cancellation_published_before_its_write_is_taken);
+
 /// A notification with é, ü and ß in its task name, reason and output, as Conductor puts it on
 /// the wire (ISO-8859-1, no charset), is decoded, stored and counted; a character above U+00FF
 /// arrives as `?`, as Conductor sent it.

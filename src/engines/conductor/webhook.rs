@@ -22,7 +22,8 @@
 //!   progress is read from it. Otherwise the notification is still taken, without progress,
 //!   counted in `taskpulse_conductor_webhook_output_unread_total` and logged once.
 //! - A terminal write does not move `updateTime` (it sets `endTime`), so the update's time is
-//!   the larger of the two, as the store readers take it.
+//!   the larger of the two, as the store readers take it; a terminal notification published
+//!   before its write (no `endTime` yet) is timed by its arrival.
 //!
 //! Each notification becomes an ordinary update and goes through the same lifecycle and
 //! throttle as everything else, counted with `source="conductor_webhook"`.
@@ -46,6 +47,7 @@ use serde_json::Value;
 use crate::http::{body::read_body, error, ingest};
 use crate::ingest::{BodyError, Item, ItemError, OutputProgress, RawUpdate};
 use crate::lifecycle::Rejection;
+use crate::model::Status;
 use crate::pipeline::Pipeline;
 
 /// `source` label of updates from the webhook.
@@ -101,13 +103,9 @@ impl Notification {
     /// output held.
     fn into_update(self) -> Result<(RawUpdate, Output), Rejection> {
         let mut output = output(self.output.as_deref())?;
-        // Conductor's terminal write keeps the last non-terminal `updateTime` and sets
-        // `endTime` (ExecutionDAOFacade.updateTask): the later of the two is the last change.
-        let updated = epoch_ms("updateTime", self.update_time.as_deref())?;
-        let ended = epoch_ms("endTime", self.end_time.as_deref())?;
         let update = RawUpdate {
             start_time: epoch_ms("startTime", self.start_time.as_deref())?,
-            update_time: updated.max(ended),
+            update_time: self.last_change()?,
             output_data: output.progress.take(),
             task_id: self.task_id,
             workflow_id: self.workflow_id,
@@ -120,6 +118,27 @@ impl Notification {
             ..RawUpdate::default()
         };
         Ok((update, output))
+    }
+}
+
+impl Notification {
+    /// When the engine last changed the task. Conductor's terminal write keeps the last
+    /// non-terminal `updateTime` and sets `endTime` (ExecutionDAOFacade.updateTask), so the
+    /// later of the two. A terminal notification without `endTime` was published before its
+    /// write (a task cancelled with its workflow: the listener runs first): its `updateTime` is
+    /// an earlier write's, so it carries no time and is timed by its arrival.
+    fn last_change(&self) -> Result<Option<i64>, Rejection> {
+        let updated = epoch_ms("updateTime", self.update_time.as_deref())?;
+        let ended = epoch_ms("endTime", self.end_time.as_deref())?;
+        let terminal = self
+            .status
+            .as_deref()
+            .and_then(Status::parse)
+            .is_some_and(Status::is_terminal);
+        Ok(match (terminal, ended) {
+            (true, None) => None,
+            _ => updated.max(ended),
+        })
     }
 }
 
@@ -481,6 +500,11 @@ mod tests {
             items[0].parsed.as_ref().unwrap().update_time,
             Some(1_795_255_201_000)
         );
+        // CANCELED with its workflow, published before the write that sets `endTime`
+        let body = br#"{"taskId":"t","workflowId":"w","taskType":"t","status":"CANCELED",
+            "updateTime":"2026-11-21T10:00:01.000Z","endTime":"1970-01-01T00:00:00.000Z"}"#;
+        let items = parse_notifications(body).unwrap();
+        assert_eq!(items[0].parsed.as_ref().unwrap().update_time, None);
         let body = br#"{"taskId":"t","workflowId":"w","taskType":"t","status":"FAILED",
             "endTime":"soon"}"#;
         let items = parse_notifications(body).unwrap();
