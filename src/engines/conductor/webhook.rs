@@ -23,7 +23,7 @@
 //!   counted in `taskpulse_conductor_webhook_output_unread_total` and logged once.
 //! - A terminal write does not move `updateTime` (it sets `endTime`), so the update's time is
 //!   the larger of the two, as the store readers take it; a terminal notification published
-//!   before its write (no `endTime` yet) is timed by its arrival.
+//!   before its write (`endTime` still 0) is timed by its arrival.
 //!
 //! Each notification becomes an ordinary update and goes through the same lifecycle and
 //! throttle as everything else, counted with `source="conductor_webhook"`.
@@ -124,9 +124,11 @@ impl Notification {
 impl Notification {
     /// When the engine last changed the task. Conductor's terminal write keeps the last
     /// non-terminal `updateTime` and sets `endTime` (ExecutionDAOFacade.updateTask), so the
-    /// later of the two. A terminal notification without `endTime` was published before its
-    /// write (a task cancelled with its workflow: the listener runs first): its `updateTime` is
-    /// an earlier write's, so it carries no time and is timed by its arrival.
+    /// later of the two. A terminal notification whose `endTime` is 0 (written as 1970) was
+    /// published before its write (a task cancelled with its workflow: the listener runs
+    /// first): its `updateTime` is an earlier write's, so it carries no time and is timed by its
+    /// arrival. (Conductor always writes `endTime`; a body without the field keeps its
+    /// `updateTime`.)
     fn last_change(&self) -> Result<Option<i64>, Rejection> {
         let updated = epoch_ms("updateTime", self.update_time.as_deref())?;
         let ended = epoch_ms("endTime", self.end_time.as_deref())?;
@@ -135,9 +137,11 @@ impl Notification {
             .as_deref()
             .and_then(Status::parse)
             .is_some_and(Status::is_terminal);
-        Ok(match (terminal, ended) {
-            (true, None) => None,
-            _ => updated.max(ended),
+        let end_unwritten = terminal && self.end_time.is_some() && ended.is_none();
+        Ok(if end_unwritten {
+            None
+        } else {
+            updated.max(ended)
         })
     }
 }
@@ -505,6 +509,14 @@ mod tests {
             "updateTime":"2026-11-21T10:00:01.000Z","endTime":"1970-01-01T00:00:00.000Z"}"#;
         let items = parse_notifications(body).unwrap();
         assert_eq!(items[0].parsed.as_ref().unwrap().update_time, None);
+        // a body without `endTime` at all (not Conductor's) keeps its `updateTime`
+        let body = br#"{"taskId":"t","workflowId":"w","taskType":"t","status":"CANCELED",
+            "updateTime":"2026-11-21T10:00:01.000Z"}"#;
+        let items = parse_notifications(body).unwrap();
+        assert_eq!(
+            items[0].parsed.as_ref().unwrap().update_time,
+            Some(1_795_255_201_000)
+        );
         let body = br#"{"taskId":"t","workflowId":"w","taskType":"t","status":"FAILED",
             "endTime":"soon"}"#;
         let items = parse_notifications(body).unwrap();
