@@ -207,7 +207,7 @@ impl Application {
         let mut engine_rules = Vec::new();
         for engine in &engines {
             for source in engine.sources() {
-                pipeline_metrics.declare_source(source);
+                pipeline_metrics.declare_engine_source(source);
             }
             engine_rules.extend(engine.rules());
             let c = engine.start(&ctx).await?;

@@ -76,6 +76,47 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// Why an engine put a finished task back to work under the same id. Only an engine's own
+/// store can say so (`docs/contract.md` §3, "Reopened by the engine"); the names are the
+/// `kind` label of `taskpulse_task_reopens_total`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReopenKind {
+    /// Conductor's rerun, and its other in-place resets (a JOIN reset by a retry, the parent
+    /// task of a sub-workflow that was retried, rerun or restarted).
+    Rerun,
+    /// Kestra's retry of a failed task run on the same task run id.
+    Retry,
+    /// Kestra's restart of an execution, which keeps its task run ids.
+    Restart,
+    /// Airflow's clear, which runs the same task instance again with a new try.
+    Clear,
+}
+
+impl ReopenKind {
+    pub const ALL: [ReopenKind; 4] = [
+        ReopenKind::Rerun,
+        ReopenKind::Retry,
+        ReopenKind::Restart,
+        ReopenKind::Clear,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReopenKind::Rerun => "rerun",
+            ReopenKind::Retry => "retry",
+            ReopenKind::Restart => "restart",
+            ReopenKind::Clear => "clear",
+        }
+    }
+}
+
+impl std::fmt::Display for ReopenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The task type whose unfinished tasks sit in the WAIT queue rather than run on a worker.
 pub const WAIT_TASK_TYPE: &str = "WAIT";
 
@@ -108,6 +149,13 @@ pub struct TaskRecord {
     pub parent_task_id: Option<Arc<str>>,
     /// The value this run of a loop works on (Kestra's task run `value`).
     pub iteration_value: Option<Arc<str>>,
+    /// When the current run ended, engine time (the terminal update's `updateTime`, which for
+    /// Conductor is its `endTime`); `None` while the task runs or when the terminal update
+    /// carried no time.
+    pub end_time: Option<i64>,
+    /// When the engine last put this finished task back to work (engine time, epoch ms): the
+    /// start of its current run when the engine has not sent a new `startTime` yet.
+    pub reopened_at: Option<i64>,
     /// taskpulse's own times, epoch ms: first and last accepted update, last progress change.
     pub first_seen: i64,
     pub last_seen: i64,
@@ -120,11 +168,25 @@ impl TaskRecord {
     /// engine didn't send `startTime`). `timeoutSeconds = 0` means no timeout, as in Conductor.
     pub fn deadline_ms(&self) -> Option<i64> {
         let timeout = self.timeout_seconds.filter(|t| *t > 0)?;
-        let start = self
-            .start_time
+        Some(
+            self.run_start()
+                .saturating_add(timeout.saturating_mul(1000)),
+        )
+    }
+
+    /// When the current run began: the engine's `startTime`, else the moment the engine
+    /// reopened the task, else taskpulse's first sight of it.
+    pub fn run_start(&self) -> i64 {
+        self.start_time
             .filter(|t| *t > 0)
-            .unwrap_or(self.first_seen);
-        Some(start.saturating_add(timeout.saturating_mul(1000)))
+            .or(self.reopened_at)
+            .unwrap_or(self.first_seen)
+    }
+
+    /// The end of a finished task, as the lifecycle compares it with a reopen: the engine's
+    /// time of its terminal update, else when taskpulse saw it finish.
+    pub fn ended_at(&self) -> Option<i64> {
+        self.end_time.or(self.terminal_at)
     }
 
     /// A WAIT task that hasn't finished sits in the WAIT queue.
@@ -174,6 +236,8 @@ impl TaskRecord {
             wait_until: None,
             parent_task_id: None,
             iteration_value: None,
+            end_time: None,
+            reopened_at: None,
             first_seen: at,
             last_seen: at,
             progress_changed: at,
@@ -182,12 +246,16 @@ impl TaskRecord {
     }
 }
 
-/// Whether a history line records an accepted status change or a rejected update.
+/// Whether a history line records an accepted status change, a rejected update, or the
+/// engine putting a finished task back to work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Accepted,
     Rejected,
+    /// The engine's own store shows the finished task scheduled or started again under the
+    /// same id (the line's `reason` says how: `reopened by the engine (rerun)`).
+    Reopened,
 }
 
 impl Outcome {
@@ -195,15 +263,16 @@ impl Outcome {
         match self {
             Outcome::Accepted => "accepted",
             Outcome::Rejected => "rejected",
+            Outcome::Reopened => "reopened",
         }
     }
 
-    /// What the store holds; anything but `rejected` reads as accepted.
+    /// What the store holds; anything unknown reads as accepted.
     pub fn parse(s: &str) -> Outcome {
-        if s == "rejected" {
-            Outcome::Rejected
-        } else {
-            Outcome::Accepted
+        match s {
+            "rejected" => Outcome::Rejected,
+            "reopened" => Outcome::Reopened,
+            _ => Outcome::Accepted,
         }
     }
 }

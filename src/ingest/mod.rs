@@ -9,7 +9,8 @@
 mod update;
 
 pub use update::{
-    AttemptReport, OutputProgress, RawAttempt, RawUpdate, TaskUpdate, MAX_ID_LEN, MAX_MESSAGE_LEN,
+    fit, Adjusted, Adjustment, AttemptReport, OutputProgress, RawAttempt, RawUpdate, Reopen,
+    TaskUpdate, MAX_ID_LEN, MAX_LABEL_LEN, MAX_MESSAGE_LEN,
 };
 
 use serde::Deserialize;

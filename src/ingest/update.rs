@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::lifecycle::Rejection;
-use crate::model::{Status, ATTEMPTS_KEPT};
+use crate::model::{ReopenKind, Status, ATTEMPTS_KEPT};
 
 /// Longest accepted id or name. Label values come from these, so they must stay short.
 pub const MAX_ID_LEN: usize = 256;
@@ -51,6 +51,50 @@ pub struct TaskUpdate {
     /// The attempts as the engine reports them, each with its own state (the newest
     /// [`ATTEMPTS_KEPT`]); empty when the engine reports only the current one.
     pub attempts: Vec<AttemptReport>,
+    /// The engine's own evidence that this task was put back to work after it had finished.
+    /// Set only by readers of an engine's store, never from a request body: a worker or a
+    /// webhook cannot reopen a finished task (`docs/contract.md` §3).
+    pub reopen: Option<Reopen>,
+    /// What was dropped or cut to take a row of an engine's store
+    /// ([`RawUpdate::validate_from_engine`]); empty for requests, which are rejected instead.
+    pub adjusted: Vec<Adjusted>,
+}
+
+/// A field of an engine's row that taskpulse could not take as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Adjusted {
+    /// The field's name as an update carries it (`taskType`, `progress`, `attempts`...).
+    pub field: &'static str,
+    pub action: Adjustment,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Adjustment {
+    /// Left out: the update is taken without it.
+    Dropped,
+    /// Control characters removed, or shortened to its limit with a marker ([`fit`]).
+    Cut,
+}
+
+impl Adjustment {
+    pub const ALL: [Adjustment; 2] = [Adjustment::Dropped, Adjustment::Cut];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Adjustment::Dropped => "dropped",
+            Adjustment::Cut => "cut",
+        }
+    }
+}
+
+/// What an engine's store shows of a task being scheduled or started again: the latest moment
+/// (engine time, epoch ms) the engine's own record of the task names for that, and how. The
+/// lifecycle takes it as a reopen only when `at` is not before the end taskpulse holds; a late
+/// write of the same run (conductor-oss#176) carries times from before that end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reopen {
+    pub kind: ReopenKind,
+    pub at: i64,
 }
 
 /// One attempt of a task as its engine reports it (Kestra: an entry of `attempts[]`).
@@ -74,6 +118,44 @@ pub struct RawAttempt {
     pub status: Option<String>,
     pub start_time: Option<i64>,
     pub end_time: Option<i64>,
+    /// Its position in the update's `attempts` (the attempt number when it names none).
+    #[serde(skip)]
+    pub index: Option<usize>,
+}
+
+/// `attempts` as it is parsed: one attempt at a time, keeping the newest [`ATTEMPTS_KEPT`]
+/// (the store keeps no more), so a body of a million attempts costs what twenty do.
+fn newest_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<RawAttempt>>, D::Error> {
+    struct Newest;
+    impl<'de> Visitor<'de> for Newest {
+        type Value = Option<Vec<RawAttempt>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of attempts")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut kept = std::collections::VecDeque::with_capacity(ATTEMPTS_KEPT);
+            let mut index = 0;
+            while let Some(mut a) = seq.next_element::<RawAttempt>()? {
+                a.index = Some(index);
+                index += 1;
+                if kept.len() == ATTEMPTS_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(a);
+            }
+            Ok(Some(kept.into()))
+        }
+    }
+    d.deserialize_option(Newest)
 }
 
 /// The wire shape. Everything is optional so a missing field gets our message, not serde's.
@@ -107,17 +189,25 @@ pub struct RawUpdate {
     pub output_data: Option<OutputProgress>,
     pub parent_task_id: Option<String>,
     pub iteration_value: Option<String>,
+    #[serde(default, deserialize_with = "newest_attempts")]
     pub attempts: Option<Vec<RawAttempt>>,
+    /// Set by an engine's store reader only; never read from JSON.
+    #[serde(skip)]
+    pub reopen: Option<Reopen>,
 }
 
 /// What taskpulse reads from `outputData`: `progressPercent`, `progressMessage`, and `progress`
 /// when it is a number (the Conductor SDK's examples use it). Everything else in the map is
-/// skipped without being built, and a non-object `outputData` is ignored.
+/// skipped without being built, and a non-object `outputData` is ignored. A progress field of
+/// the wrong type fails nothing here: it is noted in `invalid`, and the validation decides
+/// (a request is rejected naming it, an engine's row loses the field).
 #[derive(Debug, Default, PartialEq)]
 pub struct OutputProgress {
     pub progress_percent: Option<f64>,
     pub progress: Option<f64>,
     pub progress_message: Option<String>,
+    /// Progress fields of the wrong type: (field, what it must be, what it was).
+    pub invalid: Vec<(&'static str, &'static str, &'static str)>,
 }
 
 impl<'de> Deserialize<'de> for OutputProgress {
@@ -132,18 +222,21 @@ impl<'de> Deserialize<'de> for OutputProgress {
                 let mut out = OutputProgress::default();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match key.as_ref() {
-                        "progressPercent" => {
-                            out.progress_percent = map.next_value::<Option<f64>>().map_err(|e| {
-                                de::Error::custom(format!("outputData.progressPercent: {e}"))
-                            })?
+                        "progressPercent" => match map.next_value::<Loose>()? {
+                            Loose::Number(n) => out.progress_percent = Some(n),
+                            Loose::Null => {}
+                            other => out.wrong("outputData.progressPercent", "a number", &other),
+                        },
+                        "progressMessage" => match map.next_value::<Loose>()? {
+                            Loose::Text(t) => out.progress_message = Some(t),
+                            Loose::Null => {}
+                            other => out.wrong("outputData.progressMessage", "a string", &other),
+                        },
+                        "progress" => {
+                            if let Loose::Number(n) = map.next_value::<Loose>()? {
+                                out.progress = Some(n);
+                            }
                         }
-                        "progressMessage" => {
-                            out.progress_message =
-                                map.next_value::<Option<String>>().map_err(|e| {
-                                    de::Error::custom(format!("outputData.progressMessage: {e}"))
-                                })?
-                        }
-                        "progress" => out.progress = map.next_value::<IgnoredOrNumber>()?.0,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -179,41 +272,68 @@ impl<'de> Deserialize<'de> for OutputProgress {
     }
 }
 
-/// A number, or `None` for any other JSON value (skipped, not rejected).
-struct IgnoredOrNumber(Option<f64>);
-impl<'de> Deserialize<'de> for IgnoredOrNumber {
+impl OutputProgress {
+    fn wrong(&mut self, field: &'static str, wanted: &'static str, got: &Loose) {
+        self.invalid.push((field, wanted, got.kind()));
+    }
+}
+
+/// A JSON value where a number or a string is wanted, read without failing on the wrong type
+/// (whatever else it is, it is skipped without being built).
+enum Loose {
+    Number(f64),
+    Text(String),
+    Null,
+    Other(&'static str),
+}
+
+impl Loose {
+    fn kind(&self) -> &'static str {
+        match self {
+            Loose::Number(_) => "a number",
+            Loose::Text(_) => "a string",
+            Loose::Null => "null",
+            Loose::Other(k) => k,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Loose {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = IgnoredOrNumber;
+            type Value = Loose;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("any value")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(IgnoredOrNumber(Some(v as f64)))
+                Ok(Loose::Number(v as f64))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(IgnoredOrNumber(Some(v as f64)))
+                Ok(Loose::Number(v as f64))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(IgnoredOrNumber(Some(v)))
+                Ok(Loose::Number(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Loose::Text(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Loose::Text(v))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(IgnoredOrNumber(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(IgnoredOrNumber(None))
+                Ok(Loose::Other("a boolean"))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(IgnoredOrNumber(None))
+                Ok(Loose::Null)
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IgnoredOrNumber(None))
+                Ok(Loose::Other("an array"))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(IgnoredOrNumber(None))
+                Ok(Loose::Other("an object"))
             }
         }
         d.deserialize_any(V)
@@ -239,6 +359,9 @@ impl RawUpdate {
             ))
         })?;
         let output = self.output_data.unwrap_or_default();
+        if let Some((field, wanted, got)) = output.invalid.first() {
+            return Err(invalid(format!("`{field}` must be {wanted}; got {got}")));
+        }
         let progress = match self
             .progress_percent
             .map(|p| ("progressPercent", p))
@@ -290,12 +413,206 @@ impl RawUpdate {
                 })
                 .filter(|v| !v.is_empty()),
             attempts: attempts(self.attempts.unwrap_or_default())?,
+            reopen: self.reopen,
+            adjusted: Vec::new(),
         })
+    }
+
+    /// Validates a row read from an engine's own store, where the engine's word is the truth:
+    /// a field that would get a request rejected is dropped, or cut when it is an over-long id
+    /// or name (so it stays unique, [`fit`]), and noted in the update's `adjusted`; the
+    /// transition is kept. Only a row that names no task, no workflow or no status taskpulse
+    /// knows is refused.
+    pub fn validate_from_engine(mut self) -> Result<TaskUpdate, Rejection> {
+        let mut adjusted = Vec::new();
+        self.sanitize(&mut adjusted);
+        let mut u = self.validate()?;
+        u.adjusted = adjusted;
+        Ok(u)
+    }
+
+    /// Brings every field within what [`RawUpdate::validate`] takes, noting each change.
+    fn sanitize(&mut self, adj: &mut Vec<Adjusted>) {
+        let mut note = |field: &'static str, action: Adjustment| {
+            let a = Adjusted { field, action };
+            if !adj.contains(&a) {
+                adj.push(a);
+            }
+        };
+        engine_text(&mut self.task_id, "taskId", MAX_ID_LEN, true, &mut note);
+        engine_text(
+            &mut self.workflow_id,
+            "workflowId",
+            MAX_ID_LEN,
+            false,
+            &mut note,
+        );
+        let workflow_instance = &mut self.workflow_instance_id;
+        engine_text(
+            workflow_instance,
+            "workflowId",
+            MAX_ID_LEN,
+            false,
+            &mut note,
+        );
+        engine_text(
+            &mut self.task_type,
+            "taskType",
+            MAX_LABEL_LEN,
+            false,
+            &mut note,
+        );
+        engine_text(
+            &mut self.task_def_name,
+            "taskType",
+            MAX_LABEL_LEN,
+            false,
+            &mut note,
+        );
+        let workflow_type = &mut self.workflow_type;
+        engine_text(
+            workflow_type,
+            "workflowType",
+            MAX_LABEL_LEN,
+            false,
+            &mut note,
+        );
+        engine_text(
+            &mut self.worker_id,
+            "workerId",
+            MAX_LABEL_LEN,
+            false,
+            &mut note,
+        );
+        let reference = &mut self.reference_task_name;
+        engine_text(reference, "referenceTaskName", MAX_ID_LEN, false, &mut note);
+        let parent = &mut self.parent_task_id;
+        engine_text(parent, "parentTaskId", MAX_ID_LEN, false, &mut note);
+        for (v, field) in [
+            (&mut self.seq, "seq"),
+            (&mut self.iteration, "iteration"),
+            (&mut self.retry_count, "retryCount"),
+        ] {
+            if v.is_some_and(|n| !(0..=i32::MAX as i64).contains(&n)) {
+                *v = None;
+                note(field, Adjustment::Dropped);
+            }
+        }
+        for (v, field) in [
+            (&mut self.start_time, "startTime"),
+            (&mut self.update_time, "updateTime"),
+            (&mut self.timeout_seconds, "timeoutSeconds"),
+            (&mut self.response_timeout_seconds, "responseTimeoutSeconds"),
+            (&mut self.wait_until, "waitUntil"),
+            (&mut self.wait_timeout, "waitUntil"),
+        ] {
+            if v.is_some_and(|n| n < 0) {
+                *v = None;
+                note(field, Adjustment::Dropped);
+            }
+        }
+        let percent = |p: &mut Option<f64>, note: &mut dyn FnMut(&'static str, Adjustment)| {
+            if p.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+                *p = None; // NaN is not in the range either
+                note("progress", Adjustment::Dropped);
+            }
+        };
+        percent(&mut self.progress_percent, &mut note);
+        if let Some(out) = self.output_data.as_mut() {
+            percent(&mut out.progress_percent, &mut note);
+            percent(&mut out.progress, &mut note);
+            for (field, ..) in std::mem::take(&mut out.invalid) {
+                let field = if field.ends_with("Message") {
+                    "progressMessage"
+                } else {
+                    "progress"
+                };
+                note(field, Adjustment::Dropped);
+            }
+        }
+        if let Some(list) = self.attempts.as_mut() {
+            sanitize_attempts(list, &mut note);
+        }
     }
 
     pub fn task_id(&self) -> Option<&str> {
         self.task_id.as_deref()
     }
+}
+
+/// An engine's id or name, as [`RawUpdate::validate`] takes it: control characters removed,
+/// longer than `max` bytes cut with a marker ([`fit`]), blank left out (unless `required`:
+/// then the validation refuses the row, which names nothing taskpulse could track).
+fn engine_text(
+    v: &mut Option<String>,
+    field: &'static str,
+    max: usize,
+    required: bool,
+    note: &mut dyn FnMut(&'static str, Adjustment),
+) {
+    let Some(s) = v.as_mut() else { return };
+    if s.chars().any(char::is_control) {
+        s.retain(|c| !c.is_control());
+        note(field, Adjustment::Cut);
+    }
+    if s.trim().is_empty() {
+        if !required {
+            *v = None;
+            note(field, Adjustment::Dropped);
+        }
+        return;
+    }
+    if s.len() > max {
+        *s = fit(s, max);
+        note(field, Adjustment::Cut);
+    }
+}
+
+/// An engine's attempts as [`attempts`] takes them: an attempt without a worker is left out,
+/// an unknown state or an odd number or time is dropped from it.
+fn sanitize_attempts(list: &mut Vec<RawAttempt>, note: &mut dyn FnMut(&'static str, Adjustment)) {
+    let before = list.len();
+    list.retain_mut(|a| {
+        engine_text(&mut a.worker_id, "attempts", MAX_LABEL_LEN, false, note);
+        if a.attempt
+            .is_some_and(|n| !(0..=i32::MAX as i64).contains(&n))
+        {
+            a.attempt = None;
+            note("attempts", Adjustment::Dropped);
+        }
+        if a.status
+            .as_deref()
+            .is_some_and(|s| Status::parse(s).is_none())
+        {
+            a.status = None;
+            note("attempts", Adjustment::Dropped);
+        }
+        for t in [&mut a.start_time, &mut a.end_time] {
+            if t.is_some_and(|t| t < 0) {
+                *t = None;
+                note("attempts", Adjustment::Dropped);
+            }
+        }
+        a.worker_id.is_some()
+    });
+    if list.len() < before {
+        note("attempts", Adjustment::Dropped);
+    }
+}
+
+/// Shortens `s` to at most `max` bytes so that it stays unique: its longest prefix that fits
+/// at a character boundary, `~`, and 16 hex digits of a 64-bit FNV-1a hash of the whole value.
+/// Two values that differ anywhere stay apart (up to hash collisions, about 1 in 2^64 per
+/// pair), and the same value is always cut the same way, in every version and process.
+pub fn fit(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let head = truncate(s, max.saturating_sub(17));
+    format!("{head}~{hash:016x}")
 }
 
 /// The attempts an update reports, the newest [`ATTEMPTS_KEPT`] (the store keeps no more).
@@ -304,7 +621,8 @@ fn attempts(raw: Vec<RawAttempt>) -> Result<Vec<AttemptReport>, Rejection> {
     raw.into_iter()
         .enumerate()
         .skip(skip)
-        .map(|(i, a)| {
+        .map(|(position, a)| {
+            let i = a.index.unwrap_or(position);
             let field = |f: &str| format!("attempts[{i}].{f}");
             let status = match a.status {
                 None => None,
@@ -397,4 +715,150 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row as an engine's store holds it, with `extra` fields set.
+    fn row(extra: serde_json::Value) -> RawUpdate {
+        let mut v = serde_json::json!({"taskId": "t", "workflowInstanceId": "wf",
+            "taskType": "encode", "status": "COMPLETED"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).expect("parses")
+    }
+
+    fn adjusted(u: &TaskUpdate) -> Vec<(&'static str, &'static str)> {
+        u.adjusted
+            .iter()
+            .map(|a| (a.field, a.action.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn an_engines_odd_fields_are_dropped_and_its_transition_kept() {
+        let odd = [
+            (
+                serde_json::json!({"outputData": {"progress": 250}}),
+                vec![("progress", "dropped")],
+            ),
+            (
+                serde_json::json!({"outputData": {"progressPercent": "ninety",
+                    "progressMessage": {"step": 3}}}),
+                vec![("progressMessage", "dropped"), ("progress", "dropped")],
+            ),
+            (
+                serde_json::json!({"status": "FAILED", "workerId": ""}),
+                vec![("workerId", "dropped")],
+            ),
+            (
+                serde_json::json!({"retryCount": -1, "startTime": -5, "seq": 1u64 << 40}),
+                vec![
+                    ("seq", "dropped"),
+                    ("retryCount", "dropped"),
+                    ("startTime", "dropped"),
+                ],
+            ),
+        ];
+        for (extra, want) in odd {
+            let strict = row(extra.clone()).validate();
+            assert!(strict.is_err(), "a request with {extra} is rejected");
+            let u = row(extra.clone())
+                .validate_from_engine()
+                .unwrap_or_else(|e| panic!("{extra}: {e:?}"));
+            assert_eq!(adjusted(&u), want, "{extra}");
+            assert!(u.progress.is_none() && u.progress_message.is_none());
+        }
+        let u = row(serde_json::json!({"status": "FAILED", "workerId": ""}))
+            .validate_from_engine()
+            .unwrap();
+        assert_eq!((u.status, u.worker_id), (Status::Failed, None));
+        // a good row is taken as it is, with nothing noted
+        let u = row(serde_json::json!({"outputData": {"progress": 40}}))
+            .validate_from_engine()
+            .unwrap();
+        assert_eq!((u.progress, u.adjusted.len()), (Some(40.0), 0));
+        // what names no task, or no status taskpulse knows, is still refused
+        assert!(row(serde_json::json!({"taskId": " "}))
+            .validate_from_engine()
+            .is_err());
+        assert!(row(serde_json::json!({"status": "RUNNING"}))
+            .validate_from_engine()
+            .is_err());
+    }
+
+    #[test]
+    fn over_long_names_are_cut_and_stay_unique() {
+        let long = |end: &str| format!("{}{end}", "é".repeat(150));
+        let (a, b) = (long("a"), long("b"));
+        let cut = |name: &str| {
+            let u = row(serde_json::json!({"taskType": name, "workflowType": name}))
+                .validate_from_engine()
+                .unwrap();
+            assert_eq!(adjusted(&u), [("taskType", "cut"), ("workflowType", "cut")]);
+            u.task_type.unwrap()
+        };
+        let (ca, cb) = (cut(&a), cut(&b));
+        assert!(ca.len() <= MAX_LABEL_LEN && cb.len() <= MAX_LABEL_LEN);
+        assert_ne!(ca, cb, "names that differ only at the end stay apart");
+        assert_eq!(ca, cut(&a), "the same name is always cut the same way");
+        assert!(ca.starts_with("éé") && ca.contains('~'), "{ca}");
+        assert_eq!(fit("short", 10), "short");
+        let id = "x".repeat(400);
+        let u = row(serde_json::json!({"taskId": id}))
+            .validate_from_engine()
+            .unwrap();
+        assert_eq!(u.task_id.len(), MAX_ID_LEN);
+        assert_eq!(u.task_id, fit(&id, MAX_ID_LEN));
+        // control characters are removed, not a reason to refuse
+        let u = row(serde_json::json!({"taskType": "enc\u{7}ode"}))
+            .validate_from_engine()
+            .unwrap();
+        assert_eq!(u.task_type.as_deref(), Some("encode"));
+    }
+
+    #[test]
+    fn an_engines_odd_attempts_are_left_out_and_the_rest_kept() {
+        let u = row(serde_json::json!({"attempts": [
+            {"attempt": 0, "workerId": "", "status": "FAILED"},
+            {"attempt": 1, "workerId": "w-b", "status": "SOMETHING_NEW", "startTime": -1}]}))
+        .validate_from_engine()
+        .unwrap();
+        assert_eq!(u.attempts.len(), 1);
+        assert_eq!(
+            (u.attempts[0].worker_id.as_str(), u.attempts[0].status),
+            ("w-b", None)
+        );
+        assert_eq!(adjusted(&u), [("attempts", "dropped")]);
+    }
+
+    #[test]
+    fn only_the_newest_attempts_are_kept_while_parsing() {
+        let many: Vec<serde_json::Value> = (0..1000)
+            .map(|i| serde_json::json!({"workerId": format!("w-{i}")}))
+            .collect();
+        let raw = row(serde_json::json!({"attempts": many}));
+        let kept = raw.attempts.as_ref().unwrap();
+        assert_eq!(kept.len(), ATTEMPTS_KEPT, "cut while parsing");
+        assert_eq!(kept[0].index, Some(1000 - ATTEMPTS_KEPT));
+        let u = raw.validate().unwrap();
+        assert_eq!(u.attempts.len(), ATTEMPTS_KEPT);
+        let last = u.attempts.last().unwrap();
+        assert_eq!((last.attempt, last.worker_id.as_str()), (999, "w-999"));
+        // an error names the attempt by its place in the body
+        let mut bad: Vec<serde_json::Value> = (0..30)
+            .map(|_| serde_json::json!({"workerId": "w"}))
+            .collect();
+        bad[25] = serde_json::json!({"workerId": "w", "status": "NOPE"});
+        let e = row(serde_json::json!({"attempts": bad}))
+            .validate()
+            .unwrap_err();
+        assert!(e.detail().contains("attempts[25].status"), "{}", e.detail());
+        assert!(row(serde_json::json!({"attempts": null}))
+            .attempts
+            .is_none());
+    }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::task::{diff_records, event, TaskState};
 use super::tracker::Tracker;
-use crate::lifecycle::{self, Current, Diff, Rejection, Verdict};
-use crate::model::{Outcome, Status, TaskRecord};
+use crate::lifecycle::{self, Current, Diff, Incoming, Rejection, Verdict};
+use crate::model::{Outcome, TaskRecord};
 use crate::now_ms;
 use crate::store::writer::Lost;
 use crate::store::{Op, WriteKind};
@@ -209,24 +209,20 @@ impl Tracker {
     /// lifecycle decides again, once, on the stored row: the update is a duplicate of it, or
     /// rejected like any other attempt to leave a final state or to go back in time. Memory
     /// follows the store either way.
-    pub fn settle(
-        &self,
-        stored: TaskRecord,
-        status: Status,
-        update_time: Option<i64>,
-        diff: Diff,
-    ) -> Settled {
+    pub fn settle(&self, stored: TaskRecord, new: Incoming, diff: Diff) -> Settled {
+        let (status, update_time) = (new.status, new.update_time);
         let current = Current {
             status: stored.status,
             update_time: stored.update_time,
+            ended_at: stored.ended_at(),
         };
-        let settled = match lifecycle::decide(current, status, update_time, diff) {
+        let settled = match lifecycle::decide(current, new, diff) {
             Verdict::Duplicate => Settled::Duplicate,
             Verdict::Reject(r) => Settled::Rejected(r),
             // The store refused the write, so it holds a terminal or newer row; a verdict that
             // would take the update can only come from a row that moved again since. It is
             // older than what the store holds now.
-            Verdict::Accept { .. } => Settled::Rejected(Rejection::Stale {
+            Verdict::Accept { .. } | Verdict::Reopen => Settled::Rejected(Rejection::Stale {
                 stored: stored.update_time.unwrap_or(0),
                 got: update_time.unwrap_or(0),
             }),
@@ -250,8 +246,12 @@ impl Tracker {
     /// A write nobody waited for (a throttled progress write) lost to the store.
     pub fn settle_lost(&self, lost: Lost) {
         let diff = diff_records(&lost.stored, &lost.attempted);
-        let (status, update_time) = (lost.attempted.status, lost.attempted.update_time);
-        self.settle(lost.stored, status, update_time, diff);
+        let new = Incoming {
+            status: lost.attempted.status,
+            update_time: lost.attempted.update_time,
+            reopen: lost.attempted.reopened_at,
+        };
+        self.settle(lost.stored, new, diff);
     }
 
     /// The store holds something newer or terminal: memory follows it, unless memory has moved

@@ -3,10 +3,16 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use crate::cardinality::{Folding, LabelCap, HISTOGRAM_LABEL_VALUES};
-use crate::model::Status;
+use crate::ingest::{Adjustment, TaskUpdate};
+use crate::model::{ReopenKind, Status};
+
+/// (task type, field) pairs whose first adjustment is logged, at most: past it they are only
+/// counted.
+const ADJUSTMENTS_LOGGED: usize = 1024;
 
 /// The `outcome` label values of `taskpulse_updates_total`.
 pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
@@ -15,6 +21,12 @@ pub const OUTCOMES: [&str; 3] = ["accepted", "duplicate", "rejected"];
 pub struct PipelineMetrics {
     pub updates_total: IntCounterVec,
     pub transitions_rejected_total: IntCounterVec,
+    /// Finished tasks the engine put back to work under the same id, by how.
+    pub task_reopens_total: IntCounterVec,
+    /// Fields of engines' rows dropped or cut so the row could be taken.
+    pub engine_fields_adjusted_total: IntCounterVec,
+    /// (task type, field) pairs already logged.
+    adjustments_logged: Arc<Mutex<HashSet<(String, &'static str)>>>,
     pub progress_updates_total: IntCounterVec,
     pub task_duration_seconds: HistogramVec,
     /// Tasks that left memory because of `--max-tracked-tasks` (they stay in the store).
@@ -54,10 +66,21 @@ impl PipelineMetrics {
                 "Updates rejected because they would leave a terminal status, by from and to status.",
                 &["from", "to"],
             )?,
+            task_reopens_total: counter_vec(
+                "taskpulse_task_reopens_total",
+                "Finished tasks the engine itself put back to work under the same id (seen in its own store), by kind: rerun, retry, restart or clear.",
+                &["kind"],
+            )?,
+            engine_fields_adjusted_total: counter_vec(
+                "taskpulse_engine_fields_adjusted_total",
+                "Fields of rows read from an engine's own store that were dropped or cut so the row (and its transition) could be taken, by source and action (the log names the field and task type, once each).",
+                &["source", "action"],
+            )?,
+            adjustments_logged: Arc::default(),
             task_duration_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "taskpulse_task_duration_seconds",
-                    "Task duration from start to its terminal status.",
+                    "Task duration from start to its terminal status; a task the engine reopened counts once per run.",
                 )
                 .buckets(vec![
                     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
@@ -72,6 +95,8 @@ impl PipelineMetrics {
         };
         registry.register(Box::new(m.updates_total.clone()))?;
         registry.register(Box::new(m.transitions_rejected_total.clone()))?;
+        registry.register(Box::new(m.task_reopens_total.clone()))?;
+        registry.register(Box::new(m.engine_fields_adjusted_total.clone()))?;
         registry.register(Box::new(m.progress_updates_total.clone()))?;
         registry.register(Box::new(m.task_duration_seconds.clone()))?;
         registry.register(Box::new(m.tasks_evicted_total.clone()))?;
@@ -81,6 +106,9 @@ impl PipelineMetrics {
                 m.transitions_rejected_total
                     .with_label_values(&[from.as_str(), to.as_str()]);
             }
+        }
+        for kind in ReopenKind::ALL {
+            m.task_reopens_total.with_label_values(&[kind.as_str()]);
         }
         Ok(m)
     }
@@ -104,6 +132,15 @@ impl PipelineMetrics {
         }
     }
 
+    /// An engine's source: its update counters and what its rows lost, from the first scrape.
+    pub fn declare_engine_source(&self, source: &str) {
+        self.declare_source(source);
+        for action in Adjustment::ALL {
+            self.engine_fields_adjusted_total
+                .with_label_values(&[source, action.as_str()]);
+        }
+    }
+
     pub(crate) fn progress_updates(&self, written: bool) {
         if written {
             self.progress_written.inc()
@@ -116,6 +153,38 @@ impl PipelineMetrics {
         self.transitions_rejected_total
             .with_label_values(&[from.as_str(), to.as_str()])
             .inc();
+    }
+
+    pub(crate) fn task_reopened(&self, kind: ReopenKind) {
+        self.task_reopens_total
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+
+    /// Counts what was dropped or cut from an engine's row, and logs the first time each field
+    /// of each task type was (the engine's data is shaped by its users: worth an operator's
+    /// look, not an error).
+    pub(crate) fn engine_fields_adjusted(&self, source: &str, u: &TaskUpdate) {
+        for a in &u.adjusted {
+            self.engine_fields_adjusted_total
+                .with_label_values(&[source, a.action.as_str()])
+                .inc();
+            let task_type = u.task_type.as_deref().unwrap_or("");
+            let first = self.adjustments_logged.lock().is_ok_and(|mut seen| {
+                seen.len() < ADJUSTMENTS_LOGGED && seen.insert((task_type.to_string(), a.field))
+            });
+            if first {
+                tracing::warn!(
+                    source,
+                    task_type,
+                    task_id = %u.task_id,
+                    field = a.field,
+                    action = a.action.as_str(),
+                    "a field of the engine's row was {} so its transition could be taken (logged once per task type and field; counted in taskpulse_engine_fields_adjusted_total)",
+                    a.action.as_str()
+                );
+            }
+        }
     }
 
     pub(crate) fn counted(&self, source: &str, outcome: &str, n: u64) {

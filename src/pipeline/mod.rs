@@ -199,6 +199,7 @@ impl Pipeline {
             if let Err(e) = self
                 .apply_chunk(
                     &mut chunk,
+                    source,
                     wait,
                     &mut report,
                     &mut waits,
@@ -235,10 +236,12 @@ impl Pipeline {
                     Ok(Commit::Written) => report.accepted += 1,
                     Ok(Commit::Conflict(Some(stored))) => {
                         let d = task::diff(&stored, &update);
-                        match self
-                            .tracker
-                            .settle(*stored, update.status, update.update_time, d)
-                        {
+                        let new = crate::lifecycle::Incoming {
+                            status: update.status,
+                            update_time: update.update_time,
+                            reopen: update.reopen.map(|r| r.at),
+                        };
+                        match self.tracker.settle(*stored, new, d) {
                             Settled::Duplicate => report.duplicates += 1,
                             Settled::Rejected(r) => report.reject(index, task_id(), &r),
                         }
@@ -268,6 +271,7 @@ impl Pipeline {
     async fn apply_chunk(
         &self,
         chunk: &mut Vec<Item>,
+        source: &str,
         wait: bool,
         report: &mut Report,
         waits: &mut Vec<Waiting>,
@@ -305,7 +309,7 @@ impl Pipeline {
         for item in chunk.drain(..) {
             match item.parsed {
                 Err(e) => report.reject(item.index, e.task_id, &e.rejection),
-                Ok(update) => match self.tracker.apply(&update) {
+                Ok(update) => match self.apply_one(&update, source) {
                     Applied::Accepted {
                         commit: Some(commit),
                     } if wait => waits.push(Waiting {
@@ -323,6 +327,17 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// One update through the table; what an engine reader had to drop or cut from it is
+    /// counted with its source.
+    fn apply_one(&self, update: &TaskUpdate, source: &str) -> Applied {
+        if !update.adjusted.is_empty() {
+            self.tracker
+                .metrics()
+                .engine_fields_adjusted(source, update);
+        }
+        self.tracker.apply(update)
     }
 
     /// Waits for the commits an acknowledgement needs, up to [`COMMIT_TIMEOUT`], but gives up

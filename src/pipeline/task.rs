@@ -213,11 +213,19 @@ pub(crate) fn diff(r: &TaskRecord, u: &TaskUpdate) -> Diff {
         || (u.response_timeout_seconds.is_some()
             && u.response_timeout_seconds != r.response_timeout_seconds)
         || (u.wait_until.is_some() && u.wait_until != r.wait_until)
-        || (u.start_time.is_some() && u.start_time != r.start_time);
+        || (u.start_time.is_some()
+            && u.start_time != r.start_time
+            && !before_reopen(r, u.start_time));
     Diff {
         content_changed,
         time_advanced: advanced(u.update_time, r.update_time),
     }
+}
+
+/// A start from before the task's last reopen belongs to a run that ended (Kestra keeps a task
+/// run's first `startDate`): not news about the current run.
+pub(crate) fn before_reopen(r: &TaskRecord, start: Option<i64>) -> bool {
+    matches!((start, r.reopened_at), (Some(s), Some(at)) if s < at)
 }
 
 /// What a record that was written (and lost to the store) would have changed on the stored one.

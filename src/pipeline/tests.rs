@@ -9,12 +9,22 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::ingest::Reopen;
 use crate::ingest::{parse_value, TaskUpdate};
-use crate::lifecycle::Diff;
-use crate::model::{Outcome, Status};
+use crate::lifecycle::{Diff, Incoming, Rejection};
+use crate::model::{Outcome, ReopenKind, Status};
 use crate::store::{Op, WriteKind, WriterHandle};
 use crate::throttle::{Flush, Pending, Throttle};
 use crate::wait::WaitMetrics;
+
+/// An update with this status and no time, as the lifecycle sees it.
+fn incoming(status: Status) -> Incoming {
+    Incoming {
+        status,
+        update_time: None,
+        reopen: None,
+    }
+}
 
 struct Table {
     tracker: Tracker,
@@ -475,7 +485,7 @@ fn a_write_lost_to_the_store_is_decided_again_on_the_stored_row() {
     };
     let settled = t
         .tracker
-        .settle(stored.clone(), Status::InProgress, None, changed);
+        .settle(stored.clone(), incoming(Status::InProgress), changed);
     assert_eq!(
         settled,
         Settled::Rejected(Rejection::Terminal {
@@ -495,7 +505,7 @@ fn a_write_lost_to_the_store_is_decided_again_on_the_stored_row() {
     // the same completion, already stored: a duplicate, nothing recorded
     let same = t
         .tracker
-        .settle(stored, Status::Completed, None, Diff::default());
+        .settle(stored, incoming(Status::Completed), Diff::default());
     assert_eq!(same, Settled::Duplicate);
     assert!(t.sent().is_empty());
 }
@@ -506,4 +516,153 @@ fn unknown_names_each_missing_task_once() {
     t.tracker
         .apply(&update(json!({"taskId": "known", "status": "SCHEDULED"})));
     assert_eq!(t.tracker.unknown(["known", "a", "b", "a"]), vec!["a", "b"]);
+}
+
+/// An update read from an engine's store, with the engine's evidence of a reopen at `at`.
+fn from_store(v: serde_json::Value, kind: ReopenKind, at: i64) -> TaskUpdate {
+    let mut u = update(v);
+    u.reopen = Some(Reopen { kind, at });
+    u
+}
+
+#[test]
+fn the_engine_reopens_a_finished_task_and_a_late_write_of_the_run_that_ended_does_not() {
+    let mut t = table(Duration::from_secs(60));
+    let run = json!({"status": "IN_PROGRESS", "startTime": 1_000, "updateTime": 1_000,
+                     "progressPercent": 40, "timeoutSeconds": 60});
+    t.tracker.apply(&update(run));
+    t.tracker
+        .apply(&update(json!({"status": "FAILED", "updateTime": 5_000})));
+    t.sent();
+    let rec = t.tracker.get("t1").unwrap();
+    assert_eq!((rec.end_time, rec.ended_at()), (Some(5_000), Some(5_000)));
+
+    // conductor-oss#176: a late write of the run that ended, its times from before the end
+    let late = from_store(
+        json!({"status": "IN_PROGRESS", "updateTime": 6_000}),
+        ReopenKind::Rerun,
+        1_000,
+    );
+    assert!(matches!(
+        t.tracker.apply(&late),
+        Applied::Rejected(Rejection::Terminal { .. })
+    ));
+    // a worker's or a webhook's update carries no evidence: refused too
+    let worker = update(json!({"status": "SCHEDULED", "updateTime": 9_000}));
+    assert!(matches!(
+        t.tracker.apply(&worker),
+        Applied::Rejected(Rejection::Terminal { .. })
+    ));
+    t.sent();
+
+    // Conductor's rerun: scheduled again at 9,000, after the end
+    let rerun = from_store(
+        json!({"status": "SCHEDULED", "updateTime": 9_000}),
+        ReopenKind::Rerun,
+        9_000,
+    );
+    assert!(matches!(
+        t.tracker.apply(&rerun),
+        Applied::Accepted { commit: Some(_) }
+    ));
+    let ops = t.sent();
+    assert_eq!(
+        task_writes(&ops),
+        vec![(WriteKind::Status, Status::Scheduled, None, false)],
+        "written at once, the ended run's progress dropped"
+    );
+    let line = ops
+        .iter()
+        .find_map(|op| match op {
+            Op::Task { event: Some(e), .. } => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (line.outcome, line.from, line.to, line.reason.as_deref()),
+        (
+            Outcome::Reopened,
+            Some(Status::Failed),
+            Status::Scheduled,
+            Some("reopened by the engine (rerun)")
+        )
+    );
+    let rec = t.tracker.get("t1").unwrap();
+    assert_eq!(
+        (
+            rec.terminal_at,
+            rec.end_time,
+            rec.reopened_at,
+            rec.start_time
+        ),
+        (None, None, Some(9_000), None)
+    );
+    assert_eq!(rec.run_start(), 9_000, "the new run began at the reopen");
+    assert_eq!(
+        rec.deadline_ms(),
+        Some(69_000),
+        "its timeout counts from there"
+    );
+
+    // the new run finishes: its own duration, from the reopen
+    t.tracker.apply(&update(
+        json!({"status": "COMPLETED", "updateTime": 12_000}),
+    ));
+    let m = t.tracker.metrics();
+    let done = m
+        .task_duration_seconds
+        .with_label_values(&["encode", "COMPLETED"]);
+    assert_eq!((done.get_sample_count(), done.get_sample_sum()), (1, 3.0));
+    assert_eq!(m.task_reopens_total.with_label_values(&["rerun"]).get(), 1);
+}
+
+#[test]
+fn a_reopen_that_finished_between_two_reads_counts_the_new_run() {
+    let mut t = table(Duration::from_secs(60));
+    t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "startTime": 1_000, "updateTime": 1_000}),
+    ));
+    t.tracker
+        .apply(&update(json!({"status": "FAILED", "updateTime": 4_000})));
+    t.sent();
+    // Kestra: FAILED, RETRYING at 6,000, the second attempt started at 7,000 and succeeded
+    let retried = from_store(
+        json!({"status": "COMPLETED", "startTime": 1_000, "updateTime": 10_000,
+               "retryCount": 1}),
+        ReopenKind::Retry,
+        6_000,
+    );
+    assert!(matches!(
+        t.tracker.apply(&retried),
+        Applied::Accepted { commit: Some(_) }
+    ));
+    let ops = t.sent();
+    assert_eq!(
+        events(&ops),
+        vec![(Outcome::Reopened, Status::Completed)],
+        "one line: reopened, and finished again"
+    );
+    let rec = t.tracker.get("t1").unwrap();
+    assert_eq!(
+        (rec.status, rec.start_time, rec.end_time, rec.reopened_at),
+        (Status::Completed, None, Some(10_000), Some(6_000)),
+        "a start from before the reopen belongs to the first run"
+    );
+    assert!(rec.terminal_at.is_some());
+    let m = t.tracker.metrics();
+    let failed = m
+        .task_duration_seconds
+        .with_label_values(&["encode", "FAILED"]);
+    let done = m
+        .task_duration_seconds
+        .with_label_values(&["encode", "COMPLETED"]);
+    assert_eq!(failed.get_sample_sum(), 3.0, "the first run: 1 s to 4 s");
+    assert_eq!(
+        done.get_sample_sum(),
+        4.0,
+        "the second: the reopen at 6 s to 10 s"
+    );
+    // the same row read again is a duplicate, not a second reopen
+    assert!(matches!(t.tracker.apply(&retried), Applied::Duplicate));
+    assert_eq!(m.task_reopens_total.with_label_values(&["retry"]).get(), 1);
 }

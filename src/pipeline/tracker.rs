@@ -25,8 +25,10 @@ use super::interner::Interner;
 use super::metrics::PipelineMetrics;
 use super::task::{diff, event, footprint, Applied, TaskState};
 use crate::ingest::TaskUpdate;
-use crate::lifecycle::{self, Current, Rejection, Verdict};
-use crate::model::{Outcome, TaskEvent, TaskRecord, ATTEMPTS_KEPT, HISTORY_KEPT, WAIT_TASK_TYPE};
+use crate::lifecycle::{self, Current, Incoming, Rejection, Verdict};
+use crate::model::{
+    Outcome, ReopenKind, TaskEvent, TaskRecord, ATTEMPTS_KEPT, HISTORY_KEPT, WAIT_TASK_TYPE,
+};
 use crate::now_ms;
 use crate::store::{Commit, Op, WriteKind, WriterHandle};
 use crate::throttle::{Flush, Flushed, Pending, ProgressWrite, Throttle};
@@ -224,6 +226,8 @@ impl Tracker {
                     wait_until: u.wait_until,
                     parent_task_id: u.parent_task_id.as_deref().map(Arc::from),
                     iteration_value: u.iteration_value.as_deref().map(Arc::from),
+                    end_time: None,
+                    reopened_at: None,
                     first_seen: now,
                     last_seen: now,
                     progress_changed: now,
@@ -271,10 +275,12 @@ impl Tracker {
         times: Times,
         now: i64,
     ) -> Applied {
+        // A time stored from before clocks were bounded counts as now at the latest.
+        let update_time = st.rec.update_time.map(|t| t.min(now));
         let current = Current {
             status: st.rec.status,
-            // A time stored from before clocks were bounded counts as now at the latest.
-            update_time: st.rec.update_time.map(|t| t.min(now)),
+            update_time,
+            ended_at: st.rec.ended_at(),
         };
         let mut d = diff(&st.rec, u);
         d.time_advanced = match (times.update, current.update_time) {
@@ -282,8 +288,14 @@ impl Tracker {
             (Some(_), None) => true,
             _ => false,
         };
-        let applied = match lifecycle::decide(current, u.status, times.update, d) {
+        let incoming = Incoming {
+            status: u.status,
+            update_time: times.update,
+            reopen: u.reopen.map(|r| r.at),
+        };
+        let applied = match lifecycle::decide(current, incoming, d) {
             Verdict::Duplicate => return Applied::Duplicate,
+            Verdict::Reopen => return self.reopen(id, st, u, times, now),
             Verdict::Reject(r) => {
                 if let Rejection::Terminal { from, to } = r {
                     self.metrics.transition_rejected(from, to);
@@ -318,6 +330,52 @@ impl Tracker {
         };
         self.resize(st);
         applied
+    }
+
+    /// The engine put a finished task back to work: a new run begins. What belonged to the run
+    /// that ended (its progress, samples, start, end) is dropped, the update is folded in as
+    /// for a new run, and the reopen is written at once with a history line of its own. When
+    /// the update is terminal again (the engine reran it and it finished between two reads),
+    /// the new run's end is counted like any other.
+    fn reopen(
+        &self,
+        id: &Arc<str>,
+        st: &mut TaskState,
+        u: &TaskUpdate,
+        times: Times,
+        now: i64,
+    ) -> Applied {
+        let Some(reopen) = u.reopen else {
+            return Applied::Duplicate; // the lifecycle reopens only with evidence
+        };
+        let from = st.rec.status;
+        self.metrics.task_reopened(reopen.kind);
+        let r = &mut st.rec;
+        r.terminal_at = None;
+        r.end_time = None;
+        r.reopened_at = Some(reopen.at);
+        r.start_time = None;
+        r.progress = None;
+        r.progress_message = None;
+        r.progress_changed = now;
+        st.window = None;
+        if let Some(w) = &u.worker_id {
+            self.touch_worker(w, now);
+        }
+        self.merge(st, u, times, now);
+        if st.rec.status.is_terminal() {
+            self.on_terminal(&mut st.rec, u.update_time, now);
+        }
+        let line = event(
+            &st.rec,
+            Some(from),
+            Outcome::Reopened,
+            Some(reopen_reason(reopen.kind)),
+            now,
+        );
+        let commit = self.write_now(id, st, now, Some(line));
+        self.resize(st);
+        Applied::Accepted { commit }
     }
 
     /// A rejected update goes into the task's history: at once when the task's write slot is
@@ -409,7 +467,11 @@ impl Tracker {
         }
         r.seq = u.seq.or(r.seq);
         r.iteration = u.iteration.or(r.iteration);
-        r.start_time = u.start_time.or(r.start_time);
+        // After a reopen, a start from before it is the first run's: the current run began at
+        // the reopen.
+        if !super::task::before_reopen(r, u.start_time) {
+            r.start_time = u.start_time.or(r.start_time);
+        }
         r.update_time = times.update.max(r.update_time);
         r.timeout_seconds = u.timeout_seconds.or(r.timeout_seconds);
         r.response_timeout_seconds = u.response_timeout_seconds.or(r.response_timeout_seconds);
@@ -551,8 +613,9 @@ impl Tracker {
     /// (the stored `updateTime` may be an earlier update's).
     fn on_terminal(&self, rec: &mut TaskRecord, update_time: Option<i64>, now: i64) {
         rec.terminal_at = Some(now);
+        rec.end_time = update_time.map(|t| t.min(now));
         let end = update_time.unwrap_or(now);
-        let start = rec.start_time.filter(|t| *t > 0).unwrap_or(rec.first_seen);
+        let start = rec.run_start();
         if end >= start {
             self.metrics
                 .task_finished(&rec.task_type, rec.status, (end - start) as f64 / 1000.0);
@@ -606,6 +669,11 @@ impl Flush for Tracker {
             ProgressWrite::WithNextWrite => Flushed::Done,
         }
     }
+}
+
+/// The reason on a reopen's history line, which the status page shows.
+pub(crate) fn reopen_reason(kind: ReopenKind) -> String {
+    format!("reopened by the engine ({kind})")
 }
 
 /// An update's engine times as taken for ordering and storing: never ahead of taskpulse's

@@ -31,7 +31,8 @@ fn upsert_sql() -> String {
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
            $6::int4[], $7::int4[], $8::int4[], $9::text[], $10::float4[], $11::text[], $12::text[], \
            $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], \
-           $18::text[], $19::text[], $20::int8[], $21::int8[], $22::int8[], $23::int8[]) \
+           $18::text[], $19::text[], $20::int8[], $21::int8[], $22::int8[], $23::int8[], \
+           $24::int8[], $25::int8[]) \
          ON CONFLICT (task_id) DO UPDATE SET {} WHERE {OVERWRITE_GUARD} \
          RETURNING task_id",
         upsert_set_clause()
@@ -91,6 +92,8 @@ pub(super) async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<Vec<usiz
                     .map(|r| r.iteration_value.as_deref())
                     .collect::<Vec<_>>(),
             )
+            .bind(t.iter().map(|r| r.end_time).collect::<Vec<_>>())
+            .bind(t.iter().map(|r| r.reopened_at).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.first_seen).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.last_seen).collect::<Vec<_>>())
             .bind(t.iter().map(|r| r.progress_changed).collect::<Vec<_>>())

@@ -7,11 +7,16 @@ use crate::model::{Attempt, Outcome, RepairRecord, Status, StoredTask, TaskEvent
 
 /// The SQL condition under which a stored row may be overwritten: it is not terminal, and the
 /// incoming `update_time` is not older. Shared by both backends so they cannot disagree.
-pub(crate) const OVERWRITE_GUARD: &str = "tasks.status NOT IN ('COMPLETED','COMPLETED_WITH_ERRORS','FAILED','FAILED_WITH_TERMINAL_ERROR','TIMED_OUT','CANCELED','SKIPPED') \
+///
+/// A terminal row is overwritten only by the engine reopening it: the incoming row's
+/// `reopened_at` comes after the stored task's end (`end_time`, else `terminal_at`), the
+/// lifecycle's own rule ([`crate::lifecycle::reopens`]), so every replica decides alike.
+pub(crate) const OVERWRITE_GUARD: &str = "(tasks.status NOT IN ('COMPLETED','COMPLETED_WITH_ERRORS','FAILED','FAILED_WITH_TERMINAL_ERROR','TIMED_OUT','CANCELED','SKIPPED') \
+       OR excluded.reopened_at > COALESCE(tasks.end_time, tasks.terminal_at)) \
      AND (excluded.update_time IS NULL OR tasks.update_time IS NULL OR excluded.update_time >= tasks.update_time)";
 
 /// Column list shared by both backends, in bind order.
-pub const TASK_COLUMNS: &str = "task_id, workflow_id, task_type, workflow_type, reference_task_name, seq, iteration, retry_count, status, progress, progress_message, worker_id, start_time, update_time, timeout_seconds, response_timeout_seconds, wait_until, parent_task_id, iteration_value, first_seen, last_seen, progress_changed, terminal_at";
+pub const TASK_COLUMNS: &str = "task_id, workflow_id, task_type, workflow_type, reference_task_name, seq, iteration, retry_count, status, progress, progress_message, worker_id, start_time, update_time, timeout_seconds, response_timeout_seconds, wait_until, parent_task_id, iteration_value, end_time, reopened_at, first_seen, last_seen, progress_changed, terminal_at";
 
 /// `SET` clause of the upsert: every column but the key and `first_seen`, plus the version.
 pub(crate) fn upsert_set_clause() -> String {
@@ -55,6 +60,8 @@ pub(crate) struct TaskRow {
     wait_until: Option<i64>,
     parent_task_id: Option<String>,
     iteration_value: Option<String>,
+    end_time: Option<i64>,
+    reopened_at: Option<i64>,
     first_seen: i64,
     last_seen: i64,
     progress_changed: i64,
@@ -84,6 +91,8 @@ impl TryFrom<TaskRow> for TaskRecord {
             wait_until: r.wait_until,
             parent_task_id: r.parent_task_id.map(Into::into),
             iteration_value: r.iteration_value.map(Into::into),
+            end_time: r.end_time,
+            reopened_at: r.reopened_at,
             first_seen: r.first_seen,
             last_seen: r.last_seen,
             progress_changed: r.progress_changed,
@@ -267,6 +276,8 @@ macro_rules! bind_record {
             .bind($t.wait_until)
             .bind($t.parent_task_id.as_deref())
             .bind($t.iteration_value.as_deref())
+            .bind($t.end_time)
+            .bind($t.reopened_at)
             .bind($t.first_seen)
             .bind($t.last_seen)
             .bind($t.progress_changed)

@@ -92,6 +92,8 @@ async fn write_batch_on(
                 .push_bind(t.wait_until)
                 .push_bind(t.parent_task_id.as_deref())
                 .push_bind(t.iteration_value.as_deref())
+                .push_bind(t.end_time)
+                .push_bind(t.reopened_at)
                 .push_bind(t.first_seen)
                 .push_bind(t.last_seen)
                 .push_bind(t.progress_changed)

@@ -36,6 +36,8 @@ fn row(id: &str, workflow: &str, task_type: &str, status: Status, last_seen: i64
         wait_until: None,
         parent_task_id: None,
         iteration_value: None,
+        end_time: None,
+        reopened_at: None,
         first_seen: last_seen,
         last_seen,
         progress_changed: last_seen,

@@ -21,9 +21,9 @@ use crate::conductor_tail::{eventually, task_model};
 use crate::helpers::{Backend, TestApp, TestDb};
 
 /// The grace after which a finished task is compared, and a little more.
-const PAST_GRACE: i64 = 11_000;
+pub(crate) const PAST_GRACE: i64 = 11_000;
 
-fn checker(engine: &Conductor) -> Checker {
+pub(crate) fn checker(engine: &Conductor) -> Checker {
     Checker::new(
         compose(default_rules(), engine.rules()),
         CheckerMetrics::unregistered(),
@@ -32,7 +32,7 @@ fn checker(engine: &Conductor) -> Checker {
 }
 
 /// One pass as if it ran `ahead` ms from now (the rule's grace without the wait).
-async fn pass_at(app: &TestApp, checker: &Checker, ahead: i64) -> PassReport {
+pub(crate) async fn pass_at(app: &TestApp, checker: &Checker, ahead: i64) -> PassReport {
     let ctx = Context {
         store: app.store.clone(),
         tracker: Some(app.tracker.clone()),
@@ -48,7 +48,7 @@ async fn pass_at(app: &TestApp, checker: &Checker, ahead: i64) -> PassReport {
     checker.run_pass(&ctx).await.expect("pass runs")
 }
 
-fn lost(r: &PassReport) -> Vec<&Violation> {
+pub(crate) fn lost(r: &PassReport) -> Vec<&Violation> {
     let mut v: Vec<&Violation> = r
         .violations
         .iter()
@@ -58,7 +58,7 @@ fn lost(r: &PassReport) -> Vec<&Violation> {
     v
 }
 
-fn ids(found: &[&Violation]) -> Vec<String> {
+pub(crate) fn ids(found: &[&Violation]) -> Vec<String> {
     found.iter().map(|v| v.task_id.clone()).collect()
 }
 
@@ -146,9 +146,13 @@ async fn lost_terminal_update_against_the_task_table(backend: Backend) {
     let r = pass_at(&app, &checker, PAST_GRACE + 1000).await;
     assert_eq!(ids(&lost(&r)), ["lost"], "{:?}", r.violations);
 
-    // the late IN_PROGRESS lands in the engine after the two sides were compared and agreed
-    c.write_task(&stored("flip", "IN_PROGRESS", t0 + 5000, "w-3"))
-        .await;
+    // the late IN_PROGRESS lands in the engine after the two sides were compared and agreed:
+    // written from a copy of the task read before it completed (conductor-oss#176), so with
+    // that run's scheduledTime and startTime, no endTime, and updateTime now
+    let mut late = stored("flip", "IN_PROGRESS", t0 + 5000, "w-3");
+    late["scheduledTime"] = json!(t0);
+    late["startTime"] = json!(t0 - 1000);
+    c.write_task(&late).await;
     eventually(&app, "flip", "the tail's rejected update", |v| {
         has_rejected(v, "IN_PROGRESS")
     })

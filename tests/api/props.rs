@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use taskpulse::lifecycle::{decide, Current, Diff, Rejection, Verdict};
+use taskpulse::lifecycle::{decide, Current, Diff, Incoming, Rejection, Verdict};
 use taskpulse::model::Status;
 
 use crate::helpers::{Backend, TestApp, TestDb};
@@ -137,14 +137,19 @@ proptest! {
             // lifecycle decides on known tasks).
             let verdict = match state {
                 None => Verdict::Accept { status_changed: true },
-                Some(cur) => decide(cur, u.status, u.time, diff),
+                // updates from workers and webhooks carry no reopen evidence
+                Some(cur) => decide(
+                    cur,
+                    Incoming { status: u.status, update_time: u.time, reopen: None },
+                    diff,
+                ),
             };
             let expected = model_apply(&mut model, u);
             match &verdict {
                 Verdict::Accept { .. } => {
                     prop_assert_eq!(expected, Outcome::Accepted, "{:?}", u);
                     let t = state.and_then(|c| c.update_time).max(u.time);
-                    state = Some(Current { status: u.status, update_time: t });
+                    state = Some(Current { status: u.status, update_time: t, ended_at: t });
                     progress = u.progress.or(progress);
                 }
                 Verdict::Duplicate => prop_assert_eq!(expected, Outcome::Duplicate),
@@ -158,6 +163,7 @@ proptest! {
                     prop_assert!(got < stored);
                 }
                 Verdict::Reject(r) => prop_assert!(false, "unexpected {:?}", r),
+                Verdict::Reopen => prop_assert!(false, "reopened without evidence: {:?}", u),
             }
             if let Some(b) = before {
                 let now = state.unwrap();

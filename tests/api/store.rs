@@ -31,6 +31,8 @@ fn rec(id: &str, status: Status, update_time: Option<i64>, progress: Option<f32>
         wait_until: None,
         parent_task_id: None,
         iteration_value: None,
+        end_time: None,
+        reopened_at: None,
         first_seen: 5,
         last_seen: 6,
         progress_changed: 6,

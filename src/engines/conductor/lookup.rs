@@ -31,6 +31,9 @@ pub struct EngineTask {
     /// The last change, epoch ms: the larger of `updateTime` and `endTime`, from a store or REST.
     pub update_time: Option<i64>,
     pub worker_id: Option<String>,
+    /// The engine's own sign that it put the task back to work after it finished, engine
+    /// time (see `task_tail::update_from_row`); `None` when the record shows none.
+    pub reopened_at: Option<i64>,
 }
 
 /// Where the checker reads the engine's side.
@@ -151,6 +154,7 @@ fn from_json(id: &str, json: &str) -> Option<EngineTask> {
         status: Some(u.status),
         update_time: u.update_time,
         worker_id: u.worker_id,
+        reopened_at: u.reopen.map(|r| r.at),
     })
 }
 
@@ -178,6 +182,7 @@ fn from_rest(v: &serde_json::Value) -> EngineTask {
             .get("workerId")
             .and_then(|w| w.as_str())
             .map(str::to_string),
+        reopened_at: None,
     }
 }
 

@@ -70,7 +70,7 @@ impl Conductor {
             Arc::new(Proxy::new(
                 c,
                 heartbeat_min_interval,
-                proxy::Callers::new(token.clone()),
+                proxy::Callers::new(token.clone(), settings.proxy_trust_engine_auth),
             ))
         });
         let lookup = if let Some(url) = &settings.db {

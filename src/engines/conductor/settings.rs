@@ -23,6 +23,10 @@ pub struct ConductorSettings {
     #[arg(id = "conductor-timeout", long = "conductor-timeout", env = "TASKPULSE_CONDUCTOR_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
+    /// With --auth-token: the engine checks the credentials of every request it accepts (Orkes Conductor, or an authenticating gateway in front of it), so a proxied request it accepted with credentials is recorded without taskpulse's token. Open-source Conductor checks none: leave it off
+    #[arg(id = "conductor-proxy-trust-engine-auth", long = "conductor-proxy-trust-engine-auth", env = "TASKPULSE_CONDUCTOR_PROXY_TRUST_ENGINE_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true, default_value_t = false, action = clap::ArgAction::Set)]
+    pub proxy_trust_engine_auth: bool,
+
     /// Conductor's own PostgreSQL, read-only: every task transition from its task table (source conductor_db) and the WAIT queue
     #[arg(
         id = "conductor-db",

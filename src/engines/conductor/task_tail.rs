@@ -45,8 +45,8 @@ use super::metrics::ConductorMetrics;
 use super::wait_queue::connect_read_only;
 use crate::engines::store_source::{self, Poller};
 use crate::error::{Error, Result};
-use crate::ingest::{RawUpdate, TaskUpdate};
-use crate::model::Status;
+use crate::ingest::{RawUpdate, Reopen, TaskUpdate};
+use crate::model::{ReopenKind, Status};
 use crate::pipeline::Pipeline;
 
 /// The `source` of updates read from Conductor's database.
@@ -87,13 +87,44 @@ const IN_FLIGHT_RANGE: &str = "\
 pub const SCAN_PAGE: i64 = 20_000;
 const DB_NOW: &str = "SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8";
 
-/// A task as Conductor stores it (`TaskModel` JSON): what [`RawUpdate`] reads, and `endTime`.
+/// A task as Conductor stores it (`TaskModel` JSON): what [`RawUpdate`] reads, `endTime` and
+/// `scheduledTime`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredTask {
     #[serde(flatten)]
     update: RawUpdate,
     end_time: Option<i64>,
+    scheduled_time: Option<i64>,
+}
+
+/// Conductor's own sign, in a task's row, that it put the task back to work after it finished
+/// (`docs/engines/conductor.md`, "Reopened tasks"). Every in-place reset loads the finished
+/// task and writes it back non-terminal: a rerun sets `scheduledTime` (or, for the siblings it
+/// resets, `startTime`) to now, and the resets that only flip the status (the first write of a
+/// rerun, a JOIN reset by a retry, the parent task of a retried or rerun sub-workflow) keep the
+/// `endTime` of the run that ended, which only a terminal write sets. A late write of the same
+/// run (conductor-oss#176) was made from a copy read before the end: no `endTime`, and
+/// `scheduledTime`/`startTime` from before the end. So the evidence is the write's own time
+/// when a non-terminal row keeps an `endTime`, else the later of `scheduledTime` and
+/// `startTime`; the lifecycle takes it only when it comes after the end taskpulse holds.
+fn reopen_evidence(
+    status: Status,
+    update: i64,
+    scheduled: i64,
+    start: i64,
+    end: i64,
+) -> Option<Reopen> {
+    let began = scheduled.max(start);
+    let at = if !status.is_terminal() && end > 0 {
+        update.max(began)
+    } else {
+        began
+    };
+    (at > 0).then_some(Reopen {
+        kind: ReopenKind::Rerun,
+        at,
+    })
 }
 
 /// What taskpulse takes from a row; a re-read row is submitted only when this changed.
@@ -131,6 +162,12 @@ pub fn update_from_row(task_id: &str, json_data: &str) -> Option<TaskUpdate> {
     };
     let mut raw = stored.update;
     let positive = |v: Option<i64>| v.filter(|t| *t > 0);
+    let engine_times = (
+        positive(raw.update_time).unwrap_or(0),
+        positive(stored.scheduled_time).unwrap_or(0),
+        positive(raw.start_time).unwrap_or(0),
+        positive(stored.end_time).unwrap_or(0),
+    );
     raw.update_time = match (positive(raw.update_time), positive(stored.end_time)) {
         (Some(u), Some(e)) => Some(u.max(e)),
         (u, e) => u.or(e),
@@ -140,8 +177,12 @@ pub fn update_from_row(task_id: &str, json_data: &str) -> Option<TaskUpdate> {
     raw.wait_until = positive(raw.wait_until);
     raw.response_timeout_seconds = positive(raw.response_timeout_seconds);
     raw.task_id.get_or_insert_with(|| task_id.to_string());
-    match raw.validate() {
-        Ok(u) => Some(u),
+    match raw.validate_from_engine() {
+        Ok(mut u) => {
+            let (update, scheduled, start, end) = engine_times;
+            u.reopen = reopen_evidence(u.status, update, scheduled, start, end);
+            Some(u)
+        }
         Err(e) => {
             tracing::debug!(task_id, error = ?e, "conductor task table: not a task update");
             None
@@ -380,5 +421,53 @@ mod tests {
         );
         assert!(update_from_row("x", "{not json").is_none());
         assert!(update_from_row("x", r#"{"status":"RUNNING","workflowInstanceId":"w"}"#).is_none());
+    }
+
+    /// `(status, evidence)` of a row with these times, as `update_from_row` reads it.
+    fn evidence(status: &str, t: [i64; 4]) -> (Status, Option<i64>) {
+        let [scheduled, start, end, update] = t;
+        let json = serde_json::json!({"taskType": "encode", "status": status, "taskId": "t",
+            "workflowInstanceId": "wf", "scheduledTime": scheduled, "startTime": start,
+            "endTime": end, "updateTime": update});
+        let u = update_from_row("t", &json.to_string()).unwrap();
+        (u.status, u.reopen.map(|r| r.at))
+    }
+
+    /// The rows `WorkflowExecutorOps` writes (b54f0d4e), for a task that FAILED at 5,000
+    /// (scheduled 1,000, started 2,000), against the conductor-oss#176 shape.
+    #[test]
+    fn reopen_evidence_follows_conductors_own_writes() {
+        // the terminal write: what a reopen must come after
+        assert_eq!(
+            evidence("FAILED", [1_000, 2_000, 5_000, 3_000]),
+            (Status::Failed, Some(2_000))
+        );
+        // rerunWF's first write: only the status flipped, endTime kept, updateTime now
+        assert_eq!(
+            evidence("SCHEDULED", [1_000, 2_000, 5_000, 9_000]).1,
+            Some(9_000)
+        );
+        // rerunWF's reset: scheduledTime now, startTime and endTime 0
+        assert_eq!(evidence("SCHEDULED", [9_001, 0, 0, 9_001]).1, Some(9_001));
+        // finalizeRerun's siblings: startTime now, endTime 0, scheduledTime kept
+        assert_eq!(
+            evidence("SCHEDULED", [1_000, 9_002, 0, 9_002]).1,
+            Some(9_002)
+        );
+        // updateAndPushParents / retry of a JOIN: IN_PROGRESS, everything else kept
+        assert_eq!(
+            evidence("IN_PROGRESS", [1_000, 2_000, 5_000, 9_003]).1,
+            Some(9_003)
+        );
+        // conductor-oss#176: a copy read before the end, written late: the run's own times
+        assert_eq!(
+            evidence("IN_PROGRESS", [1_000, 2_000, 0, 6_000]),
+            (Status::InProgress, Some(2_000))
+        );
+        // rerun and finished again between two reads: scheduled after the end
+        assert_eq!(
+            evidence("COMPLETED", [9_001, 9_500, 12_000, 9_500]).1,
+            Some(9_500)
+        );
     }
 }

@@ -102,7 +102,7 @@ impl Notification {
     /// The notification in taskpulse's update shape, for the ordinary validation, and what its
     /// output held.
     fn into_update(self) -> Result<(RawUpdate, Output), Rejection> {
-        let mut output = output(self.output.as_deref())?;
+        let mut output = output(self.output.as_deref());
         let update = RawUpdate {
             start_time: epoch_ms("startTime", self.start_time.as_deref())?,
             update_time: self.last_change()?,
@@ -147,24 +147,21 @@ impl Notification {
 }
 
 /// Progress from inside the output string. Only a JSON map can carry progress; an output that
-/// is not JSON at all (Java's `toString()`) is noted, not judged; a progress field of the wrong
-/// type is rejected, as in any other update.
-fn output(output: Option<&str>) -> Result<Output, Rejection> {
+/// is not JSON at all (Java's `toString()`) is noted, not judged. A progress field of the wrong
+/// type is noted by [`OutputProgress`] and rejected by the validation, as in any other update.
+fn output(output: Option<&str>) -> Output {
     let Some(text) = output.filter(|o| !o.is_empty()) else {
-        return Ok(Output::default());
+        return Output::default();
     };
     match serde_json::from_str::<OutputProgress>(text) {
-        Ok(p) => Ok(Output {
+        Ok(p) => Output {
             progress: Some(p),
             not_json: false,
-        }),
-        Err(e) if e.classify() == serde_json::error::Category::Data => {
-            Err(Rejection::Invalid(format!("`output`: {e}")))
-        }
-        Err(_) => Ok(Output {
+        },
+        Err(_) => Output {
             progress: None,
             not_json: true,
-        }),
+        },
     }
 }
 
@@ -567,13 +564,21 @@ mod tests {
 
     #[test]
     fn a_java_tostring_output_is_noted_not_rejected() {
-        let o = output(Some("{progress=40, progressMessage=chunk 4/10}")).unwrap();
+        let o = output(Some("{progress=40, progressMessage=chunk 4/10}"));
         assert!(o.not_json && o.progress.is_none());
-        let o = output(Some(r#"{"progress":40}"#)).unwrap();
+        let o = output(Some(r#"{"progress":40}"#));
         assert!(!o.not_json);
         assert_eq!(o.progress.unwrap().progress, Some(40.0));
-        assert!(!output(Some("{}")).unwrap().not_json);
-        assert!(!output(None).unwrap().not_json);
-        assert!(output(Some(r#"{"progressPercent":"ninety"}"#)).is_err());
+        assert!(!output(Some("{}")).not_json);
+        assert!(!output(None).not_json);
+        // JSON with a progress field of the wrong type is not `toString()`: the validation
+        // judges it
+        let o = output(Some(r#"{"progressPercent":"ninety"}"#));
+        assert!(!o.not_json);
+        let body = br#"{"taskId":"t","workflowId":"w","taskType":"t","status":"IN_PROGRESS",
+            "output":"{\"progressPercent\":\"ninety\"}"}"#;
+        let items = parse_notifications(body).unwrap();
+        let reason = items[0].parsed.as_ref().unwrap_err().rejection.reason();
+        assert!(reason.contains("progressPercent"), "{reason}");
     }
 }

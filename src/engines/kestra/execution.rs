@@ -10,8 +10,8 @@
 
 use serde::Deserialize;
 
-use crate::ingest::{RawAttempt, RawUpdate, TaskUpdate};
-use crate::model::{Status, ATTEMPTS_KEPT};
+use crate::ingest::{RawAttempt, RawUpdate, Reopen, TaskUpdate};
+use crate::model::{ReopenKind, Status, ATTEMPTS_KEPT};
 
 /// The separator between namespace and flow id in the workflow type (`company.team/etl`):
 /// namespaces are dotted, so a dot would be ambiguous.
@@ -121,6 +121,36 @@ impl State {
             .and_then(parse_instant)
     }
 
+    /// Kestra's own record of putting the task run back to work after it ended: the last
+    /// history entry that is not terminated and follows a terminated one (`RETRYING` when
+    /// `ExecutorService` retries a failed task run in place, `RESTARTED` when
+    /// `ExecutionService.restart` keeps its id, then `CREATED`, `RUNNING`...). Its time is
+    /// taken as at least one ms after the terminated entry: the history's own order says it
+    /// came after that end, whatever the dates' precision.
+    fn reopen(&self) -> Option<Reopen> {
+        let mut ended: Option<i64> = None;
+        let mut found = None;
+        for h in &self.histories {
+            let at = parse_instant(&h.date);
+            if is_terminated(&h.state) {
+                ended = at.or(ended);
+                continue;
+            }
+            if let (Some(end), Some(at)) = (ended.take(), at) {
+                let kind = if h.state == "RESTARTED" {
+                    ReopenKind::Restart
+                } else {
+                    ReopenKind::Retry
+                };
+                found = Some(Reopen {
+                    kind,
+                    at: at.max(end + 1),
+                });
+            }
+        }
+        found
+    }
+
     /// Its last change: the last history's date, else `endDate` or `startDate`.
     fn changed(&self) -> Option<i64> {
         self.histories
@@ -187,6 +217,7 @@ impl Execution {
                         end_time: state
                             .filter(|s| is_terminated(&s.current))
                             .and_then(State::ended),
+                        index: Some(n),
                     })
                 })
                 .collect();
@@ -206,7 +237,8 @@ impl Execution {
                 attempts: Some(reported),
                 ..Default::default()
             };
-            if let Ok(u) = update.validate() {
+            if let Ok(mut u) = update.validate_from_engine() {
+                u.reopen = run.state.reopen();
                 out.push(u);
             }
         }
@@ -409,5 +441,65 @@ mod tests {
             value_text(&serde_json::json!({"k": 1})).as_deref(),
             Some(r#"{"k":1}"#)
         );
+    }
+
+    /// A task run's `state` as Kestra keeps it, with these (state, date) histories.
+    fn state(histories: &[(&str, &str)]) -> State {
+        State {
+            current: histories.last().unwrap().0.to_string(),
+            histories: histories
+                .iter()
+                .map(|(s, d)| History {
+                    state: s.to_string(),
+                    date: d.to_string(),
+                })
+                .collect(),
+            start_date: None,
+            end_date: None,
+        }
+    }
+
+    #[test]
+    fn a_state_after_a_terminated_one_is_kestras_own_reopen() {
+        let t = |s: &str| parse_instant(s).unwrap();
+        let failed = "2025-06-01T10:00:05.000Z";
+        // ExecutorService marks the failed task run RETRYING, then retryTask sets it CREATED
+        let retried = state(&[
+            ("CREATED", "2025-06-01T10:00:00.000Z"),
+            ("RUNNING", "2025-06-01T10:00:01.000Z"),
+            ("FAILED", failed),
+            ("RETRYING", "2025-06-01T10:00:05.200Z"),
+            ("CREATED", "2025-06-01T10:00:15.000Z"),
+            ("RUNNING", "2025-06-01T10:00:15.100Z"),
+        ]);
+        let r = retried.reopen().unwrap();
+        assert_eq!(r.kind, ReopenKind::Retry);
+        assert_eq!(r.at, t("2025-06-01T10:00:05.200Z"));
+        // ExecutionService.restart: RESTARTED on the same task run id
+        let restarted = state(&[
+            ("RUNNING", "2025-06-01T10:00:01.000Z"),
+            ("KILLED", failed),
+            ("RESTARTED", "2025-06-01T11:00:00.000Z"),
+        ]);
+        assert_eq!(restarted.reopen().unwrap().kind, ReopenKind::Restart);
+        // the reopen's date is taken after the end even when both share a millisecond
+        let same_ms = state(&[("FAILED", failed), ("RETRYING", failed)]);
+        assert_eq!(same_ms.reopen().unwrap().at, t(failed) + 1);
+        // failed, with nothing after: no reopen; never failed: none either
+        assert!(state(&[("RUNNING", failed), ("FAILED", failed)])
+            .reopen()
+            .is_none());
+        assert!(state(&[("CREATED", failed), ("RUNNING", failed)])
+            .reopen()
+            .is_none());
+        // retried twice, failed again: the last reopen counts
+        let twice = state(&[
+            ("FAILED", "2025-06-01T10:00:05.000Z"),
+            ("RETRYING", "2025-06-01T10:00:06.000Z"),
+            ("FAILED", "2025-06-01T10:00:09.000Z"),
+            ("RETRYING", "2025-06-01T10:00:10.000Z"),
+            ("FAILED", "2025-06-01T10:00:13.000Z"),
+        ]);
+        assert_eq!(twice.reopen().unwrap().at, t("2025-06-01T10:00:10.000Z"));
     }
 }

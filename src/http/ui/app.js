@@ -782,8 +782,9 @@ function attemptsTable(attempts) {
 function historyTable(history) {
   const list = Array.isArray(history) ? history : [];
   const rows = list.map((e) => {
-    const accepted = e.outcome === 'accepted';
-    const outcome = accepted ? badge('✓ accepted', 'ok') : badge(`✕ ${dash(e.outcome)}`, 'bad');
+    const accepted = e.outcome !== 'rejected';
+    const outcome = e.outcome === 'accepted' ? badge('✓ accepted', 'ok')
+      : e.outcome === 'reopened' ? badge('↺ reopened', 'info') : badge(`✕ ${dash(e.outcome)}`, 'bad');
     const count = Number(e.count) > 1
       ? [`×${e.count}`, e.lastAt ? [' (last ', timeEl(e.lastAt), ')'] : null] : '';
     const progress = clampPercent(e.progressPercent);

@@ -125,17 +125,22 @@ async fn the_auth_token_from_a_file_never_appears_in_logs() {
     assert!(!err.contains(TOKEN), "{err}");
 }
 
-const TOKEN: &str = "s3cret";
+pub(super) const TOKEN: &str = "s3cret";
 
 /// A worker's lease heartbeat for `id` (as the SDK sends it), with progress and an engine time.
-fn heartbeat(id: &str, worker: &str, progress: f64, update_time: i64) -> serde_json::Value {
+pub(super) fn heartbeat(
+    id: &str,
+    worker: &str,
+    progress: f64,
+    update_time: i64,
+) -> serde_json::Value {
     json!({"taskId": id, "workflowInstanceId": format!("wf-{id}"), "workerId": worker,
            "status": "IN_PROGRESS", "extendLease": true, "updateTime": update_time,
            "outputData": {"progress": progress}})
 }
 
 /// `POST /api/tasks` through the proxy with `headers`: the status.
-async fn proxied(
+pub(super) async fn proxied(
     client: &reqwest::Client,
     server: &Server,
     body: &serde_json::Value,
@@ -150,7 +155,7 @@ async fn proxied(
 
 /// `GET /api/tasks/poll/batch/encode` through the proxy for `worker`: the status and how many
 /// tasks came back.
-async fn poll(
+pub(super) async fn poll(
     client: &reqwest::Client,
     server: &Server,
     worker: &str,
@@ -174,7 +179,7 @@ async fn poll(
 }
 
 /// Whether `/metrics` has a progress series for the task.
-async fn progress_exported(server: &Server, id: &str) -> bool {
+pub(super) async fn progress_exported(server: &Server, id: &str) -> bool {
     server
         .scrape()
         .await
@@ -184,7 +189,11 @@ async fn progress_exported(server: &Server, id: &str) -> bool {
 }
 
 /// taskpulse's view of a task, read with the token: `None` when it knows nothing of it.
-async fn view(client: &reqwest::Client, server: &Server, id: &str) -> Option<serde_json::Value> {
+pub(super) async fn view(
+    client: &reqwest::Client,
+    server: &Server,
+    id: &str,
+) -> Option<serde_json::Value> {
     let r = client
         .get(server.url(&format!("/api/v1/tasks/{id}")))
         .bearer_auth(TOKEN)
@@ -210,7 +219,14 @@ async fn the_proxy_records_nothing_the_engine_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(
         dir.path(),
-        &["--auth-token", TOKEN, "--conductor-url", &emu.url()],
+        &[
+            "--auth-token",
+            TOKEN,
+            "--conductor-url",
+            &emu.url(),
+            // the operator says this engine checks credentials (as Orkes Conductor does)
+            "--conductor-proxy-trust-engine-auth",
+        ],
     )
     .await;
     let client = reqwest::Client::new();
@@ -384,7 +400,7 @@ async fn with_a_token_set_the_proxy_records_only_authenticated_callers() {
 }
 
 /// One request on a raw connection, the path as written: the answer's status code.
-async fn raw_status(server: &Server, method: &str, path: &str) -> u16 {
+pub(super) async fn raw_status(server: &Server, method: &str, path: &str) -> u16 {
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"

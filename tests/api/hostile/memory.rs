@@ -345,3 +345,97 @@ async fn the_memory_budget_holds_with_long_ids_and_the_task_list_is_paged() {
     }
     assert_eq!(seen.len() as f64, tasks);
 }
+
+/// One body of nothing but empty attempts (`{"attempts": [{},{},...]}`, 8 MiB): only the newest
+/// 20 are ever held, so peak memory grows by about the body, not by a parsed struct per
+/// attempt (it grew by 265 MiB when the whole list was built before it was cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_empty_attempts_is_cut_while_it_is_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]).await;
+    let head =
+        br#"{"taskId":"t-att","workflowId":"w","taskType":"x","status":"IN_PROGRESS","attempts":["#;
+    let n = (8 * 1024 * 1024 - head.len() - 2) / 3;
+    let mut body = head.to_vec();
+    for i in 0..n {
+        body.extend_from_slice(if i == 0 { b"{}" } else { b",{}" });
+    }
+    body.extend_from_slice(b"]}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let before = server.proc.memory_kib("VmHWM");
+    let (status, text) = post(
+        &client,
+        &server.url("/api/v1/updates"),
+        body,
+        "application/json",
+    )
+    .await;
+    let grew_kib = server.proc.memory_kib("VmHWM").saturating_sub(before);
+    assert_eq!(status, 200, "{}", &text[..text.len().min(300)]);
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let detail = r["rejected"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("attempts[{}].workerId", n - 20)),
+        "the first kept attempt is named by its place in the body: {detail}"
+    );
+    eprintln!("{n} empty attempts: peak memory grew by {grew_kib} KiB");
+    // the body (8 MiB) and its copy in the HTTP layer, and the allocator's share
+    assert!(grew_kib < 40 * 1024, "peak memory grew by {grew_kib} KiB");
+}
+
+/// A rejection names what was wrong and quotes at most a few dozen characters of the refused
+/// value: 90 items with an 80 KB `seq` string, and a webhook notification with a 4 MB
+/// `startTime`, get answers of a few KB (they were 16 MB and 8 MB: each value quoted twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_quote_little_of_what_they_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let long = "7".repeat(80_000);
+    let items: Vec<Value> = (0..90)
+        .map(|i| {
+            json!({"taskId": format!("t-{i}"), "workflowId": "w", "taskType": "x",
+                        "status": "IN_PROGRESS", "seq": long})
+        })
+        .collect();
+    let body = serde_json::to_vec(&items).unwrap();
+    let (status, text) = post(
+        &client,
+        &server.url("/api/v1/updates"),
+        body,
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(text.len() < 48 * 1024, "a {} byte answer", text.len());
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["rejectedCount"], 90);
+    let detail = r["rejected"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("`seq`") && detail.contains('…'), "{detail}");
+
+    let start = "2".repeat(4 * 1024 * 1024);
+    let note = json!({"taskId": "t-hook", "workflowId": "w", "taskType": "x",
+                      "status": "IN_PROGRESS", "startTime": start});
+    let body = serde_json::to_vec(&note).unwrap();
+    let (status, text) = post(
+        &client,
+        &server.url("/api/v1/conductor/task-status"),
+        body,
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        text.len() < 4 * 1024,
+        "a {} byte answer: {}",
+        text.len(),
+        &text[..300]
+    );
+    assert!(text.contains("startTime"), "{text}");
+}

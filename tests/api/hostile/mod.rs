@@ -7,6 +7,7 @@
 //! - `clock`: times from clients' clocks (`--max-clock-skew`);
 //! - `connections`: slow clients, `--max-connections`, `--send-timeout`, shutdown under them;
 //! - `memory`: the in-memory table's bounds, request and answer sizes, pagination;
+//! - `proxy`: what proves a proxied caller, and the paths the proxy reads as the engine does;
 //! - `writes`: store writes per task (rejections, flapping, history) and `--max-pending-writes`;
 //! - `series`: label values, series and scrape bounds, worker expiry, concurrent scrapes.
 
@@ -14,6 +15,7 @@ mod auth;
 mod clock;
 mod connections;
 mod memory;
+mod proxy;
 mod series;
 mod writes;
 

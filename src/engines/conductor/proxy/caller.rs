@@ -5,7 +5,11 @@
 //! takes, and taskpulse records only what the engine took. With `--auth-token`, a request must
 //! also be authenticated before anything it says is recorded: by taskpulse's token
 //! (`X-Taskpulse-Token: TOKEN`, or `Authorization: Bearer TOKEN`, taken off before the request
-//! goes upstream), or by engine credentials that the engine accepted. A request with neither
+//! goes upstream). A 2xx from the engine proves nothing about credentials: open-source
+//! Conductor checks none and accepts a request with `Cookie: a=b` like any other. Engine
+//! credentials count only when the operator says the engine checks them
+//! (`--conductor-proxy-trust-engine-auth`: Orkes Conductor, or a gateway in front): then a
+//! request the engine accepted with credentials is recorded too. A request that proves nothing
 //! is still forwarded as it is (the engine answers it), and nothing of it is recorded.
 //!
 //! Heartbeats answered without asking the engine (coalesced) are recorded only when they carry
@@ -33,12 +37,23 @@ pub enum Caller {
     Engine(u64),
 }
 
+/// What proves a caller, from the settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proof {
+    /// `--auth-token` is set: something must prove the caller.
+    pub token_set: bool,
+    /// `--conductor-proxy-trust-engine-auth`: engine credentials the engine accepted do.
+    pub engine_checks: bool,
+}
+
 impl Caller {
     /// Whether what the request says may be recorded, given whether the engine accepted it.
-    pub fn may_record(self, engine_accepted: bool, token_set: bool) -> bool {
+    pub fn may_record(self, engine_accepted: bool, proof: Proof) -> bool {
         match self {
             Caller::Taskpulse => true,
-            Caller::Engine(fp) => engine_accepted && (!token_set || fp != 0),
+            Caller::Engine(fp) => {
+                engine_accepted && (!proof.token_set || (proof.engine_checks && fp != 0))
+            }
         }
     }
 
@@ -54,19 +69,25 @@ impl Caller {
 /// Recognises callers and takes taskpulse's token off requests before they go upstream.
 pub struct Callers {
     token: Option<Secret>,
+    engine_checks: bool,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl Callers {
-    pub fn new(token: Option<Secret>) -> Callers {
+    /// `engine_checks`: `--conductor-proxy-trust-engine-auth`.
+    pub fn new(token: Option<Secret>, engine_checks: bool) -> Callers {
         Callers {
             token,
+            engine_checks,
             hasher: Default::default(),
         }
     }
 
-    pub fn token_set(&self) -> bool {
-        self.token.is_some()
+    pub fn proof(&self) -> Proof {
+        Proof {
+            token_set: self.token.is_some(),
+            engine_checks: self.engine_checks,
+        }
     }
 
     /// Who sent `headers`; taskpulse's token is removed from them.
@@ -120,7 +141,7 @@ mod tests {
 
     #[test]
     fn taskpulse_token_is_recognised_and_taken_off() {
-        let c = Callers::new(Some(Secret("s3cret".into())));
+        let c = Callers::new(Some(Secret("s3cret".into())), false);
         let mut h = headers(&[("x-taskpulse-token", "s3cret"), ("x-authorization", "jwt")]);
         assert_eq!(c.identify(&mut h), Caller::Taskpulse);
         assert!(h.get(TOKEN_HEADER).is_none());
@@ -138,7 +159,7 @@ mod tests {
 
     #[test]
     fn engine_credentials_make_a_stable_fingerprint() {
-        let c = Callers::new(None);
+        let c = Callers::new(None, false);
         let a = c.identify(&mut headers(&[("x-authorization", "jwt-a")]));
         let a2 = c.identify(&mut headers(&[("x-authorization", "jwt-a")]));
         let b = c.identify(&mut headers(&[("x-authorization", "jwt-b")]));
@@ -149,13 +170,20 @@ mod tests {
 
     #[test]
     fn what_may_be_recorded() {
+        let proof = |token_set, engine_checks| Proof {
+            token_set,
+            engine_checks,
+        };
         // without a token: whatever the engine accepted
-        assert!(Caller::Engine(0).may_record(true, false));
-        assert!(!Caller::Engine(7).may_record(false, false));
-        // with a token: ours, or engine credentials the engine accepted
-        assert!(Caller::Taskpulse.may_record(false, true));
-        assert!(Caller::Engine(7).may_record(true, true));
-        assert!(!Caller::Engine(0).may_record(true, true));
-        assert!(!Caller::Engine(7).may_record(false, true));
+        assert!(Caller::Engine(0).may_record(true, proof(false, false)));
+        assert!(!Caller::Engine(7).may_record(false, proof(false, false)));
+        // with a token: ours; engine credentials prove nothing by a 2xx alone
+        assert!(Caller::Taskpulse.may_record(false, proof(true, false)));
+        assert!(!Caller::Engine(7).may_record(true, proof(true, false)));
+        assert!(!Caller::Engine(0).may_record(true, proof(true, false)));
+        // unless the engine is known to check them
+        assert!(Caller::Engine(7).may_record(true, proof(true, true)));
+        assert!(!Caller::Engine(0).may_record(true, proof(true, true)));
+        assert!(!Caller::Engine(7).may_record(false, proof(true, true)));
     }
 }

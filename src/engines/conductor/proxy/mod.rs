@@ -23,16 +23,21 @@
 //!   (`lost_terminal_update`).
 //! - **Everything else** under `/api/` passes through unchanged (method, path, query, headers,
 //!   body, status, streaming). Engine errors reach the worker as they are; a dead engine is a
-//!   502 and a slow one a 504, and then nothing is recorded as accepted. Paths with `.` or
-//!   `..` segments are refused (400) and `/api/v1/` is never forwarded: it is taskpulse's own.
+//!   502 and a slow one a 504, and then nothing is recorded as accepted.
+//! - **Paths** are read as Conductor's server will read them ([`path`]: `;parameters`
+//!   dropped, percent-decoding, `//` and a trailing `/` folded) before anything is decided, and
+//!   the canonical form is what goes upstream: `/api/tasks;x=1` and `/api/%74asks/` are
+//!   guarded and recorded like `/api/tasks`. `/api/v1/`, in any spelling, is taskpulse's own
+//!   and never forwarded; dot segments and encoded slashes are refused (400).
 //! - **What is recorded** is only what the engine accepted, and with `--auth-token` only what an
 //!   authenticated caller sent (see [`caller`]).
 
 mod caller;
 mod forwarded;
+mod path;
 mod task_result;
 
-pub use caller::{Caller, Callers, TOKEN_HEADER};
+pub use caller::{Caller, Callers, Proof, TOKEN_HEADER};
 pub use forwarded::{Forwarded, ForwardedTerminal};
 pub use task_result::inspect_task_result;
 
@@ -141,7 +146,7 @@ impl Proxy {
     /// of this task from (and, with a token set, it carried some).
     fn vouched(&self, task_id: &str, caller: Caller) -> bool {
         caller == Caller::Taskpulse
-            || caller.may_record(true, self.callers.token_set())
+            || caller.may_record(true, self.callers.proof())
                 && self
                     .leases
                     .get(task_id)
@@ -217,10 +222,10 @@ pub fn routes(
 }
 
 async fn handle(State(s): State<ProxyState>, mut req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    if let Some(refusal) = refuse_path(&path) {
-        return refusal;
-    }
+    let path = match canonical_request(&mut req) {
+        Ok(p) => p,
+        Err(refusal) => return *refusal,
+    };
     let caller = s.proxy.callers.identify(req.headers_mut());
     let method = req.method().clone();
     if method == Method::GET && path.starts_with("/api/tasks/poll/") {
@@ -246,26 +251,27 @@ async fn handle(State(s): State<ProxyState>, mut req: Request) -> Response {
         .unwrap_or_else(|e| e.into_response())
 }
 
-/// A path the proxy does not forward: taskpulse's own API, and paths with `.` or `..`
-/// segments (raw or percent-encoded), which an engine or a proxy in front of it might resolve
-/// to somewhere else than they look.
-fn refuse_path(path: &str) -> Option<Response> {
-    if path == "/api/v1" || path.starts_with("/api/v1/") {
-        return Some(error(
+/// Reads the request's path as the engine's server will ([`path::canonical`]) and puts the
+/// canonical form in its place, so what the proxy decides on is what goes upstream. Returns the
+/// decoded path, or the answer to a path that is not forwarded: taskpulse's own API (in any
+/// spelling), and what cannot be read the same way.
+fn canonical_request(req: &mut Request) -> Result<String, Box<Response>> {
+    let refused = |r: path::Refused| Box::new(error(StatusCode::BAD_REQUEST, r.message()));
+    let path = path::canonical(req.uri().path()).map_err(refused)?;
+    if path.decoded == "/api/v1" || path.decoded.starts_with("/api/v1/") {
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             "no such endpoint (/api/v1/ is taskpulse's own API and is not forwarded)",
-        ));
+        )));
     }
-    let dot = path.split('/').any(|seg| {
-        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
-    });
-    dot.then(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "paths with `.` or `..` segments are not forwarded to the engine",
-        )
-    })
+    let pq = match req.uri().query() {
+        Some(q) => format!("{}?{q}", path.encoded),
+        None => path.encoded,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| refused(path::Refused::Ambiguous))?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| refused(path::Refused::Ambiguous))?;
+    Ok(path.decoded)
 }
 
 /// Rebuilds a response around a body already read.
@@ -306,7 +312,7 @@ async fn poll(s: &ProxyState, req: Request, caller: Caller) -> Result<Response, 
     }
     let (parts, body) = resp.into_parts();
     let bytes = collect(body, s.max_body_bytes * 4).await?;
-    if caller.may_record(true, s.proxy.callers.token_set()) {
+    if caller.may_record(true, s.proxy.callers.proof()) {
         learn_tasks(s, &bytes).await;
     }
     Ok(respond(parts, bytes))
@@ -330,7 +336,7 @@ async fn update(
     v2: bool,
 ) -> Result<Response, UpstreamError> {
     let px = &s.proxy;
-    let token_set = px.callers.token_set();
+    let proof = px.callers.proof();
     let (parts, body) = req.into_parts();
     let bytes = collect(body, s.max_body_bytes).await?;
     let path = parts.uri.path().to_string();
@@ -410,7 +416,7 @@ async fn update(
     let (rparts, rbody) = resp.into_parts();
     let answer = collect(rbody, s.max_body_bytes * 4).await?;
     px.accepted(&result.task_id, caller, heartbeat);
-    if caller.may_record(true, token_set) {
+    if caller.may_record(true, proof) {
         record(s, &value).await;
     }
     if let Some(status) = result.status.filter(|st| st.is_terminal()) {
@@ -421,34 +427,8 @@ async fn update(
             body,
         );
     }
-    if v2 && caller.may_record(true, token_set) {
+    if v2 && caller.may_record(true, proof) {
         learn_tasks(s, &answer).await;
     }
     Ok(respond(rparts, answer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn taskpulse_api_and_dot_segments_are_not_forwarded() {
-        for path in [
-            "/api/v1",
-            "/api/v1/anything",
-            "/api/tasks/../v1/updates",
-            "/api/./tasks",
-            "/api/%2e%2e/admin",
-            "/api/tasks/%2E%2E",
-        ] {
-            assert!(refuse_path(path).is_some(), "{path}");
-        }
-        for path in [
-            "/api/tasks",
-            "/api/tasks/poll/batch/encode",
-            "/api/tasks/a..b",
-        ] {
-            assert!(refuse_path(path).is_none(), "{path}");
-        }
-    }
 }

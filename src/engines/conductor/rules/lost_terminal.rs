@@ -15,6 +15,11 @@
 //!   compared again every pass until the two sides agree. At most [`MAX_SWEPT`] tasks are
 //!   compared per pass; a backlog older than [`LOOKBACK`] is skipped with a warning.
 //!
+//! A task the engine itself put back to work after it finished is not a violation: its record
+//! then shows it scheduled or started again after the end taskpulse holds (a rerun;
+//! `task_tail::update_from_row`, the lifecycle's reopen rule), and the store reader brings the
+//! new run to taskpulse. The conductor-oss#176 shape keeps the times of the run that ended.
+//!
 //! Evidence holds both sides. The repair posts the forwarded TaskResult again through the REST
 //! API, when the proxy still holds it; otherwise the violation is reported only (taskpulse does
 //! not keep task output, and a completion without it would lose the worker's result). Tasks
@@ -35,6 +40,7 @@ use super::super::proxy::Proxy;
 use super::Repost;
 use crate::checker::{Context, RepairPlan, Rule, Violation};
 use crate::error::Result;
+use crate::lifecycle;
 use crate::model::Status;
 
 /// A forwarded terminal update is compared with the engine this long after it was sent.
@@ -66,6 +72,8 @@ struct Finished {
     status: String,
     terminal_at: i64,
     update_time: Option<i64>,
+    /// The engine's time of the terminal update, when it carried one.
+    end_time: Option<i64>,
     worker_id: Option<String>,
 }
 
@@ -193,6 +201,7 @@ impl LostTerminalUpdate {
                         workflow_id: s.rec.workflow_id.to_string(),
                         status: s.rec.status.as_str().to_string(),
                         update_time: s.rec.update_time,
+                        end_time: s.rec.end_time,
                         worker_id: s.rec.worker_id.as_deref().map(str::to_string),
                     })
                 })
@@ -216,7 +225,7 @@ impl LostTerminalUpdate {
         };
         let sql = format!(
             "SELECT e.id AS event_id, t.task_id, t.workflow_id, t.status, t.terminal_at, \
-                    t.update_time, t.worker_id \
+                    t.update_time, t.end_time, t.worker_id \
              FROM task_events e JOIN tasks t ON t.task_id = e.task_id \
              WHERE e.id > $1 AND e.outcome = 'rejected' AND e.to_status IN ('SCHEDULED', 'IN_PROGRESS') \
                AND t.terminal_at IS NOT NULL AND {NOT_INFERRED} \
@@ -257,7 +266,8 @@ impl LostTerminalUpdate {
             None => floor,
         };
         let sql = format!(
-            "SELECT t.task_id, t.workflow_id, t.status, t.terminal_at, t.update_time, t.worker_id \
+            "SELECT t.task_id, t.workflow_id, t.status, t.terminal_at, t.update_time, t.end_time, \
+                    t.worker_id \
              FROM tasks t WHERE t.terminal_at > $1 AND t.terminal_at <= $2 AND {NOT_INFERRED} \
              ORDER BY t.terminal_at LIMIT $3"
         );
@@ -311,6 +321,12 @@ impl LostTerminalUpdate {
                 continue; // the engine no longer holds it (archived, removed)
             };
             if t.status.is_none_or(Status::is_terminal) {
+                continue;
+            }
+            // The engine put the task back to work after it finished (a rerun): not a lost
+            // update. Its reader brings the new run to taskpulse.
+            if lifecycle::reopens(t.reopened_at, f.end_time.or(Some(f.terminal_at))) {
+                st.open.remove(&f.task_id);
                 continue;
             }
             if st.reported.len() >= MAX_OPEN || !st.reported.insert(f.task_id.clone()) {
