@@ -41,3 +41,4 @@ mod status_page;
 mod store;
 mod throttle;
 mod webhook;
+mod webhook_conductor;

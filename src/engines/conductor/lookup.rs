@@ -28,7 +28,7 @@ const FETCH: &str = "SELECT task_id::text, json_data FROM task WHERE task_id = A
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineTask {
     pub status: Option<Status>,
-    /// The last change, epoch ms (from a store: the larger of `updateTime` and `endTime`).
+    /// The last change, epoch ms: the larger of `updateTime` and `endTime`, from a store or REST.
     pub update_time: Option<i64>,
     pub worker_id: Option<String>,
     /// The engine's own sign that it put the task back to work after it finished, engine
@@ -164,16 +164,68 @@ pub async fn rest_task(
     task_id: &str,
 ) -> std::result::Result<Option<EngineTask>, String> {
     let path = format!("/api/tasks/{}", urlencode(task_id));
-    Ok(client.get_json(&path).await?.map(|v| EngineTask {
+    Ok(client.get_json(&path).await?.map(|v| from_rest(&v)))
+}
+
+/// A REST `Task` read as the store look-ups read a `TaskModel`: the last change is the larger of
+/// `updateTime` and `endTime`, since Conductor's terminal write sets `endTime` and leaves
+/// `updateTime` at the last non-terminal write (`ExecutionDAOFacade.updateTask`).
+fn from_rest(v: &serde_json::Value) -> EngineTask {
+    let time = |field: &str| v.get(field).and_then(|t| t.as_i64()).filter(|t| *t > 0);
+    EngineTask {
         status: v
             .get("status")
             .and_then(|s| s.as_str())
             .and_then(Status::parse),
-        update_time: v.get("updateTime").and_then(|t| t.as_i64()),
+        update_time: time("updateTime").max(time("endTime")),
         worker_id: v
             .get("workerId")
             .and_then(|w| w.as_str())
             .map(str::to_string),
         reopened_at: None,
-    }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use serde_json::json;
+
+    use super::*;
+
+    /// `GET /api/tasks/{taskId}` of a task completed by its worker: Conductor answers the
+    /// poll's `updateTime` and the completion's `endTime`; the look-up takes the later.
+    #[tokio::test]
+    async fn the_rest_look_up_takes_the_later_of_update_and_end_time() {
+        let task = json!({"taskId": "t-1", "taskType": "encode", "status": "COMPLETED",
+            "workflowInstanceId": "wf-1", "workerId": "w-1", "scheduledTime": 1_000,
+            "startTime": 2_000, "updateTime": 2_000, "endTime": 9_000});
+        let app = Router::new().route(
+            "/api/tasks/t-1",
+            get(move || {
+                let task = task.clone();
+                async move { Json(task) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = EngineClient::new(&format!("http://{addr}"), Duration::from_secs(5));
+        let t = rest_task(&client, "t-1").await.unwrap().unwrap();
+        assert_eq!(t.status, Some(Status::Completed));
+        assert_eq!(t.update_time, Some(9_000));
+        assert_eq!(t.worker_id.as_deref(), Some("w-1"));
+        assert_eq!(rest_task(&client, "t-2").await.unwrap(), None);
+        server.abort();
+    }
+
+    #[test]
+    fn a_running_task_keeps_its_update_time() {
+        let t = from_rest(&json!({"status": "IN_PROGRESS", "updateTime": 5_000, "endTime": 0}));
+        assert_eq!(t.update_time, Some(5_000));
+        assert_eq!(from_rest(&json!({})).update_time, None);
+    }
 }

@@ -120,10 +120,16 @@ impl Engine for Conductor {
         async move {
             let metrics = ConductorMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
+            let webhook_metrics = webhook::WebhookMetrics::register(&ctx.registry)
+                .map_err(|e| Error::Config(format!("Conductor webhook metrics: {e}")))?;
             let queue_metrics = redis_reader::QueueMetrics::default();
             let mut out = Contribution {
                 routes: Routes {
-                    api: webhook::routes(ctx.pipeline.clone(), ctx.core.max_body_bytes),
+                    api: webhook::routes(
+                        ctx.pipeline.clone(),
+                        ctx.core.max_body_bytes,
+                        webhook_metrics,
+                    ),
                     ..Default::default()
                 },
                 ..Default::default()
