@@ -6,11 +6,15 @@
 //! NDJSON body none of whose lines parse) is an error for the whole request, reported with the
 //! line and column where parsing stopped.
 
+mod engine_row;
+mod output;
 mod update;
 
+pub use engine_row::fit;
+pub use output::OutputProgress;
 pub use update::{
-    fit, Adjusted, Adjustment, AttemptReport, OutputProgress, RawAttempt, RawUpdate, Reopen,
-    TaskUpdate, MAX_ID_LEN, MAX_LABEL_LEN, MAX_MESSAGE_LEN,
+    Adjusted, Adjustment, AttemptReport, RawAttempt, RawUpdate, Reopen, TaskUpdate, MAX_ID_LEN,
+    MAX_LABEL_LEN, MAX_MESSAGE_LEN,
 };
 
 use serde::Deserialize;
