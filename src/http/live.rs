@@ -29,7 +29,7 @@ use super::{error, unavailable, HttpState};
 
 /// How often a stream looks for changes: a moved bar shows within about a second.
 pub const TICK: Duration = Duration::from_millis(250);
-/// The overview goes out every this many ticks (it is computed at most once a second anyway).
+/// The overview goes out every this many ticks (it is recomputed about once a second anyway).
 const OVERVIEW_EVERY: u64 = 4;
 /// Tasks one stream may watch.
 pub const MAX_WATCHED: usize = 200;
@@ -177,8 +177,13 @@ impl Feed {
                 &json!({ "accepted": accepted, "since": since }),
             ));
         }
-        if self.ticks % OVERVIEW_EVERY == 0 {
-            let overview = self.s.overview.get();
+        // the last computed overview, never a wait for one: until the stream has sent one,
+        // looked for every tick (the first computation may still be running)
+        let due = self.ticks % OVERVIEW_EVERY == 0 || self.overview_at.is_none();
+        if let Some(overview) = due
+            .then(|| self.s.overview.latest())
+            .flatten()
+        {
             let at = overview["at"].as_i64();
             if at != self.overview_at {
                 self.overview_at = at;

@@ -365,9 +365,10 @@ pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
     }
 }
 
-/// `GET /api/v1/overview`: the status page's overview ([`super::overview`]).
+/// `GET /api/v1/overview`: the status page's overview ([`super::overview`]): the last one
+/// computed, never a wait for a walk of the tracked tasks (but the very first).
 pub(super) async fn overview(State(s): State<HttpState>) -> Response {
-    Json(s.overview.get()).into_response()
+    Json(s.overview.get().await).into_response()
 }
 
 pub(super) async fn not_found() -> Response {
