@@ -202,10 +202,7 @@ impl Feed {
         // the last computed overview, never a wait for one: until the stream has sent one,
         // looked for every tick (the first computation may still be running)
         let due = self.ticks % OVERVIEW_EVERY == 0 || self.overview_at.is_none();
-        if let Some(overview) = due
-            .then(|| self.s.overview.latest())
-            .flatten()
-        {
+        if let Some(overview) = due.then(|| self.s.overview.latest()).flatten() {
             let at = overview["at"].as_i64();
             if at != self.overview_at {
                 self.overview_at = at;

@@ -631,8 +631,7 @@ async fn every_task_id_can_be_read_by_query() {
     }
     app.settle().await;
     for id in ids {
-        let query =
-            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+        let query = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
         let (status, t) = get_json(&app, &format!("/api/v1/task?taskId={query}")).await;
         assert_eq!(status, 200, "{id}: {t}");
         assert_eq!(t["taskId"], id, "{t}");

@@ -138,7 +138,10 @@ async fn healthz_does_not_wait_for_the_overview_walk() {
     // the store writes of the new tasks done first: they would compete for the CPU
     let deadline = Instant::now() + Duration::from_secs(300);
     while super::family_sum(&server.scrape().await, "taskpulse_store_pending_writes") > 0.0 {
-        assert!(Instant::now() < deadline, "store writes still pending after 300 s");
+        assert!(
+            Instant::now() < deadline,
+            "store writes still pending after 300 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let client = reqwest::Client::builder()
