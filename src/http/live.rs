@@ -131,8 +131,8 @@ pub(super) async fn events(State(s): State<HttpState>, Query(q): Query<EventsQue
     }
     let Some(slot) = s.live.take(max) else {
         return unavailable(format!(
-            "{max} event streams are open, the most taskpulse serves (at most {MAX_STREAMS}, \
-             and half of --max-connections {connections}); try again later"
+            "event streams are all taken: {max} open, the most taskpulse serves (at most \
+             {MAX_STREAMS}, and half of --max-connections {connections}); try again later"
         ));
     };
     let feed = Feed {
