@@ -345,6 +345,13 @@ impl Application {
             max_connections: settings.http.max_connections,
         };
         let shutdown_grace = settings.http.shutdown_grace;
+        if crate::http::max_streams(limits.max_connections) == 0 {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                "no event streams (GET /api/v1/events) with one connection: they may take at \
+                 most half of --max-connections; status pages refresh without them"
+            );
+        }
         let overview = Arc::new(Overview::new(OverviewSources {
             tracker: tracker.clone(),
             wait_source: added.wait_queue.take(),

@@ -50,6 +50,11 @@
 //!   offsets are checked, so any `i64` timestamp is safe; a sample more than `u32::MAX` ms
 //!   (about 49 days) after the oldest held one resets the window.
 //!
+//! * **A time that cannot be the report's** ([`sample_time`]): an `updateTime` before 2000, or
+//!   further before the task was first seen than a window can span, is a counter, seconds read
+//!   as milliseconds or a default, not when the progress was reached; a fit over such times
+//!   predicts a completion in 1970. Such a sample is placed at taskpulse's time of arrival.
+//!
 //! This module has no notion of "now": a task that stops reporting keeps its last prediction.
 //! Staleness is the stall detector's business (`taskpulse_tasks_stalled`).
 
@@ -80,6 +85,24 @@ const MAX_AHEAD_MS: f64 = 10.0 * 365.25 * 86_400_000.0;
 /// Slowest rate (percentage points per ms) that still counts as progressing: 0 to 100 % in
 /// [`MAX_AHEAD_MS`]. Anything slower is a stall, not a prediction.
 const MIN_RATE_PER_MS: f64 = 100.0 / MAX_AHEAD_MS;
+
+/// 2000-01-01T00:00:00Z in epoch ms. No clock of an engine or worker that reports progress
+/// today is set before it: an earlier `updateTime` is not a time of day.
+pub const EARLIEST_SAMPLE_MS: i64 = 946_684_800_000;
+
+/// How far before its task was first seen an update's time may lie and still be taken as its
+/// time: what one window can span (`u32::MAX` ms, about 49.7 days). A task taskpulse meets in
+/// the middle of its run (an engine's store read at start) reports times from before it was
+/// seen; a time earlier than this could not even share a window with a sample taken since.
+const BEFORE_FIRST_SEEN_MS: i64 = u32::MAX as i64;
+
+/// The time a progress sample is placed at: the update's engine time (`engine_ms`) where it can
+/// be the update's, else `arrival_ms`, taskpulse's time of arrival. `first_seen_ms`: when
+/// taskpulse first saw the task (its own clock).
+pub fn sample_time(engine_ms: Option<i64>, first_seen_ms: i64, arrival_ms: i64) -> i64 {
+    let earliest = EARLIEST_SAMPLE_MS.max(first_seen_ms.saturating_sub(BEFORE_FIRST_SEEN_MS));
+    engine_ms.filter(|t| *t >= earliest).unwrap_or(arrival_ms)
+}
 
 // Thinning keeps the even indices plus the head, which assumes an even capacity of at least 4.
 const _: () = assert!(CAPACITY % 2 == 0 && CAPACITY >= 4 && CAPACITY <= u8::MAX as usize);
@@ -352,6 +375,43 @@ mod tests {
             assert!((got - 1000.0).abs() < 0.5, "at {end} ms: {got}");
             assert_sane(&w);
         }
+    }
+
+    #[test]
+    fn a_time_that_cannot_be_the_reports_is_replaced_by_the_arrival() {
+        let first_seen = T0;
+        let arrival = T0 + 5_000;
+        // the engine's time, even from before the task was seen (met in the middle of its run)
+        assert_eq!(sample_time(Some(T0 + 10), first_seen, arrival), T0 + 10);
+        assert_eq!(
+            sample_time(Some(T0 - 86_400_000), first_seen, arrival),
+            T0 - 86_400_000
+        );
+        // none, a few ms after 1970, seconds read as ms, before 2000
+        for nonsense in [
+            None,
+            Some(0),
+            Some(5),
+            Some(-1),
+            Some(1_700_000_000),
+            Some(EARLIEST_SAMPLE_MS - 1),
+        ] {
+            assert_eq!(
+                sample_time(nonsense, first_seen, arrival),
+                arrival,
+                "{nonsense:?}"
+            );
+        }
+        // after 2000, but further before the task was first seen than a window spans
+        let long_before = first_seen - i64::from(u32::MAX) - 1;
+        assert_eq!(sample_time(Some(long_before), first_seen, arrival), arrival);
+        assert_eq!(
+            sample_time(Some(long_before + 1), first_seen, arrival),
+            long_before + 1
+        );
+        // no overflow at the ends
+        assert_eq!(sample_time(Some(i64::MIN), i64::MIN, arrival), arrival);
+        assert_eq!(sample_time(Some(i64::MAX), i64::MAX, arrival), i64::MAX);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! one shared computation for all pages). A stream costs a few hash lookups per tick,
 //! whatever the update rate; nothing is kept per update.
 //!
-//! Streams are bounded ([`MAX_STREAMS`], and half of `--max-connections`), so open pages can
-//! never take the connections ingest needs; they end when shutdown begins.
+//! Streams are bounded ([`max_streams`]: at most [`MAX_STREAMS`], and at most half of
+//! `--max-connections`, rounded down), so open pages can never take the connections health
+//! probes, scrapes and ingest need: with `--max-connections 1` there are no streams at all (a
+//! page then refreshes on its own). They end when shutdown begins.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,12 +31,19 @@ use super::{error, unavailable, HttpState};
 
 /// How often a stream looks for changes: a moved bar shows within about a second.
 pub const TICK: Duration = Duration::from_millis(250);
-/// The overview goes out every this many ticks (it is computed at most once a second anyway).
+/// The overview goes out every this many ticks (it is recomputed about once a second anyway).
 const OVERVIEW_EVERY: u64 = 4;
 /// Tasks one stream may watch.
 pub const MAX_WATCHED: usize = 200;
 /// Open streams, at most (and at most half of `--max-connections`).
 pub const MAX_STREAMS: usize = 100;
+
+/// Streams open at once, at most: [`MAX_STREAMS`], and half of `--max-connections` rounded down,
+/// so at least as many connections as streams stay for everything else (none with one
+/// connection).
+pub fn max_streams(max_connections: usize) -> usize {
+    MAX_STREAMS.min(max_connections / 2)
+}
 
 /// The open streams, counted so there are never more than the bound.
 #[derive(Debug, Default)]
@@ -107,10 +116,23 @@ pub(super) async fn events(State(s): State<HttpState>, Query(q): Query<EventsQue
     if s.draining.load(Ordering::Relaxed) {
         return unavailable("shutting down");
     }
-    let max = MAX_STREAMS.min((s.settings.max_connections / 2).max(1));
+    let connections = s.settings.max_connections;
+    let max = max_streams(connections);
+    if max == 0 {
+        // not a passing state: no Retry-After
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "event streams are off: they may take at most half of --max-connections \
+                 ({connections}), so health probes, /metrics and ingest always have a \
+                 connection; the page refreshes without one"
+            ),
+        );
+    }
     let Some(slot) = s.live.take(max) else {
         return unavailable(format!(
-            "{max} event streams are open, the most taskpulse serves; try again later"
+            "event streams are all taken: {max} open, the most taskpulse serves (at most \
+             {MAX_STREAMS}, and half of --max-connections {connections}); try again later"
         ));
     };
     let feed = Feed {
@@ -177,8 +199,10 @@ impl Feed {
                 &json!({ "accepted": accepted, "since": since }),
             ));
         }
-        if self.ticks % OVERVIEW_EVERY == 0 {
-            let overview = self.s.overview.get();
+        // the last computed overview, never a wait for one: until the stream has sent one,
+        // looked for every tick (the first computation may still be running)
+        let due = self.ticks % OVERVIEW_EVERY == 0 || self.overview_at.is_none();
+        if let Some(overview) = due.then(|| self.s.overview.latest()).flatten() {
             let at = overview["at"].as_i64();
             if at != self.overview_at {
                 self.overview_at = at;
@@ -192,4 +216,21 @@ impl Feed {
 
 fn json_event(name: &str, data: &serde_json::Value) -> Option<Event> {
     Event::default().event(name).json_data(data).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_leave_at_least_as_many_connections_as_they_take() {
+        assert_eq!(max_streams(1), 0);
+        assert_eq!(max_streams(2), 1);
+        assert_eq!(max_streams(3), 1);
+        assert_eq!(max_streams(8), 4);
+        assert_eq!(max_streams(1024), MAX_STREAMS);
+        for c in 1..=1_000 {
+            assert!(max_streams(c) <= c - max_streams(c), "{c}");
+        }
+    }
 }

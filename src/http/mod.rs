@@ -35,7 +35,7 @@ use crate::settings::HttpSettings;
 use crate::store::Store;
 
 pub use auth::bearer_matches;
-pub use live::LiveStreams;
+pub use live::{max_streams, LiveStreams};
 pub use overview::{Overview, OverviewSources};
 pub use read::SharedLists;
 pub use views::TaskView;
@@ -88,6 +88,7 @@ pub fn router(state: HttpState, extra: Routes) -> Router {
         .route("/updates", post(ingest::post_updates))
         .route("/tasks", get(read::list_tasks))
         .route("/tasks/{task_id}", get(read::get_task))
+        .route("/task", get(read::get_task_by_query))
         .route("/repairs", get(read::list_repairs))
         .route("/overview", get(read::overview))
         .route("/events", get(live::events))

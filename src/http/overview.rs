@@ -2,22 +2,30 @@
 //! classifications as the metrics (in flight, stalled, predicted late, the WAIT queue's
 //! overdue and due-soon), from one walk of the tracked tasks.
 //!
-//! The walk is shared: an answer is reused for [`FRESH_FOR`], so fifty open pages cost one
-//! walk a second, not fifty.
+//! The walk is shared and never waited for: at a million tracked tasks it takes a few hundred
+//! milliseconds, and a request that waited for it (or for a lock held across it) would tie up
+//! an async worker, and with it `/healthz` and ingest on the same worker. So the overview is
+//! stale-while-revalidate: callers get the last computed answer at once; once that answer is
+//! older than [`FRESH_FOR`], the next caller starts one recomputation on the blocking pool
+//! (`spawn_blocking`), at most one at a time, and later callers get the new answer when it is
+//! there. Only the very first caller, with nothing computed yet, waits for a walk. Fifty open
+//! pages cost about one walk a second, not fifty.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use crate::checker::CheckerMetrics;
 use crate::leader::Leadership;
 use crate::pipeline::Tracker;
 use crate::wait::{WaitCounts, WaitMetrics, WaitSource};
 
-/// How long one computed overview is served again.
+/// How long one computed overview is served before a caller starts the next computation.
 const FRESH_FOR: Duration = Duration::from_secs(1);
 /// Task and workflow types listed for the page's filters, at most (the most common first).
 const TYPES_LISTED: usize = 200;
@@ -35,31 +43,76 @@ pub struct OverviewSources {
     pub checker: Option<CheckerMetrics>,
 }
 
-/// The overview, computed at most once per [`FRESH_FOR`].
+/// One computed overview and when its computation finished.
+type Computed = Option<(Instant, Arc<Value>)>;
+
+/// The overview, recomputed in the background at most once per [`FRESH_FOR`] (module docs).
 pub struct Overview {
     sources: OverviewSources,
-    cached: std::sync::Mutex<Option<(Instant, Arc<Value>)>>,
+    /// The newest computed overview. The channel's lock is held only to read or replace the
+    /// `Arc`, never across a walk.
+    latest: watch::Sender<Computed>,
+    /// A recomputation is running: no second one starts.
+    computing: AtomicBool,
+}
+
+/// Clears [`Overview::computing`] when a recomputation ends, even by a panic, so one failed
+/// walk never stops the overview for good.
+struct Computing(Arc<Overview>);
+
+impl Drop for Computing {
+    fn drop(&mut self) {
+        self.0.computing.store(false, Ordering::Release);
+    }
 }
 
 impl Overview {
     pub fn new(sources: OverviewSources) -> Overview {
         Overview {
             sources,
-            cached: std::sync::Mutex::new(None),
+            latest: watch::Sender::new(None),
+            computing: AtomicBool::new(false),
         }
     }
 
-    /// The current overview (a shared, recent computation).
-    pub fn get(&self) -> Arc<Value> {
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, v)) = cached.as_ref() {
-            if at.elapsed() < FRESH_FOR {
-                return v.clone();
+    /// The current overview: the last computed one at once (starting a recomputation when it is
+    /// older than [`FRESH_FOR`]); only when none was ever computed, the first computation.
+    pub async fn get(self: &Arc<Self>) -> Arc<Value> {
+        // subscribed first, so a computation that ends before we wait still wakes us
+        let mut rx = self.latest.subscribe();
+        loop {
+            if let Some(v) = self.latest() {
+                return v;
             }
+            // a computation fills the channel; should one fail, the next round starts another
+            let _ = tokio::time::timeout(FRESH_FOR, rx.changed()).await;
         }
-        let v = Arc::new(self.compute());
-        *cached = Some((Instant::now(), v.clone()));
+    }
+
+    /// The last computed overview, never waiting: `None` until the first computation ends.
+    /// Starts a recomputation when there is none yet or it is older than [`FRESH_FOR`].
+    pub fn latest(self: &Arc<Self>) -> Option<Arc<Value>> {
+        let (stale, v) = match &*self.latest.borrow() {
+            Some((at, v)) => (at.elapsed() >= FRESH_FOR, Some(v.clone())),
+            None => (true, None),
+        };
+        if stale {
+            self.recompute();
+        }
         v
+    }
+
+    /// Starts one computation on the blocking pool, unless one is running.
+    fn recompute(self: &Arc<Self>) {
+        if self.computing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let guard = Computing(self.clone());
+        tokio::task::spawn_blocking(move || {
+            let v = Arc::new(guard.0.compute());
+            guard.0.latest.send_replace(Some((Instant::now(), v)));
+            drop(guard);
+        });
     }
 
     fn compute(&self) -> Value {

@@ -174,6 +174,33 @@ impl SharedLists {
 
 /// `GET /api/v1/tasks/{taskId}`: one task, its recent history and its attempts' workers.
 pub(super) async fn get_task(State(s): State<HttpState>, Path(task_id): Path<String>) -> Response {
+    task_answer(&s, task_id).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct TaskIdQuery {
+    task_id: Option<String>,
+}
+
+/// `GET /api/v1/task?taskId=ID`: the same answer as `GET /api/v1/tasks/{taskId}`, for ids no
+/// path can carry. A browser resolves `.` and `..` segments, `%2E%2E` included, before it
+/// sends a URL, so the status page asks for every task this way.
+pub(super) async fn get_task_by_query(
+    State(s): State<HttpState>,
+    Query(q): Query<TaskIdQuery>,
+) -> Response {
+    match q.task_id.filter(|id| !id.is_empty()) {
+        Some(task_id) => task_answer(&s, task_id).await,
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "`taskId` is required: GET /api/v1/task?taskId=ID",
+        ),
+    }
+}
+
+/// One task as `GET /api/v1/tasks/{taskId}` answers it.
+async fn task_answer(s: &HttpState, task_id: String) -> Response {
     let tracker = s.pipeline.tracker();
     let rec = match tracker.get(&task_id) {
         Some(r) => Some(r),
@@ -365,9 +392,10 @@ pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
     }
 }
 
-/// `GET /api/v1/overview`: the status page's overview ([`super::overview`]).
+/// `GET /api/v1/overview`: the status page's overview ([`super::overview`]): the last one
+/// computed, never a wait for a walk of the tracked tasks (but the very first).
 pub(super) async fn overview(State(s): State<HttpState>) -> Response {
-    Json(s.overview.get()).into_response()
+    Json(s.overview.get().await).into_response()
 }
 
 pub(super) async fn not_found() -> Response {

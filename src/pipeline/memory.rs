@@ -272,7 +272,7 @@ impl Tracker {
             }
             tracing::debug!(task_id = %rec.task_id, stored = %rec.status, memory = %st.rec.status, "memory follows the store");
             if let Some(p) = rec.progress.filter(|p| Some(*p) != st.rec.progress) {
-                st.sample(rec.update_time.unwrap_or(rec.progress_changed), p);
+                st.sample(rec.update_time, rec.progress_changed, p);
             }
             st.rec = self.intern(rec);
             st.pending = Pending::Clean;

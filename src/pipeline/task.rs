@@ -60,8 +60,7 @@ impl TaskState {
             rec,
         };
         if let Some(p) = st.rec.progress {
-            let at = st.rec.update_time.unwrap_or(st.rec.progress_changed);
-            st.sample(at, p);
+            st.sample(st.rec.update_time, st.rec.progress_changed, p);
         }
         st
     }
@@ -126,11 +125,13 @@ impl TaskState {
         }
     }
 
-    /// Adds a progress sample (engine time where the update carries one).
-    pub(crate) fn sample(&mut self, at_ms: i64, progress: f32) {
+    /// Adds a progress sample at the update's engine time where it carries one that can be its
+    /// time, else at `arrival_ms` ([`crate::predict::sample_time`]).
+    pub(crate) fn sample(&mut self, engine_ms: Option<i64>, arrival_ms: i64, progress: f32) {
+        let at = crate::predict::sample_time(engine_ms, self.rec.first_seen, arrival_ms);
         self.window
             .get_or_insert_with(Default::default)
-            .record(at_ms, progress);
+            .record(at, progress);
     }
 
     /// Predicted completion (epoch ms) of an in-flight task that is moving; a stalled task's

@@ -421,7 +421,7 @@ impl Tracker {
     /// stored value. Returns whether the progress message changed.
     fn merge(&self, st: &mut TaskState, u: &TaskUpdate, times: Times, now: i64) -> bool {
         if let Some(p) = u.progress {
-            st.sample(times.update.unwrap_or(now), p);
+            st.sample(times.update, now, p);
         }
         st.touched = now;
         let r = &mut st.rec;

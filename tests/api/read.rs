@@ -611,3 +611,44 @@ async fn an_identical_repeat_for_a_task_past_retention_is_a_duplicate(backend: B
     );
 }
 store_test!(an_identical_repeat_for_a_task_past_retention_is_a_duplicate);
+
+/// A browser resolves `.` and `..` path segments (`%2E%2E` too) before it sends a URL, so
+/// `GET /api/v1/tasks/..` can never reach such a task from the status page. The query form
+/// `GET /api/v1/task?taskId=ID` answers as the path form does, for every id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_id_can_be_read_by_query() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(&db).await;
+    let ids = [".", "..", "a/b", "x?y=1#z", "%2E%2E", " spaced ", "ünï"];
+    for id in ids {
+        let r = app
+            .ingest(&with(
+                update(id, "IN_PROGRESS"),
+                json!({"workerId": "w-dots", "progressPercent": 30}),
+            ))
+            .await;
+        assert_eq!(r["accepted"], 1, "{id}: {r}");
+    }
+    app.settle().await;
+    for id in ids {
+        let query = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+        let (status, t) = get_json(&app, &format!("/api/v1/task?taskId={query}")).await;
+        assert_eq!(status, 200, "{id}: {t}");
+        assert_eq!(t["taskId"], id, "{t}");
+        assert_eq!(t["workflowId"], format!("wf-{id}"), "{t}");
+        assert_eq!(t["attempts"][0]["workerId"], "w-dots", "{t}");
+        assert_eq!(t["history"][0]["to"], "IN_PROGRESS", "{t}");
+    }
+    // the same answer as the path form, where a path can carry the id
+    let (_, by_path) = get_json(&app, "/api/v1/tasks/a%2Fb").await;
+    let (_, by_query) = get_json(&app, "/api/v1/task?taskId=a%2Fb").await;
+    assert_eq!(by_path["taskId"], by_query["taskId"]);
+    assert_eq!(by_path["history"], by_query["history"]);
+    let (status, b) = get_json(&app, "/api/v1/task?taskId=nobody").await;
+    assert_eq!(status, 404, "{b}");
+    for missing in ["/api/v1/task", "/api/v1/task?taskId="] {
+        let (status, b) = get_json(&app, missing).await;
+        assert_eq!(status, 400, "{missing}: {b}");
+        assert!(b["error"].as_str().unwrap().contains("taskId"), "{b}");
+    }
+}

@@ -2,7 +2,8 @@
 //! (`tests/browser/status_page.mjs`, `playwright-core` from `tests/browser/node_modules`)
 //! against a real taskpulse, once open and once with `--auth-token`. The script posts its own
 //! updates and checks the page (progress bars, live updates, the task view's workers, same
-//! origin only, the token prompt, both widths); screenshots go to
+//! origin only, the token prompt, both widths, tasks named `.` and `..`, refreshing without a
+//! stream while every stream is taken); screenshots go to
 //! `target/test-artifacts/status-page/`.
 
 use std::path::PathBuf;

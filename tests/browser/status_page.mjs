@@ -167,6 +167,74 @@ async function checkAuth(browser) {
   await fresh.close();
 }
 
+// 7. tasks whose ids are `.` and `..` open from the in-flight table: a browser resolves such a
+// path segment (and `%2E%2E`) before it sends the URL, so the page must not put the id there.
+async function checkDotIds(page) {
+  for (const id of ['.', '..']) {
+    await postUpdate({ taskId: id, workflowId: `${WORKFLOW}-dots-${id.length}`, progressPercent: 40, progressMessage: `dot task ${id}` });
+  }
+  for (const id of ['.', '..']) {
+    await go(page, '#/', 'Overview');
+    const link = inFlightTable(page).getByRole('link', { name: id, exact: true });
+    await shows(link, `a link named "${id}" in the in-flight table`);
+    await link.click();
+    await viewReady(page, `Task ${id}`);
+    const details = page.getByRole('region', { name: 'Details', exact: true });
+    await shows(details, `the details of task "${id}"`);
+    const text = await details.innerText();
+    assert.ok(text.includes(`${WORKFLOW}-dots-${id.length}`), `the task view of "${id}" shows its own workflow id: ${text}`);
+    assert.equal(await page.getByText('Unknown task').count(), 0, `the task view of "${id}" says it is unknown`);
+    assert.equal(await page.locator('#view [role="alert"]').count(), 0, `the task view of "${id}" shows an error`);
+  }
+  pass(7, 'tasks with the ids "." and ".." open from the in-flight table and show their own details');
+}
+
+// Opens event streams of our own until the server refuses one; returns their readers.
+async function takeEveryStream() {
+  const open = [];
+  for (let i = 0; i < 200; i++) {
+    const ctrl = new AbortController();
+    const res = await fetch(`${ORIGIN}/api/v1/events`, { headers: apiHeaders(), signal: ctrl.signal });
+    if (res.status === 503) {
+      await res.text();
+      return open;
+    }
+    assert.equal(res.status, 200, `GET /api/v1/events answered ${res.status}`);
+    open.push(ctrl);
+  }
+  assert.fail('the server took 200 event streams without refusing one');
+}
+
+// 8. while the server refuses the page's stream (every slot taken), the page says so and still
+// follows updates by refreshing itself; once a slot frees, it is live again.
+async function checkStreamsRefused(context) {
+  const taken = await takeEveryStream();
+  const page = await context.newPage();
+  shown = page;
+  await page.goto(`${ORIGIN}/`);
+  if (TOKEN) { // a new tab has a sessionStorage of its own: the token is asked for again
+    await shows(tokenInput(page), 'the token prompt in a new tab');
+    await signIn(page, TOKEN);
+  }
+  await viewReady(page, 'Overview');
+  await until('the live indicator to say the page refreshes without live updates', 10_000,
+    async () => (await page.locator('#live').getAttribute('data-state')) === 'polling');
+  const live = await page.locator('#live').innerText();
+  assert.ok(live.includes('refreshing every'), `the live indicator: ${live}`);
+  const why = await page.locator('#live').getAttribute('title');
+  assert.ok(why && why.includes('event streams'), `the live indicator's title gives the server's reason: ${why}`);
+  const bar = inFlightTable(page).getByRole('progressbar', { name: TASK });
+  await shows(bar, `the bar of ${TASK} on a page without a stream`);
+  await postUpdate({ progressPercent: 90, progressMessage: 'step 90 of 100' });
+  await until('the bar to show 90 without a stream (the page refreshes itself)', 25_000,
+    async () => (await bar.getAttribute('aria-valuenow')) === '90');
+  for (const ctrl of taken) ctrl.abort();
+  await until('the page to be live again once streams are free', 25_000,
+    async () => (await page.locator('#live').getAttribute('data-state')) === 'live');
+  pass(8, 'with every stream taken the page says so and refreshes itself; live again once one frees');
+  await page.close();
+}
+
 async function checks(browser) {
   mkdirSync(ARTIFACTS, { recursive: true });
   await postUpdate({ progressPercent: 20, progressMessage: 'step 20 of 100' });
@@ -181,6 +249,8 @@ async function checks(browser) {
     await shows(tokenInput(page), 'the token prompt (a field labelled "Access token") on a page opened without the token');
     await signIn(page, TOKEN);
   }
+  await until('the page to follow the event stream (the live indicator says connected)', 10_000,
+    async () => (await page.locator('#live').getAttribute('data-state')) === 'live');
 
   // 1. the in-flight table shows the task with its bar at the posted percent
   const table = inFlightTable(page);
@@ -239,6 +309,10 @@ async function checks(browser) {
   await shows(inFlightTable(page).getByRole('link', { name: TASK, exact: true }), `${TASK} in the in-flight table at 390 px`);
   await page.screenshot({ path: join(ARTIFACTS, 'overview-390.png') });
   pass(6, 'no horizontal page scroll at 1280 and 390 px (overview, task, WAIT queue, repairs)');
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  await checkDotIds(page);
+  await checkStreamsRefused(context);
   await context.close();
 
   // 4. no request left the page's origin, in any context

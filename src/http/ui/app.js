@@ -334,13 +334,14 @@ async function showRoute(focus) {
 }
 
 // Refetches what the current view shows (after a resync, or a reconnect that may have missed
-// events), in place.
-function refreshView() {
+// events, or as the poll that stands in for a refused stream), in place. `maxAge` (ms): the
+// lists accept an answer the server computed that long ago for another page.
+function refreshView(maxAge) {
   if (state.locked) return;
   const name = state.route.name;
-  if (name === 'overview') return Promise.all([refreshOverview(), refreshTasks()]);
+  if (name === 'overview') return Promise.all([refreshOverview(), refreshTasks(maxAge)]);
   if (name === 'task') return refreshTask();
-  if (name === 'wait') return Promise.all([refreshWaitFigures(), refreshWaitTable()]);
+  if (name === 'wait') return Promise.all([refreshWaitFigures(), refreshWaitTable(maxAge)]);
   if (name === 'repairs') return refreshRepairs();
 }
 
@@ -714,7 +715,8 @@ function refreshTask() {
     const repairs = apiJson(`/api/v1/repairs?taskId=${enc}`).then((r) => ({ r }), (err) => ({ err }));
     let task;
     try {
-      task = await apiJson(`/api/v1/tasks/${enc}`);
+      // the query form: a browser would resolve an id of `.` or `..` in a path
+      task = await apiJson(`/api/v1/task?taskId=${enc}`);
     } catch (err) {
       if (err instanceof ApiError && err.status === 404) {
         return h('p', { class: 'notice' }, 'Unknown task: taskpulse has no task ', h('code', {}, id), '.');
@@ -883,11 +885,12 @@ function refreshWaitFigures() {
 
 // The API's inFlight leaves WAIT tasks out by definition, so this asks for all WAIT tasks and
 // marks the finished ones (they stay in memory a while after they end).
-function refreshWaitTable() {
+function refreshWaitTable(maxAge) {
   const el = state.slots.waitTable;
   if (!el) return Promise.resolve();
+  const shared = maxAge ? `&maxAge=${maxAge}` : '';
   return loadInto('waitTable', el, async (current) => {
-    const data = await apiJson('/api/v1/tasks?waiting=true&sort=waitUntil&order=asc&limit=50');
+    const data = await apiJson(`/api/v1/tasks?waiting=true&sort=waitUntil&order=asc&limit=50${shared}`);
     const tasks = Array.isArray(data.tasks) ? data.tasks : [];
     const now = Date.now();
     const rows = tasks.map((t) => {
@@ -952,9 +955,12 @@ function repairEvidence(r) {
 // when they change (`tasks`), a count of updates accepted anywhere (`changed`), and the
 // overview (`overview`); `resync` asks for a full refetch.
 
-function setLive(kind, text) {
+// `why`: the longer story, on hover (the server's reason for refusing the stream).
+function setLive(kind, text, why) {
   const el = $('#live');
   el.dataset.state = kind;
+  if (why) el.title = why;
+  else el.removeAttribute('title');
   const t = $('#live-text');
   if (t.textContent !== text) t.textContent = text;
 }
@@ -997,16 +1003,24 @@ function stopEvents() {
 // and connects again. After a reconnect the view is refetched: events may have been missed.
 // A new watch list opens a new stream at once; its first event brings every watched task, so
 // nothing is missed and no refetch is needed then.
+// While the server refuses the stream (every stream slot taken, or streams off because
+// `--max-connections` is too small to spare one), the page polls instead: each wait ends with
+// a refetch of the view, its lists accepting a shared answer up to a second old.
 async function eventLoop(run) {
   let failures = 0;
   let reconnect = false;
+  let refused = ''; // the server's reason, when it refused the stream this round
   if (!state.everConnected) setLive('connecting', 'connecting…');
   const url = run.watch ? `/api/v1/events?watch=${run.watch}` : '/api/v1/events';
   while (!run.stopped) {
     run.ctrl = new AbortController();
+    refused = '';
     try {
       const res = await apiFetch(url, { signal: run.ctrl.signal, headers: { Accept: 'text/event-stream' } });
-      if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+      if (!res.ok || !res.body) {
+        refused = await refusalReason(res);
+        throw new Error(`HTTP ${res.status}`);
+      }
       setLive('live', 'connected');
       if (reconnect) refreshView();
       state.everConnected = true;
@@ -1019,9 +1033,21 @@ async function eventLoop(run) {
     reconnect = true;
     if (run.stopped) return;
     const delay = Math.min(10, 2 ** failures++);
-    setLive('reconnecting', `reconnecting in ${delay} s`);
+    if (refused) setLive('polling', `no live updates: refreshing every ${delay} s`, refused);
+    else setLive('reconnecting', `reconnecting in ${delay} s`);
     await sleep(delay * 1000);
+    if (refused && !run.stopped) refreshView(POLL_MAX_AGE);
   }
+}
+
+// How old a shared list answer the polling page accepts (ms).
+const POLL_MAX_AGE = 1000;
+
+// The reason a refused stream's answer gives (its JSON `error`), else its status.
+async function refusalReason(res) {
+  let body = null;
+  try { body = await res.json(); } catch { /* not JSON */ }
+  return (body && typeof body.error === 'string' && body.error) || `HTTP ${res.status}`;
 }
 
 // Reads the stream until it ends; tells whether any event came.

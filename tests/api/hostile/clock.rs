@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{post, serve};
+use super::{in_progress, post, serve};
 use crate::helpers::update;
 
 /// The year 3000 and the webhook's largest time, in Unix milliseconds.
@@ -117,4 +117,62 @@ async fn updates_from_the_future_are_refused_or_taken_as_now() {
         })
         .sum();
     assert_eq!(rejected, 2.0);
+}
+
+/// Engine times that cannot be an update's: a few milliseconds after 1970 (a counter, or a
+/// default), and 2015 for a task first seen now (a clock years behind). Progress samples placed
+/// at such times fit a line that reaches 100 % in 1970; they are placed at taskpulse's time of
+/// arrival instead, so the prediction lies ahead, from the rate at which progress arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_times_that_cannot_be_the_updates_are_not_sample_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]).await;
+    let before = taskpulse::now_ms();
+    let year_2015 = 1_420_070_400_000;
+    let tasks = [("counter", 5), ("behind", year_2015)];
+    for (id, t) in tasks {
+        assert_eq!(
+            server.ingest(&in_progress(id, 10.0, t)).await["accepted"],
+            1
+        );
+    }
+    // a second's gap in arrival: the window keeps both samples
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    for (id, t) in tasks {
+        let r = server.ingest(&in_progress(id, 20.0, t + 5)).await;
+        assert_eq!(r["accepted"], 1, "{r}");
+    }
+    for (id, _) in tasks {
+        let t = server.get_json(&format!("/api/v1/tasks/{id}")).await;
+        let samples = t["progressSamples"].as_array().expect("samples");
+        assert_eq!(samples.len(), 2, "{t}");
+        for s in samples {
+            assert!(
+                s[0].as_i64().unwrap() >= before,
+                "a sample before the test: {t}"
+            );
+        }
+        let predicted = t["predictedCompletion"].as_i64().expect("a prediction");
+        assert!(
+            predicted >= before,
+            "a completion predicted in the past: {t}"
+        );
+        let exported = server
+            .scrape()
+            .await
+            .samples
+            .into_iter()
+            .find(|s| {
+                s.metric == "taskpulse_task_predicted_completion_timestamp_seconds"
+                    && s.labels.get("task_id") == Some(id)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            });
+        assert!(
+            exported.is_some_and(|v| v * 1000.0 >= before as f64),
+            "{id}: exported prediction {exported:?}"
+        );
+    }
 }

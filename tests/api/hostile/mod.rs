@@ -9,7 +9,9 @@
 //! - `memory`: the in-memory table's bounds, request and answer sizes, pagination;
 //! - `proxy`: what proves a proxied caller, and the paths the proxy reads as the engine does;
 //! - `writes`: store writes per task (rejections, flapping, history) and `--max-pending-writes`;
-//! - `series`: label values, series and scrape bounds, worker expiry, concurrent scrapes.
+//! - `series`: label values, series and scrape bounds, worker expiry, concurrent scrapes;
+//! - `status`: the status page's endpoints (event streams against `--max-connections`, the
+//!   overview's walk against `/healthz`).
 
 mod auth;
 mod clock;
@@ -17,6 +19,7 @@ mod connections;
 mod memory;
 mod proxy;
 mod series;
+mod status;
 mod writes;
 
 use std::path::Path;
