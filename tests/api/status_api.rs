@@ -413,6 +413,7 @@ async fn every_page_module_is_served_like_the_page() {
         .collect();
     names.sort();
     assert!(names.len() > 2, "{names:?}");
+    let mut imports: Vec<(String, String)> = Vec::new();
     for name in &names {
         let source = std::fs::read_to_string(dir.join(name)).unwrap();
         let r = app.get(&format!("/ui/{name}")).await;
@@ -438,11 +439,15 @@ async fn every_page_module_is_served_like_the_page() {
         }
         let lines = source.lines().count();
         assert!(lines <= 400, "src/http/ui/{name} has {lines} lines");
-        for import in source.split("from './").skip(1) {
-            let target = import.split('\'').next().unwrap();
-            assert!(names.iter().any(|n| n == target), "{name} imports {target}");
+        for target in page_imports(&source) {
+            assert!(
+                names.iter().any(|n| *n == target),
+                "{name} imports {target}"
+            );
+            imports.push((name.clone(), target));
         }
     }
+    assert_no_import_circles(&imports);
     for path in [
         "/ui/nope.js",
         "/ui/index.html",
@@ -452,4 +457,32 @@ async fn every_page_module_is_served_like_the_page() {
         assert_eq!(app.get(path).await.status(), 404, "{path}");
     }
     app.shutdown().await;
+}
+
+/// The modules a page module imports (`... from './name.js'`).
+fn page_imports(source: &str) -> Vec<String> {
+    source
+        .split("from './")
+        .skip(1)
+        .map(|rest| rest.split('\'').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The page's modules import one another without a circle (a circle would make a module's
+/// top-level code run before what it imports is ready).
+fn assert_no_import_circles(imports: &[(String, String)]) {
+    fn visit(at: &str, path: &mut Vec<String>, imports: &[(String, String)]) {
+        assert!(
+            !path.iter().any(|p| p == at),
+            "import circle: {path:?} -> {at}"
+        );
+        path.push(at.to_string());
+        for (_, to) in imports.iter().filter(|(from, _)| from == at) {
+            visit(to, path, imports);
+        }
+        path.pop();
+    }
+    for (from, _) in imports {
+        visit(from, &mut Vec::new(), imports);
+    }
 }
