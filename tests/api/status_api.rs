@@ -440,10 +440,7 @@ async fn every_page_module_is_served_like_the_page() {
         let lines = source.lines().count();
         assert!(lines <= 400, "src/http/ui/{name} has {lines} lines");
         for target in page_imports(&source) {
-            assert!(
-                names.iter().any(|n| *n == target),
-                "{name} imports {target}"
-            );
+            assert!(names.contains(&target), "{name} imports {target}");
             imports.push((name.clone(), target));
         }
     }
