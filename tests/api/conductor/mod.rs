@@ -64,6 +64,7 @@
 
 pub mod engine_rules;
 pub mod facts;
+mod proxy_rules;
 mod routes;
 pub mod sdk;
 pub mod spec;
