@@ -13,6 +13,7 @@ mod live;
 pub mod overview;
 mod query;
 mod read;
+pub mod seam;
 pub mod server;
 mod ui;
 mod views;

@@ -27,7 +27,7 @@ use futures_util::FutureExt;
 use super::{Contribution, Engine, EngineContext};
 use crate::checker::Rule;
 use crate::error::{Error, Result};
-use crate::http::Routes;
+use crate::http::seam::Routes;
 use crate::settings::{redact_url, Secret};
 use client::EngineClient;
 use lookup::Lookup;
