@@ -65,7 +65,8 @@ use reader::Reader;
 
 pub use lag::{LagTracker, Wakeup};
 pub use reader::{
-    connect_read_only, lazy_read_only, snapshot_from_rows, task_info, wake_time, TaskInfo, WaitRow,
+    connect_read_only, is_wait_queue, lazy_read_only, snapshot_from_rows, task_info, wake_time,
+    TaskInfo, WaitRow,
 };
 
 /// Conductor's queue of WAIT tasks.
@@ -87,13 +88,14 @@ pub const MIN_READ_GAP: Duration = Duration::from_millis(200);
 /// `stop`, or dropping every receiver.
 pub async fn spawn(
     url: &str,
+    options: &crate::engines::conductor::db::DbOptions,
     wait_grace: Duration,
     refresh_every: Duration,
     wakeup_lag: WaitMetrics,
     stop: CancellationToken,
 ) -> Result<(WaitSource, JoinHandle<()>)> {
     let refresh_every = refresh_every.max(Duration::from_millis(100));
-    let pool = connect_read_only(url).await?;
+    let pool = connect_read_only(&options.session_url(url)).await?;
     // LISTEN before the first read, so no change after that read goes unnoticed.
     let listener = match connect_listener(&pool).await {
         Ok(l) => Some(l),
@@ -105,6 +107,7 @@ pub async fn spawn(
     let mut reader = Reader {
         pool: pool.clone(),
         tasks: HashMap::new(),
+        zone: options.time_zone.clone(),
     };
     let (rows, now) = reader.read_timed().await?;
     let mut lag = LagTracker::new(refresh_every * 2 + Duration::from_secs(2));

@@ -36,6 +36,20 @@ pub struct WaitRow {
 pub struct TaskInfo {
     pub workflow_type: String,
     pub wait_timeout: Option<i64>,
+    /// `taskType`, "" when unknown: a queue named like a WAIT queue holds WAIT tasks only if
+    /// this says so (a user's task definition may be called `WAIT-something`).
+    pub task_type: String,
+}
+
+/// Whether Conductor would put a WAIT task in this queue: `QueueUtils.getQueueName` builds
+/// `[domain:]WAIT[@executionNameSpace][-isolationGroupId]` (system tasks get no domain, but
+/// one is allowed for).
+pub fn is_wait_queue(name: &str) -> bool {
+    let rest = name.split_once(':').map_or(name, |(_, r)| r);
+    rest == WAIT_QUEUE
+        || rest
+            .strip_prefix(WAIT_QUEUE)
+            .is_some_and(|t| t.starts_with('@') || t.starts_with('-'))
 }
 
 /// Parses the fields needed from a task's JSON. Never fails: whatever is missing or malformed
@@ -47,6 +61,8 @@ pub fn task_info(json_data: &str) -> TaskInfo {
         workflow_type: Option<Value>,
         #[serde(rename = "waitTimeout", default)]
         wait_timeout: Option<Value>,
+        #[serde(rename = "taskType", default)]
+        task_type: Option<Value>,
     }
     // (a derived struct would also take a JSON array, field by field)
     if !json_data.trim_start().starts_with('{') {
@@ -55,10 +71,12 @@ pub fn task_info(json_data: &str) -> TaskInfo {
     let Ok(raw) = serde_json::from_str::<Raw>(json_data) else {
         return TaskInfo::default();
     };
-    let workflow_type = match raw.workflow_type {
+    let text = |v: Option<Value>| match v {
         Some(Value::String(s)) => s,
         _ => String::new(),
     };
+    let workflow_type = text(raw.workflow_type);
+    let task_type = text(raw.task_type);
     let wait_timeout = raw.wait_timeout.and_then(|v| match v {
         Value::Number(n) => n.as_i64().or_else(|| {
             n.as_f64()
@@ -71,6 +89,7 @@ pub fn task_info(json_data: &str) -> TaskInfo {
     TaskInfo {
         workflow_type,
         wait_timeout,
+        task_type,
     }
 }
 
@@ -107,7 +126,12 @@ pub fn lazy_read_only(url: &str) -> Result<PgPool> {
     Ok(read_only_pool("conductor-db", APPLICATION_NAME, url)?.lazy())
 }
 
-/// The WAIT rows and the statement time in one statement (one row even when WAIT is empty).
+/// Every queue Conductor has created (`createQueueIfNotExists`: one row per name, small).
+const QUEUE_NAMES: &str = "SELECT queue_name::text FROM queue";
+
+/// The rows of the WAIT queues (`$1`) and the statement time in one statement (one row even
+/// when they are empty). `deliver_on` is the writing session's wall time: read in the zone
+/// `$2` (`--conductor-db-time-zone`).
 const READ_QUEUE: &str = "\
     SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8 AS now_ms, \
            q.message_id, q.popped, q.deliver_ms \
@@ -115,25 +139,35 @@ const READ_QUEUE: &str = "\
     LEFT JOIN ( \
         SELECT message_id::text AS message_id, COALESCE(popped, FALSE) AS popped, \
                CASE WHEN isfinite(deliver_on) \
-                    THEN (EXTRACT(EPOCH FROM (deliver_on AT TIME ZONE 'UTC')) * 1000)::int8 \
+                    THEN (EXTRACT(EPOCH FROM (deliver_on AT TIME ZONE $2)) * 1000)::int8 \
                END AS deliver_ms \
-        FROM queue_message WHERE queue_name = $1 \
+        FROM queue_message WHERE queue_name = ANY($1) \
     ) AS q ON TRUE";
 
-const READ_TASKS: &str =
-    "SELECT task_id::text, json_data::text FROM task WHERE task_id = ANY($1::text[])";
+/// The WAIT tasks' documents; one past the tail's size limit is not loaded (its labels are
+/// unknown, its message still counts).
+const READ_TASKS: &str = "\
+    SELECT task_id::text, CASE WHEN octet_length(json_data) <= $2 THEN json_data::text END \
+    FROM task WHERE task_id = ANY($1::text[])";
 
 /// Reads the WAIT queue, caching what each task's JSON says while its message is queued.
 pub(super) struct Reader {
     pub(super) pool: PgPool,
     pub(super) tasks: HashMap<String, TaskInfo>,
+    /// `--conductor-db-time-zone`.
+    pub(super) zone: String,
 }
 
 impl Reader {
     async fn read(&mut self) -> Result<(Vec<WaitRow>, i64)> {
         type QueueRow = (i64, Option<String>, Option<bool>, Option<i64>);
+        let names: Vec<String> = sqlx::query_scalar(QUEUE_NAMES)
+            .fetch_all(&self.pool)
+            .await?;
+        let wait_queues: Vec<String> = names.into_iter().filter(|n| is_wait_queue(n)).collect();
         let raw: Vec<QueueRow> = sqlx::query_as(READ_QUEUE)
-            .bind(WAIT_QUEUE)
+            .bind(&wait_queues)
+            .bind(&self.zone)
             .fetch_all(&self.pool)
             .await?;
         let now = raw.first().map(|r| r.0).unwrap_or_else(crate::now_ms);
@@ -152,6 +186,7 @@ impl Reader {
         for chunk in missing.chunks(TASK_LOOKUP_CHUNK) {
             let found: Vec<(String, Option<String>)> = sqlx::query_as(READ_TASKS)
                 .bind(chunk)
+                .bind(crate::engines::conductor::task_tail::MAX_DOCUMENT_BYTES)
                 .fetch_all(&self.pool)
                 .await?;
             for (id, json) in found {
@@ -162,6 +197,10 @@ impl Reader {
 
         let rows = queued
             .into_iter()
+            .filter(|q| {
+                let t = self.tasks.get(&q.0).map_or("", |i| i.task_type.as_str());
+                t.is_empty() || t == WAIT_QUEUE
+            })
             .map(|(message_id, popped, deliver)| {
                 let info = self.tasks.get(&message_id);
                 WaitRow {
@@ -211,9 +250,28 @@ mod tests {
             info,
             TaskInfo {
                 workflow_type: "order".into(),
-                wait_timeout: Some(1_700_000_060_000)
+                wait_timeout: Some(1_700_000_060_000),
+                task_type: "WAIT".into(),
             }
         );
+    }
+
+    /// `QueueUtils.getQueueName` (b54f0d4e): `[domain:]type[@namespace][-isolationGroup]`.
+    #[test]
+    fn wait_queues_are_named_as_conductor_names_them() {
+        for q in [
+            "WAIT",
+            "WAIT-gpu",
+            "WAIT-my-group",
+            "WAIT@ns",
+            "WAIT@ns-g",
+            "dom:WAIT",
+        ] {
+            assert!(is_wait_queue(q), "{q}");
+        }
+        for q in ["WAITING", "encode", "encode-WAIT", "dom:WAITX", "", "wait"] {
+            assert!(!is_wait_queue(q), "{q}");
+        }
     }
 
     #[test]
