@@ -382,3 +382,149 @@ async fn tables_in_another_schema_and_isolated_wait_queues_are_read() {
     let (status, _) = server.terminate().await;
     assert!(status.success());
 }
+
+/// One transaction stamps all its rows with one `CURRENT_TIMESTAMP`: 60,000 rows share one
+/// `modified_on`, more than a page (50,000). The tail pages through them, follows a later
+/// transition, and SIGTERM ends it promptly. (The rows go in with one `INSERT ... SELECT`
+/// over arrays: the same rows, the same single `modified_on`, as Conductor's 60,000
+/// statements in one transaction, without 60,000 round trips.) Before the keyset, the list
+/// restarted at the shared instant and read the same page forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_thousand_rows_of_one_transaction_are_paged_through() {
+    const ROWS: usize = 60_000;
+    let conductor = Conductor::new().await;
+    let engine = engine_sessions(&conductor.url, "UTC", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &conductor.url, &[]).await;
+    let now = conductor.now().await;
+    let ids: Vec<String> = (0..ROWS).map(|i| format!("bulk-{i:05}")).collect();
+    let docs: Vec<String> = ids
+        .iter()
+        .map(|id| task_now(id, "fan_out", "SCHEDULED", now).to_string())
+        .collect();
+    let mut tx = engine.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO task (task_id, json_data, modified_on) \
+         SELECT id, doc, CURRENT_TIMESTAMP FROM unnest($1::text[], $2::text[]) AS r(id, doc)",
+    )
+    .bind(&ids)
+    .bind(&docs)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let shared: i64 = sqlx::query_scalar("SELECT count(DISTINCT modified_on) FROM task")
+        .fetch_one(&engine)
+        .await
+        .unwrap();
+    assert_eq!(shared, 1, "one modified_on for the whole transaction");
+    eventually_on(&server, "bulk-59999", Duration::from_secs(120), |v| {
+        v["status"] == "SCHEDULED"
+    })
+    .await;
+    let now = conductor.now().await;
+    let mut later = task_now("later", "encode", "COMPLETED", now);
+    later["endTime"] = json!(now);
+    write_task(&engine, &later).await;
+    eventually_on(&server, "later", Duration::from_secs(30), |v| {
+        v["status"] == "COMPLETED"
+    })
+    .await;
+    let signalled = Instant::now();
+    let (status, stderr) = server.terminate().await;
+    assert!(status.success(), "{status}: {stderr}");
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+}
+
+/// A document as Conductor stores it, padded to `bytes` with a large input (Conductor keeps
+/// payloads up to its external-storage threshold in the row).
+fn padded(id: &str, status: &str, now: i64, bytes: usize) -> String {
+    let mut t = task_now(id, "render", status, now);
+    if status == "COMPLETED" {
+        t["endTime"] = json!(now);
+    }
+    t["inputData"] = json!({ "frames": "x".repeat(bytes) });
+    t.to_string()
+}
+
+/// Multi-MB documents: those under the limit are read in byte-bounded batches; one past it
+/// (16 MiB) is not loaded, its transition is taken from the fields the database picks out,
+/// and it is counted; one past it that is not JSON is counted and left out, and the tail
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_megabyte_documents_are_read_within_the_byte_bounds() {
+    let conductor = Conductor::new().await;
+    let engine = engine_sessions(&conductor.url, "UTC", None).await;
+    let now = conductor.now().await;
+    let mb = 1 << 20;
+    let huge = |id: &str, status: &str| padded(id, status, now, 17 * mb);
+    // before start: the first pass meets an oversized task in flight
+    sqlx::query(
+        "INSERT INTO task (task_id, json_data, modified_on) VALUES ($1, $2, CURRENT_TIMESTAMP)",
+    )
+    .bind("huge-1")
+    .bind(huge("huge-1", "IN_PROGRESS"))
+    .execute(&engine)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &conductor.url, &[]).await;
+    eventually_on(&server, "huge-1", Duration::from_secs(20), |v| {
+        v["status"] == "IN_PROGRESS"
+    })
+    .await;
+    for i in 0..4 {
+        let id = format!("big-{i}");
+        let doc: Value = serde_json::from_str(&padded(&id, "COMPLETED", now, 9 * mb)).unwrap();
+        write_task(&engine, &doc).await;
+    }
+    let not_json = format!(
+        "{{\"taskId\":\"broken\",\"status\":\"COMPLETED\",{}",
+        "y".repeat(17 * mb)
+    );
+    sqlx::query("INSERT INTO task (task_id, json_data, modified_on) VALUES ('broken', $1, CURRENT_TIMESTAMP)")
+        .bind(not_json)
+        .execute(&engine)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE task SET json_data=$1, modified_on=CURRENT_TIMESTAMP WHERE task_id=$2")
+        .bind(huge("huge-1", "COMPLETED"))
+        .bind("huge-1")
+        .execute(&engine)
+        .await
+        .unwrap();
+    for i in 0..4 {
+        eventually_on(&server, &format!("big-{i}"), Duration::from_secs(20), |v| {
+            v["status"] == "COMPLETED"
+        })
+        .await;
+    }
+    eventually_on(&server, "huge-1", Duration::from_secs(20), |v| {
+        v["status"] == "COMPLETED"
+    })
+    .await;
+    let skipped = "taskpulse_conductor_db_documents_skipped_total";
+    metric_eventually(&server, skipped, &[("reason", "unreadable")], |v| v == 1.0).await;
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric_value(&scrape, skipped, &[("reason", "too_large")]),
+        Some(2.0),
+        "huge-1 twice: in flight at start, then completed"
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            "taskpulse_engine_fields_adjusted_total",
+            &[("source", "conductor_db"), ("action", "dropped")]
+        ),
+        Some(2.0)
+    );
+    let stderr = server.stderr();
+    assert_eq!(
+        stderr.matches("past the size limit").count(),
+        2,
+        "logged once per task: {stderr}"
+    );
+    let (status, _) = server.terminate().await;
+    assert!(status.success());
+}
