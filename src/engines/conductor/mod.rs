@@ -121,6 +121,9 @@ impl Engine for Conductor {
         async move {
             let metrics = ConductorMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
+            // registered whether or not --conductor-db is set: every family is on /metrics
+            let skips = db::SkipMetrics::register(&ctx.registry)
+                .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
             let webhook_metrics = webhook::WebhookMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor webhook metrics: {e}")))?;
             let queue_metrics = redis_reader::QueueMetrics::default();
@@ -169,8 +172,6 @@ impl Engine for Conductor {
             }
             if let Some(url) = &self.settings.db {
                 let options = self.settings.db_options();
-                let skips = db::SkipMetrics::register(&ctx.registry)
-                    .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
                 let tail = task_tail::TaskTail::start(
                     url,
                     &options,
