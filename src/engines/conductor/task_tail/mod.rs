@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::db::{check_time_zone, DbOptions, SkipMetrics};
 use super::metrics::ConductorMetrics;
 use super::wait_queue::connect_read_only;
-use crate::engines::store_source::{self, Poller};
+use crate::engines::store_source::{self, Health, Poller};
 use crate::error::{Error, Result};
 use crate::ingest::{RawUpdate, Reopen, TaskUpdate};
 use crate::model::{ReopenKind, Status};
@@ -195,6 +195,7 @@ pub struct TaskTail {
     logged_large: HashSet<String>,
     /// Ends a long poll between pages (set by [`TaskTail::run`]).
     stop: CancellationToken,
+    health: Health,
 }
 
 impl TaskTail {
@@ -223,6 +224,7 @@ impl TaskTail {
             skips,
             logged_large: HashSet::new(),
             stop: CancellationToken::new(),
+            health: Health::new("Conductor's task table (--conductor-db)"),
         };
         let now = tail.db_clock().await?;
         let loaded = tail.load_in_flight().await?;
@@ -302,13 +304,15 @@ impl TaskTail {
             let full = rows.len() as i64 == LIST_LIMIT;
             let mut wanted = Vec::new();
             for (id, bytes, wall) in rows {
-                self.high_water = self.high_water.max(wall);
                 if self.read_at.get(&id) != Some(&wall) {
                     wanted.push((id.clone(), bytes, wall));
                 }
                 cursor = (wall, id);
             }
             submitted += self.read_rows(&wanted, |_| true).await?;
+            // only once the page is read: a poll abandoned mid-page (the loop's deadline, a
+            // stop) leaves the mark where the next poll finds the rest
+            self.high_water = self.high_water.max(cursor.0);
             if !full || self.stop.is_cancelled() {
                 break;
             }
@@ -349,6 +353,11 @@ impl TaskTail {
         self.stop = stop.clone();
         store_source::run(self, every, stop)
     }
+
+    /// Its readiness, for `/readyz`.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
 }
 
 impl Poller for TaskTail {
@@ -358,11 +367,23 @@ impl Poller for TaskTail {
         async move { self.poll().await.map(|_| ()) }.boxed()
     }
 
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
         self.metrics.poll_seconds.observe(took.as_secs_f64());
         match failed {
-            None => self.metrics.polls_ok.inc(),
-            Some(_) => self.metrics.polls_failed.inc(),
+            None => {
+                self.metrics.polls_ok.inc();
+                self.health.set(None);
+            }
+            Some((e, n)) => {
+                self.metrics.polls_failed.inc();
+                self.health.set(Some(format!(
+                    "Conductor's task table (--conductor-db): {n} failed read(s) in a row: {e}"
+                )));
+            }
         }
     }
 }
