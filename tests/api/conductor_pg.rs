@@ -503,6 +503,21 @@ async fn multi_megabyte_documents_are_read_within_the_byte_bounds() {
         v["status"] == "COMPLETED"
     })
     .await;
+    // a WAIT task with a 1 MB document: its labels come from the fields the database picks out
+    let mut wait: Value =
+        serde_json::from_str(&padded("big-wait", "IN_PROGRESS", now, mb)).unwrap();
+    wait["taskType"] = json!("WAIT");
+    wait["workflowType"] = json!("bigwait");
+    wait["waitTimeout"] = json!(now + 600_000);
+    write_task(&engine, &wait).await;
+    push_message(&engine, "WAIT", "big-wait", 600).await;
+    metric_eventually(
+        &server,
+        "taskpulse_wait_tasks",
+        &[("workflow_type", "bigwait")],
+        |v| v == 1.0,
+    )
+    .await;
     let skipped = "taskpulse_conductor_db_documents_skipped_total";
     metric_eventually(&server, skipped, &[("reason", "unreadable")], |v| v == 1.0).await;
     let scrape = server.scrape().await;

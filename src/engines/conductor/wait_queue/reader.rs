@@ -18,6 +18,9 @@ const NO_TIMER_HORIZON_MS: i64 = 10 * 365 * 86_400_000;
 /// Client-side limit for one whole read (also covers a silent network).
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 const TASK_LOOKUP_CHUNK: usize = 1000;
+/// A WAIT task's document is loaded whole up to this size (a chunk holds at most 64 MiB);
+/// past it, the database picks out the three fields read here ([`READ_TASK_SMALL`]).
+const WAIT_DOC_BYTES: i64 = 64 << 10;
 
 /// One WAIT message as read, joined with its task.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,8 +147,14 @@ const READ_QUEUE: &str = "\
         FROM queue_message WHERE queue_name = ANY($1) \
     ) AS q ON TRUE";
 
-/// The WAIT tasks' documents; one past the tail's size limit is not loaded (its labels are
-/// unknown, its message still counts).
+/// The WAIT tasks' documents, those up to `$2` bytes (NULL for larger ones).
+/// One larger WAIT task's fields, picked out by the database (fails on a document that is not
+/// JSON: its labels are then unknown, its message still counts).
+const READ_TASK_SMALL: &str = "\
+    SELECT jsonb_build_object('workflowType', j->'workflowType', \
+           'waitTimeout', j->'waitTimeout', 'taskType', j->'taskType')::text \
+    FROM (SELECT json_data::jsonb AS j FROM task WHERE task_id = $1) AS t";
+
 const READ_TASKS: &str = "\
     SELECT task_id::text, CASE WHEN octet_length(json_data) <= $2 THEN json_data::text END \
     FROM task WHERE task_id = ANY($1::text[])";
@@ -186,10 +195,14 @@ impl Reader {
         for chunk in missing.chunks(TASK_LOOKUP_CHUNK) {
             let found: Vec<(String, Option<String>)> = sqlx::query_as(READ_TASKS)
                 .bind(chunk)
-                .bind(crate::engines::conductor::task_tail::MAX_DOCUMENT_BYTES)
+                .bind(WAIT_DOC_BYTES)
                 .fetch_all(&self.pool)
                 .await?;
             for (id, json) in found {
+                let json = match json {
+                    Some(j) => Some(j),
+                    None => self.small_fields(&id).await?,
+                };
                 let info = json.as_deref().map(task_info).unwrap_or_default();
                 self.tasks.insert(id, info);
             }
@@ -212,6 +225,23 @@ impl Reader {
             })
             .collect();
         Ok((rows, now))
+    }
+
+    /// The fields of a large WAIT task's document; `None` when the database can't read it as
+    /// JSON (any other failure fails the read, to be retried).
+    async fn small_fields(&self, id: &str) -> Result<Option<String>> {
+        match sqlx::query_scalar(READ_TASK_SMALL)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+        {
+            Ok(j) => Ok(j),
+            Err(sqlx::Error::Database(e)) => {
+                tracing::debug!(task_id = id, error = %e, "WAIT queue: a large task document is not JSON");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(super) async fn read_timed(&mut self) -> Result<(Vec<WaitRow>, i64)> {
