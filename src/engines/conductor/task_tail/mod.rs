@@ -8,11 +8,16 @@
 //!   (`default_transaction_read_only = on`, a statement timeout).
 //! - **What changed.** `modified_on` is set on every write of a task, but it has no index and is
 //!   the writing transaction's *start* time, so a transaction that commits late carries an
-//!   earlier value than rows already read. Each poll therefore lists the ids and `modified_on`
-//!   of the rows modified since the newest one seen minus [`OVERLAP`], and fetches `json_data`
-//!   (by primary key) only for rows not already read at that same `modified_on`. Listing is one
-//!   sequential scan of `task` per poll: the cost the missing index forces, and the only one
-//!   (documented in the README with its measured figure).
+//!   earlier value than rows already read. Each poll therefore lists the ids, sizes and
+//!   `modified_on` of the rows modified since the newest one seen (or the database's clock read
+//!   in the zone, if earlier: a fall-back hour) minus [`OVERLAP`], paging on the
+//!   `(modified_on, task_id)` keyset, and fetches `json_data` (by primary key) only for rows not
+//!   already read at that same `modified_on`. Listing is one sequential scan of `task` per page:
+//!   the cost the missing index forces (documented in the README with its measured figure).
+//! - **Time zone.** `modified_on` is the writer's wall time in the Conductor JVM's zone; it is
+//!   paged on as a wall time (exact microseconds, `sql.rs`) and turned into an instant only
+//!   `AT TIME ZONE` `--conductor-db-time-zone`, which start-up checks against the rows
+//!   (`super::db`).
 //! - **Once per transition.** A row re-read (the overlap, or a write that changed nothing
 //!   taskpulse looks at) is submitted only when what taskpulse takes from it changed: status,
 //!   last change (the larger of `updateTime` and `endTime`: Conductor does not move
@@ -23,10 +28,11 @@
 //!   holds as in flight, so a transition that happened while taskpulse was down is seen once;
 //!   finished tasks taskpulse never knew are not replayed. Polling then starts [`OVERLAP`]
 //!   before the database's clock.
-//! - **Bounded.** Lists are at most [`LIST_LIMIT`] rows per query (the rest on the next
-//!   query), fetches [`FETCH_BATCH`] ids per query, the first pass [`SCAN_PAGE`] rows per
-//!   query (a range of the primary key); memory holds one entry per row modified
-//!   within the overlap and one per task in flight.
+//! - **Bounded.** Lists are at most [`LIST_LIMIT`] rows per page, fetches [`FETCH_BATCH`] ids
+//!   and [`FETCH_BYTES`] per query, a document past [`MAX_DOCUMENT_BYTES`] is never loaded
+//!   (`fetch.rs`), the first pass looks at [`SCAN_PAGE`] rows per query (a range of the
+//!   primary key); memory holds one entry per row modified within the overlap and one per task
+//!   in flight.
 //! - **Failures** never end the reader: the database being down or a query failing is retried
 //!   with backoff from where it stopped; an overloaded pipeline (503) is retried with the same
 //!   updates.
