@@ -15,7 +15,7 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every library source file (the binaries under `src/bin/` are not modules of the crate).
+/// Every library source file (binaries under a `src/bin/` would not be modules of the crate).
 fn files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
