@@ -7,6 +7,9 @@
 //! each test uses a database of its own, flushed before and after. The restart test runs a
 //! `redis-server` of its own on a free port.
 
+mod dao;
+mod short;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
