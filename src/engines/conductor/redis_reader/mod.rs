@@ -97,7 +97,7 @@ impl RedisReader {
     ) -> Result<Started> {
         let con = connect(url, password).await?;
         let (wait_tx, wait_queue) = watch::channel(WaitSnapshot::default());
-        let health = Health::default();
+        let health = Health::new("Conductor's Redis (--conductor-redis)");
         let mut reader = RedisReader {
             io: io::Io::new(con, metrics),
             keys,
@@ -154,6 +154,10 @@ impl Poller for RedisReader {
 
     fn poll_once(&mut self) -> BoxFuture<'_, Result<()>> {
         async move { self.poll().await.map(|_| ()) }.boxed()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
     }
 
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
