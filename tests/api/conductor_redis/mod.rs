@@ -8,7 +8,10 @@
 //! `redis-server` of its own on a free port.
 
 mod dao;
+mod malformed;
+mod paging;
 mod short;
+mod skew;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
