@@ -45,10 +45,10 @@ fn hash(doc: &str) -> u64 {
 }
 
 impl RedisReader {
-    /// Members of every set matching `pattern`, deduplicated.
-    async fn union(&mut self, pattern: &str) -> Result<HashSet<String>> {
+    /// Members of every set in `sets`, deduplicated.
+    async fn union(&mut self, sets: Vec<String>) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
-        for set in self.io.scan(pattern).await?.members {
+        for set in sets {
             if let Some(m) = self.io.members(&set).await? {
                 out.extend(m.members);
             }
@@ -85,8 +85,9 @@ impl RedisReader {
     /// Reads what may have changed among the tasks followed, submits what changed. Returns
     /// the number of tasks in flight (in a set, or of a running workflow).
     pub(super) async fn read_tasks(&mut self) -> Result<usize> {
-        let in_progress = self.union(&self.keys.in_progress_pattern()).await?;
-        let pending = self.union(&self.keys.pending_pattern()).await?;
+        let (in_progress, pending) = self.known_sets();
+        let in_progress = self.union(in_progress).await?;
+        let pending = self.union(pending).await?;
         let entered: HashSet<String> = pending.difference(&self.workflows).cloned().collect();
         let left: Vec<String> = self.workflows.difference(&pending).cloned().collect();
         let mut asked: Vec<String> = pending.iter().cloned().collect();

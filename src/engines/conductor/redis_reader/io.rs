@@ -1,6 +1,6 @@
 //! The commands the reader sends, each bounded, and what it does with a malformed key.
 //!
-//! - **Paging.** No command returns a whole large collection: keys come by `SCAN`, set and
+//! - **Paging.** No command returns a whole large collection: keys come by `SCAN` steps, set and
 //!   sorted-set members by `SSCAN`/`ZSCAN` (`COUNT` [`PAGE`]), documents by `MGET` of at most
 //!   [`PAGE`] keys and [`CHUNK_BYTES`] (their sizes asked first with `STRLEN`). A collection
 //!   read stops at [`MAX_MEMBERS`] members or [`MAX_COLLECTION_BYTES`] bytes (logged, and the
@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, IntoConnectionInfo, RedisResult};
 
@@ -62,6 +62,7 @@ impl Skip {
 pub struct RedisMetrics {
     skipped: IntCounterVec,
     commands: IntCounter,
+    poll_commands: IntGauge,
 }
 
 impl RedisMetrics {
@@ -82,7 +83,16 @@ impl RedisMetrics {
             "Commands sent to Conductor's Redis by the reader (each command of a pipeline counts).",
         )?;
         registry.register(Box::new(commands.clone()))?;
-        Ok(RedisMetrics { skipped, commands })
+        let poll_commands = IntGauge::new(
+            "taskpulse_conductor_redis_poll_commands",
+            "Commands the last complete poll of Conductor's Redis sent (bounded by the work in flight, plus a keyspace walk on re-discovery).",
+        )?;
+        registry.register(Box::new(poll_commands.clone()))?;
+        Ok(RedisMetrics {
+            skipped,
+            commands,
+            poll_commands,
+        })
     }
 }
 
@@ -132,6 +142,8 @@ pub struct Io {
     con: ConnectionManager,
     metrics: RedisMetrics,
     named: HashSet<Vec<u8>>,
+    /// Commands sent since the poll began.
+    sent: u64,
 }
 
 impl Io {
@@ -140,7 +152,17 @@ impl Io {
             con,
             metrics,
             named: HashSet::new(),
+            sent: 0,
         }
+    }
+
+    pub fn begin_poll(&mut self) {
+        self.sent = 0;
+    }
+
+    /// The poll completed: its command count goes to the gauge.
+    pub fn end_poll(&mut self) {
+        self.metrics.poll_commands.set(self.sent as i64);
     }
 
     /// Counts and logs (once per key) a skipped key, member or document.
@@ -165,6 +187,7 @@ impl Io {
 
     async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> RedisResult<T> {
         self.metrics.commands.inc();
+        self.sent += 1;
         cmd.query_async(&mut self.con).await
     }
 
@@ -177,6 +200,7 @@ impl Io {
             return Ok(Vec::new());
         }
         self.metrics.commands.inc_by(cmds.len() as u64);
+        self.sent += cmds.len() as u64;
         let mut p = redis::pipe();
         for c in cmds {
             p.add_command(c);
@@ -194,20 +218,20 @@ impl Io {
         Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
     }
 
-    /// Every key matching `pattern` (`SCAN MATCH`), UTF-8 ones only.
-    pub async fn scan(&mut self, pattern: &str) -> Result<Collection<String>> {
-        let raw = self
-            .cursor(b"*", |c| {
-                let mut cmd = redis::cmd("SCAN");
-                cmd.arg(c).arg("MATCH").arg(pattern).arg("COUNT").arg(PAGE);
-                cmd
-            })
-            .await?
-            .unwrap_or(Collection {
-                members: Vec::new(),
-                partial: false,
-            });
-        Ok(self.utf8(raw, |k| k))
+    /// One `SCAN MATCH` step from `cursor`: the next cursor and the UTF-8 keys.
+    pub async fn scan_step(&mut self, pattern: &str, cursor: u64) -> Result<(u64, Vec<String>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(PAGE);
+        let (next, keys): (u64, Vec<Vec<u8>>) = self.query(&cmd).await.map_err(redis_error)?;
+        let page = Collection {
+            members: keys,
+            partial: false,
+        };
+        Ok((next, self.utf8(page, |k| k).members))
     }
 
     /// Every member of a set (`SSCAN`); `None` when the key is not a set (skipped, counted).

@@ -44,6 +44,12 @@ impl Keys {
         format!("{}.{workflow_id}", self.execution("WORKFLOW_TO_TASKS"))
     }
 
+    /// A `SCAN MATCH` pattern covering `IN_PROGRESS_TASKS.*` and `PENDING_WORKFLOWS.*` in one
+    /// walk (a few other keys may match: the reader filters by prefix).
+    pub fn sets_pattern(&self) -> String {
+        format!("{}*", self.execution("[IP][NE][_N][PD]"))
+    }
+
     /// `{queue namespace}.{stack}.QUEUE.`: no blank check, no domain (as Conductor does it).
     pub fn queue_prefix(&self) -> String {
         format!("{}.{}.QUEUE.", self.queue_namespace, self.stack)
@@ -73,6 +79,7 @@ mod tests {
             "conductor.test.IN_PROGRESS_TASKS.*"
         );
         assert_eq!(k.pending_pattern(), "conductor.test.PENDING_WORKFLOWS.*");
+        assert_eq!(k.sets_pattern(), "conductor.test.[IP][NE][_N][PD]*");
         assert_eq!(
             k.workflow_tasks("w1"),
             "conductor.test.WORKFLOW_TO_TASKS.w1"

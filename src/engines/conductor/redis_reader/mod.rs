@@ -21,6 +21,7 @@
 //! - **Failures.** Redis down or slow: the reader keeps its last snapshot, says so in
 //!   `/readyz`, and retries with backoff; ingest from every other source goes on.
 
+mod discover;
 mod flight;
 mod io;
 mod keys;
@@ -56,6 +57,8 @@ pub struct RedisReader {
     pipeline: Arc<Pipeline>,
     /// Every task followed (see [`flight`]).
     followed: HashMap<String, flight::Followed>,
+    /// The keyspace walks that find the sets and queues (see [`discover`]).
+    discovery: discover::Discovery,
     /// The workflow ids in `PENDING_WORKFLOWS.*` at the last poll.
     workflows: HashSet<String>,
     /// WAIT members' workflow type and `waitTimeout`: taken from the in-flight read, fetched
@@ -98,11 +101,13 @@ impl RedisReader {
         let con = connect(url, password).await?;
         let (wait_tx, wait_queue) = watch::channel(WaitSnapshot::default());
         let health = Health::new("Conductor's Redis (--conductor-redis)");
+        let discovery = discover::Discovery::new(&keys);
         let mut reader = RedisReader {
             io: io::Io::new(con, metrics),
             keys,
             pipeline,
             followed: HashMap::new(),
+            discovery,
             workflows: HashSet::new(),
             wait_info: HashMap::new(),
             lag: LagTracker::new(poll_every * 2 + Duration::from_secs(2)),
@@ -132,9 +137,12 @@ impl RedisReader {
     pub async fn poll(&mut self) -> Result<usize> {
         let pending = std::mem::take(&mut self.unsent);
         self.submit(pending).await;
+        self.io.begin_poll();
         let now = self.io.time_ms().await?;
+        self.discover().await?;
         let n = self.read_tasks().await?;
         self.read_queues(now).await?;
+        self.io.end_poll();
         self.health.set(None);
         Ok(n)
     }

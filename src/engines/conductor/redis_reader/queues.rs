@@ -81,23 +81,7 @@ impl RedisReader {
     pub(super) async fn read_queues(&mut self, now: i64) -> Result<()> {
         let prefix = self.keys.queue_prefix();
         let suffix = format!(".{}", self.keys.shard);
-        let mut queues: Vec<String> = self
-            .io
-            .scan(&format!("{prefix}*"))
-            .await?
-            .members
-            .into_iter()
-            .filter(|k| k.ends_with(&suffix) && k.len() >= prefix.len() + suffix.len())
-            .collect();
-        queues.sort_unstable();
-        if queues.len() > MAX_QUEUES {
-            tracing::warn!(
-                queues = queues.len(),
-                exported = MAX_QUEUES,
-                "Conductor's Redis: more queues than are exported"
-            );
-            queues.truncate(MAX_QUEUES);
-        }
+        let queues = self.known_queues();
         let depths = self.io.depths(&queues, now).await?;
         let mut exported = HashSet::new();
         for (key, depth) in queues.iter().zip(depths) {
