@@ -228,6 +228,8 @@ impl Engine for Conductor {
                     ctx.wait_metrics.clone(),
                     queue_metrics,
                     metrics.redis_poll_seconds.clone(),
+                    redis_reader::RedisMetrics::register(&ctx.registry)
+                        .map_err(|e| Error::Config(format!("Conductor's Redis metrics: {e}")))?,
                 )
                 .await
                 .map_err(|e| {
