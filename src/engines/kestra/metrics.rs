@@ -57,6 +57,9 @@ impl KestraMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(skipped.clone()))?;
+        for reason in ["too_large", "unreadable"] {
+            skipped.with_label_values(&[reason]); // at 0 from the first scrape
+        }
         let deferred = IntGauge::new(
             "taskpulse_kestra_db_documents_deferred",
             "Changed executions the last poll left for the next one (--kestra-db-max-poll-bytes).",

@@ -1,6 +1,6 @@
 //! Kestra's `executions` table followed (`--kestra-db`), read-only: every task run's
 //! transitions, with the worker of each attempt resolved to its host through
-//! `service_instance` (`docs/engines/kestra.md` §1, §5, §8, §9).
+//! `service_instance` (`docs/engines/kestra.md` §1, §5, §8, §11).
 //!
 //! - **What changed.** `executions` has no modification column, and every state change
 //!   rewrites the row. Each poll *lists* the active set (`state_current` among the database's

@@ -1,4 +1,4 @@
-//! The statements the Kestra reader sends (`docs/engines/kestra.md` §1, §5, §9): a cheap
+//! The statements the Kestra reader sends (`docs/engines/kestra.md` §1.3, §5, §11): a cheap
 //! listing of (key, version, stored size) that never reads an execution's JSON, a fetch of the
 //! JSON of chosen executions only, bounded per document, and the check of
 //! `--kestra-db-time-zone` against what the rows show.
