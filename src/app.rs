@@ -54,6 +54,13 @@ pub const CONNECTION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--shutdown-grace` and [`CONNECTION_DRAIN_TIMEOUT`] this bounds a shutdown; the Helm chart's
 /// `terminationGracePeriodSeconds` stays above the sum.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the background loops (engine readers, sweepers, the election) get to return once
+/// stopped; each returns at once on `stop`, so a straggler is stuck (a reader on a frozen
+/// engine connection) and is aborted rather than hold the process.
+pub const SOURCES_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an engine's start (connecting to its store, the first read) may take before
+/// start-up fails naming the engine: a store that never answers must not hang start-up.
+pub const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often every replica runs the engines' side rules.
 const SIDE_RULES_EVERY: Duration = Duration::from_secs(1);
 
@@ -210,7 +217,15 @@ impl Application {
                 pipeline_metrics.declare_engine_source(source);
             }
             engine_rules.extend(engine.rules());
-            let c = engine.start(&ctx).await?;
+            let c = tokio::time::timeout(ENGINE_START_TIMEOUT, engine.start(&ctx))
+                .await
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "{}: its store did not answer within {} s of start-up",
+                        engine.name(),
+                        ENGINE_START_TIMEOUT.as_secs()
+                    ))
+                })??;
             added.routes = added.routes.merge(c.routes);
             added.tasks.extend(c.tasks);
             added.side_rules.extend(c.side_rules);
@@ -467,12 +482,7 @@ impl Application {
         }
         self.pipeline.close();
         self.stop.cancel();
-        for task in self.background {
-            tokio::select! {
-                _ = task => {}
-                _ = aborted.cancelled() => return Err(Error::Aborted),
-            }
-        }
+        stop_sources(self.background, &aborted).await?;
         tracker.flush_all();
         let drained = tokio::select! {
             d = tokio::time::timeout(FLUSH_TIMEOUT, tracker.writer().barrier()) => d,
@@ -490,6 +500,27 @@ impl Application {
             }
             _ => Err(Error::DrainTimeout(FLUSH_TIMEOUT)),
         }
+    }
+}
+
+/// Waits up to [`SOURCES_STOP_TIMEOUT`] for the background loops to return after `stop`, then
+/// aborts the rest.
+async fn stop_sources(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    aborted: &CancellationToken,
+) -> Result<()> {
+    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    let all = futures_util::future::join_all(tasks);
+    tokio::select! {
+        r = tokio::time::timeout(SOURCES_STOP_TIMEOUT, all) => {
+            if r.is_err() {
+                let left = aborts.iter().filter(|a| !a.is_finished()).count();
+                tracing::warn!(left, "background sources still busy after {:?}: aborted", SOURCES_STOP_TIMEOUT);
+                aborts.iter().for_each(|a| a.abort());
+            }
+            Ok(())
+        }
+        _ = aborted.cancelled() => Err(Error::Aborted),
     }
 }
 

@@ -1,9 +1,18 @@
 //! What every reader of an engine's own store shares (Conductor's `task_tail` and
 //! `redis_reader`, Kestra's `executions` reader): handing what they read to the pipeline, and
-//! the poll loop with its backoff.
+//! the poll loop with its backoff, its deadline and its part in readiness.
+//!
+//! Why the loop owns the deadline: an engine's database or Redis can stop answering without
+//! closing the connection (a frozen network path, a proxy that hangs, a lock the server waits
+//! on). The server's own `statement_timeout` does not help when its answer never arrives, so
+//! every poll, whatever queries it sends, is abandoned after [`POLL_DEADLINE`] on taskpulse's
+//! side (the connection is dropped, the pool opens a new one), counted as a failed read and
+//! retried with backoff. Readiness turns 503 as soon as a poll is overdue ([`POLL_OVERDUE`]),
+//! not only once it failed, and a stop request ends the loop at once, mid-poll included.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -93,19 +102,65 @@ impl ReadOnlyPool {
     }
 }
 
-/// Whether a store reader's last read worked: `/readyz` asks (every reader's own).
-#[derive(Clone, Debug, Default)]
-pub struct Health(Arc<Mutex<Option<String>>>);
+/// A poll running longer than this makes `/readyz` answer 503 naming the source (a slow poll
+/// under it does not: readiness must not flap with the engine's load).
+pub const POLL_OVERDUE: Duration = Duration::from_secs(15);
+/// A poll still running after this is abandoned on taskpulse's side and counted as failed,
+/// whatever the network or the engine's server do.
+pub const POLL_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    failing: Option<String>,
+    polling_since: Option<Instant>,
+}
+
+/// Whether a store reader is keeping up: its last read worked and no read is overdue.
+/// `/readyz` asks (every reader's own).
+#[derive(Clone, Debug)]
+pub struct Health {
+    /// What the reader reads and the setting naming it, for the answer ("Conductor's task
+    /// table (--conductor-db)").
+    what: &'static str,
+    state: Arc<Mutex<HealthState>>,
+}
 
 impl Health {
-    /// `Some(why)` while reads are failing.
+    pub fn new(what: &'static str) -> Health {
+        Health {
+            what,
+            state: Arc::default(),
+        }
+    }
+
+    /// `Some(why)` while reads are failing, or while one has been running past
+    /// [`POLL_OVERDUE`].
     pub fn failing(&self) -> Option<String> {
-        self.0.lock().map(|g| g.clone()).unwrap_or(None)
+        let g = self.state.lock().ok()?;
+        if let Some(why) = &g.failing {
+            return Some(why.clone());
+        }
+        let running = g.polling_since?.elapsed();
+        (running > POLL_OVERDUE).then(|| {
+            format!(
+                "{}: a read has been running for {} s (overdue after {} s, abandoned after {} s)",
+                self.what,
+                running.as_secs(),
+                POLL_OVERDUE.as_secs(),
+                POLL_DEADLINE.as_secs()
+            )
+        })
     }
 
     pub(crate) fn set(&self, why: Option<String>) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = why;
+        if let Ok(mut g) = self.state.lock() {
+            g.failing = why;
+        }
+    }
+
+    fn polling(&self, since: Option<Instant>) {
+        if let Ok(mut g) = self.state.lock() {
+            g.polling_since = since;
         }
     }
 }
@@ -130,12 +185,17 @@ pub(crate) trait Poller: Send + 'static {
 
     fn poll_once(&mut self) -> BoxFuture<'_, Result<()>>;
 
+    /// Its readiness: [`run`] marks each poll's start and end, and a poll past the deadline as
+    /// failed (the reader sets why in [`Poller::observe`]).
+    fn health(&self) -> &Health;
+
     /// After each poll: how long it took, and the error with the number of failures in a row.
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>);
 }
 
 /// Polls every `every` until `stop`; failures are retried with backoff (logged on the first
-/// and then at powers of two, so an outage doesn't flood the log).
+/// and then at powers of two, so an outage doesn't flood the log). A poll is abandoned after
+/// [`POLL_DEADLINE`], and `stop` ends the loop at once, mid-poll included.
 pub(crate) fn run<P: Poller>(
     mut reader: P,
     every: Duration,
@@ -153,8 +213,11 @@ pub(crate) fn run<P: Poller>(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let started = std::time::Instant::now();
-            match reader.poll_once().await {
+            let started = Instant::now();
+            let Some(outcome) = poll_bounded(&mut reader, &stop).await else {
+                return;
+            };
+            match outcome {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(failures, "{}: reading again", P::WHAT);
@@ -175,9 +238,79 @@ pub(crate) fn run<P: Poller>(
     .boxed()
 }
 
+/// One poll under [`POLL_DEADLINE`], its start and end marked in the reader's health; `None`
+/// when `stop` came first (the poll is dropped: it only reads).
+async fn poll_bounded<P: Poller>(reader: &mut P, stop: &CancellationToken) -> Option<Result<()>> {
+    let health = reader.health().clone();
+    health.polling(Some(Instant::now()));
+    let outcome = tokio::select! {
+        _ = stop.cancelled() => None,
+        r = tokio::time::timeout(POLL_DEADLINE, reader.poll_once()) => Some(r.unwrap_or_else(|_| {
+            Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s (client-side deadline)", POLL_DEADLINE.as_secs()),
+            )))
+        })),
+    };
+    health.polling(None);
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader whose polls never answer, like one behind a frozen network path.
+    struct Frozen(Health, Arc<Mutex<Vec<String>>>);
+
+    impl Poller for Frozen {
+        const WHAT: &'static str = "frozen";
+        fn poll_once(&mut self) -> BoxFuture<'_, Result<()>> {
+            futures_util::future::pending().boxed()
+        }
+        fn health(&self) -> &Health {
+            &self.0
+        }
+        fn observe(&mut self, _took: Duration, failed: Option<(&Error, u32)>) {
+            let why = failed.map(|(e, _)| e.to_string());
+            if let (Some(why), Ok(mut seen)) = (&why, self.1.lock()) {
+                seen.push(why.clone());
+            }
+            self.0.set(why);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_that_never_answers_is_overdue_then_abandoned_and_stop_ends_it() {
+        let health = Health::new("frozen (--frozen)");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            Frozen(health.clone(), seen.clone()),
+            Duration::from_secs(1),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            health.failing(),
+            None,
+            "a poll under way is not overdue yet"
+        );
+        tokio::time::sleep(POLL_OVERDUE).await;
+        let why = health.failing().expect("overdue");
+        assert!(
+            why.starts_with("frozen (--frozen): a read has been running"),
+            "{why}"
+        );
+        tokio::time::sleep(POLL_DEADLINE).await;
+        let errors = seen.lock().unwrap().clone();
+        assert!(errors[0].contains("client-side deadline"), "{errors:?}");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_millis(10), task)
+            .await
+            .expect("stop ends the loop mid-poll")
+            .unwrap();
+    }
 
     #[test]
     fn backoff_doubles_within_bounds() {

@@ -175,6 +175,8 @@ impl Engine for Conductor {
                             redact_url(url)
                         ))
                     })?;
+                let health = tail.health();
+                out.readiness.push(Arc::new(move || health.failing()));
                 out.tasks
                     .push(tail.run(self.settings.poll_interval, ctx.stop.clone()));
                 let (rx, reader) = wait_queue::spawn(

@@ -227,7 +227,7 @@ impl RedisReader {
     ) -> Result<Started> {
         let con = connect(url, password).await?;
         let (wait_tx, wait_queue) = watch::channel(WaitSnapshot::default());
-        let health = Health::default();
+        let health = Health::new("Conductor's Redis (--conductor-redis)");
         let mut reader = RedisReader {
             con,
             keys,
@@ -493,6 +493,10 @@ impl Poller for RedisReader {
 
     fn poll_once(&mut self) -> BoxFuture<'_, Result<()>> {
         async move { self.poll().await.map(|_| ()) }.boxed()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
     }
 
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {

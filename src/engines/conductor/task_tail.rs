@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::ConductorMetrics;
 use super::wait_queue::connect_read_only;
-use crate::engines::store_source::{self, Poller};
+use crate::engines::store_source::{self, Health, Poller};
 use crate::error::{Error, Result};
 use crate::ingest::{RawUpdate, Reopen, TaskUpdate};
 use crate::model::{ReopenKind, Status};
@@ -203,6 +203,7 @@ pub struct TaskTail {
     /// Updates the pipeline refused (overloaded), submitted again first.
     unsent: Vec<TaskUpdate>,
     metrics: ConductorMetrics,
+    health: Health,
 }
 
 impl TaskTail {
@@ -222,6 +223,7 @@ impl TaskTail {
             high_water: 0,
             unsent: Vec::new(),
             metrics,
+            health: Health::new("Conductor's task table (--conductor-db)"),
         };
         let now: i64 = sqlx::query_scalar(DB_NOW).fetch_one(&tail.pool).await?;
         let loaded = tail.load_in_flight().await?;
@@ -373,6 +375,11 @@ impl TaskTail {
     pub fn run(self, every: Duration, stop: CancellationToken) -> BoxFuture<'static, ()> {
         store_source::run(self, every, stop)
     }
+
+    /// Its readiness, for `/readyz`.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
 }
 
 impl Poller for TaskTail {
@@ -382,11 +389,23 @@ impl Poller for TaskTail {
         async move { self.poll().await.map(|_| ()) }.boxed()
     }
 
+    fn health(&self) -> &Health {
+        &self.health
+    }
+
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
         self.metrics.poll_seconds.observe(took.as_secs_f64());
         match failed {
-            None => self.metrics.polls_ok.inc(),
-            Some(_) => self.metrics.polls_failed.inc(),
+            None => {
+                self.metrics.polls_ok.inc();
+                self.health.set(None);
+            }
+            Some((e, n)) => {
+                self.metrics.polls_failed.inc();
+                self.health.set(Some(format!(
+                    "Conductor's task table (--conductor-db): {n} failed read(s) in a row: {e}"
+                )));
+            }
         }
     }
 }

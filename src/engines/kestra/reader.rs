@@ -181,7 +181,7 @@ impl KestraReader {
             last_ok: None,
             unsent: Vec::new(),
             metrics,
-            health: Health::default(),
+            health: Health::new("Kestra's database (--kestra-db)"),
         };
         let n = reader.first_pass().await?;
         tracing::info!(
@@ -409,6 +409,10 @@ impl Poller for KestraReader {
 
     fn poll_once(&mut self) -> BoxFuture<'_, Result<()>> {
         async move { self.poll().await.map(|_| ()) }.boxed()
+    }
+
+    fn health(&self) -> &Health {
+        &self.health
     }
 
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {

@@ -10,6 +10,7 @@
 //! - `proxy`: what proves a proxied caller, and the paths the proxy reads as the engine does;
 //! - `writes`: store writes per task (rejections, flapping, history) and `--max-pending-writes`;
 //! - `series`: label values, series and scrape bounds, worker expiry, concurrent scrapes;
+//! - `stalled`: engine stores that stop answering (a frozen or cut path to their database);
 //! - `status`: the status page's endpoints (event streams against `--max-connections`, the
 //!   overview's walk against `/healthz`).
 
@@ -19,6 +20,7 @@ mod connections;
 mod memory;
 mod proxy;
 mod series;
+mod stalled;
 mod status;
 mod writes;
 
