@@ -23,7 +23,9 @@ With MODE=cost, what following Kestra costs the database instead, from the engin
 (pg_statio_user_tables for `executions`: heap, TOAST and index blocks, read or hit), per poll,
 for two builds side by side (BEFORE_BIN, then TASKPULSE_BIN or the release build), idle and
 while the procedure rewrites RATE executions a second; the procedure alone is measured too and
-subtracted. Environment: EXECUTIONS (default 20000), RUNNING (5000), RATE (100), WINDOW (20 s).
+subtracted. Environment: EXECUTIONS (default 20000), RUNNING (5000), RATE (100), WINDOW (20 s),
+PAD (bytes of hex outputs per task run, default 0: about 600 makes each execution's JSON
+out-of-line TOAST, as with the issue's 6 KB executions).
 
 Needs `cargo build --release` and the PostgreSQL that scripts/test.sh starts
 (TASKPULSE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/postgres).
@@ -49,6 +51,7 @@ RUNNING = int(os.environ.get("RUNNING", "5000"))
 RATE = int(os.environ.get("RATE", "100" if COST else "1000"))
 SECONDS = int(os.environ.get("SECONDS", "60"))
 POLL = os.environ.get("POLL", "2s")
+PAD = int(os.environ.get("PAD", "0"))  # bytes of hex outputs per task run (0: none)
 SAMPLED = 100  # running executions the churn leaves alone, for the lag samples
 
 FUNCTIONS = """
@@ -63,6 +66,7 @@ CREATE FUNCTION st(cur text, t0 bigint, t1 bigint) RETURNS jsonb LANGUAGE sql ST
     'startDate', iso(t0))
   || CASE WHEN cur = 'RUNNING' THEN '{}'::jsonb
           ELSE jsonb_build_object('endDate', iso(t1), 'duration', (t1 - t0) / 1000.0) END $$;
+CREATE FUNCTION pad() RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT PADBYTES $$;
 CREATE FUNCTION worker(n int) RETURNS text LANGUAGE sql STABLE AS $$
   SELECT lpad(to_hex(n), 8, '0') || '-6f0a-4e59-9a3c-2f8d6e1b4a77' $$;
 CREATE FUNCTION execution(id text, running boolean, t bigint) RETURNS jsonb LANGUAGE sql STABLE AS $$
@@ -73,7 +77,9 @@ CREATE FUNCTION execution(id text, running boolean, t bigint) RETURNS jsonb LANG
     'state', st(CASE WHEN running THEN 'RUNNING' ELSE 'SUCCESS' END, t - 60000, t),
     'taskRunList', (SELECT jsonb_agg(jsonb_build_object(
         'tenantId','main','id',id || '-' || r,'executionId',id,'namespace','company.team',
-        'flowId','etl','taskId','step_' || r,'outputs',NULL,
+        'flowId','etl','taskId','step_' || r,
+        'outputs', CASE WHEN pad() = 0 THEN NULL ELSE jsonb_build_object('pad',
+          (SELECT string_agg(md5(id || r || k), '') FROM generate_series(1, pad() / 32) k)) END,
         'attempts', jsonb_build_array(jsonb_build_object(
             'state', st(CASE WHEN running AND r = 9 THEN 'RUNNING' ELSE 'SUCCESS' END, t - 60000 + r * 1000, t),
             'workerId', worker(abs(hashtext(id || r)) % 50))),
@@ -219,7 +225,7 @@ def load(url):
     """Kestra's tables, EXECUTIONS rows (RUNNING running), 50 workers."""
     with open(os.path.join(ROOT, "tests/kestra_schema.sql")) as f:
         schema = f.read()
-    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], input=schema + FUNCTIONS,
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], input=schema + FUNCTIONS.replace("PADBYTES", str(PAD)),
                    text=True, check=True, capture_output=True)
     started = time.time()
     day_ago = int(time.time() * 1000) - 86_400_000
@@ -249,26 +255,7 @@ def main():
     work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
     proc = None
     try:
-        with open(os.path.join(ROOT, "tests/kestra_schema.sql")) as f:
-            schema = f.read()
-        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], input=schema + FUNCTIONS,
-                       text=True, check=True, capture_output=True)
-        started = time.time()
-        day_ago = int(time.time() * 1000) - 86_400_000
-        psql(url, f"INSERT INTO executions (key, value) SELECT 'done-'||g, replace(t.j, 'TEMPLATEID', 'done-'||g)::jsonb "
-                  f"FROM (SELECT execution('TEMPLATEID', false, {day_ago})::text AS j) t, "
-                  f"generate_series(1, {EXECUTIONS - RUNNING}) g")
-        now = int(time.time() * 1000)
-        psql(url, f"INSERT INTO executions (key, value) SELECT 'run-'||g, "
-                  f"execution('run-'||g, true, {now}) FROM generate_series(0, {RUNNING - 1}) g")
-        psql(url, "INSERT INTO service_instance (key, value) SELECT worker(g), jsonb_build_object("
-                  "'id', worker(g), 'type', 'WORKER', 'state', 'RUNNING', 'server', jsonb_build_object("
-                  "'hostname', 'worker-' || g || '.example'), 'createdAt', iso(0), 'updatedAt', iso(0)) "
-                  "FROM generate_series(0, 49) g")
-        psql(url, "VACUUM ANALYZE executions")
-        size = int(psql(url, "SELECT pg_total_relation_size('executions')"))
-        print(f"executions: {EXECUTIONS} rows ({RUNNING} running, 10 task runs each), "
-              f"{size / 2**20:.0f} MiB, loaded in {time.time() - started:.0f} s", flush=True)
+        load(url)
 
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPULSE_")}
