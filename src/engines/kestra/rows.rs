@@ -52,27 +52,45 @@ fn tenant_sql(tenant: &Option<String>) -> &'static str {
 
 /// The executions that are active, or ended within `ended_within` by the database's clock in
 /// Kestra's zone `zone`. Each arm a condition Kestra's indexes answer (a BitmapOr of
-/// `executions_state_current` and `executions_end_date`); the bound subtracts on the instant
-/// and then takes Kestra's wall time, so a daylight-saving jump doesn't hide an hour.
+/// `executions_state_current` and `executions_end_date`), which the planner only chooses when
+/// it sees the values: the labels are written into the statement (they come from this
+/// database's `pg_enum`), the bound is computed first and sent as a value, and the statement
+/// is not kept prepared, so each poll is planned with them (with `= ANY($n::text[])` and a
+/// `now()` expression it estimated a third of the table and read all of it). The bound
+/// subtracts on the instant and then takes Kestra's wall time, so a daylight-saving jump
+/// doesn't hide an hour.
 pub async fn list(
     pool: &PgPool,
     tenant: &Option<String>,
     active: &[String],
     ended_within: Option<(Duration, &str)>,
 ) -> Result<Vec<Listed>> {
-    let ended = match ended_within {
-        Some(_) => " OR end_date >= (now() - make_interval(secs => $3)) AT TIME ZONE $4",
+    let bound: Option<String> = match ended_within {
+        Some((d, zone)) => Some(
+            sqlx::query_scalar(
+                "SELECT ((now() - make_interval(secs => $1)) AT TIME ZONE $2)::text",
+            )
+            .bind(d.as_secs_f64())
+            .bind(zone)
+            .fetch_one(pool)
+            .await?,
+        ),
+        None => None,
+    };
+    let ended = match bound {
+        Some(_) => " OR end_date >= $2::timestamp",
         None => "",
     };
     let sql = format!(
         "SELECT key::text, xmin::text, pg_column_size(value)::int8 FROM executions \
          WHERE deleted = false AND {} \
-           AND (state_current = ANY($2::text[]::state_type[]){ended})",
-        tenant_sql(tenant)
+           AND (state_current = ANY({}::state_type[]){ended})",
+        tenant_sql(tenant),
+        labels_sql(active)
     );
-    let mut query = sqlx::query(&sql).bind(tenant).bind(active);
-    if let Some((d, zone)) = ended_within {
-        query = query.bind(d.as_secs_f64()).bind(zone);
+    let mut query = sqlx::query(&sql).persistent(false).bind(tenant);
+    if let Some(b) = &bound {
+        query = query.bind(b);
     }
     let rows = query.fetch_all(pool).await?;
     rows.into_iter()
@@ -84,6 +102,15 @@ pub async fn list(
             })
         })
         .collect()
+}
+
+/// `labels` as an SQL array literal (`ARRAY['CREATED','RUNNING']`), quotes doubled.
+fn labels_sql(labels: &[String]) -> String {
+    let quoted: Vec<String> = labels
+        .iter()
+        .map(|l| format!("'{}'", l.replace('\'', "''")))
+        .collect();
+    format!("ARRAY[{}]", quoted.join(","))
 }
 
 /// Whether `start_date` is the JSON `doc`'s `startDate` as wall time in zone `$n`, and the
@@ -214,7 +241,13 @@ pub fn format_offset(secs: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_offset;
+    use super::{format_offset, labels_sql};
+
+    #[test]
+    fn labels_are_quoted() {
+        let l = vec!["CREATED".to_string(), "IT'S".to_string()];
+        assert_eq!(labels_sql(&l), "ARRAY['CREATED','IT''S']");
+    }
 
     #[test]
     fn offsets_read_as_utc_offsets() {
