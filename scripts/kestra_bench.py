@@ -21,7 +21,8 @@ accepted, and taskpulse's resident memory.
 
 With MODE=cost, what following Kestra costs the database instead, from the engine's side
 (pg_statio_user_tables for `executions`: heap, TOAST and index blocks, read or hit), per poll,
-for two builds side by side (BEFORE_BIN, then TASKPULSE_BIN or the release build), idle and
+for two builds side by side (BEFORE_BIN, then TASKPULSE_BIN or the release build; or
+BUILDS=label=path,label=path,...), idle and
 while the procedure rewrites RATE executions a second; the procedure alone is measured too and
 subtracted. Environment: EXECUTIONS (default 20000), RUNNING (5000), RATE (100), WINDOW (20 s),
 PAD (bytes of hex outputs per task run, default 0: about 600 makes each execution's JSON
@@ -180,6 +181,8 @@ def cost_main():
     work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
     seconds = float(os.environ.get("WINDOW", "20"))
     builds = [("before", os.environ["BEFORE_BIN"]), ("after", BIN)]
+    if os.environ.get("BUILDS"):  # label=path,label=path
+        builds = [tuple(b.split("=", 1)) for b in os.environ["BUILDS"].split(",")]
     try:
         load(url)
         # the procedure alone, for what it reads itself
