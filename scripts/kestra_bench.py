@@ -174,15 +174,15 @@ def churn_for(url, seconds):
 
 
 def cost_main():
+    seconds = float(os.environ.get("WINDOW", "20"))
+    builds = [("before", os.environ.get("BEFORE_BIN", BIN)), ("after", BIN)]
+    if os.environ.get("BUILDS"):  # label=path,label=path
+        builds = [tuple(b.split("=", 1)) for b in os.environ["BUILDS"].split(",")]
     name = f"taskpulse_kestra_{os.getpid()}"
     psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
     psql(PG_ADMIN, f"CREATE DATABASE {name}")
     url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
     work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
-    seconds = float(os.environ.get("WINDOW", "20"))
-    builds = [("before", os.environ["BEFORE_BIN"]), ("after", BIN)]
-    if os.environ.get("BUILDS"):  # label=path,label=path
-        builds = [tuple(b.split("=", 1)) for b in os.environ["BUILDS"].split(",")]
     try:
         load(url)
         # the procedure alone, for what it reads itself
