@@ -1,7 +1,7 @@
 //! What following Kestra costs its database: an idle poll lists keys and versions and fetches
 //! no document, however many executions run; a change fetches that execution only; documents
 //! over the size limit are skipped and counted; a poll keeps to its byte budget. Counts come
-//! from taskpulse's own cost metrics (`docs/engines/kestra.md` §9), never from timings.
+//! from taskpulse's own cost metrics (`docs/engines/kestra.md` §11), never from timings.
 
 use std::time::Duration;
 

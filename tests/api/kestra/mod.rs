@@ -66,6 +66,23 @@ impl Kestra {
         }
     }
 
+    /// The same database written from another Kestra JVM, in `zone`.
+    pub(crate) async fn reconnect_in(&mut self, zone: &str) {
+        let set = format!("SET TIME ZONE '{zone}'");
+        self.pool = PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    conn.execute(set.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect(&self.url)
+            .await
+            .expect("connect as Kestra");
+    }
+
     /// `PostgresRepository.persist` (jOOQ `insertInto(table).set(key).set(value)
     /// .onConflict(key).doUpdate().set(value)`): the whole row upserted, in Kestra's session
     /// zone, the generated columns recomputed by the database.

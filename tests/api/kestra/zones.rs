@@ -147,3 +147,38 @@ async fn another_zone_than_the_setting_stops_start_up() {
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("Mars/Olympus"), "{stderr}");
 }
+
+/// Kestra moved to another zone while taskpulse runs (no rows at start to check against):
+/// the first row written in it makes the polls fail, `/readyz` 503 naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kestra_moving_zone_makes_readyz_name_the_setting() {
+    let mut k = Kestra::new().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = super::app_on(&k, &db).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    k.reconnect_in("America/Los_Angeles").await;
+    let t = taskpulse::now_ms();
+    k.persist(&one_run(
+        "ex-moved",
+        t,
+        &[("CREATED", 0.0), ("RUNNING", 0.1)],
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = app.get("/readyz").await;
+        let (code, body) = (r.status().as_u16(), r.text().await.unwrap());
+        if code == 503 {
+            assert!(
+                body.contains("--kestra-db-time-zone") && body.contains("UTC-0"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never unready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
