@@ -117,242 +117,61 @@ impl Application {
     /// Connects and migrates the store, rebuilds memory from it, starts the writer, the
     /// engines and the background loops, and binds the listener.
     pub async fn build(settings: Settings) -> Result<Application> {
-        let store = Store::connect(&settings.store.database)
-            .await
-            .map_err(|e| {
-                Error::Config(format!(
-                    "cannot open database `{}`: {e}",
-                    redact_url(&settings.store.database)
-                ))
-            })?;
-        store.migrate().await?;
-
+        let store = open_store(&settings.store.database).await?;
         let registry = Registry::new();
-        let registered = |e: prometheus::Error| Error::Config(format!("metrics: {e}"));
-        metrics::register_build_info(&registry).map_err(registered)?;
-        let folding = Folding::register(&registry).map_err(registered)?;
-        let pipeline_metrics =
-            PipelineMetrics::register(&registry, &folding).map_err(registered)?;
-        let store_metrics = StoreMetrics::register(&registry).map_err(registered)?;
-        let wait_metrics = WaitMetrics::register(&registry, &folding).map_err(registered)?;
-        let checker_metrics = CheckerMetrics::register(&registry).map_err(registered)?;
-        let retention_metrics = RetentionMetrics::register(&registry).map_err(registered)?;
-        pipeline_metrics.declare_source(crate::http::ingest::SOURCE);
-
+        let m = CoreMetrics::register(&registry)?;
         let stop = CancellationToken::new();
-        let stop_writer = CancellationToken::new();
-        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
-        let (writer, writer_join) = store::writer::spawn(
-            store.clone(),
-            store_metrics.clone(),
-            lost_tx,
-            stop_writer.clone(),
-        );
-        let (throttle, timer_rx) = Throttle::new(
-            settings.throttle.progress_min_interval,
-            settings.pipeline.progress_min_delta,
-        );
-        let tracker = Arc::new(
-            Tracker::new(
-                throttle,
-                writer,
-                pipeline_metrics.clone(),
-                wait_metrics.clone(),
-            )
-            .with_max_tracked(settings.pipeline.max_tracked_tasks)
-            .with_max_tracked_memory(
-                usize::try_from(settings.pipeline.max_tracked_memory.as_u64())
-                    .unwrap_or(usize::MAX),
-            )
-            .with_max_clock_skew(settings.pipeline.max_clock_skew),
-        );
-        let retention = settings.pipeline.terminal_retention;
-        let started = std::time::Instant::now();
-        let loaded = store
-            .each_task(crate::now_ms() - retention.as_millis() as i64, &mut |rec| {
-                tracker.load_one(rec)
-            })
-            .await?;
-        tracker.loaded();
-        tracing::info!(tasks = loaded, took = ?started.elapsed(), "rebuilt in-memory state from the store");
-        let pipeline = Arc::new(Pipeline::new(
-            tracker.clone(),
-            store.clone(),
-            settings.pipeline.max_pending_writes,
-        ));
-
+        let core = Core::start(&settings, &store, &m, &stop).await?;
         let check_interval = settings.check_loop.check_interval;
         let (leadership, election) = leader::start(
             &store,
             check_interval,
-            checker_metrics.leader.clone(),
+            m.checker.leader.clone(),
             stop.clone(),
         )
         .await;
-
-        // The engines: their sources, routes, rules and metrics.
-        let engines = engines(
-            &settings.conductor,
-            &settings.kestra,
-            settings.throttle.progress_min_interval,
-            settings.http.auth_token.clone(),
-        )?;
         let ctx = EngineContext {
-            pipeline: pipeline.clone(),
+            pipeline: core.pipeline.clone(),
             store: store.clone(),
             registry: registry.clone(),
-            wait_metrics: wait_metrics.clone(),
+            wait_metrics: m.wait.clone(),
             core: CoreSettings {
                 max_body_bytes: settings.http.max_body_bytes,
                 progress_min_interval: settings.throttle.progress_min_interval,
-                terminal_retention: retention,
+                terminal_retention: settings.pipeline.terminal_retention,
                 wait_grace: settings.wait.wait_grace,
             },
             stop: stop.clone(),
         };
-        let mut added = Contribution::default();
-        let mut engine_rules = Vec::new();
-        for engine in &engines {
-            for source in engine.sources() {
-                pipeline_metrics.declare_engine_source(source);
-            }
-            engine_rules.extend(engine.rules());
-            let c = tokio::time::timeout(ENGINE_START_TIMEOUT, engine.start(&ctx))
-                .await
-                .map_err(|_| {
-                    Error::Config(format!(
-                        "{}: its store did not answer within {} s of start-up",
-                        engine.name(),
-                        ENGINE_START_TIMEOUT.as_secs()
-                    ))
-                })??;
-            added.routes = added.routes.merge(c.routes);
-            added.tasks.extend(c.tasks);
-            added.side_rules.extend(c.side_rules);
-            added.collectors.extend(c.collectors);
-            added.readiness.extend(c.readiness);
-            if c.wait_queue.is_some() {
-                if added.wait_queue.is_some() {
-                    tracing::warn!(
-                        engine = engine.name(),
-                        "a second WAIT queue source is ignored"
-                    );
-                } else {
-                    added.wait_queue = c.wait_queue;
-                }
-            }
-        }
-
-        let mut collectors: Vec<Arc<dyn Collector>> = vec![Arc::new(StateCollector::new(
-            tracker.clone(),
-            ScrapeConfig {
-                stall_after: settings.metrics.stall_after,
-                wait_grace: settings.wait.wait_grace,
-                max_task_series: settings.metrics.max_task_series,
-                max_label_values: settings.metrics.max_label_values,
-            },
-            leadership.clone(),
-            added.wait_queue.clone(),
-        ))];
-        collectors.extend(added.collectors);
-        let exposition = Arc::new(
-            Exposition::new(
-                registry,
-                collectors,
-                Budget {
-                    series: settings.metrics.max_series,
-                    bytes: settings.metrics.max_scrape_bytes.as_u64() as usize,
-                },
-            )
-            .map_err(registered)?
-            .with_histograms(&[
-                &pipeline_metrics.task_duration_seconds,
-                &wait_metrics.wakeup_lag_seconds,
-            ]),
-        );
-
+        let (mut added, engine_rules) = start_engines(&settings, &ctx, &m.pipeline).await?;
+        let exposition = exposition(
+            &settings,
+            registry,
+            &core.tracker,
+            &m,
+            &leadership,
+            &mut added,
+        )?;
         let mut background: Vec<JoinHandle<()>> = election.into_iter().collect();
-        background.push(tokio::spawn(background::timers(
-            tracker.clone(),
-            timer_rx,
-            stop.clone(),
-        )));
-        background.push(tokio::spawn(background::settle_lost(
-            tracker.clone(),
-            lost_rx,
-            stop.clone(),
-        )));
-        background.push(tokio::spawn(background::sweeper(
-            tracker.clone(),
-            retention,
-            settings.metrics.worker_expiry,
-            stop.clone(),
-        )));
-        if matches!(store, Store::Postgres(_)) {
-            // The leader folds in other replicas' writes at the election's pace.
-            background.push(tokio::spawn(background::follow_replicas(
-                store.clone(),
-                tracker.clone(),
-                leadership.clone(),
-                leader::timing(check_interval).0 * 2,
-                retention,
-                stop.clone(),
-            )));
-        }
-        background.extend(added.tasks.into_iter().map(tokio::spawn));
-        let check = CheckSettings::new(
-            &settings.checker,
-            &settings.throttle,
-            &settings.wait,
-            settings.check_loop.repair,
-        )
-        .with_retention(settings.retention.retention);
-        let context = || Context {
-            store: store.clone(),
-            tracker: Some(tracker.clone()),
-            now: 0,
-            settings: check.clone(),
+        background.extend(core.background);
+        background.extend(
+            std::mem::take(&mut added.tasks)
+                .into_iter()
+                .map(tokio::spawn),
+        );
+        let loops = Loops {
+            store: &store,
+            tracker: &core.tracker,
+            metrics: &m,
+            leadership: &leadership,
+            stop: &stop,
         };
-        if !added.side_rules.is_empty() {
-            let side = Checker::side_loop(
-                added.side_rules,
-                checker_metrics.clone(),
-                store_metrics.clone(),
-            );
-            background.push(tokio::spawn(checker::run_loop(
-                side,
-                context(),
-                None,
-                SIDE_RULES_EVERY,
-                stop.clone(),
-            )));
-        }
-        if !check_interval.is_zero() {
-            let rules = checker::compose(checker::default_rules(), engine_rules);
-            let checker = Checker::new(rules, checker_metrics.clone(), store_metrics);
-            background.push(tokio::spawn(checker::run_loop(
-                checker,
-                context(),
-                Some(leadership.clone()),
-                check_interval,
-                stop.clone(),
-            )));
-        }
-        background.push(tokio::spawn(retention::run(
-            store.clone(),
-            settings.retention.clone(),
-            retention::every(check_interval),
-            leadership.clone(),
-            retention_metrics,
-            stop.clone(),
-        )));
-
-        let listener = TcpListener::bind(settings.http.listen).await.map_err(|e| {
-            Error::Config(format!(
-                "cannot listen on `{}` (--listen): {e}",
-                settings.http.listen
-            ))
-        })?;
+        background.extend(loops.spawn(
+            &settings,
+            std::mem::take(&mut added.side_rules),
+            engine_rules,
+        ));
+        let listener = bind(&settings).await?;
         let draining = Arc::new(AtomicBool::new(false));
         let limits = ConnLimits {
             header_read_timeout: settings.http.header_read_timeout,
@@ -368,16 +187,16 @@ impl Application {
             );
         }
         let overview = Arc::new(Overview::new(OverviewSources {
-            tracker: tracker.clone(),
+            tracker: core.tracker.clone(),
             wait_source: added.wait_queue.take(),
-            wait_metrics: wait_metrics.clone(),
+            wait_metrics: m.wait.clone(),
             wait_grace: settings.wait.wait_grace,
             stall_after: settings.metrics.stall_after,
             leadership: leadership.clone(),
-            checker: (!check_interval.is_zero()).then_some(checker_metrics),
+            checker: (!check_interval.is_zero()).then_some(m.checker.clone()),
         }));
         let state = HttpState {
-            pipeline: pipeline.clone(),
+            pipeline: core.pipeline.clone(),
             store: store.clone(),
             exposition,
             stall_after: settings.metrics.stall_after,
@@ -395,13 +214,13 @@ impl Application {
             limits,
             shutdown_grace,
             draining,
-            pipeline,
+            pipeline: core.pipeline,
             store,
             leadership,
             stop,
             background,
-            stop_writer,
-            writer: writer_join,
+            stop_writer: core.stop_writer,
+            writer: core.writer,
         })
     }
 
@@ -501,6 +320,288 @@ impl Application {
             _ => Err(Error::DrainTimeout(FLUSH_TIMEOUT)),
         }
     }
+}
+
+/// The store named by `--database`, connected and migrated.
+async fn open_store(url: &str) -> Result<Store> {
+    let store = Store::connect(url)
+        .await
+        .map_err(|e| Error::Config(format!("cannot open database `{}`: {e}", redact_url(url))))?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+fn registered(e: prometheus::Error) -> Error {
+    Error::Config(format!("metrics: {e}"))
+}
+
+/// The core's metric families, registered once per process.
+struct CoreMetrics {
+    pipeline: PipelineMetrics,
+    store: StoreMetrics,
+    wait: WaitMetrics,
+    checker: CheckerMetrics,
+    retention: RetentionMetrics,
+}
+
+impl CoreMetrics {
+    fn register(registry: &Registry) -> Result<CoreMetrics> {
+        metrics::register_build_info(registry).map_err(registered)?;
+        let folding = Folding::register(registry).map_err(registered)?;
+        let m = CoreMetrics {
+            pipeline: PipelineMetrics::register(registry, &folding).map_err(registered)?,
+            store: StoreMetrics::register(registry).map_err(registered)?,
+            wait: WaitMetrics::register(registry, &folding).map_err(registered)?,
+            checker: CheckerMetrics::register(registry).map_err(registered)?,
+            retention: RetentionMetrics::register(registry).map_err(registered)?,
+        };
+        m.pipeline.declare_source(crate::http::ingest::SOURCE);
+        Ok(m)
+    }
+}
+
+/// The path of an update: the writer, the tracker rebuilt from the store, the pipeline, and
+/// the loops that serve them (throttle timers, lost-write settling, the sweeper).
+struct Core {
+    tracker: Arc<Tracker>,
+    pipeline: Arc<Pipeline>,
+    background: Vec<JoinHandle<()>>,
+    stop_writer: CancellationToken,
+    writer: JoinHandle<()>,
+}
+
+impl Core {
+    async fn start(
+        settings: &Settings,
+        store: &Store,
+        m: &CoreMetrics,
+        stop: &CancellationToken,
+    ) -> Result<Core> {
+        let stop_writer = CancellationToken::new();
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let (writer, writer_join) =
+            store::writer::spawn(store.clone(), m.store.clone(), lost_tx, stop_writer.clone());
+        let (throttle, timer_rx) = Throttle::new(
+            settings.throttle.progress_min_interval,
+            settings.pipeline.progress_min_delta,
+        );
+        let p = &settings.pipeline;
+        let tracker = Arc::new(
+            Tracker::new(throttle, writer, m.pipeline.clone(), m.wait.clone())
+                .with_max_tracked(p.max_tracked_tasks)
+                .with_max_tracked_memory(
+                    usize::try_from(p.max_tracked_memory.as_u64()).unwrap_or(usize::MAX),
+                )
+                .with_max_clock_skew(p.max_clock_skew),
+        );
+        let retention = p.terminal_retention;
+        let started = std::time::Instant::now();
+        let loaded = store
+            .each_task(crate::now_ms() - retention.as_millis() as i64, &mut |rec| {
+                tracker.load_one(rec)
+            })
+            .await?;
+        tracker.loaded();
+        tracing::info!(tasks = loaded, took = ?started.elapsed(), "rebuilt in-memory state from the store");
+        let pipeline = Arc::new(Pipeline::new(
+            tracker.clone(),
+            store.clone(),
+            p.max_pending_writes,
+        ));
+        let background = vec![
+            tokio::spawn(background::timers(tracker.clone(), timer_rx, stop.clone())),
+            tokio::spawn(background::settle_lost(
+                tracker.clone(),
+                lost_rx,
+                stop.clone(),
+            )),
+            tokio::spawn(background::sweeper(
+                tracker.clone(),
+                retention,
+                settings.metrics.worker_expiry,
+                stop.clone(),
+            )),
+        ];
+        Ok(Core {
+            tracker,
+            pipeline,
+            background,
+            stop_writer,
+            writer: writer_join,
+        })
+    }
+}
+
+/// Starts every engine of this build; what they add, and their checker rules.
+async fn start_engines(
+    settings: &Settings,
+    ctx: &EngineContext,
+    pipeline_metrics: &PipelineMetrics,
+) -> Result<(Contribution, Vec<Box<dyn crate::checker::Rule>>)> {
+    let engines = engines(
+        &settings.conductor,
+        &settings.kestra,
+        settings.throttle.progress_min_interval,
+        settings.http.auth_token.clone(),
+    )?;
+    let mut added = Contribution::default();
+    let mut engine_rules = Vec::new();
+    for engine in &engines {
+        for source in engine.sources() {
+            pipeline_metrics.declare_engine_source(source);
+        }
+        engine_rules.extend(engine.rules());
+        let c = tokio::time::timeout(ENGINE_START_TIMEOUT, engine.start(ctx))
+            .await
+            .map_err(|_| {
+                Error::Config(format!(
+                    "{}: its store did not answer within {} s of start-up",
+                    engine.name(),
+                    ENGINE_START_TIMEOUT.as_secs()
+                ))
+            })??;
+        added.routes = added.routes.merge(c.routes);
+        added.tasks.extend(c.tasks);
+        added.side_rules.extend(c.side_rules);
+        added.collectors.extend(c.collectors);
+        added.readiness.extend(c.readiness);
+        if c.wait_queue.is_some() {
+            if added.wait_queue.is_some() {
+                tracing::warn!(
+                    engine = engine.name(),
+                    "a second WAIT queue source is ignored"
+                );
+            } else {
+                added.wait_queue = c.wait_queue;
+            }
+        }
+    }
+    Ok((added, engine_rules))
+}
+
+/// `/metrics`: the registry, the scrape-time state, and what the engines write at scrape time.
+fn exposition(
+    settings: &Settings,
+    registry: Registry,
+    tracker: &Arc<Tracker>,
+    m: &CoreMetrics,
+    leadership: &Leadership,
+    added: &mut Contribution,
+) -> Result<Arc<Exposition>> {
+    let mut collectors: Vec<Arc<dyn Collector>> = vec![Arc::new(StateCollector::new(
+        tracker.clone(),
+        ScrapeConfig {
+            stall_after: settings.metrics.stall_after,
+            wait_grace: settings.wait.wait_grace,
+            max_task_series: settings.metrics.max_task_series,
+            max_label_values: settings.metrics.max_label_values,
+        },
+        leadership.clone(),
+        added.wait_queue.clone(),
+    ))];
+    collectors.extend(std::mem::take(&mut added.collectors));
+    let exposition = Exposition::new(
+        registry,
+        collectors,
+        Budget {
+            series: settings.metrics.max_series,
+            bytes: settings.metrics.max_scrape_bytes.as_u64() as usize,
+        },
+    )
+    .map_err(registered)?
+    .with_histograms(&[
+        &m.pipeline.task_duration_seconds,
+        &m.wait.wakeup_lag_seconds,
+    ]);
+    Ok(Arc::new(exposition))
+}
+
+/// What the loops beside the pipeline share.
+struct Loops<'a> {
+    store: &'a Store,
+    tracker: &'a Arc<Tracker>,
+    metrics: &'a CoreMetrics,
+    leadership: &'a Leadership,
+    stop: &'a CancellationToken,
+}
+
+impl Loops<'_> {
+    /// Following other replicas, the side rules, the checker and retention.
+    fn spawn(
+        &self,
+        settings: &Settings,
+        side_rules: Vec<Box<dyn crate::checker::Rule>>,
+        engine_rules: Vec<Box<dyn crate::checker::Rule>>,
+    ) -> Vec<JoinHandle<()>> {
+        let (store, tracker, m, stop) = (self.store, self.tracker, self.metrics, self.stop);
+        let check_interval = settings.check_loop.check_interval;
+        let retention = settings.pipeline.terminal_retention;
+        let mut out = Vec::new();
+        if matches!(store, Store::Postgres(_)) {
+            // The leader folds in other replicas' writes at the election's pace.
+            out.push(tokio::spawn(background::follow_replicas(
+                store.clone(),
+                tracker.clone(),
+                self.leadership.clone(),
+                leader::timing(check_interval).0 * 2,
+                retention,
+                stop.clone(),
+            )));
+        }
+        let check = CheckSettings::new(
+            &settings.checker,
+            &settings.throttle,
+            &settings.wait,
+            settings.check_loop.repair,
+        )
+        .with_retention(settings.retention.retention);
+        let context = || Context {
+            store: store.clone(),
+            tracker: Some(tracker.clone()),
+            now: 0,
+            settings: check.clone(),
+        };
+        if !side_rules.is_empty() {
+            let side = Checker::side_loop(side_rules, m.checker.clone(), m.store.clone());
+            out.push(tokio::spawn(checker::run_loop(
+                side,
+                context(),
+                None,
+                SIDE_RULES_EVERY,
+                stop.clone(),
+            )));
+        }
+        if !check_interval.is_zero() {
+            let rules = checker::compose(checker::default_rules(), engine_rules);
+            let checker = Checker::new(rules, m.checker.clone(), m.store.clone());
+            out.push(tokio::spawn(checker::run_loop(
+                checker,
+                context(),
+                Some(self.leadership.clone()),
+                check_interval,
+                stop.clone(),
+            )));
+        }
+        out.push(tokio::spawn(retention::run(
+            store.clone(),
+            settings.retention.clone(),
+            retention::every(check_interval),
+            self.leadership.clone(),
+            m.retention.clone(),
+            stop.clone(),
+        )));
+        out
+    }
+}
+
+/// The listener on `--listen`.
+async fn bind(settings: &Settings) -> Result<TcpListener> {
+    TcpListener::bind(settings.http.listen).await.map_err(|e| {
+        Error::Config(format!(
+            "cannot listen on `{}` (--listen): {e}",
+            settings.http.listen
+        ))
+    })
 }
 
 /// Waits up to [`SOURCES_STOP_TIMEOUT`] for the background loops to return after `stop`, then

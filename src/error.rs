@@ -33,6 +33,11 @@ pub enum Error {
     /// An engine's own store (Conductor's Redis) could not be read.
     #[error("{0}")]
     Engine(String),
+
+    /// An engine could not carry out what was asked of it (a repair, a look-up); the adapter's
+    /// own error is kept as the source.
+    #[error("{0}")]
+    EngineCall(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

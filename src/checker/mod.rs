@@ -86,7 +86,7 @@ pub enum RepairPlan {
 
 /// A repair the engine carries out. Must be idempotent: the engine ignores a repeat.
 pub trait EngineAction: Send + Sync + std::fmt::Debug {
-    fn run(&self) -> futures_util::future::BoxFuture<'_, std::result::Result<(), String>>;
+    fn run(&self) -> futures_util::future::BoxFuture<'_, Result<()>>;
 }
 
 /// Settings a pass depends on.

@@ -99,8 +99,7 @@ pub fn router(state: HttpState, extra: Routes) -> Router {
         .layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .route("/", get(ui::index))
-        .route("/ui/app.js", get(ui::app_js))
-        .route("/ui/app.css", get(ui::app_css))
+        .route("/ui/{file}", get(ui::file))
         .route("/healthz", get(read::healthz))
         .route("/readyz", get(read::readyz))
         .route("/metrics", get(read::metrics))

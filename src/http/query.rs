@@ -95,20 +95,19 @@ pub(super) struct TaskQuery {
 }
 
 impl TaskQuery {
-    pub fn parse(p: ListParams) -> Result<TaskQuery, String> {
+    pub fn parse(p: ListParams) -> Result<TaskQuery, BadParam> {
         let given = |v: Option<String>| v.filter(|v| !v.is_empty());
         let status = match given(p.status) {
             None => None,
-            Some(v) => Some(Status::parse(&v).ok_or_else(|| {
-                format!(
-                    "unknown status `{v}`; expected a Conductor task status such as IN_PROGRESS"
-                )
-            })?),
+            Some(v) => Some(Status::parse(&v).ok_or(BadParam::Status(v))?),
         };
         let flag = |name: &str, v: Option<String>| match given(v).as_deref() {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
-            Some(v) => Err(format!("`{name}` must be `true` or `false`, got `{v}`")),
+            Some(v) => Err(BadParam::Flag {
+                name: name.to_string(),
+                got: v.to_string(),
+            }),
         };
         let in_flight = flag("inFlight", p.in_flight)?;
         let waiting = flag("waiting", p.waiting)?;
@@ -120,7 +119,10 @@ impl TaskQuery {
                 .map(|(s, _)| *s)
                 .ok_or_else(|| {
                     let names: Vec<&str> = Sort::ALL.iter().map(|(_, n)| *n).collect();
-                    format!("`sort` must be one of {}, got `{v}`", names.join(", "))
+                    BadParam::Sort {
+                        choices: names.join(", "),
+                        got: v.clone(),
+                    }
                 })?,
         };
         let descending = match given(p.order).as_deref() {
@@ -128,18 +130,14 @@ impl TaskQuery {
             None => matches!(sort, Sort::Updated | Sort::Started | Sort::Progress),
             Some("desc") => true,
             Some("asc") => false,
-            Some(v) => return Err(format!("`order` must be `asc` or `desc`, got `{v}`")),
+            Some(v) => return Err(BadParam::Order(v.to_string())),
         };
         let limit = parse_limit(p.limit.as_deref())?;
         let max_age = match given(p.max_age) {
             None => 0,
             Some(v) => match v.parse::<u64>() {
                 Ok(ms) if ms <= MAX_AGE_MS => ms,
-                _ => {
-                    return Err(format!(
-                    "`maxAge` must be a number of milliseconds from 0 to {MAX_AGE_MS}, got `{v}`"
-                ))
-                }
+                _ => return Err(BadParam::MaxAge(v)),
             },
         };
         let mut q = TaskQuery {
@@ -156,9 +154,7 @@ impl TaskQuery {
             max_age: std::time::Duration::from_millis(max_age),
         };
         if let Some(c) = given(p.cursor) {
-            q.after = Some(q.parse_cursor(&c).ok_or_else(|| {
-                format!("`cursor` is not one this API handed out for this sort and order: `{c}`")
-            })?);
+            q.after = Some(q.parse_cursor(&c).ok_or(BadParam::Cursor(c))?);
         }
         Ok(q)
     }
@@ -235,16 +231,33 @@ impl TaskQuery {
 }
 
 /// `limit` query parameter: 1 to MAX_LIST_LIMIT, default DEFAULT_LIST_LIMIT.
-pub(super) fn parse_limit(v: Option<&str>) -> Result<usize, String> {
+pub(super) fn parse_limit(v: Option<&str>) -> Result<usize, BadParam> {
     match v.filter(|v| !v.is_empty()) {
         None => Ok(DEFAULT_LIST_LIMIT),
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{v}`"
-            )),
+            _ => Err(BadParam::Limit(v.to_string())),
         },
     }
+}
+
+/// A query parameter the list endpoints refuse (answered 400 with this message).
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum BadParam {
+    #[error("unknown status `{0}`; expected a Conductor task status such as IN_PROGRESS")]
+    Status(String),
+    #[error("`{name}` must be `true` or `false`, got `{got}`")]
+    Flag { name: String, got: String },
+    #[error("`sort` must be one of {choices}, got `{got}`")]
+    Sort { choices: String, got: String },
+    #[error("`order` must be `asc` or `desc`, got `{0}`")]
+    Order(String),
+    #[error("`limit` must be a number from 1 to {MAX_LIST_LIMIT}, got `{0}`")]
+    Limit(String),
+    #[error("`maxAge` must be a number of milliseconds from 0 to {MAX_AGE_MS}, got `{0}`")]
+    MaxAge(String),
+    #[error("`cursor` is not one this API handed out for this sort and order: `{0}`")]
+    Cursor(String),
 }
 
 #[cfg(test)]
@@ -282,7 +295,7 @@ mod tests {
         .unwrap();
         assert_eq!(again.after, Some((-5, "task.with.dots/é".to_string())));
         let other = TaskQuery::parse(params(&[("sort", "progress"), ("cursor", &c)]));
-        assert!(other.unwrap_err().contains("cursor"));
+        assert!(other.unwrap_err().to_string().contains("cursor"));
     }
 
     #[test]
@@ -296,7 +309,7 @@ mod tests {
             ("status", "DONE"),
             ("maxAge", "9000"),
         ] {
-            let e = TaskQuery::parse(params(&[(k, v)])).unwrap_err();
+            let e = TaskQuery::parse(params(&[(k, v)])).unwrap_err().to_string();
             assert!(e.contains(v), "{k}={v}: {e}");
         }
     }

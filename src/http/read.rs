@@ -24,7 +24,7 @@ pub(super) async fn list_tasks(
 ) -> Response {
     let q = match TaskQuery::parse(p) {
         Ok(q) => q,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+        Err(bad) => return error(StatusCode::BAD_REQUEST, bad.to_string()),
     };
     if !q.max_age.is_zero() {
         if let Some(answer) = s.shared_lists.get(&q.answer_key(), q.max_age) {
@@ -316,7 +316,7 @@ pub(super) async fn list_repairs(
 ) -> Response {
     let limit = match parse_limit(q.limit.as_deref()) {
         Ok(n) => n,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+        Err(bad) => return error(StatusCode::BAD_REQUEST, bad.to_string()),
     };
     let task = q.task_id.as_deref().filter(|t| !t.is_empty());
     match within_store_timeout(s.store.list_repairs(limit as i64, task)).await {
@@ -367,15 +367,23 @@ const STORE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A store read bounded by [`STORE_READ_TIMEOUT`]; the error says why it gave no answer.
 pub(super) async fn within_store_timeout<T>(
     read: impl std::future::Future<Output = crate::Result<T>>,
-) -> Result<T, String> {
+) -> Result<T, StoreRead> {
     match tokio::time::timeout(STORE_READ_TIMEOUT, read).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {}",
-            humantime::format_duration(STORE_READ_TIMEOUT)
-        )),
+        Ok(Err(e)) => Err(StoreRead::Failed(e)),
+        Err(_) => Err(StoreRead::TimedOut(humantime::format_duration(
+            STORE_READ_TIMEOUT,
+        ))),
     }
+}
+
+/// Why a bounded store read gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum StoreRead {
+    #[error(transparent)]
+    Failed(crate::error::Error),
+    #[error("no answer within {0}")]
+    TimedOut(humantime::FormattedDuration),
 }
 
 pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
@@ -388,7 +396,7 @@ pub(super) async fn metrics(State(s): State<HttpState>) -> Response {
             text,
         )
             .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

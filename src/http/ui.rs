@@ -1,17 +1,44 @@
-//! The status page (`/`): three files embedded in the binary (`src/http/ui/`), so it works
-//! offline and a release is one file. The page itself holds no data: it reads the API with the
-//! token the user gives it, so it is served without `--auth-token`.
+//! The status page (`/`): its files embedded in the binary (`src/http/ui/`), so it works offline
+//! and a release is one file. The page itself holds no data: it reads the API with the token the
+//! user gives it, so it is served without `--auth-token`.
+//!
+//! The script is a set of ES modules (`/ui/app.js` imports the others from `/ui/`), loaded as
+//! `<script type="module">`: no build step. Every file under `/ui/` is one of [`FILES`], served
+//! with the same headers; any other name is a 404.
 //!
 //! `Content-Security-Policy: default-src 'self'` makes the browser refuse anything from another
 //! origin, scripts included: the page cannot leak what it shows, even if a task's message holds
-//! markup.
+//! markup. Its `script-src 'self'` admits the page's own modules and nothing else.
 
+use axum::extract::Path;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 const INDEX: &str = include_str!("ui/index.html");
-const APP_JS: &str = include_str!("ui/app.js");
-const APP_CSS: &str = include_str!("ui/app.css");
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The files under `/ui/`: (name, content, content type). A module the page imports that is not
+/// listed here fails to load (a 404), which the browser test sees.
+const FILES: &[(&str, &str, &str)] = &[
+    ("app.css", include_str!("ui/app.css"), CSS),
+    ("app.js", include_str!("ui/app.js"), JS),
+    ("api.js", include_str!("ui/api.js"), JS),
+    ("auth.js", include_str!("ui/auth.js"), JS),
+    ("chart.js", include_str!("ui/chart.js"), JS),
+    ("figures.js", include_str!("ui/figures.js"), JS),
+    ("format.js", include_str!("ui/format.js"), JS),
+    ("helpers.js", include_str!("ui/helpers.js"), JS),
+    ("inflight.js", include_str!("ui/inflight.js"), JS),
+    ("live.js", include_str!("ui/live.js"), JS),
+    ("overview.js", include_str!("ui/overview.js"), JS),
+    ("repairs.js", include_str!("ui/repairs.js"), JS),
+    ("router.js", include_str!("ui/router.js"), JS),
+    ("task.js", include_str!("ui/task.js"), JS),
+    ("wait.js", include_str!("ui/wait.js"), JS),
+    ("widgets.js", include_str!("ui/widgets.js"), JS),
+];
 
 const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
                    script-src 'self'; connect-src 'self'; frame-ancestors 'none'; \
@@ -42,10 +69,10 @@ pub(super) async fn index() -> Response {
     asset(INDEX, "text/html; charset=utf-8")
 }
 
-pub(super) async fn app_js() -> Response {
-    asset(APP_JS, "text/javascript; charset=utf-8")
-}
-
-pub(super) async fn app_css() -> Response {
-    asset(APP_CSS, "text/css; charset=utf-8")
+/// `/ui/{file}`: one of [`FILES`], else the API's own 404.
+pub(super) async fn file(Path(name): Path<String>) -> Response {
+    match FILES.iter().find(|(n, ..)| *n == name) {
+        Some((_, body, content_type)) => asset(body, content_type),
+        None => super::read::not_found().await,
+    }
 }

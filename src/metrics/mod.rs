@@ -154,7 +154,7 @@ impl Exposition {
 
     /// A render for a scrape that arrived now, shared with the scrapes that wait for the same
     /// one (see the type's docs). The render itself runs on the blocking pool.
-    pub async fn scrape(self: &Arc<Self>) -> Result<Bytes, String> {
+    pub async fn scrape(self: &Arc<Self>) -> Result<Bytes, ScrapeFailed> {
         let asked = Instant::now();
         loop {
             let notified = self.rendered.notified();
@@ -197,7 +197,7 @@ impl Exposition {
         }
     }
 
-    async fn render_shared(self: &Arc<Self>, started: Instant) -> Result<Bytes, String> {
+    async fn render_shared(self: &Arc<Self>, started: Instant) -> Result<Bytes, ScrapeFailed> {
         let me = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
@@ -205,7 +205,7 @@ impl Exposition {
             (Bytes::from(text), t0.elapsed())
         })
         .await
-        .map_err(|e| format!("scrape failed: {e}"));
+        .map_err(ScrapeFailed);
         let result = {
             let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             sh.rendering = false;
@@ -219,3 +219,7 @@ impl Exposition {
         result
     }
 }
+/// The render of a scrape did not finish (it panicked or the runtime is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("scrape failed: {0}")]
+pub struct ScrapeFailed(#[source] tokio::task::JoinError);

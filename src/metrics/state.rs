@@ -293,37 +293,83 @@ impl Collector for StateCollector {
             return;
         }
         let now = now_ms();
+        let mut walk = self.walk(now);
+        // The aggregates first: what they take of the budget, the per-task families may not.
+        let mut agg = String::with_capacity(16 * 1024);
+        let max_values = self.cfg.max_label_values;
+        let other: Arc<str> = Arc::from(OTHER);
+        let folded = [
+            write_types(
+                &mut agg,
+                std::mem::take(&mut walk.by_type),
+                max_values,
+                &other,
+            ),
+            self.write_wait(&mut agg, &mut walk, &other),
+            self.write_workers(&mut agg, std::mem::take(&mut walk.workers), &other),
+        ];
+        FOLDED.header(&mut agg);
+        for (family, n) in [TASKS.0, WAITING.0, WORKER_TASKS.0].iter().zip(folded) {
+            text::sample_i64(&mut agg, FOLDED.0, &[("family", family)], n as i64);
+        }
+        let agg_series = samples_in(&agg) + 1; // and the omitted gauge
+        let room = Budget {
+            series: budget.series.saturating_sub(agg_series),
+            bytes: budget.bytes.saturating_sub(agg.len() + 256),
+        };
+        let total = walk.candidates.len();
+        let kept = self.keep_per_task(&mut walk, &room, now);
+        let before = out.len();
+        walk.per_task.write(out);
+        OMITTED.header(out);
+        text::sample_i64(out, OMITTED.0, &[], (total - kept) as i64);
+        out.push_str(&agg);
+        budget.series = budget
+            .series
+            .saturating_sub(walk.per_task.series + agg_series);
+        budget.bytes = budget.bytes.saturating_sub(out.len() - before);
+    }
+}
+
+/// What one pass over the in-flight tasks gathers, keyed by string addresses:
+/// (workflow type, task type) -> counts, workflow type -> WAIT counts, worker -> in-flight
+/// tasks, and the per-task families.
+#[derive(Default)]
+struct Walk {
+    by_type: ByTypeAddr,
+    wait: FastMap<usize, (Arc<str>, WaitCounts)>,
+    workers: FastMap<usize, (Arc<str>, i64)>,
+    oldest_overdue_ms: i64,
+    /// Every in-flight task with progress, by age, in case the cap is exceeded.
+    candidates: Vec<(i64, Arc<str>)>,
+    /// Written as the walk goes while under the cap, which saves a second lookup per task in
+    /// the common case; thrown away if the cap turns out to be exceeded.
+    per_task: PerTask,
+}
+
+impl StateCollector {
+    /// One pass over the table, one shard at a time.
+    fn walk(&self, now: i64) -> Walk {
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
         let grace_ms = self.cfg.wait_grace.as_millis() as i64;
         let cap = self.cfg.max_task_series;
-
-        // First pass, keyed by string addresses: (workflow type, task type) -> counts, and
-        // workflow type -> WAIT counts, worker -> in-flight tasks.
-        let mut by_type = ByTypeAddr::default();
-        let mut wait: FastMap<usize, (Arc<str>, WaitCounts)> = FastMap::default();
-        let mut workers: FastMap<usize, (Arc<str>, i64)> = FastMap::default();
-        let mut oldest_overdue_ms = 0i64;
         let empty: Arc<str> = Arc::from("");
-        // Every in-flight task with progress, by age, in case the cap is exceeded.
-        let mut candidates: Vec<(i64, Arc<str>)> = Vec::new();
-        // Written as the walk goes while under the cap, which saves a second lookup per task
-        // in the common case; thrown away if the cap turns out to be exceeded.
-        let mut per_task = PerTask::default();
-
+        let mut w = Walk::default();
         self.tracker.for_each(|st| {
             let rec = &st.rec;
             if rec.status.is_terminal() {
                 return;
             }
             let wf_addr = addr(rec.workflow_type.as_ref());
-            if let Some(w) = &rec.worker_id {
-                workers
-                    .entry(addr(Some(w)))
-                    .or_insert_with(|| (w.clone(), 0))
+            if let Some(worker) = &rec.worker_id {
+                w.workers
+                    .entry(addr(Some(worker)))
+                    .or_insert_with(|| (worker.clone(), 0))
                     .1 += 1;
             }
             let key = (wf_addr, addr(Some(&rec.task_type)));
-            let counts = &mut by_type
+            let counts = &mut w
+                .by_type
                 .entry(key)
                 .or_insert_with(|| {
                     (
@@ -335,7 +381,8 @@ impl Collector for StateCollector {
                 .2;
             counts.by_status[rec.status as usize] += 1;
             if rec.is_waiting() {
-                let c = &mut wait
+                let c = &mut w
+                    .wait
                     .entry(wf_addr)
                     .or_insert_with(|| {
                         let wf = rec.workflow_type.clone().unwrap_or_else(|| empty.clone());
@@ -343,7 +390,7 @@ impl Collector for StateCollector {
                     })
                     .1;
                 if let Some(late) = c.add(rec.wait_until, now, grace_ms) {
-                    oldest_overdue_ms = oldest_overdue_ms.max(late);
+                    w.oldest_overdue_ms = w.oldest_overdue_ms.max(late);
                 }
                 return;
             }
@@ -355,68 +402,22 @@ impl Collector for StateCollector {
                 if rec.predicted_late(predicted) {
                     counts.predicted_timeout += 1;
                 }
-                candidates.push((rec.first_seen, rec.task_id.clone()));
-                if candidates.len() <= cap {
-                    per_task.add(st, predicted);
-                } else if candidates.len() == cap + 1 {
-                    per_task.clear();
+                w.candidates.push((rec.first_seen, rec.task_id.clone()));
+                if w.candidates.len() <= cap {
+                    w.per_task.add(st, predicted);
+                } else if w.candidates.len() == cap + 1 {
+                    w.per_task.clear();
                 }
             }
         });
+        w
+    }
 
-        // The aggregates first: what they take of the budget, the per-task families may not.
-        let mut agg = String::with_capacity(16 * 1024);
-        let max_values = self.cfg.max_label_values;
-        let mut folded = [0usize; 3];
-
-        // Tasks by (workflow type, task type), folded by content, then the largest groups kept.
-        let mut types: BTreeMap<(Arc<str>, Arc<str>), TypeCounts> = BTreeMap::new();
-        for (_, (wf, tt, c)) in by_type {
-            types.entry((wf, tt)).or_default().add(&c);
-        }
-        let other: Arc<str> = Arc::from(OTHER);
-        let (types, n) = keep_largest(
-            types,
-            max_values,
-            |c| c.by_status.iter().sum(),
-            || (other.clone(), other.clone()),
-            |a, b| a.add(b),
-        );
-        folded[0] = n;
-        TASKS.header(&mut agg);
-        for ((wf, tt), c) in &types {
-            for (status, n) in Status::ALL.iter().zip(c.by_status) {
-                if n > 0 {
-                    let labels = [
-                        ("workflow_type", &**wf),
-                        ("task_type", &**tt),
-                        ("status", status.as_str()),
-                    ];
-                    text::sample_i64(&mut agg, TASKS.0, &labels, n);
-                }
-            }
-        }
-        // Only types with in-flight (not WAIT) tasks have the in-flight gauges.
-        let in_flight: Vec<_> = types
-            .iter()
-            .filter(|((_, tt), _)| &**tt != WAIT_TASK_TYPE)
-            .collect();
-        for (family, pick) in [
-            (
-                &STALLED,
-                (|c: &TypeCounts| c.stalled) as fn(&TypeCounts) -> i64,
-            ),
-            (&PREDICTED_TIMEOUT, |c: &TypeCounts| c.predicted_timeout),
-        ] {
-            family.header(&mut agg);
-            for ((wf, tt), c) in &in_flight {
-                let labels = [("workflow_type", &**wf), ("task_type", &**tt)];
-                text::sample_i64(&mut agg, family.0, &labels, pick(c));
-            }
-        }
-
-        // The WAIT queue, by workflow type.
+    /// The WAIT queue, by workflow type (the engine's own queue when it reads one); how many
+    /// workflow types were folded.
+    fn write_wait(&self, agg: &mut String, walk: &mut Walk, other: &Arc<str>) -> usize {
         let mut wait_by_wf: BTreeMap<Arc<str>, WaitCounts> = BTreeMap::new();
+        let mut oldest_overdue_ms = walk.oldest_overdue_ms;
         match &self.wait_source {
             Some(source) => {
                 let snap = source.borrow();
@@ -426,19 +427,18 @@ impl Collector for StateCollector {
                 oldest_overdue_ms = (snap.oldest_overdue_seconds * 1000.0) as i64;
             }
             None => {
-                for (_, (wf, c)) in wait {
+                for (_, (wf, c)) in std::mem::take(&mut walk.wait) {
                     wait_by_wf.entry(wf).or_default().merge(&c);
                 }
             }
         }
-        let (wait_by_wf, n) = keep_largest(
+        let (wait_by_wf, folded) = keep_largest(
             wait_by_wf,
-            max_values,
+            self.cfg.max_label_values,
             |c| c.waiting,
             || other.clone(),
             |a, b| a.merge(b),
         );
-        folded[1] = n;
         for (family, pick) in [
             (
                 &WAITING,
@@ -447,20 +447,29 @@ impl Collector for StateCollector {
             (&OVERDUE, |c: &WaitCounts| c.overdue),
             (&DUE_NEXT_MINUTE, |c: &WaitCounts| c.due_next_minute),
         ] {
-            family.header(&mut agg);
+            family.header(agg);
             for (wf, c) in &wait_by_wf {
-                text::sample_i64(&mut agg, family.0, &[("workflow_type", wf)], pick(c));
+                text::sample_i64(agg, family.0, &[("workflow_type", wf)], pick(c));
             }
         }
-        OLDEST_OVERDUE.header(&mut agg);
+        OLDEST_OVERDUE.header(agg);
         text::sample_f64(
-            &mut agg,
+            agg,
             OLDEST_OVERDUE.0,
             &[],
             oldest_overdue_ms as f64 / 1000.0,
         );
+        folded
+    }
 
-        // Workers seen recently (`--worker-expiry`), with their in-flight tasks: the busiest kept.
+    /// Workers seen recently (`--worker-expiry`), with their in-flight tasks: the busiest kept;
+    /// how many were folded.
+    fn write_workers(
+        &self,
+        agg: &mut String,
+        workers: FastMap<usize, (Arc<str>, i64)>,
+        other: &Arc<str>,
+    ) -> usize {
         let mut tasks_of: HashMap<Arc<str>, i64> = HashMap::new();
         for (_, (w, n)) in workers {
             *tasks_of.entry(w).or_default() += n;
@@ -474,76 +483,108 @@ impl Collector for StateCollector {
                 (w, (n, at))
             })
             .collect();
-        let (seen, n) = keep_largest(
+        let (seen, folded) = keep_largest(
             seen,
-            max_values,
+            self.cfg.max_label_values,
             |(n, at)| n.saturating_mul(1 << 42).saturating_add(*at / 1000),
             || other.clone(),
             |a, b| *a = (a.0 + b.0, a.1.max(b.1)),
         );
-        folded[2] = n;
-        WORKER_TASKS.header(&mut agg);
+        WORKER_TASKS.header(agg);
         for (w, (n, _)) in &seen {
-            text::sample_i64(&mut agg, WORKER_TASKS.0, &[("worker_id", w)], *n);
+            text::sample_i64(agg, WORKER_TASKS.0, &[("worker_id", w)], *n);
         }
-        WORKER_SEEN.header(&mut agg);
+        WORKER_SEEN.header(agg);
         for (w, (_, at)) in &seen {
-            text::sample_f64(
-                &mut agg,
-                WORKER_SEEN.0,
-                &[("worker_id", w)],
-                *at as f64 / 1000.0,
-            );
+            text::sample_f64(agg, WORKER_SEEN.0, &[("worker_id", w)], *at as f64 / 1000.0);
         }
-        FOLDED.header(&mut agg);
-        for (family, n) in [TASKS.0, WAITING.0, WORKER_TASKS.0].iter().zip(folded) {
-            text::sample_i64(&mut agg, FOLDED.0, &[("family", family)], n as i64);
-        }
-
-        // Per task, capped by --max-task-series and by what the budget leaves: past either,
-        // the oldest whole tasks, looked up again.
-        let agg_series = samples_in(&agg) + 1; // and the omitted gauge
-        let room = Budget {
-            series: budget.series.saturating_sub(agg_series),
-            bytes: budget.bytes.saturating_sub(agg.len() + 256),
-        };
-        let total = candidates.len();
-        let fits = total <= cap && per_task.fits(&room);
-        let kept = if fits {
-            candidates.len()
-        } else {
-            per_task.clear();
-            let take = cap.min(candidates.len());
-            if take > 0 && take < candidates.len() {
-                candidates.select_nth_unstable_by(take - 1, |a, b| a.cmp(b));
-            }
-            candidates.truncate(take);
-            candidates.sort_unstable();
-            let mut kept = 0;
-            for (_, id) in &candidates {
-                let mark = per_task.mark();
-                self.tracker.inspect(id, |st| {
-                    if st.rec.is_in_flight() && st.rec.progress.is_some() {
-                        per_task.add(st, st.predicted_completion(now, stall_ms));
-                    }
-                });
-                if !per_task.fits(&room) {
-                    per_task.undo(mark);
-                    break;
-                }
-                kept += 1;
-            }
-            kept
-        };
-        let omitted = total - kept;
-        let before = out.len();
-        per_task.write(out);
-        OMITTED.header(out);
-        text::sample_i64(out, OMITTED.0, &[], omitted as i64);
-        out.push_str(&agg);
-        budget.series = budget.series.saturating_sub(per_task.series + agg_series);
-        budget.bytes = budget.bytes.saturating_sub(out.len() - before);
+        folded
     }
+
+    /// The per-task families, capped by `--max-task-series` and by what the budget leaves:
+    /// past either, the oldest whole tasks, looked up again. How many tasks are kept.
+    fn keep_per_task(&self, walk: &mut Walk, room: &Budget, now: i64) -> usize {
+        let cap = self.cfg.max_task_series;
+        let stall_ms = self.cfg.stall_after.as_millis() as i64;
+        let (candidates, per_task) = (&mut walk.candidates, &mut walk.per_task);
+        if candidates.len() <= cap && per_task.fits(room) {
+            return candidates.len();
+        }
+        per_task.clear();
+        let take = cap.min(candidates.len());
+        if take > 0 && take < candidates.len() {
+            candidates.select_nth_unstable_by(take - 1, |a, b| a.cmp(b));
+        }
+        candidates.truncate(take);
+        candidates.sort_unstable();
+        let mut kept = 0;
+        for (_, id) in candidates.iter() {
+            let mark = per_task.mark();
+            self.tracker.inspect(id, |st| {
+                if st.rec.is_in_flight() && st.rec.progress.is_some() {
+                    per_task.add(st, st.predicted_completion(now, stall_ms));
+                }
+            });
+            if !per_task.fits(room) {
+                per_task.undo(mark);
+                break;
+            }
+            kept += 1;
+        }
+        kept
+    }
+}
+
+/// Tasks by (workflow type, task type), folded by content, then the largest groups kept, and
+/// the in-flight gauges of the types with in-flight (not WAIT) tasks; how many were folded.
+fn write_types(
+    agg: &mut String,
+    by_type: ByTypeAddr,
+    max_values: usize,
+    other: &Arc<str>,
+) -> usize {
+    let mut types: BTreeMap<(Arc<str>, Arc<str>), TypeCounts> = BTreeMap::new();
+    for (_, (wf, tt, c)) in by_type {
+        types.entry((wf, tt)).or_default().add(&c);
+    }
+    let (types, folded) = keep_largest(
+        types,
+        max_values,
+        |c| c.by_status.iter().sum(),
+        || (other.clone(), other.clone()),
+        |a, b| a.add(b),
+    );
+    TASKS.header(agg);
+    for ((wf, tt), c) in &types {
+        for (status, n) in Status::ALL.iter().zip(c.by_status) {
+            if n > 0 {
+                let labels = [
+                    ("workflow_type", &**wf),
+                    ("task_type", &**tt),
+                    ("status", status.as_str()),
+                ];
+                text::sample_i64(agg, TASKS.0, &labels, n);
+            }
+        }
+    }
+    let in_flight: Vec<_> = types
+        .iter()
+        .filter(|((_, tt), _)| &**tt != WAIT_TASK_TYPE)
+        .collect();
+    for (family, pick) in [
+        (
+            &STALLED,
+            (|c: &TypeCounts| c.stalled) as fn(&TypeCounts) -> i64,
+        ),
+        (&PREDICTED_TIMEOUT, |c: &TypeCounts| c.predicted_timeout),
+    ] {
+        family.header(agg);
+        for ((wf, tt), c) in &in_flight {
+            let labels = [("workflow_type", &**wf), ("task_type", &**tt)];
+            text::sample_i64(agg, family.0, &labels, pick(c));
+        }
+    }
+    folded
 }
 
 /// The number of samples in some exposition text (lines that are not comments).

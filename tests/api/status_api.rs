@@ -390,3 +390,96 @@ async fn the_page_is_embedded_and_same_origin_only() {
     }
     app.shutdown().await;
 }
+
+/// The page's script is ES modules that `/ui/app.js` imports from `/ui/`: every file of
+/// `src/http/ui/` is served there with the page's own headers (JavaScript as JavaScript, or the
+/// browser refuses a module under `nosniff`), every import names one of them, none is over about
+/// 400 lines, and a name that is not one of them is a 404.
+#[tokio::test]
+async fn every_page_module_is_served_like_the_page() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn(&db).await;
+    let index = app.get("/").await;
+    let same = [
+        "content-security-policy",
+        "x-content-type-options",
+        "cache-control",
+    ];
+    let dir = crate::drift::repo_path("src/http/ui");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "index.html")
+        .collect();
+    names.sort();
+    assert!(names.len() > 2, "{names:?}");
+    let mut imports: Vec<(String, String)> = Vec::new();
+    for name in &names {
+        let source = std::fs::read_to_string(dir.join(name)).unwrap();
+        let r = app.get(&format!("/ui/{name}")).await;
+        assert_eq!(r.status(), 200, "/ui/{name}");
+        let want = if name.ends_with(".js") {
+            "text/javascript"
+        } else {
+            "text/css"
+        };
+        let ty = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ty.starts_with(want), "/ui/{name}: {ty}");
+        for h in same {
+            assert_eq!(r.headers().get(h), index.headers().get(h), "/ui/{name} {h}");
+        }
+        let text = r.text().await.unwrap();
+        assert_eq!(text, source, "/ui/{name} is the file in src/http/ui");
+        let text = text.replace("http://www.w3.org/", "");
+        for scheme in ["http://", "https://", "//cdn", "@import url("] {
+            assert!(!text.contains(scheme), "/ui/{name} names {scheme}");
+        }
+        if !name.ends_with(".js") {
+            continue;
+        }
+        let lines = source.lines().count();
+        assert!(lines <= 400, "src/http/ui/{name} has {lines} lines");
+        for target in page_imports(&source) {
+            assert!(names.contains(&target), "{name} imports {target}");
+            imports.push((name.clone(), target));
+        }
+    }
+    assert_no_import_circles(&imports);
+    for path in [
+        "/ui/nope.js",
+        "/ui/index.html",
+        "/ui/..%2Fui.rs",
+        "/ui/app.js/x",
+    ] {
+        assert_eq!(app.get(path).await.status(), 404, "{path}");
+    }
+    app.shutdown().await;
+}
+
+/// The modules a page module imports (`... from './name.js'`).
+fn page_imports(source: &str) -> Vec<String> {
+    source
+        .split("from './")
+        .skip(1)
+        .map(|rest| rest.split('\'').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The page's modules import one another without a circle (a circle would make a module's
+/// top-level code run before what it imports is ready).
+fn assert_no_import_circles(imports: &[(String, String)]) {
+    fn visit(at: &str, path: &mut Vec<String>, imports: &[(String, String)]) {
+        assert!(
+            !path.iter().any(|p| p == at),
+            "import circle: {path:?} -> {at}"
+        );
+        path.push(at.to_string());
+        for (_, to) in imports.iter().filter(|(from, _)| from == at) {
+            visit(to, path, imports);
+        }
+        path.pop();
+    }
+    for (from, _) in imports {
+        visit(from, &mut Vec::new(), imports);
+    }
+}

@@ -26,13 +26,20 @@ pub enum UpstreamError {
     TooLarge(usize),
     #[error("reading a body failed: {0}")]
     Body(String),
+    #[error("Conductor at {base} answered {status}")]
+    Status { base: String, status: StatusCode },
+    #[error("Conductor's answer is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl IntoResponse for UpstreamError {
     fn into_response(self) -> Response {
         let status = match &self {
             UpstreamError::BadPath(_) => StatusCode::BAD_REQUEST,
-            UpstreamError::Unreachable { .. } | UpstreamError::Body(_) => StatusCode::BAD_GATEWAY,
+            UpstreamError::Unreachable { .. }
+            | UpstreamError::Body(_)
+            | UpstreamError::Status { .. }
+            | UpstreamError::Json(_) => StatusCode::BAD_GATEWAY,
             UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         };
@@ -117,29 +124,35 @@ impl EngineClient {
     }
 
     /// Sends a JSON request and wants a 2xx.
-    pub async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<(), String> {
-        match self
+    pub async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<(), UpstreamError> {
+        let r = self
             .send(method, path, json_headers(), Body::from(body))
-            .await
-        {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("engine answered {}", r.status())),
-            Err(e) => Err(e.to_string()),
+            .await?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.refused(r.status()))
+        }
+    }
+
+    fn refused(&self, status: StatusCode) -> UpstreamError {
+        UpstreamError::Status {
+            base: self.base.clone(),
+            status,
         }
     }
 
     /// `GET` of a JSON document: `Ok(None)` for 404 or an empty answer.
-    pub async fn get_json(&self, path: &str) -> Result<Option<serde_json::Value>, String> {
+    pub async fn get_json(&self, path: &str) -> Result<Option<serde_json::Value>, UpstreamError> {
         let resp = self
             .send(Method::GET, path, json_headers(), Body::empty())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = resp.status();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| UpstreamError::Body(e.to_string()))?
             .to_bytes();
         if status == StatusCode::NOT_FOUND
             || (status.is_success() && body.iter().all(u8::is_ascii_whitespace))
@@ -147,11 +160,9 @@ impl EngineClient {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(format!("engine answered {status}"));
+            return Err(self.refused(status));
         }
-        serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| e.to_string())
+        Ok(Some(serde_json::from_slice(&body)?))
     }
 }
 

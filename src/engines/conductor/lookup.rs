@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use sqlx::{PgPool, Row};
 use tokio::sync::OnceCell;
 
-use super::client::{urlencode, EngineClient};
+use super::client::{urlencode, EngineClient, UpstreamError};
 use super::redis_reader::{self, Keys};
 use super::task_tail::update_from_row;
 use super::wait_queue::lazy_read_only;
@@ -93,7 +93,7 @@ impl Lookup {
     pub async fn tasks(
         &self,
         ids: &[String],
-    ) -> std::result::Result<HashMap<String, EngineTask>, String> {
+    ) -> std::result::Result<HashMap<String, EngineTask>, LookupError> {
         let mut out = HashMap::with_capacity(ids.len());
         match self {
             Lookup::Rest(client) => {
@@ -109,7 +109,7 @@ impl Lookup {
                         .bind(chunk)
                         .fetch_all(pool)
                         .await
-                        .map_err(|e| format!("Conductor's database: {e}"))?;
+                        .map_err(LookupError::Database)?;
                     for row in rows {
                         let (Ok(id), Ok(json)) =
                             (row.try_get::<String, _>(0), row.try_get::<String, _>(1))
@@ -127,7 +127,7 @@ impl Lookup {
                     .con
                     .get_or_try_init(|| redis_reader::connect(&r.url, r.password.as_deref()))
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| LookupError::Connect(Box::new(e)))?
                     .clone();
                 for chunk in ids.chunks(redis_reader::BATCH) {
                     let keys: Vec<String> = chunk.iter().map(|id| r.keys.task(id)).collect();
@@ -135,7 +135,7 @@ impl Lookup {
                         .arg(&keys)
                         .query_async(&mut con)
                         .await
-                        .map_err(|e| format!("Conductor's Redis: {e}"))?;
+                        .map_err(LookupError::Redis)?;
                     for (id, doc) in chunk.iter().zip(docs) {
                         if let Some(t) = doc.and_then(|d| from_json(id, &d)) {
                             out.insert(id.clone(), t);
@@ -146,6 +146,19 @@ impl Lookup {
         }
         Ok(out)
     }
+}
+
+/// Why the engine's side of some tasks could not be read (the pass retries later).
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("Conductor's database: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("Conductor's Redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    #[error("Conductor's Redis: {0}")]
+    Connect(#[source] Box<crate::error::Error>),
+    #[error(transparent)]
+    Rest(#[from] UpstreamError),
 }
 
 /// A stored `TaskModel` read as the store readers read it.
@@ -162,7 +175,7 @@ fn from_json(id: &str, json: &str) -> Option<EngineTask> {
 pub async fn rest_task(
     client: &EngineClient,
     task_id: &str,
-) -> std::result::Result<Option<EngineTask>, String> {
+) -> std::result::Result<Option<EngineTask>, UpstreamError> {
     let path = format!("/api/tasks/{}", urlencode(task_id));
     Ok(client.get_json(&path).await?.map(|v| from_rest(&v)))
 }

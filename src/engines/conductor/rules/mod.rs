@@ -23,7 +23,7 @@ use super::proxy::Proxy;
 use crate::checker::{
     Context, EngineAction, RepairPlan, Rule, SuccessorFinished, Violation, WaitOverdue,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use lost_terminal::{LostTerminalUpdate, VERIFY_AFTER};
 
@@ -63,10 +63,14 @@ struct Repost {
 }
 
 impl EngineAction for Repost {
-    fn run(&self) -> BoxFuture<'_, std::result::Result<(), String>> {
-        self.client
-            .call(Method::POST, "/api/tasks", self.body.clone())
-            .boxed()
+    fn run(&self) -> BoxFuture<'_, crate::error::Result<()>> {
+        async move {
+            self.client
+                .call(Method::POST, "/api/tasks", self.body.clone())
+                .await
+                .map_err(|e| Error::EngineCall(Box::new(e)))
+        }
+        .boxed()
     }
 }
 
@@ -80,10 +84,13 @@ struct Decide {
 }
 
 impl EngineAction for Decide {
-    fn run(&self) -> BoxFuture<'_, std::result::Result<(), String>> {
+    fn run(&self) -> BoxFuture<'_, crate::error::Result<()>> {
         async move {
             let path = format!("/api/workflow/decide/{}", urlencode(&self.workflow_id));
-            self.client.call(Method::PUT, &path, Bytes::new()).await?;
+            self.client
+                .call(Method::PUT, &path, Bytes::new())
+                .await
+                .map_err(|e| Error::EngineCall(Box::new(e)))?;
             self.decided
                 .insert(self.workflow_id.clone(), Instant::now());
             Ok(())
@@ -116,7 +123,8 @@ impl Rule for EngineSuccessorFinished {
                 Ok(tasks) => tasks,
                 Err(e) => {
                     for v in found.iter_mut().take(asked.len()) {
-                        v.evidence["engine"] = json!({"error": e, "via": self.lookup.via()});
+                        v.evidence["engine"] =
+                            json!({"error": e.to_string(), "via": self.lookup.via()});
                     }
                     return Ok(found);
                 }
