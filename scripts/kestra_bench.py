@@ -25,6 +25,8 @@ for two builds side by side (BEFORE_BIN, then TASKPULSE_BIN or the release build
 BUILDS=label=path,label=path,...), idle and
 while the procedure rewrites RATE executions a second; the procedure alone is measured too and
 subtracted. Environment: EXECUTIONS (default 20000), RUNNING (5000), RATE (100), WINDOW (20 s),
+With MODE=big, one running execution of BIG_RUNS (100000) task runs followed by each build
+for WINDOW (12) seconds: polls, TOAST blocks read, documents skipped, peak memory.
 PAD (bytes of hex outputs per task run, default 0: about 600 makes each execution's JSON
 out-of-line TOAST, as with the issue's 6 KB executions).
 
@@ -223,6 +225,74 @@ def cost_main():
         psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
         subprocess.run(["rm", "-rf", work])
 
+BIG = """
+INSERT INTO executions (key, value) SELECT 'ex-big', jsonb_build_object('id','ex-big','tenantId','main',
+ 'namespace','company.team','flowId','etl','deleted',false,
+ 'state', jsonb_build_object('current','RUNNING','startDate',iso((EXTRACT(EPOCH FROM now()) * 1000)::bigint),
+   'histories',jsonb_build_array(jsonb_build_object('state','RUNNING','date',iso((EXTRACT(EPOCH FROM now()) * 1000)::bigint)))),
+ 'taskRunList', (SELECT jsonb_agg(jsonb_build_object('tenantId','main','id','tr-'||md5(g::text),
+   'executionId','ex-big','namespace','company.team','flowId','etl','taskId','each_item',
+   'value','item-'||g,'iteration',g,'parentTaskRunId','tr-parent',
+   'attempts', jsonb_build_array(jsonb_build_object('workerId',worker(0),'state',st('SUCCESS', 0, 1000))),
+   'state', st('SUCCESS', 0, 1000)))
+  FROM generate_series(1, RUNS) g))
+"""
+
+
+def big_main():
+    """One running execution of BIG_RUNS task runs, followed for WINDOW seconds per build."""
+    seconds = float(os.environ.get("WINDOW", "12"))
+    runs = int(os.environ.get("BIG_RUNS", "100000"))
+    builds = [("before", os.environ.get("BEFORE_BIN", BIN)), ("after", BIN)]
+    if os.environ.get("BUILDS"):
+        builds = [tuple(b.split("=", 1)) for b in os.environ["BUILDS"].split(",")]
+    name = f"taskpulse_kestra_{os.getpid()}"
+    psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
+    psql(PG_ADMIN, f"CREATE DATABASE {name}")
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
+    try:
+        with open(os.path.join(ROOT, "tests/kestra_schema.sql")) as f:
+            schema = f.read()
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url],
+                       input=schema + FUNCTIONS.replace("PADBYTES", "0"), text=True, check=True,
+                       capture_output=True)
+        psql(url, BIG.replace("RUNS", str(runs)))
+        print("execution: " + psql(url, "SELECT octet_length(value::text) || ' bytes of JSON, ' || "
+                                         "pg_column_size(value) || ' as stored' FROM executions"), flush=True)
+        for label, binary in builds:
+            port = free_port()
+            proc = start(binary, url, work, port)
+            try:
+                # after two polls, so the first pass's blocks (reported late) are not counted
+                p = polls(port)
+                while polls(port) < p + 2:
+                    time.sleep(0.1)
+                time.sleep(1.5)
+                b0 = statio(url)
+                time.sleep(seconds)
+                b1 = statio(url)
+                m = scrape(port)
+                pb, pc = histogram(m, "taskpulse_kestra_db_poll_seconds")
+                print(f"{label}: {pc:.0f} polls, median {quantile(0.5, pb, pc) * 1000:.0f} ms; TOAST blocks "
+                      f"{b1[1] - b0[1]} over {seconds:.0f} s; skipped "
+                      f"{sample(m, 'taskpulse_kestra_db_documents_skipped_total', 'too_large'):.0f}; "
+                      f"peak RSS {peak_kib(proc.pid) / 1024:.0f} MiB", flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+    finally:
+        psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
+        subprocess.run(["rm", "-rf", work])
+
+
+def peak_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
 
 def load(url):
     """Kestra's tables, EXECUTIONS rows (RUNNING running), 50 workers."""
@@ -251,6 +321,8 @@ def load(url):
 def main():
     if os.environ.get("MODE") == "cost":
         return cost_main()
+    if os.environ.get("MODE") == "big":
+        return big_main()
     name = f"taskpulse_kestra_{os.getpid()}"
     psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
     psql(PG_ADMIN, f"CREATE DATABASE {name}")
