@@ -176,6 +176,8 @@ async fn extend_lease_refreshes_update_time_and_drops_output() {
     hb["extendLease"] = json!(true);
     hb["outputData"] = json!({"progress": 70});
     hb["callbackAfterSeconds"] = json!(30);
+    hb["workerId"] = json!("w2");
+    hb["logs"] = json!([{"log": "beat", "taskId": id, "createdTime": 1}]);
     assert_eq!(c.update(hb).await.0, 200);
     let stored = c.get_task(&id).await;
     assert_eq!(
@@ -188,8 +190,113 @@ async fn extend_lease_refreshes_update_time_and_drops_output() {
         "heartbeat output is dropped"
     );
     assert_eq!(stored["callbackAfterSeconds"], 0);
+    assert_eq!(stored["workerId"], "w1", "a heartbeat sets no workerId");
+    assert!(emu.logs(&id).is_empty(), "heartbeat logs are dropped");
     assert!(stored["updateTime"].as_i64().unwrap() > before);
     assert_eq!(emu.heartbeats_for(&id).len(), 1);
+
+    // only taskId counts: a heartbeat saying COMPLETED, or nothing, changes no status, and
+    // update-v2 answers it 204 (updateTask returns null for it)
+    let mut hb = result(&t, "COMPLETED");
+    hb["extendLease"] = json!(true);
+    assert_eq!(c.update_v2(hb).await.status(), 204);
+    let mut hb = result(&t, "IN_PROGRESS");
+    hb["extendLease"] = json!(true);
+    hb.as_object_mut().unwrap().remove("status");
+    assert_eq!(c.update(hb).await.0, 200);
+    assert_eq!(c.get_task(&id).await["status"], "IN_PROGRESS");
+
+    // to a terminal task: ignored silently, not a task_update_conflict
+    c.update(result(&t, "COMPLETED")).await;
+    let done = c.get_task(&id).await;
+    let mut hb = result(&t, "IN_PROGRESS");
+    hb["extendLease"] = json!(true);
+    assert_eq!(c.update(hb).await.0, 200);
+    assert_eq!(c.get_task(&id).await, done);
+    assert_eq!(emu.conflicts(), 0);
+
+    // to an unknown task: 404
+    let mut hb = result(&t, "IN_PROGRESS");
+    hb["extendLease"] = json!(true);
+    hb["taskId"] = json!("nope");
+    assert_eq!(c.update(hb).await.0, 404);
+}
+
+#[tokio::test]
+async fn an_update_replaces_what_it_leaves_out_and_a_terminal_write_keeps_update_time() {
+    let emu = Emulator::start().await;
+    let c = Client::new(&emu);
+    let id = emu.start_task(TaskSpec::new("encode"));
+    let t = c.poll("encode", "w1").await.remove(0);
+    let mut r = result(&t, "IN_PROGRESS");
+    r["callbackAfterSeconds"] = json!(0);
+    r["outputData"] = json!({"progress": 40});
+    r["reasonForIncompletion"] = json!("slow");
+    r["subWorkflowId"] = json!("sub-1");
+    c.update(r).await;
+    let yielded = c.get_task(&id).await;
+    assert_eq!(
+        (&yielded["workerId"], &yielded["reasonForIncompletion"]),
+        (&json!("w1"), &json!("slow"))
+    );
+    assert_eq!(yielded["subWorkflowId"], "sub-1");
+    let t = c.poll("encode", "w1").await.remove(0);
+    let polled = c.get_task(&id).await["updateTime"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // COMPLETED with no workerId, output, reason or subWorkflowId: all cleared
+    let done =
+        json!({"taskId": id, "workflowInstanceId": t["workflowInstanceId"], "status": "COMPLETED"});
+    assert_eq!(c.update(done).await.0, 200);
+    let stored = c.get_task(&id).await;
+    assert_eq!(stored["status"], "COMPLETED");
+    for absent in ["workerId", "reasonForIncompletion", "subWorkflowId"] {
+        assert!(stored.get(absent).is_none(), "{absent} cleared: {stored:#}");
+    }
+    assert_eq!(stored["outputData"], json!({}));
+    assert_eq!(
+        stored["updateTime"].as_i64().unwrap(),
+        polled,
+        "a terminal write keeps updateTime"
+    );
+    assert!(stored["endTime"].as_i64().unwrap() > polled);
+}
+
+#[tokio::test]
+async fn reasons_are_cut_at_500_utf16_code_units() {
+    let emu = Emulator::start().await;
+    let c = Client::new(&emu);
+    let id = emu.start_task(TaskSpec::new("encode"));
+    let t = c.poll("encode", "w1").await.remove(0);
+    // 300 characters outside the BMP are 600 UTF-16 code units: Java keeps 250 of them
+    let mut r = result(&t, "FAILED");
+    r["reasonForIncompletion"] = json!("\u{1F600}".repeat(300));
+    c.update(r).await;
+    let reason = c.get_task(&id).await["reasonForIncompletion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(reason, "\u{1F600}".repeat(250));
+    assert_eq!(super::cut_reason(&"a".repeat(501)), "a".repeat(500));
+    // a cut through a surrogate pair drops its half
+    let odd = format!("{}\u{1F600}", "a".repeat(499));
+    assert_eq!(super::cut_reason(&odd), "a".repeat(499));
+}
+
+#[tokio::test]
+async fn a_system_task_updated_in_progress_stays_in_progress() {
+    let emu = Emulator::start().await;
+    let c = Client::new(&emu);
+    let id = emu.start_task(TaskSpec::new("WAIT"));
+    let t = c.poll("WAIT", "w1").await.remove(0);
+    let mut r = result(&t, "IN_PROGRESS");
+    r["callbackAfterSeconds"] = json!(0);
+    assert_eq!(c.update(r).await.0, 200);
+    assert_eq!(c.get_task(&id).await["status"], "IN_PROGRESS");
+    assert_eq!(
+        emu.history(&id),
+        ["SCHEDULED", "IN_PROGRESS", "IN_PROGRESS"]
+    );
 }
 
 #[tokio::test]
@@ -211,33 +318,75 @@ async fn updates_to_terminal_tasks_are_ignored_and_counted() {
     let mut hb = result(&t, "IN_PROGRESS");
     hb["extendLease"] = json!(true);
     c.update(hb).await;
-    c.update(result(&t, "FAILED")).await;
+    let mut failed = result(&t, "FAILED");
+    failed["logs"] = json!([{"log": "late", "taskId": id, "createdTime": 1}]);
+    c.update(failed).await;
+    // no status at all: still only the terminal check runs first
+    let mut none = result(&t, "FAILED");
+    none.as_object_mut().unwrap().remove("status");
+    assert_eq!(c.update(none).await.0, 200);
     let stored = c.get_task(&id).await;
-    assert_eq!(stored["status"], "COMPLETED");
+    assert_eq!(stored, completed, "unchanged, updateTime included");
     assert_eq!(stored["outputData"], json!({"progress": 100}));
+    // the heartbeat is ignored silently (WorkflowExecutorOps.java:1152), not counted
     assert_eq!(emu.conflicts(), 3, "task_update_conflict");
+    assert!(
+        emu.logs(&id).is_empty(),
+        "logs of ignored updates are dropped"
+    );
     assert!(c.poll("encode", "w1").await.is_empty());
+
+    // update-v2 hands out the next task after an ignored update too: the stored task it
+    // returns is terminal
+    let next = emu.start_task(TaskSpec::new("encode"));
+    let resp = c.update_v2(result(&t, "IN_PROGRESS")).await;
+    assert_eq!(resp.status(), 200);
+    let handed: Value = resp.json().await.unwrap();
+    assert_eq!(handed["taskId"], json!(next));
 }
 
 #[tokio::test]
-async fn stale_writer_overwrites_completed_with_in_progress() {
+async fn stale_writer_overwrites_completed_with_what_it_read_before() {
     let emu = Emulator::start().await;
     let c = Client::new(&emu);
     let id = emu.start_task(TaskSpec::new("encode"));
     let t = c.poll("encode", "w1").await.remove(0);
-    c.update(result(&t, "COMPLETED")).await;
+    let mut done = result(&t, "COMPLETED");
+    done["outputData"] = json!({"progress": 100});
+    c.update(done).await;
     emu.set_stale_writer(true);
-    let mut late = result(&t, "IN_PROGRESS");
-    late["outputData"] = json!({"progress": 60});
-    assert_eq!(c.update(late).await.0, 200);
+    // a heartbeat that read the task while it ran writes it back as it was
+    let mut hb = result(&t, "IN_PROGRESS");
+    hb["extendLease"] = json!(true);
+    assert_eq!(c.update(hb).await.0, 200);
     let stored = c.get_task(&id).await;
     assert_eq!(stored["status"], "IN_PROGRESS", "conductor-oss#176 shape");
+    assert_eq!(stored["outputData"], json!({}), "the output it read");
+    assert_eq!(stored["endTime"], 0);
+
+    // a late worker IN_PROGRESS update is applied as to the running task: SCHEDULED, requeued
+    c.update(result(&t, "COMPLETED")).await;
+    let mut late = result(&t, "IN_PROGRESS");
+    late["outputData"] = json!({"progress": 60});
+    late["callbackAfterSeconds"] = json!(0);
+    assert_eq!(c.update(late).await.0, 200);
+    let stored = c.get_task(&id).await;
+    assert_eq!(stored["status"], "SCHEDULED");
     assert_eq!(stored["outputData"], json!({"progress": 60}));
-    assert_eq!(emu.stale_writes(), 1);
+    assert_eq!(c.poll("encode", "w2").await.len(), 1, "requeued");
+    assert_eq!(emu.stale_writes(), 2);
     assert_eq!(emu.conflicts(), 0);
     assert_eq!(
         emu.history(&id),
-        ["SCHEDULED", "IN_PROGRESS", "COMPLETED", "IN_PROGRESS"]
+        [
+            "SCHEDULED",
+            "IN_PROGRESS",
+            "COMPLETED",
+            "IN_PROGRESS",
+            "COMPLETED",
+            "SCHEDULED",
+            "IN_PROGRESS"
+        ]
     );
 }
 
@@ -299,16 +448,29 @@ async fn bad_updates_faults_and_the_recorder() {
     let id = emu.start_task(TaskSpec::new("encode"));
     let t = c.poll("encode", "w1").await.remove(0);
 
-    assert_eq!(
-        c.update(json!({"taskId": id, "status": "COMPLETED"}))
-            .await
-            .0,
-        400
-    );
-    assert_eq!(c.update(result(&t, "SCHEDULED")).await.0, 400);
+    // no workflowInstanceId: a constraint violation, 400 (a 500 through update-v2's @Valid)
+    let no_wf = json!({"taskId": id, "status": "COMPLETED"});
+    assert_eq!(c.update(no_wf.clone()).await.0, 400);
+    assert_eq!(c.update_v2(no_wf).await.status(), 500);
+    // not a TaskResult status, or not JSON: Jackson cannot read it, 500
+    assert_eq!(c.update(result(&t, "SCHEDULED")).await.0, 500);
+    let resp = c
+        .http
+        .post(format!("{}/tasks", c.base))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    // no status for a running task: the engine's NullPointerException, 500
+    let mut no_status = result(&t, "COMPLETED");
+    no_status.as_object_mut().unwrap().remove("status");
+    assert_eq!(c.update(no_status).await.0, 500);
     let mut unknown = result(&t, "COMPLETED");
     unknown["taskId"] = json!("nope");
     assert_eq!(c.update(unknown).await.0, 404);
+    assert_eq!(c.get_task(&id).await["status"], "IN_PROGRESS");
 
     emu.fail_with(503);
     assert_eq!(c.update(result(&t, "COMPLETED")).await.0, 503);
@@ -344,7 +506,7 @@ async fn bad_updates_faults_and_the_recorder() {
     assert!(reqs[0].is_poll());
     assert_eq!(reqs[0].query, "workerid=w1&count=5&timeout=0");
     let updates = emu.updates_for(&id);
-    assert_eq!(updates.len(), 5, "every update is recorded, applied or not");
+    assert_eq!(updates.len(), 7, "every update is recorded, applied or not");
     assert_eq!(updates[0]["status"], "COMPLETED");
     assert_eq!(reqs.last().unwrap().method, "PUT");
 }

@@ -12,7 +12,8 @@
 //!   the engine drops their output, so taskpulse is where that progress lives. They are
 //!   coalesced per task (answered at once, as the engine would) with at most one going upstream
 //!   per `min(--progress-min-interval, responseTimeoutSeconds / 2)`, so the engine never times
-//!   out a live task.
+//!   out a live task. The engine reads nothing of one but its `taskId`, so one that says
+//!   COMPLETED is still only a heartbeat (`task_result::lease_as_progress`).
 //! - **Every other update is forwarded at once**, including a yielding IN_PROGRESS with
 //!   `callbackAfterSeconds` (the engine must see it to requeue the task). Top-level
 //!   `progressPercent`/`progress`/`progressMessage` are moved into `outputData` first.
@@ -60,7 +61,7 @@ use crate::ingest::{Format, Item};
 use crate::metrics::{text, Budget, Collector};
 use crate::model::Status;
 use crate::pipeline::{Ack, Pipeline};
-use task_result::{local_answer, normalize};
+use task_result::{lease_as_progress, local_answer, normalize};
 
 /// `source` label of updates learned by the proxy.
 pub const SOURCE: &str = "conductor_proxy";
@@ -352,9 +353,10 @@ async fn update(
     let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
         return forward_as_is(bytes).await;
     };
-    let Some(result) = normalize(&mut value) else {
+    let Some(mut result) = normalize(&mut value) else {
         return forward_as_is(bytes).await;
     };
+    let recorded = lease_as_progress(&mut result, &value);
     // What the engine takes, taskpulse must be able to record (a terminal update it could not
     // record would let a late IN_PROGRESS through to the engine): while the pipeline takes
     // nothing, the worker is told to retry instead.
@@ -372,7 +374,7 @@ async fn update(
         // terminal one. Recording it counts the rejected transition, when the caller is one
         // the engine vouched for.
         if px.vouched(&result.task_id, caller) {
-            record(s, &value).await;
+            record(s, &recorded).await;
         }
         return Ok(local_answer(&result.task_id, v2));
     }
@@ -393,7 +395,7 @@ async fn update(
         // Answered here only for a caller the engine accepted this task's updates from.
         if !due && px.vouched(&result.task_id, caller) {
             s.metrics.heartbeat(false);
-            record(s, &value).await;
+            record(s, &recorded).await;
             return Ok(local_answer(&result.task_id, v2));
         }
         s.metrics.heartbeat(true);
@@ -417,7 +419,7 @@ async fn update(
     let answer = collect(rbody, s.max_body_bytes * 4).await?;
     px.accepted(&result.task_id, caller, heartbeat);
     if caller.may_record(true, proof) {
-        record(s, &value).await;
+        record(s, &recorded).await;
     }
     if let Some(status) = result.status.filter(|st| st.is_terminal()) {
         px.forwarded.insert(

@@ -1,6 +1,8 @@
 //! Reading a TaskResult (the body of a worker's update) as the proxy needs it, and answering
 //! one without the engine.
 
+use std::borrow::Cow;
+
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
@@ -56,6 +58,36 @@ pub(super) fn normalize(v: &mut Value) -> Option<TaskResult> {
     })
 }
 
+/// Statuses a TaskResult may carry (`TaskResult.java:37-43` @ b54f0d4e); the engine refuses
+/// (500) a body with any other.
+const RESULT_STATUSES: [&str; 5] = [
+    "IN_PROGRESS",
+    "FAILED",
+    "FAILED_WITH_TERMINAL_ERROR",
+    "COMPLETED",
+    "CANCELED",
+];
+
+/// A lease heartbeat (`extendLease: true`) is read by the engine for its `taskId` only,
+/// whatever status it carries: the task keeps its status and only its `updateTime` moves
+/// (`WorkflowExecutorOps.java:924-927,1139-1165` @ b54f0d4e). So one that says COMPLETED is
+/// taken as what it does, an IN_PROGRESS with progress: never an outcome taskpulse would then
+/// guard (and so keep the task's later updates from the engine) or expect the engine to hold.
+/// Returns the value to record; the body forwarded stays the worker's.
+pub(super) fn lease_as_progress<'a>(result: &mut TaskResult, value: &'a Value) -> Cow<'a, Value> {
+    let status = value.get("status").and_then(Value::as_str);
+    let readable = status.is_some_and(|s| RESULT_STATUSES.contains(&s));
+    if !result.extend_lease || !readable || status == Some("IN_PROGRESS") {
+        return Cow::Borrowed(value);
+    }
+    result.status = Some(Status::InProgress);
+    let mut recorded = value.clone();
+    if let Some(obj) = recorded.as_object_mut() {
+        obj.insert("status".into(), Value::from("IN_PROGRESS"));
+    }
+    Cow::Owned(recorded)
+}
+
 /// The proxy's reading of a TaskResult, exposed for the fuzzer and tests: the body read as
 /// `update` reads it (`serde_json::from_slice`, then `normalize`), the normalized value run
 /// through the update validation it is recorded with, and what the proxy decides on: the task
@@ -108,6 +140,25 @@ mod tests {
         assert_eq!(v["outputData"], json!({"progress": 100}));
         assert!(normalize(&mut json!([1, 2])).is_none());
         assert!(normalize(&mut json!({"status": "COMPLETED"})).is_none());
+    }
+
+    #[test]
+    fn a_heartbeat_is_progress_whatever_status_it_says() {
+        let v = json!({"taskId": "t", "status": "COMPLETED", "extendLease": true});
+        let mut r = normalize(&mut v.clone()).unwrap();
+        let recorded = lease_as_progress(&mut r, &v);
+        assert_eq!(r.status, Some(Status::InProgress));
+        assert_eq!(recorded["status"], "IN_PROGRESS");
+        // not a heartbeat, or a status the engine refuses: as it is
+        for v in [
+            json!({"taskId": "t", "status": "COMPLETED"}),
+            json!({"taskId": "t", "status": "TIMED_OUT", "extendLease": true}),
+        ] {
+            let mut r = normalize(&mut v.clone()).unwrap();
+            let before = r.status;
+            assert_eq!(*lease_as_progress(&mut r, &v), v);
+            assert_eq!(r.status, before);
+        }
     }
 
     #[test]
