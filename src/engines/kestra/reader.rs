@@ -314,13 +314,14 @@ impl KestraReader {
     /// Diffs the fetched executions against what was submitted, submits the changes, records
     /// new workers.
     async fn take(&mut self, fetched: Vec<Fetched>) -> Result<usize> {
+        // checked before any row is taken, so a failed poll leaves nothing half recorded
+        if let Some(row) = fetched.iter().find(|r| r.zone_ok == Some(false)) {
+            return Err(rows::zone_mismatch(&self.pool, &self.zone, row.shown_offset).await);
+        }
         let mut updates = Vec::new();
         let mut new_workers: Vec<String> = Vec::new();
         let mut unknown = Vec::new();
         for row in fetched {
-            if row.zone_ok == Some(false) {
-                return Err(rows::zone_mismatch(&self.pool, &self.zone, row.shown_offset).await);
-            }
             self.waiting.remove(&row.key);
             self.metrics.documents_fetched.inc();
             let Some(json) = row.json else {
@@ -363,10 +364,11 @@ impl KestraReader {
         }
         new_workers.sort();
         new_workers.dedup();
-        self.resolve_workers(new_workers).await?;
+        // the updates are recorded as seen above, so they go out even if the look-up fails
+        let resolved = self.resolve_workers(new_workers).await;
         let n = updates.len();
         self.submit(updates).await;
-        Ok(n)
+        resolved.map(|()| n)
     }
 
     /// Looks new workers up in `service_instance` and records their hosts.
