@@ -445,7 +445,11 @@ pub fn redact_url(url: &str) -> String {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| {
-                let v = if secret(&k) { "***".into() } else { v.into_owned() };
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
                 (k.into_owned(), v)
             })
             .collect();
@@ -600,8 +604,14 @@ mod tests {
         assert!(r.ends_with("@host:5432/db"), "{r}");
         // sqlx takes the password from the query too
         let r = redact_url("postgres://u@host/db?sslmode=disable&password=hunter2");
-        assert!(!r.contains("hunter2") && r.contains("sslmode=disable"), "{r}");
-        assert_eq!(redact_url("redis://:secret@r:6379/0"), "redis://:***@r:6379/0");
+        assert!(
+            !r.contains("hunter2") && r.contains("sslmode=disable"),
+            "{r}"
+        );
+        assert_eq!(
+            redact_url("redis://:secret@r:6379/0"),
+            "redis://:***@r:6379/0"
+        );
         assert_eq!(redact_url("sqlite://taskpulse.db"), "sqlite://taskpulse.db");
         assert!(!redact_url("not a url:pw@x").contains("pw"));
     }
