@@ -7,6 +7,7 @@
 //! each test uses a database of its own, flushed before and after. The restart test runs a
 //! `redis-server` of its own on a free port.
 
+mod budget;
 mod cost;
 mod dao;
 mod malformed;

@@ -12,6 +12,12 @@
 //! not terminal when last read, every task of a workflow that (re)entered the pending set
 //! (a rerun reopens finished tasks), and a task that left the sets (read once more, to learn
 //! how it ended). A terminal task of a running workflow is not read again.
+//!
+//! A poll reads at most [`POLL_DOC_BYTES`] of documents (at least one chunk): past it, the
+//! rest wait for the next poll, the tasks of workflows that just finished first (their last
+//! chance), then tasks new to the reader, then those read longest ago, so with more in flight
+//! than one poll can read the reads go round and every task is read within a few intervals
+//! (the lag grows; Redis's load per poll does not).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
@@ -22,12 +28,16 @@ use crate::engines::conductor::task_tail::{update_from_row, Seen};
 use crate::engines::conductor::wait_queue::WAIT_QUEUE;
 use crate::error::Result;
 
+/// Bytes of task documents one poll reads at most (at least one `MGET` chunk).
+pub const POLL_DOC_BYTES: usize = 64 << 20;
+
 /// A task followed: a hash of its JSON as last read (an unchanged document is not parsed
-/// again), what was last submitted, and whether it was terminal.
+/// again), what was last submitted, whether it was terminal, and the poll that last read it.
 pub(super) struct Followed {
     hash: u64,
     seen: Option<Seen>,
     terminal: bool,
+    read_at: u64,
 }
 
 /// Which tasks to follow this poll, and which to read.
@@ -95,10 +105,49 @@ impl RedisReader {
         let by_workflow = self.workflow_tasks(&asked).await?;
         let plan = self.plan(&in_progress, &pending, &entered, &by_workflow);
         let n = plan.keep.len();
-        self.read_and_submit(&plan.read).await?;
-        self.followed.retain(|id, _| plan.keep.contains(id));
-        self.workflows = pending;
+        let last_chance: HashSet<&String> = left
+            .iter()
+            .filter_map(|wf| by_workflow.get(wf))
+            .flatten()
+            .collect();
+        let read = self.by_priority(plan.read, &last_chance);
+        let deferred: HashSet<String> = self.read_and_submit(&read).await?.into_iter().collect();
+        if !deferred.is_empty() {
+            tracing::debug!(
+                deferred = deferred.len(),
+                "Conductor's Redis: documents past this poll's byte budget wait for the next"
+            );
+        }
+        self.followed
+            .retain(|id, _| plan.keep.contains(id) || deferred.contains(id));
+        // a finished workflow whose tasks were not all read stays asked for
+        let unread_left: Vec<String> = left
+            .into_iter()
+            .filter(|wf| {
+                by_workflow
+                    .get(wf)
+                    .is_some_and(|t| t.iter().any(|id| deferred.contains(id)))
+            })
+            .collect();
+        self.workflows = pending.into_iter().chain(unread_left).collect();
         Ok(n)
+    }
+
+    /// The reads in the order a byte budget cuts them: tasks of workflows that just left the
+    /// pending set, then tasks new to the reader, then those read longest ago.
+    fn by_priority(&self, mut read: Vec<String>, last_chance: &HashSet<&String>) -> Vec<String> {
+        read.sort_by_key(|id| {
+            let followed = self.followed.get(id);
+            let rank = if last_chance.contains(id) {
+                0
+            } else if followed.is_none() {
+                1
+            } else {
+                2
+            };
+            (rank, followed.map_or(0, |f| f.read_at))
+        });
+        read
     }
 
     /// What to follow and what to read (see the module's doc).
@@ -141,16 +190,21 @@ impl RedisReader {
         self.followed.get(id).is_none_or(|f| !f.terminal)
     }
 
-    /// Reads these tasks' documents a chunk at a time and submits what changed.
-    async fn read_and_submit(&mut self, ids: &[String]) -> Result<()> {
-        for chunk in ids.chunks(super::io::PAGE) {
+    /// Reads these tasks' documents a chunk at a time, in order, until [`POLL_DOC_BYTES`],
+    /// and submits what changed. Returns the ids left for the next poll.
+    async fn read_and_submit(&mut self, ids: &[String]) -> Result<Vec<String>> {
+        self.polls += 1;
+        let mut left = POLL_DOC_BYTES;
+        for (n, chunk) in ids.chunks(super::io::PAGE).enumerate() {
             let keys: Vec<String> = chunk.iter().map(|id| self.keys.task(id)).collect();
-            let docs = self.io.documents(&keys).await?;
+            let (docs, read) = self.io.documents_within(&keys, left).await?;
+            left = left.saturating_sub(docs.iter().flatten().map(String::len).sum::<usize>());
             let mut updates = Vec::new();
-            for (id, doc) in chunk.iter().zip(docs) {
+            for (id, doc) in chunk[..read].iter().zip(docs) {
                 let Some(doc) = doc else { continue };
                 let hash = hash(&doc);
-                if self.followed.get(id).is_some_and(|f| f.hash == hash) {
+                if let Some(f) = self.followed.get_mut(id).filter(|f| f.hash == hash) {
+                    f.read_at = self.polls;
                     continue;
                 }
                 let u = update_from_row(id, &doc);
@@ -170,6 +224,7 @@ impl RedisReader {
                         hash,
                         seen: now,
                         terminal,
+                        read_at: self.polls,
                     },
                 );
                 if let Some(u) = u.filter(|_| changed) {
@@ -177,7 +232,10 @@ impl RedisReader {
                 }
             }
             self.submit(updates).await;
+            if read < chunk.len() || left == 0 {
+                return Ok(ids[n * super::io::PAGE + read..].to_vec());
+            }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }

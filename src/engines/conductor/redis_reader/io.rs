@@ -383,6 +383,16 @@ impl Io {
     /// (`STRLEN`, pipelined), then `MGET` in chunks of at most [`PAGE`] keys and
     /// [`CHUNK_BYTES`]; a document over [`MAX_DOC_BYTES`] is skipped and counted.
     pub async fn documents(&mut self, keys: &[String]) -> Result<Vec<Option<String>>> {
+        Ok(self.documents_within(keys, usize::MAX).await?.0)
+    }
+
+    /// [`Io::documents`], reading only until `budget` bytes (at least one chunk): the
+    /// documents, and how many of `keys` were read (the rest are `None` and unread).
+    pub async fn documents_within(
+        &mut self,
+        keys: &[String],
+        budget: usize,
+    ) -> Result<(Vec<Option<String>>, usize)> {
         let mut sizes = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(PAGE) {
             let cmds = chunk
@@ -408,7 +418,13 @@ impl Io {
         let mut out: Vec<Option<String>> = vec![None; keys.len()];
         let mut batch: Vec<usize> = Vec::new();
         let mut batch_bytes = 0usize;
+        let mut taken = 0usize;
         for (i, size) in sizes.iter().copied().enumerate() {
+            if taken > 0 && taken.saturating_add(size) > budget {
+                self.mget(keys, &batch, &mut out).await?;
+                return Ok((out, i));
+            }
+            taken = taken.saturating_add(size.min(MAX_DOC_BYTES + 1));
             if size == 0 {
                 continue;
             }
@@ -429,7 +445,7 @@ impl Io {
             batch_bytes += size;
         }
         self.mget(keys, &batch, &mut out).await?;
-        Ok(out)
+        Ok((out, keys.len()))
     }
 
     async fn mget(

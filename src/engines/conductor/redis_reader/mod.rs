@@ -57,6 +57,8 @@ pub struct RedisReader {
     pipeline: Arc<Pipeline>,
     /// Every task followed (see [`flight`]).
     followed: HashMap<String, flight::Followed>,
+    /// Polls that read documents, for the order of reads under the byte budget.
+    polls: u64,
     /// The keyspace walks that find the sets and queues (see [`discover`]).
     discovery: discover::Discovery,
     /// The workflow ids in `PENDING_WORKFLOWS.*` at the last poll.
@@ -107,6 +109,7 @@ impl RedisReader {
             keys,
             pipeline,
             followed: HashMap::new(),
+            polls: 0,
             discovery,
             workflows: HashSet::new(),
             wait_info: HashMap::new(),
