@@ -3,6 +3,7 @@
 
 mod helpers;
 mod image;
+mod tools;
 
 mod alerts;
 mod architecture;

@@ -2,6 +2,8 @@
 //! metric reference.
 
 use super::*;
+use crate::helpers::parse_scrape;
+use prometheus_parse::{LineInfo, SampleType, Value as PromValue};
 
 /// One metric family of a scrape.
 #[derive(Debug, Default, Clone)]
@@ -12,67 +14,60 @@ pub struct Family {
     pub samples: usize,
 }
 
-/// The families of a `/metrics` text, by name.
+/// The families of a `/metrics` text, by name: their kinds from the `# TYPE` lines, their
+/// samples and label names from the exposition reader the other tests use. That reader splits
+/// labels at commas, so a label value holding `,` and `=` would show as an extra label name: a
+/// false alarm, never a missed one. A histogram's or summary's samples count once per label
+/// set (only whether a family has samples matters).
 pub fn parse_exposition(text: &str) -> BTreeMap<String, Family> {
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut it = rest.split_whitespace();
-            if let (Some(name), Some(kind)) = (it.next(), it.next()) {
-                families.entry(name.to_string()).or_default().kind = kind.to_string();
-            }
+        if let LineInfo::Type {
+            metric_name,
+            metric_alias,
+            sample_type,
+        } = LineInfo::parse(line)
+        {
+            let name = metric_alias.unwrap_or(metric_name);
+            families.entry(name).or_default().kind = kind_name(sample_type).to_string();
         }
     }
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let name_end = line
-            .find(|c: char| c == '{' || c.is_whitespace())
-            .unwrap_or(line.len());
-        let series = &line[..name_end];
-        let Some(family) = family_of(&families, series).map(str::to_string) else {
-            families.entry(series.to_string()).or_default().samples += 1;
-            continue;
-        };
-        let labels = if line[name_end..].starts_with('{') {
-            label_names(&line[name_end + 1..])
+    for sample in parse_scrape(text).samples {
+        let grouped = matches!(
+            sample.value,
+            PromValue::Histogram(_) | PromValue::Summary(_)
+        );
+        let family = if grouped {
+            Some(sample.metric.clone())
         } else {
-            Vec::new()
+            family_of(&families, &sample.metric).map(str::to_string)
         };
-        let f = families.get_mut(&family).unwrap();
+        let Some(family) = family else {
+            families.entry(sample.metric).or_default().samples += 1;
+            continue;
+        };
+        let f = families.entry(family).or_default();
         f.samples += 1;
-        f.labels
-            .extend(labels.into_iter().filter(|l| l != "le" && l != "quantile"));
+        f.labels.extend(
+            sample
+                .labels
+                .keys()
+                .filter(|l| *l != "le" && *l != "quantile")
+                .cloned(),
+        );
     }
     families
 }
 
-/// Label names of a sample line from just after its `{`.
-fn label_names(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut chars = s.chars();
-    let mut name = String::new();
-    while let Some(c) = chars.next() {
-        match c {
-            '}' => break,
-            '=' => {
-                out.push(std::mem::take(&mut name).trim().to_string());
-                // the quoted value
-                let _ = chars.next();
-                while let Some(d) = chars.next() {
-                    if d == '\\' {
-                        chars.next();
-                    } else if d == '"' {
-                        break;
-                    }
-                }
-            }
-            ',' => {}
-            c => name.push(c),
-        }
+/// The `# TYPE` word of a kind.
+fn kind_name(kind: SampleType) -> &'static str {
+    match kind {
+        SampleType::Counter => "counter",
+        SampleType::Gauge => "gauge",
+        SampleType::Histogram => "histogram",
+        SampleType::Summary => "summary",
+        SampleType::Untyped => "untyped",
     }
-    out
 }
 
 /// The family a series name belongs to: itself, or a histogram's/summary's for `_bucket`,

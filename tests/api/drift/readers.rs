@@ -1,6 +1,7 @@
 //! Readers of the dashboards, the rule files and PromQL.
 
 use super::*;
+use crate::helpers::parse_yaml;
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -112,87 +113,35 @@ pub fn rule_files() -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
-/// The value of a YAML block-mapping key starting at `lines[i]` (after `key:` at column
-/// `key_col`), with the lines that continue it: block scalars (`|`, `>`), multi-line plain and
-/// quoted scalars. Enough YAML for Prometheus rule files.
-fn yaml_value(lines: &[&str], i: usize, key_col: usize, first: &str) -> String {
-    let mut cont: Vec<&str> = Vec::new();
-    for l in &lines[i + 1..] {
-        if l.trim().is_empty() || indent_of(l) > key_col {
-            cont.push(l);
-        } else {
-            break;
-        }
-    }
-    while cont.last().is_some_and(|l| l.trim().is_empty()) {
-        cont.pop();
-    }
-    let first = first.trim();
-    if first.starts_with('|') || first.starts_with('>') {
-        let sep = if first.starts_with('|') { "\n" } else { " " };
-        return cont.iter().map(|l| l.trim()).collect::<Vec<_>>().join(sep);
-    }
-    let joined = std::iter::once(first)
-        .chain(cont.iter().map(|l| l.trim()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let joined = joined.trim();
-    if let Some(inner) = joined.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-        inner
-            .replace("\\\"", "\"")
-            .replace("\\n", "\n")
-            .replace("\\\\", "\\")
-    } else if let Some(inner) = joined.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
-        inner.replace("''", "'")
-    } else {
-        // a plain scalar ends at a comment
-        match joined.find(" #") {
-            Some(at) => joined[..at].trim_end().to_string(),
-            None => joined.to_string(),
-        }
-    }
-}
-
-/// The alerting and recording rules of a rule file: name and expression. A rule is a list item
-/// (`- `) holding an `expr:` key, named by its `alert:` or `record:` key.
+/// The alerting and recording rules of a rule file (`groups[].rules[]`): name and expression,
+/// read with the YAML reader the alert tests use. Each line of an expression is trimmed (a
+/// block scalar keeps its indentation and final newline), so problems quote it compactly.
 pub fn parse_rules(text: &str) -> Vec<RuleEntry> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out: Vec<RuleEntry> = Vec::new();
-    let mut named: Option<(&'static str, String)> = None;
-    let mut expr: Option<String> = None;
-    let mut flush = |named: &mut Option<(&'static str, String)>, expr: &mut Option<String>| {
-        if let Some(expr) = expr.take() {
-            let (kind, name) = named.take().unwrap_or(("alert", String::new()));
-            out.push(RuleEntry { kind, name, expr });
-        }
-        *named = None;
-    };
-    for (i, line) in lines.iter().enumerate() {
-        let mut rest = line.trim_start();
-        let mut col = indent_of(line);
-        if rest.starts_with("- ") {
-            flush(&mut named, &mut expr);
-        }
-        while let Some(r) = rest.strip_prefix("- ") {
-            let r2 = r.trim_start();
-            col += rest.len() - r2.len();
-            rest = r2;
-        }
-        for (key, kind) in [("alert:", "alert"), ("record:", "record")] {
-            if let Some(v) = rest.strip_prefix(key) {
-                named = Some((kind, yaml_value(&lines, i, col, v)));
-            }
-        }
-        if let Some(v) = rest.strip_prefix("expr:") {
-            expr = Some(yaml_value(&lines, i, col, v));
-        }
-    }
-    flush(&mut named, &mut expr);
-    out
+    let doc = parse_yaml(text, "rule file");
+    let rules = doc["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten());
+    rules
+        .filter_map(|r| {
+            let expr = match &r["expr"] {
+                Value::Null => return None,
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let (kind, name) = match (r["record"].as_str(), r["alert"].as_str()) {
+                (Some(name), _) => ("record", name),
+                (None, name) => ("alert", name.unwrap_or_default()),
+            };
+            let expr = expr.lines().map(str::trim).collect::<Vec<_>>().join("\n");
+            Some(RuleEntry {
+                kind,
+                name: name.to_string(),
+                expr: expr.trim().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// What a PromQL expression refers to.

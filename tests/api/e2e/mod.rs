@@ -23,6 +23,7 @@ use crate::drift::{
     WAIT_WORKFLOW_TYPE,
 };
 use crate::helpers::{free_port, Backend, TestApp, TestDb};
+use crate::tools::Tool;
 
 mod alerting;
 mod kestra;
@@ -32,36 +33,26 @@ const FOR: &str = "2s";
 /// The job name the rules expect (`TaskpulseDown` selects `up{job="taskpulse"}`).
 const JOB: &str = "taskpulse";
 
-/// The first of `names` on PATH.
-fn on_path(names: &[&str]) -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths)
-        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
-        .find(|p| p.is_file())
-}
-
-/// `prometheus` and Alertmanager (`prometheus-alertmanager` on Debian), or `None` after a skip
-/// note. With `TASKPULSE_REQUIRE_TOOLS=1` (set by `scripts/test.sh`) a missing tool fails.
+/// `prometheus` and Alertmanager (`$TASKPULSE_ALERTMANAGER`, else `prometheus-alertmanager`
+/// as Debian names it, else `alertmanager` on PATH), or `None` after a skip note (a failure
+/// with `TASKPULSE_REQUIRE_TOOLS=1`, as `scripts/test.sh` sets it).
 fn tools() -> Option<(PathBuf, PathBuf)> {
-    let prometheus = on_path(&["prometheus"]);
-    let alertmanager = on_path(&["prometheus-alertmanager", "alertmanager"]);
-    match (prometheus, alertmanager) {
-        (Some(p), Some(a)) => Some((p, a)),
-        (p, a) => {
-            let missing = [("prometheus", p.is_none()), ("alertmanager", a.is_none())]
-                .iter()
-                .filter(|(_, m)| *m)
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(" and ");
-            let how = "apt-get install prometheus prometheus-alertmanager, or run scripts/test.sh";
-            if std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-                panic!("{missing} not on PATH and TASKPULSE_REQUIRE_TOOLS=1 ({how})");
-            }
-            eprintln!("SKIPPED: {missing} not on PATH ({how})");
-            None
-        }
+    let how = "apt-get install prometheus prometheus-alertmanager, or run scripts/test.sh";
+    let prometheus = Tool {
+        env: None,
+        local: None,
+        names: &["prometheus"],
+        how,
     }
+    .find()?;
+    let alertmanager = Tool {
+        env: Some("TASKPULSE_ALERTMANAGER"),
+        local: None,
+        names: &["prometheus-alertmanager", "alertmanager"],
+        how,
+    }
+    .find()?;
+    Some((prometheus, alertmanager))
 }
 
 /// A child process killed when the test ends, however it ends.

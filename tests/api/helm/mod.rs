@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::alerts::{
     assert_promtool_check_clean, describe, promtool, repo_path, run, yaml_file, RULES_FILE,
 };
+use crate::tools::Tool;
 
 mod copies;
 mod lint;
@@ -29,27 +30,15 @@ pub(crate) const SIDECAR: &str = "helm/taskpulse/ci/sidecar-values.yaml";
 pub(crate) const MIN_KUBE_VERSION: &str = "1.25.0";
 
 /// Helm: `$TASKPULSE_HELM`, else `.tools/helm` (installed by `scripts/test.sh`), else `helm` on
-/// PATH; `None` after a skip note. With `TASKPULSE_REQUIRE_TOOLS=1` a missing Helm fails.
+/// PATH; `None` after a skip note (a failure with `TASKPULSE_REQUIRE_TOOLS=1`).
 pub(crate) fn helm() -> Option<PathBuf> {
-    let from_env = std::env::var_os("TASKPULSE_HELM")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    let local = Some(repo_path(".tools/helm")).filter(|p| p.is_file());
-    let on_path = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("helm"))
-                .find(|p| p.is_file())
-        })
-    };
-    let found = from_env.or(local).or_else(on_path);
-    if found.is_none() {
-        if std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("helm not found ($TASKPULSE_HELM, .tools/helm, PATH) and TASKPULSE_REQUIRE_TOOLS=1 (scripts/test.sh installs it)");
-        }
-        eprintln!("SKIPPED: helm not found ($TASKPULSE_HELM, .tools/helm or PATH; scripts/test.sh installs it)");
+    Tool {
+        env: Some("TASKPULSE_HELM"),
+        local: Some(".tools/helm"),
+        names: &["helm"],
+        how: "scripts/test.sh installs it",
     }
-    found
+    .find()
 }
 
 /// The objects `helm template` rendered, as JSON.
