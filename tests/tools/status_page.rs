@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::drift::repo_path;
+use crate::alerts::repo_path;
 use crate::helpers::{Backend, TestApp, TestDb};
 use crate::tools;
 
