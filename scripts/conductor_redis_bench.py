@@ -13,6 +13,15 @@ members scored by due time). It loads with `redis-cli --pipe`. The release build
 from taskpulse_conductor_redis_poll_seconds, interpolated within its buckets), the lag of one
 change (a task completed) to taskpulse's state, over 20 changes, and resident memory. The
 database is flushed afterwards.
+
+    MODE=idle scripts/conductor_redis_bench.py   (environment: HISTORY, LIVE, SECONDS)
+
+What idle polls cost Conductor's Redis (issue 24), on a redis-server of its own (so no other
+client's commands are counted): HISTORY finished workflows of 3 tasks (the keys
+RedisExecutionDAO leaves: WORKFLOW, WORKFLOW_DEF_TO_WORKFLOWS, SCHEDULED_TASKS,
+WORKFLOW_TO_TASKS, 3 TASK) and LIVE running workflows with one finished and one in-progress
+task each. The binary reads it at --conductor-poll-interval 1s; after 5 s of warm-up, the
+INFO commandstats delta over SECONDS seconds (calls and time, per command) is printed.
 """
 
 import http.client
@@ -158,5 +167,94 @@ def main():
         subprocess.run(["rm", "-rf", work])
 
 
+def idle():
+    history = int(os.environ.get("HISTORY", "100000"))
+    live = int(os.environ.get("LIVE", "100"))
+    seconds = int(os.environ.get("SECONDS", "10"))
+    rport = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    r = lambda *a, **k: subprocess.run(["redis-cli", "-p", str(rport), *a], capture_output=True,
+                                       text=True, check=True, **k).stdout
+    for _ in range(100):
+        try:
+            if r("PING").strip() == "PONG":
+                break
+        except subprocess.CalledProcessError:
+            pass
+        time.sleep(0.05)
+    now = int(time.time() * 1000)
+    day = time.strftime("%Y%m%d", time.gmtime(now / 1000))
+
+    def workflow(wid, tasks, running):
+        out = [resp("SET", f"conductor.test.WORKFLOW.{wid}", json.dumps(
+            {"workflowId": wid, "status": "RUNNING" if running else "COMPLETED", "tasks": [],
+             "workflowDefinition": {"name": "orders", "version": 1}, "createTime": now}))]
+        out.append(resp("SADD", f"conductor.test.WORKFLOW_DEF_TO_WORKFLOWS.orders.{day}", wid))
+        if running:
+            out.append(resp("SADD", "conductor.test.PENDING_WORKFLOWS.orders", wid))
+        for n, status in enumerate(tasks):
+            id = f"{wid}-{n}"
+            out.append(resp("HSET", f"conductor.test.SCHEDULED_TASKS.{wid}", f"step_{n}_ref0", id))
+            out.append(resp("SADD", f"conductor.test.WORKFLOW_TO_TASKS.{wid}", id))
+            doc = json.loads(task(id, f"step_{n}", status, now))
+            doc["workflowInstanceId"] = wid
+            out.append(resp("SET", f"conductor.test.TASK.{id}", json.dumps(doc)))
+            if status == "IN_PROGRESS":
+                out.append(resp("SADD", f"conductor.test.IN_PROGRESS_TASKS.step_{n}", id))
+        return out
+
+    lines = []
+    for w in range(history):
+        lines += workflow(f"old-{w}", ["COMPLETED"] * 3, False)
+    for w in range(live):
+        lines += workflow(f"live-{w}", ["COMPLETED", "IN_PROGRESS"], True)
+    r("--pipe", input="".join(lines))
+    keys = r("DBSIZE").strip()
+    port = free_port()
+    work = subprocess.run(["mktemp", "-d"], capture_output=True, text=True).stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPULSE_")}
+    env["TASKPULSE_LOG"] = "warn"
+    proc = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--database",
+                             f"sqlite://{work}/t.db", "--conductor-redis", f"redis://127.0.0.1:{rport}/0",
+                             "--conductor-poll-interval", "1s"], env=env)
+
+    def stats():
+        out = {}
+        for line in r("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, rest = line[8:].split(":", 1)
+                f = dict(kv.split("=") for kv in rest.split(","))
+                out[name] = (int(f["calls"]), int(f["usec"]))
+        return out
+
+    try:
+        for _ in range(1200):
+            try:
+                if get(port, "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        time.sleep(5)
+        before = stats()
+        time.sleep(seconds)
+        after = stats()
+        delta = {k: (v[0] - before.get(k, (0, 0))[0], v[1] - before.get(k, (0, 0))[1])
+                 for k, v in after.items() if k not in ("info",)}
+        delta = {k: v for k, v in delta.items() if v[0] > 0}
+        calls = sum(v[0] for v in delta.values())
+        usec = sum(v[1] for v in delta.values())
+        print(f"{os.path.basename(BIN)}: {history} finished workflows, {live} running ({keys} keys):"
+              f" {calls} commands in {seconds} idle seconds, {usec / 1000:.1f} ms of Redis time;"
+              f" {dict(sorted(delta.items()))}", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        server.terminate()
+        server.wait(60)
+        subprocess.run(["rm", "-rf", work])
+
+
 if __name__ == "__main__":
-    main()
+    idle() if os.environ.get("MODE") == "idle" else main()

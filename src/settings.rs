@@ -430,14 +430,32 @@ fn positive(name: &str, d: Duration, example: &str) -> Result<()> {
 
 /// Hides the password of a database URL for logs and error messages.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if let Some((user, _password)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // not a URL: nothing in it is known to be a password, but say nothing after an `@`
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_string(),
+        };
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
-    url.to_string()
+    let secret = |k: &str| matches!(k, "password" | "sslpassword" | "pass");
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -576,5 +594,25 @@ mod tests {
             redact_url("postgres://u:pw@host/db"),
             "postgres://u:***@host/db"
         );
+    }
+
+    #[test]
+    fn redact_url_hides_every_password_a_url_can_carry() {
+        // an `@` in the password (a hand split at the first `@` showed its tail)
+        let r = redact_url("postgres://u:p@ss@host:5432/db");
+        assert!(!r.contains("ss@host") && !r.contains("p@"), "{r}");
+        assert!(r.ends_with("@host:5432/db"), "{r}");
+        // sqlx takes the password from the query too
+        let r = redact_url("postgres://u@host/db?sslmode=disable&password=hunter2");
+        assert!(
+            !r.contains("hunter2") && r.contains("sslmode=disable"),
+            "{r}"
+        );
+        assert_eq!(
+            redact_url("redis://:secret@r:6379/0"),
+            "redis://:***@r:6379/0"
+        );
+        assert_eq!(redact_url("sqlite://taskpulse.db"), "sqlite://taskpulse.db");
+        assert!(!redact_url("not a url:pw@x").contains("pw"));
     }
 }

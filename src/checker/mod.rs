@@ -209,6 +209,7 @@ impl Checker {
     }
 
     /// Runs every rule once and applies (or skips) their repairs.
+    #[tracing::instrument(name = "checker_pass", skip_all)]
     pub async fn run_pass(&self, ctx: &Context) -> Result<PassReport> {
         let result = self.pass(ctx).await;
         if !self.count_runs {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::Rule;
 use crate::error::Result;
-use crate::http::{Readiness, Routes};
+use crate::http::seam::{Readiness, Routes};
 use crate::metrics::Collector;
 use crate::pipeline::Pipeline;
 use crate::store::Store;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
@@ -243,9 +244,12 @@ pub(crate) fn run<P: Poller>(
 async fn poll_bounded<P: Poller>(reader: &mut P, stop: &CancellationToken) -> Option<Result<()>> {
     let health = reader.health().clone();
     health.polling(Some(Instant::now()));
+    let poll = reader
+        .poll_once()
+        .instrument(tracing::info_span!("poll", reader = P::WHAT));
     let outcome = tokio::select! {
         _ = stop.cancelled() => None,
-        r = tokio::time::timeout(POLL_DEADLINE, reader.poll_once()) => Some(r.unwrap_or_else(|_| {
+        r = tokio::time::timeout(POLL_DEADLINE, poll) => Some(r.unwrap_or_else(|_| {
             Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no answer within {} s (client-side deadline)", POLL_DEADLINE.as_secs()),

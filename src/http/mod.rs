@@ -13,6 +13,7 @@ mod live;
 pub mod overview;
 mod query;
 mod read;
+pub mod seam;
 pub mod server;
 mod ui;
 mod views;
@@ -28,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::metrics::Exposition;
 use crate::pipeline::Pipeline;
@@ -111,9 +113,22 @@ pub fn router(state: HttpState, extra: Routes) -> Router {
             state.settings.body_read_timeout,
             body::deadline,
         ))
+        .layer(middleware::from_fn(request_span))
         .layer(DefaultBodyLimit::max(
             state.settings.max_body_bytes.as_u64() as usize,
         ))
+}
+
+/// Every request's events under one span (method and path, the path cut to 120 bytes), so
+/// `TASKPULSE_LOG=debug` groups what one request did.
+async fn request_span(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let path = req.uri().path();
+    let cut = (0..=path.len().min(120))
+        .rev()
+        .find(|i| path.is_char_boundary(*i))
+        .unwrap_or(0);
+    let span = tracing::info_span!("request", method = %req.method(), path = &path[..cut]);
+    next.run(req).instrument(span).await
 }
 
 /// A JSON error body with a status.

@@ -72,6 +72,22 @@ pub struct BodyError {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// What was wrong, for callers that answer in their own words (an engine's webhook).
+    pub kind: BodyErrorKind,
+}
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BodyErrorKind {
+    /// Not JSON (or not NDJSON), or not UTF-8.
+    #[default]
+    Syntax,
+    /// Nothing but whitespace.
+    Empty,
+    /// Valid JSON, but a scalar: neither an object nor an array.
+    NotAnObject,
+    /// One JSON object followed by more (objects one per line sent as JSON).
+    Trailing,
 }
 
 impl BodyError {
@@ -80,6 +96,28 @@ impl BodyError {
             line: e.line() + line_offset,
             column: e.column(),
             message: strip_position(&e.to_string()),
+            kind: BodyErrorKind::Syntax,
+        }
+    }
+
+    /// A body whose first JSON value ends at `end`, followed by more than whitespace.
+    fn trailing(body: &[u8], end: usize) -> BodyError {
+        let at = end
+            + body[end..]
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(0);
+        let line_start = body[..at]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        BodyError {
+            line: 1 + body[..at].iter().filter(|b| **b == b'\n').count(),
+            column: at - line_start + 1,
+            message: "trailing characters (several objects, one per line? send them with \
+                      Content-Type: application/x-ndjson)"
+                .into(),
+            kind: BodyErrorKind::Trailing,
         }
     }
 }
@@ -116,6 +154,7 @@ pub fn items(body: &[u8], format: Format) -> Result<Items<'_>, BodyError> {
                             line: 1,
                             column: 0,
                             message: "empty body; expected one JSON object per line".into(),
+                            kind: BodyErrorKind::Empty,
                         }))
                     }
                     Some((index, Err(e))) => before.push(Item {
@@ -221,21 +260,24 @@ fn json_kind(body: &[u8]) -> Result<Values<'_>, BodyError> {
             })
         }
         Some(b'{') => {
-            let raw: &RawValue = serde_json::from_slice(body).map_err(|e| {
-                let mut err = BodyError::from_json(&e, 0);
-                if err.message.contains("trailing characters") {
-                    err.message.push_str(
-                        " (several objects, one per line? send them with Content-Type: application/x-ndjson)",
-                    );
-                }
-                err
-            })?;
+            let mut stream = serde_json::Deserializer::from_slice(body).into_iter::<&RawValue>();
+            // the first byte is `{`, so there is a first value or an error
+            let raw = match stream.next() {
+                Some(Ok(raw)) => raw,
+                Some(Err(e)) => return Err(BodyError::from_json(&e, 0)),
+                None => return Err(BodyError::trailing(body, 0)),
+            };
+            let end = stream.byte_offset();
+            if body[end..].iter().any(|b| !b.is_ascii_whitespace()) {
+                return Err(BodyError::trailing(body, end));
+            }
             Ok(Values::One(Some(raw)))
         }
         None => Err(BodyError {
             line: 1,
             column: 0,
             message: "empty body; expected a JSON object, a JSON array or NDJSON".into(),
+            kind: BodyErrorKind::Empty,
         }),
         Some(_) => {
             // Let serde_json say where and why it fails; if it somehow parses (a bare number),
@@ -246,6 +288,7 @@ fn json_kind(body: &[u8]) -> Result<Values<'_>, BodyError> {
                     line: 1,
                     column: 1,
                     message: "expected a JSON object or an array of objects".into(),
+                    kind: BodyErrorKind::NotAnObject,
                 }),
             }
         }
@@ -285,6 +328,7 @@ fn array_spans(body: &[u8]) -> Result<(&str, Vec<Span>), BodyError> {
             .count(),
         column: 0,
         message: "invalid UTF-8".into(),
+        kind: BodyErrorKind::Syntax,
     })?;
     let mut de = serde_json::Deserializer::from_str(text);
     let spans = serde::Deserializer::deserialize_seq(
@@ -337,6 +381,7 @@ impl<'a> NdjsonLines<'a> {
                         line: index + 1,
                         column: e.valid_up_to() + 1,
                         message: "invalid UTF-8".into(),
+                        kind: BodyErrorKind::Syntax,
                     };
                     let rejection =
                         Rejection::Invalid(err.to_string().replace("body is", "line is"));

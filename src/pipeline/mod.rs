@@ -173,6 +173,7 @@ impl Pipeline {
 
     /// Takes a parsed batch from `source` (the `source` label of `taskpulse_updates_total`),
     /// a chunk at a time.
+    #[tracing::instrument(name = "batch", skip_all, fields(source = source, ack = ?ack))]
     pub async fn submit(
         &self,
         items: impl IntoIterator<Item = Item>,

@@ -171,6 +171,7 @@ impl Store {
 
     /// Writes one batch in one transaction. Returns the indexes of task rows that were not
     /// written because the stored row is terminal or newer (a conflict).
+    #[tracing::instrument(name = "store_write", skip_all)]
     pub async fn write_batch(&self, batch: &Batch) -> Result<Vec<usize>> {
         match self {
             Store::Sqlite(pool) => sqlite::write_batch(pool, batch).await,

@@ -339,3 +339,31 @@ fn the_readme_architecture_section_matches_the_tree() {
         }
     }
 }
+
+/// Engines reach the HTTP server only through its public seam (`crate::http::seam`): a
+/// webhook or a proxy is written against that API, never against the server's own modules.
+#[test]
+fn engines_use_the_http_server_only_through_its_seam() {
+    let mut offenders = Vec::new();
+    let mut seen_seam = false;
+    for f in files() {
+        let rel = f.strip_prefix(src()).unwrap().to_string_lossy().to_string();
+        if !rel.starts_with("engines/") {
+            continue;
+        }
+        for r in references(&f) {
+            if r.first().is_some_and(|s| s == "http") {
+                if r.get(1).is_some_and(|s| s == "seam") {
+                    seen_seam = true;
+                } else {
+                    offenders.push(format!("{rel}: crate::{}", r.join("::")));
+                }
+            }
+        }
+    }
+    assert!(
+        seen_seam,
+        "no engine uses crate::http::seam: is the check reading imports?"
+    );
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
+use taskpulse::engines::conductor::db::DbOptions;
 use taskpulse::engines::conductor::wait_queue::{self, APPLICATION_NAME};
 use taskpulse::wait::{WaitCounts, WaitMetrics, WaitSnapshot};
 use tokio::sync::watch;
@@ -40,6 +41,10 @@ CREATE TABLE workflow_to_task (
     created_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     modified_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     PRIMARY KEY (workflow_id, task_id)
+);
+CREATE TABLE queue (
+    queue_name VARCHAR(255) NOT NULL PRIMARY KEY,
+    created_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 CREATE TABLE queue_message (
     queue_name VARCHAR(255) NOT NULL,
@@ -148,6 +153,14 @@ impl Conductor {
     /// A queue message due at `deliver_ms` (stored as UTC wall time, like Conductor on a UTC
     /// server).
     async fn push(&self, queue: &str, id: &str, deliver_ms: i64) {
+        // createQueueIfNotExists
+        sqlx::query(
+            "INSERT INTO queue (queue_name) VALUES ($1) ON CONFLICT (queue_name) DO NOTHING",
+        )
+        .bind(queue)
+        .execute(&self.pool)
+        .await
+        .unwrap();
         sqlx::query(
             "INSERT INTO queue_message (queue_name, message_id, deliver_on, priority, \
                offset_time_seconds, payload) \
@@ -208,6 +221,7 @@ async fn start(
 ) -> (watch::Receiver<WaitSnapshot>, tokio::task::JoinHandle<()>) {
     wait_queue::spawn(
         &c.url,
+        &DbOptions::default(),
         grace,
         refresh_every,
         lag.clone(),
@@ -584,17 +598,24 @@ async fn start_fails_without_conductor_tables_or_with_a_bad_url() {
     let db = TestDb::new(Backend::Postgres).await;
     let err = wait_queue::spawn(
         &db.url,
+        &DbOptions::default(),
         MINUTE,
         MINUTE,
         lag_histogram(),
         CancellationToken::new(),
     )
     .await
-    .expect_err("no queue_message table");
-    assert!(err.to_string().contains("queue_message"), "{err}");
+    .expect_err("no queue tables");
+    // the queue names come first (`queue`), then their messages (`queue_message`)
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"queue\"") || msg.contains("queue_message"),
+        "{msg}"
+    );
 
     let err = wait_queue::spawn(
         "mysql://nope/x",
+        &DbOptions::default(),
         MINUTE,
         MINUTE,
         lag_histogram(),

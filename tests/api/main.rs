@@ -10,6 +10,7 @@ mod checker;
 mod cli;
 mod conductor;
 mod conductor_db;
+mod conductor_pg;
 mod conductor_redis;
 mod conductor_store_rules;
 mod conductor_tail;

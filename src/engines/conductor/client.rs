@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::http::error;
+use crate::http::seam::error;
 
 /// Why the engine gave no answer to pass on.
 #[derive(Debug, thiserror::Error)]

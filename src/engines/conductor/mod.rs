@@ -8,6 +8,7 @@
 //! ([`task_tail`]) and the WAIT gauges come from Conductor's queue.
 
 pub mod client;
+pub mod db;
 pub mod lookup;
 mod metrics;
 pub mod proxy;
@@ -27,7 +28,7 @@ use futures_util::FutureExt;
 use super::{Contribution, Engine, EngineContext};
 use crate::checker::Rule;
 use crate::error::{Error, Result};
-use crate::http::Routes;
+use crate::http::seam::Routes;
 use crate::settings::{redact_url, Secret};
 use client::EngineClient;
 use lookup::Lookup;
@@ -74,7 +75,7 @@ impl Conductor {
             ))
         });
         let lookup = if let Some(url) = &settings.db {
-            Some(Lookup::postgres(url)?)
+            Some(Lookup::postgres(&settings.db_options().session_url(url))?)
         } else if let Some(url) = &settings.redis {
             Some(Lookup::redis(
                 url,
@@ -119,6 +120,9 @@ impl Engine for Conductor {
     fn start<'a>(&'a self, ctx: &'a EngineContext) -> BoxFuture<'a, Result<Contribution>> {
         async move {
             let metrics = ConductorMetrics::register(&ctx.registry)
+                .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
+            // registered whether or not --conductor-db is set: every family is on /metrics
+            let skips = db::SkipMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
             let webhook_metrics = webhook::WebhookMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor webhook metrics: {e}")))?;
@@ -167,20 +171,28 @@ impl Engine for Conductor {
                 );
             }
             if let Some(url) = &self.settings.db {
-                let tail = task_tail::TaskTail::start(url, ctx.pipeline.clone(), metrics.clone())
-                    .await
-                    .map_err(|e| {
-                        Error::Config(format!(
-                            "cannot read Conductor's task table from `{}` (--conductor-db): {e}",
-                            redact_url(url)
-                        ))
-                    })?;
+                let options = self.settings.db_options();
+                let tail = task_tail::TaskTail::start(
+                    url,
+                    &options,
+                    ctx.pipeline.clone(),
+                    metrics.clone(),
+                    skips,
+                )
+                .await
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read Conductor's task table from `{}` (--conductor-db): {e}",
+                        redact_url(url)
+                    ))
+                })?;
                 let health = tail.health();
                 out.readiness.push(Arc::new(move || health.failing()));
                 out.tasks
                     .push(tail.run(self.settings.poll_interval, ctx.stop.clone()));
                 let (rx, reader) = wait_queue::spawn(
                     url,
+                    &options,
                     ctx.core.wait_grace,
                     WAIT_REFRESH,
                     ctx.wait_metrics.clone(),
@@ -216,6 +228,8 @@ impl Engine for Conductor {
                     ctx.wait_metrics.clone(),
                     queue_metrics,
                     metrics.redis_poll_seconds.clone(),
+                    redis_reader::RedisMetrics::register(&ctx.registry)
+                        .map_err(|e| Error::Config(format!("Conductor's Redis metrics: {e}")))?,
                 )
                 .await
                 .map_err(|e| {

@@ -36,6 +36,26 @@ pub struct ConductorSettings {
     )]
     pub db: Option<String>,
 
+    /// With --conductor-db: the time zone Conductor's sessions write their TIMESTAMP columns in (modified_on, deliver_on): the Conductor JVM's default zone (-Duser.timezone, TZ), an IANA name. Checked at start against the rows
+    #[arg(
+        id = "conductor-db-time-zone",
+        long = "conductor-db-time-zone",
+        env = "TASKPULSE_CONDUCTOR_DB_TIME_ZONE",
+        value_name = "ZONE",
+        default_value = "UTC"
+    )]
+    pub db_time_zone: String,
+
+    /// With --conductor-db: Conductor's conductor.postgres.schema, the schema its tables are in
+    #[arg(
+        id = "conductor-db-schema",
+        long = "conductor-db-schema",
+        env = "TASKPULSE_CONDUCTOR_DB_SCHEMA",
+        value_name = "SCHEMA",
+        default_value = "public"
+    )]
+    pub db_schema: String,
+
     /// A Redis-backed Conductor (redis://HOST:PORT[/DB]), read-only: tasks in flight and how they ended (source conductor_redis), the WAIT queue and every queue's depth
     #[arg(
         id = "conductor-redis",
@@ -128,6 +148,14 @@ impl ConductorSettings {
             .transpose()
     }
 
+    /// Where Conductor's tables are in its PostgreSQL, and the zone of their timestamps.
+    pub fn db_options(&self) -> super::db::DbOptions {
+        super::db::DbOptions {
+            time_zone: self.db_time_zone.clone(),
+            schema: self.db_schema.clone(),
+        }
+    }
+
     /// Where Conductor keeps its keys in Redis.
     pub fn redis_keys(&self) -> super::redis_reader::Keys {
         super::redis_reader::Keys {
@@ -186,6 +214,25 @@ impl ConductorSettings {
                 );
             }
         }
+        // both go into SQL as bound values or startup options: no whitespace or control
+        // characters (PostgreSQL splits startup options on whitespace)
+        let plain = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 63
+                && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if !plain(&self.db_time_zone) {
+            return bad(
+                "conductor-db-time-zone",
+                "must be an IANA zone name (e.g. UTC, America/Los_Angeles)".into(),
+            );
+        }
+        if !plain(&self.db_schema) {
+            return bad(
+                "conductor-db-schema",
+                "must be a schema name of 1 to 63 characters without spaces".into(),
+            );
+        }
         if let Some(url) = &self.db {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return bad(
@@ -237,5 +284,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("conductor-db"));
+        assert_eq!(
+            (s.db_time_zone.as_str(), s.db_schema.as_str()),
+            ("UTC", "public")
+        );
+        let s = ConductorSettings {
+            db_schema: "my schema".into(),
+            ..Default::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("conductor-db-schema"));
     }
 }

@@ -44,8 +44,8 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::http::{body::read_body, error, ingest};
-use crate::ingest::{BodyError, Item, ItemError, OutputProgress, RawUpdate};
+use crate::http::seam::{bad_body, error, read_body, submit};
+use crate::ingest::{BodyError, BodyErrorKind, Item, ItemError, OutputProgress, RawUpdate};
 use crate::lifecycle::Rejection;
 use crate::model::Status;
 use crate::pipeline::Pipeline;
@@ -341,7 +341,7 @@ pub fn notifications<'a>(
 ) -> Result<impl Iterator<Item = Item> + 'a, BodyError> {
     Ok(crate::ingest::values(body)
         .map_err(|mut e| {
-            if e.message.starts_with("expected a JSON object or an array") {
+            if e.kind == BodyErrorKind::NotAnObject {
                 e.message = "expected a TaskNotification object or an array of them".into();
             }
             e
@@ -430,10 +430,10 @@ async fn task_status(
     };
     let items = match notifications(&text, Some(&s.metrics)) {
         Ok(items) => items,
-        Err(e) => return ingest::bad_body(&e),
+        Err(e) => return bad_body(&e),
     };
     s.metrics.body(charset);
-    ingest::submit(&s.pipeline, items, SOURCE).await
+    submit(&s.pipeline, items, SOURCE).await
 }
 
 #[cfg(test)]

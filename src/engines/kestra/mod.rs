@@ -11,6 +11,7 @@
 pub mod execution;
 mod metrics;
 pub mod reader;
+mod rows;
 mod settings;
 
 use std::sync::Arc;
@@ -59,8 +60,8 @@ impl Engine for Kestra {
             let mut out = Contribution::default();
             if let Some(url) = &self.settings.db {
                 let reader = reader::KestraReader::start(
+                    &self.settings,
                     url,
-                    &self.settings.tenant,
                     ctx.pipeline.clone(),
                     ctx.store.clone(),
                     metrics,

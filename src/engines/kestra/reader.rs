@@ -1,16 +1,26 @@
 //! Kestra's `executions` table followed (`--kestra-db`), read-only: every task run's
 //! transitions, with the worker of each attempt resolved to its host through
-//! `service_instance` (`docs/engines/kestra.md` §1, §5, §8).
+//! `service_instance` (`docs/engines/kestra.md` §1, §5, §8, §11).
 //!
 //! - **What changed.** `executions` has no modification column, and every state change
-//!   rewrites the row. Each poll reads the active set (`state_current` among the database's
+//!   rewrites the row. Each poll *lists* the active set (`state_current` among the database's
 //!   own non-terminal `state_type` labels, read from `pg_enum` at start, since the enum
 //!   differs by version) plus the executions that ended since the last successful poll minus
-//!   [`OVERLAP`] (`end_date`), both through Kestra's indexes
-//!   (`executions_state_current`, `executions_end_date`, led by `deleted, tenant_id`).
-//! - **Once per transition.** An execution whose JSON is byte for byte what was read last time
-//!   is not parsed again; in one that changed, a task run is submitted (`source="kestra_db"`)
-//!   only when what taskpulse takes from it changed (status, last change, attempt, worker).
+//!   [`OVERLAP`] (`end_date`), both through Kestra's indexes: key, row version and stored size
+//!   only ([`rows::list`]), no JSON. It then fetches the JSON of the executions whose version
+//!   changed, and of those it followed that left the listing unfinished (ended outside the
+//!   window, deleted): an idle poll reads no document, however many executions run.
+//! - **Bounds.** A document over `--kestra-db-max-document-bytes` is not read (counted, logged
+//!   once per execution); one poll fetches at most `--kestra-db-max-poll-bytes` (as stored),
+//!   in queries of at most [`FETCH_BATCH`] rows and [`BATCH_BYTES`]; the rest waits for the
+//!   next poll, longest waiting first.
+//! - **Time zone.** `end_date` is Kestra's wall time in its JVM's zone; the window is computed
+//!   in `--kestra-db-time-zone`, checked at start and on every fetched row against the JSON's
+//!   instants ([`rows::check_zone`]): rows that disagree fail the start, or the poll, naming
+//!   the setting.
+//! - **Once per transition.** In an execution that changed, a task run is submitted
+//!   (`source="kestra_db"`) only when what taskpulse takes from it changed (status, last
+//!   change, attempt, worker).
 //! - **Start.** The first poll reads the active set only, and the current state of every task
 //!   taskpulse holds in flight (by execution id): finished history is not replayed.
 //! - **Workers.** A worker id (a UUID) seen for the first time is looked up in
@@ -20,7 +30,6 @@
 //!   with backoff; the next good poll reads everything that ended in between.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::execution::{is_terminated, Execution};
 use super::metrics::KestraMetrics;
+use super::rows::{self, Fetched, Listed};
+use super::KestraSettings;
 use crate::engines::store_source::{self, read_only_pool, Health, Poller};
 use crate::error::{Error, Result};
 use crate::ingest::TaskUpdate;
@@ -41,15 +52,19 @@ use crate::store::Store;
 pub const SOURCE: &str = "kestra_db";
 /// `application_name` of taskpulse's sessions on Kestra's database.
 pub const APPLICATION_NAME: &str = "taskpulse-kestra";
-/// How far before the last successful poll the ended executions are read again: longer than
-/// a poll and a commit take. `end_date` is a `TIMESTAMP` without time zone written in the
-/// session time zone of Kestra's JDBC sessions; the comparison runs in taskpulse's session,
-/// so both must use the server's default time zone (docs/engines/kestra.md §1.3).
+/// How far before the last successful poll the ended executions are listed again: longer than
+/// a poll and a commit take, and than the clocks of Kestra's hosts and its database differ.
+/// `end_date` is Kestra's wall time in `--kestra-db-time-zone` (docs/engines/kestra.md §1.3).
 pub const OVERLAP: Duration = Duration::from_secs(60);
 /// Workers whose host is remembered in memory (looked up once each), at most.
 const MAX_WORKERS: usize = 100_000;
-/// Executions fetched by id per query (the first pass).
-const FETCH_BATCH: usize = 1_000;
+/// Executions fetched per query, at most.
+pub const FETCH_BATCH: usize = 1_000;
+/// Bytes (as stored) of the executions fetched per query, at most (one larger document is
+/// fetched alone).
+pub const BATCH_BYTES: i64 = 8 * 1024 * 1024;
+/// Executions named in the log for a skipped document, remembered at most (then forgotten).
+const MAX_NOTED: usize = 10_000;
 
 const LABELS: &str =
     "SELECT e.enumlabel::text FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid \
@@ -77,20 +92,44 @@ impl Seen {
     }
 }
 
+/// An execution followed: the row version last read, whether it had ended, and what was
+/// submitted per task run.
+#[derive(Debug, Default)]
+struct Followed {
+    version: String,
+    ended: bool,
+    runs: HashMap<String, Seen>,
+}
+
+/// An execution to fetch: its key, stored size, and the poll it has waited since.
+struct Wanted {
+    key: String,
+    stored: i64,
+    since: u64,
+}
+
 pub struct KestraReader {
     pool: PgPool,
     pipeline: Arc<Pipeline>,
     store: Store,
     /// `None`: executions without a tenant (Kestra 0.22 and earlier).
     tenant: Option<String>,
+    /// Kestra's JVM zone (`--kestra-db-time-zone`).
+    zone: String,
+    max_document: i64,
+    max_poll: i64,
     /// The database's non-terminal `state_type` labels.
     active: Vec<String>,
-    /// Per execution read: a hash of its JSON, and what was submitted per task run.
-    seen: HashMap<String, (u64, HashMap<String, Seen>)>,
+    followed: HashMap<String, Followed>,
+    /// Executions changed but not fetched yet, with the poll that first saw them so.
+    waiting: HashMap<String, u64>,
+    polls: u64,
     /// Worker id to host (`None`: not registered when looked up).
     workers: HashMap<String, Option<String>>,
     /// Kestra states this version of taskpulse doesn't know, logged once each.
     unknown: HashSet<String>,
+    /// Executions whose document was skipped, logged once each.
+    noted: HashSet<String>,
     /// When the last successful poll began, to bound the ended executions read next.
     last_ok: Option<Instant>,
     unsent: Vec<TaskUpdate>,
@@ -99,11 +138,12 @@ pub struct KestraReader {
 }
 
 impl KestraReader {
-    /// Connects read-only, reads the enum labels and runs the first pass. A database that
-    /// can't be reached, or has no Kestra tables, stops start-up.
+    /// Connects read-only, reads the enum labels, checks the time zone and runs the first
+    /// pass. A database that can't be reached, has no Kestra tables, or whose rows show
+    /// another zone than `--kestra-db-time-zone`, stops start-up.
     pub async fn start(
+        settings: &KestraSettings,
         url: &str,
-        tenant: &str,
         pipeline: Arc<Pipeline>,
         store: Store,
         metrics: KestraMetrics,
@@ -119,15 +159,25 @@ impl KestraReader {
             ));
         }
         let active: Vec<String> = labels.into_iter().filter(|l| !is_terminated(l)).collect();
+        let tenant = &settings.tenant;
+        let tenant = (!tenant.is_empty()).then(|| tenant.to_string());
+        let max_document = i64::try_from(settings.max_document_bytes.as_u64()).unwrap_or(i64::MAX);
+        rows::check_zone(&pool, &tenant, &settings.time_zone, max_document).await?;
         let mut reader = KestraReader {
             pool,
             pipeline,
             store,
-            tenant: (!tenant.is_empty()).then(|| tenant.to_string()),
+            tenant,
+            zone: settings.time_zone.clone(),
+            max_document,
+            max_poll: i64::try_from(settings.max_poll_bytes.as_u64()).unwrap_or(i64::MAX),
             active,
-            seen: HashMap::new(),
+            followed: HashMap::new(),
+            waiting: HashMap::new(),
+            polls: 0,
             workers: HashMap::new(),
             unknown: HashSet::new(),
+            noted: HashSet::new(),
             last_ok: None,
             unsent: Vec::new(),
             metrics,
@@ -137,6 +187,7 @@ impl KestraReader {
         tracing::info!(
             task_runs = n,
             active_states = ?reader.active,
+            time_zone = %reader.zone,
             "following Kestra's executions (--kestra-db)"
         );
         Ok(reader)
@@ -146,61 +197,22 @@ impl KestraReader {
         self.health.clone()
     }
 
-    /// The executions read by one query: active, or ended within `ended_within`.
-    async fn read(&self, ended_within: Option<Duration>) -> Result<Vec<(String, String)>> {
-        let tenant = match self.tenant {
-            Some(_) => "tenant_id = $1",
-            None => "tenant_id IS NULL AND $1::text IS NULL",
-        };
-        // Each arm a condition Kestra's indexes answer (a BitmapOr of
-        // `executions_state_current` and `executions_end_date`); no arm that would make the
-        // planner read the whole table.
-        let ended = match ended_within {
-            Some(_) => " OR end_date >= LOCALTIMESTAMP - make_interval(secs => $3)",
-            None => "",
-        };
-        let sql = format!(
-            "SELECT key::text, value::text FROM executions \
-             WHERE deleted = false AND {tenant} \
-               AND (state_current = ANY($2::text[]::state_type[]){ended})"
-        );
-        let mut query = sqlx::query(&sql).bind(&self.tenant).bind(&self.active);
-        if let Some(d) = ended_within {
-            query = query.bind(d.as_secs_f64());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
-    }
-
     async fn first_pass(&mut self) -> Result<usize> {
         let started = Instant::now();
-        let mut rows = self.read(None).await?;
-        let known: HashSet<String> = rows.iter().map(|(k, _)| k.clone()).collect();
+        let listed = rows::list(&self.pool, &self.tenant, &self.active, None).await?;
+        let known: HashSet<&str> = listed.iter().map(|l| l.key.as_str()).collect();
         // The executions of tasks taskpulse holds in flight, as they are now.
-        let mut wanted: Vec<String> = self
+        let mut extra: Vec<String> = self
             .pipeline
             .tracker()
             .select(|r| !r.status.is_terminal())
             .into_iter()
             .map(|r| r.workflow_id.to_string())
-            .filter(|id| !known.contains(id))
+            .filter(|id| !known.contains(id.as_str()))
             .collect();
-        wanted.sort();
-        wanted.dedup();
-        for ids in wanted.chunks(FETCH_BATCH) {
-            let found = sqlx::query(
-                "SELECT key::text, value::text FROM executions WHERE key = ANY($1) AND deleted = false",
-            )
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await?;
-            for r in found {
-                rows.push((r.try_get(0)?, r.try_get(1)?));
-            }
-        }
-        let n = self.take(rows, true).await?;
+        extra.sort();
+        extra.dedup();
+        let n = self.follow(listed, extra).await?;
         self.last_ok = Some(started);
         Ok(n)
     }
@@ -211,46 +223,134 @@ impl KestraReader {
         let pending = std::mem::take(&mut self.unsent);
         self.submit(pending).await;
         let since = self.last_ok.map_or(Duration::ZERO, |t| t.elapsed()) + OVERLAP;
-        let rows = self.read(Some(since)).await?;
-        let n = self.take(rows, false).await?;
+        let listed = rows::list(
+            &self.pool,
+            &self.tenant,
+            &self.active,
+            Some((since, &self.zone)),
+        )
+        .await?;
+        let keys: HashSet<&str> = listed.iter().map(|l| l.key.as_str()).collect();
+        // followed and unfinished, no longer listed (ended outside the window, deleted): read
+        // once more, by key, for how it ended, then forgotten
+        self.followed
+            .retain(|k, f| keys.contains(k.as_str()) || !f.ended);
+        let gone: Vec<String> = self
+            .followed
+            .keys()
+            .filter(|k| !keys.contains(k.as_str()))
+            .cloned()
+            .collect();
+        drop(keys);
+        let n = self.follow(listed, gone.clone()).await?;
+        for key in gone {
+            self.followed.remove(&key);
+        }
         self.last_ok = Some(started);
         Ok(n)
     }
 
-    /// Diffs what was read against what was submitted, submits the changes, records new
-    /// workers. `keep_absent`: executions not in `rows` are kept (the first pass reads a part).
-    async fn take(&mut self, rows: Vec<(String, String)>, keep_absent: bool) -> Result<usize> {
-        let hasher = foldhash::fast::FixedState::default();
-        let mut read: HashSet<String> = HashSet::with_capacity(rows.len());
+    /// Fetches, within the byte budget, the listed executions whose version changed and the
+    /// `extra` ones (by key), and submits what changed in them.
+    async fn follow(&mut self, listed: Vec<Listed>, extra: Vec<String>) -> Result<usize> {
+        self.polls += 1;
+        self.metrics.rows_listed.inc_by(listed.len() as u64);
+        let mut wanted = Vec::new();
+        for l in listed {
+            if self
+                .followed
+                .get(&l.key)
+                .is_some_and(|f| f.version == l.version)
+            {
+                continue;
+            }
+            if l.stored > self.max_document {
+                self.skip(&l.key, l.version, l.stored, "too_large");
+                continue;
+            }
+            wanted.push(self.wanted(l.key, l.stored));
+        }
+        for key in extra {
+            wanted.push(self.wanted(key, 0));
+        }
+        let kept: HashSet<&str> = wanted.iter().map(|w| w.key.as_str()).collect();
+        self.waiting.retain(|k, _| kept.contains(k.as_str()));
+        wanted.sort_by_key(|w| w.since);
+        let (now, later) = budget(wanted, self.max_poll);
+        self.metrics.deferred.set(later as i64);
+        let mut n = 0;
+        for batch in batches(&now) {
+            let fetched = rows::fetch(&self.pool, &batch, self.max_document, &self.zone).await?;
+            n += self.take(fetched).await?;
+        }
+        Ok(n)
+    }
+
+    fn wanted(&mut self, key: String, stored: i64) -> Wanted {
+        let since = *self.waiting.entry(key.clone()).or_insert(self.polls);
+        Wanted { key, stored, since }
+    }
+
+    /// Records a document not read (so it is not tried again until it changes), counts it,
+    /// and names the execution in the log once.
+    fn skip(&mut self, key: &str, version: String, len: i64, reason: &'static str) {
+        self.metrics.skipped.with_label_values(&[reason]).inc();
+        let f = self.followed.entry(key.to_string()).or_default();
+        f.version = version;
+        if self.noted.len() >= MAX_NOTED {
+            self.noted.clear();
+        }
+        if self.noted.insert(key.to_string()) {
+            tracing::warn!(
+                execution = key,
+                bytes = len,
+                reason,
+                limit = self.max_document,
+                "kestra: an execution's JSON is not read (--kestra-db-max-document-bytes); its task runs are not followed while it is so"
+            );
+        }
+    }
+
+    /// Diffs the fetched executions against what was submitted, submits the changes, records
+    /// new workers.
+    async fn take(&mut self, fetched: Vec<Fetched>) -> Result<usize> {
+        // checked before any row is taken, so a failed poll leaves nothing half recorded
+        if let Some(row) = fetched.iter().find(|r| r.zone_ok == Some(false)) {
+            return Err(rows::zone_mismatch(&self.pool, &self.zone, row.shown_offset).await);
+        }
         let mut updates = Vec::new();
         let mut new_workers: Vec<String> = Vec::new();
         let mut unknown = Vec::new();
-        for (key, json) in rows {
-            read.insert(key.clone());
-            let hash = hasher.hash_one(json.as_bytes());
-            if self.seen.get(&key).is_some_and(|(h, _)| *h == hash) {
+        for row in fetched {
+            self.waiting.remove(&row.key);
+            self.metrics.documents_fetched.inc();
+            let Some(json) = row.json else {
+                self.skip(&row.key, row.version, row.len, "too_large");
                 continue;
-            }
+            };
+            self.metrics.fetched_bytes.inc_by(json.len() as u64);
             let ex = match Execution::parse(&json) {
                 Ok(ex) => ex,
-                Err(e) => {
-                    tracing::debug!(execution = %key, error = %e, "kestra executions: unreadable value");
+                Err(_) => {
+                    self.skip(&row.key, row.version, row.len, "unreadable");
                     continue;
                 }
             };
+            drop(json);
             for w in ex.worker_ids() {
                 if !self.workers.contains_key(w) {
                     new_workers.push(w.to_string());
                 }
             }
-            let entry = self.seen.entry(key).or_default();
-            entry.0 = hash;
+            let f = self.followed.entry(row.key).or_default();
+            f.version = row.version;
+            f.ended = ex.state.as_ref().is_some_and(|s| is_terminated(&s.current));
             for run in ex.updates(&mut unknown) {
                 let now = Seen::of(&run);
-                if entry.1.get(&run.task_id) == Some(&now) {
+                if f.runs.get(&run.task_id) == Some(&now) {
                     continue;
                 }
-                entry.1.insert(run.task_id.clone(), now);
+                f.runs.insert(run.task_id.clone(), now);
                 updates.push(run);
             }
         }
@@ -262,15 +362,13 @@ impl KestraReader {
                 );
             }
         }
-        if !keep_absent {
-            self.seen.retain(|k, _| read.contains(k));
-        }
         new_workers.sort();
         new_workers.dedup();
-        self.resolve_workers(new_workers).await?;
+        // the updates are recorded as seen above, so they go out even if the look-up fails
+        let resolved = self.resolve_workers(new_workers).await;
         let n = updates.len();
         self.submit(updates).await;
-        Ok(n)
+        resolved.map(|()| n)
     }
 
     /// Looks new workers up in `service_instance` and records their hosts.
@@ -333,5 +431,75 @@ impl Poller for KestraReader {
                 )));
             }
         }
+    }
+}
+
+/// Splits `wanted` (in order) into what one poll fetches, within `max` bytes as stored (at
+/// least one), and the number left for later.
+fn budget(wanted: Vec<Wanted>, max: i64) -> (Vec<Wanted>, usize) {
+    let mut total = 0i64;
+    let mut now = Vec::new();
+    let mut later = 0;
+    for w in wanted {
+        if !now.is_empty() && total.saturating_add(w.stored) > max {
+            later += 1;
+            continue;
+        }
+        total = total.saturating_add(w.stored);
+        now.push(w);
+    }
+    (now, later)
+}
+
+/// The keys of `wanted` in queries of at most [`FETCH_BATCH`] rows and [`BATCH_BYTES`].
+fn batches(wanted: &[Wanted]) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut bytes = 0i64;
+    for w in wanted {
+        let full = out
+            .last()
+            .is_none_or(|b| b.len() >= FETCH_BATCH || bytes.saturating_add(w.stored) > BATCH_BYTES);
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(w.stored);
+        if let Some(b) = out.last_mut() {
+            b.push(w.key.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(key: &str, stored: i64, since: u64) -> Wanted {
+        Wanted {
+            key: key.into(),
+            stored,
+            since,
+        }
+    }
+
+    #[test]
+    fn a_poll_fetches_within_its_budget_and_at_least_one() {
+        let (now, later) = budget(vec![w("a", 60, 0), w("b", 50, 0), w("c", 40, 1)], 100);
+        let keys: Vec<&str> = now.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!((keys, later), (vec!["a", "c"], 1));
+        let (now, later) = budget(vec![w("huge", 500, 0)], 100);
+        assert_eq!((now.len(), later), (1, 0));
+    }
+
+    #[test]
+    fn batches_hold_at_most_their_rows_and_bytes() {
+        let many: Vec<Wanted> = (0..2_500).map(|i| w(&i.to_string(), 10, 0)).collect();
+        let sizes: Vec<usize> = batches(&many).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1_000, 1_000, 500]);
+        let big = vec![w("a", BATCH_BYTES, 0), w("b", 1, 0), w("c", BATCH_BYTES, 0)];
+        let sizes: Vec<usize> = batches(&big).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 1, 1]);
+        assert!(batches(&[]).is_empty());
     }
 }

@@ -19,7 +19,7 @@ use std::hash::BuildHasher;
 
 use axum::http::{header, HeaderMap};
 
-use crate::http::bearer_matches;
+use crate::http::seam::bearer_matches;
 use crate::settings::Secret;
 
 /// The header that carries taskpulse's token through the proxy.

@@ -56,7 +56,7 @@ use serde_json::Value;
 
 use super::client::{collect, EngineClient, UpstreamError};
 use super::metrics::ConductorMetrics;
-use crate::http::error;
+use crate::http::seam::error;
 use crate::ingest::{Format, Item};
 use crate::metrics::{text, Budget, Collector};
 use crate::model::Status;

@@ -9,16 +9,19 @@ use sqlx::postgres::PgListener;
 use sqlx::{Acquire, PgPool};
 use tokio::sync::Notify;
 
-use super::{NOTIFY_CHANNEL, WAIT_QUEUE};
+use super::{is_wait_queue, NOTIFY_CHANNEL};
 use crate::engines::store_source::backoff;
 use crate::error::Result;
 
-/// Whether a `conductor_queue_state` payload shows a WAIT queue different from the last one
-/// seen (`last`: `None` = nothing seen yet). Anything unparsable counts as a change.
+/// Whether a `conductor_queue_state` payload shows the WAIT queues (`WAIT`, `WAIT-<group>`...)
+/// different from the last ones seen (`last`: `None` = nothing seen yet). Anything
+/// unparsable counts as a change.
 fn wait_state_changed(payload: &str, last: &mut Option<Option<Value>>) -> bool {
     match serde_json::from_str::<Value>(payload) {
-        Ok(Value::Object(mut m)) => {
-            let wait = m.remove(WAIT_QUEUE);
+        Ok(Value::Object(m)) => {
+            let waits: serde_json::Map<String, Value> =
+                m.into_iter().filter(|(k, _)| is_wait_queue(k)).collect();
+            let wait = (!waits.is_empty()).then_some(Value::Object(waits));
             if last.as_ref() == Some(&wait) {
                 false
             } else {
@@ -117,6 +120,9 @@ mod tests {
         assert!(!wait_state_changed(p2, &mut last));
         let p3 = r#"{"WAIT":{"nextDelivery":1,"depth":3},"__now__":12}"#;
         assert!(wait_state_changed(p3, &mut last));
+        let grouped = r#"{"WAIT":{"nextDelivery":1,"depth":3},"WAIT-gpu":{"nextDelivery":1,"depth":1},"__now__":12}"#;
+        assert!(wait_state_changed(grouped, &mut last));
+        assert!(!wait_state_changed(grouped, &mut last));
         let empty = r#"{"__now__":13}"#;
         assert!(wait_state_changed(empty, &mut last));
         assert!(!wait_state_changed(empty, &mut last));

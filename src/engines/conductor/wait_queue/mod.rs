@@ -2,21 +2,23 @@
 //! and the wake-up lag histogram (`docs/contract.md` §4.3).
 //!
 //! Since Conductor 3.14 a WAIT task is an async system task: a row of `queue_message` with
-//! `queue_name = 'WAIT'` and `message_id` = the task id, delivered to the system task worker at
-//! `deliver_on`. The task's own JSON (`task.json_data`) carries `workflowType` and the exact
+//! `queue_name = 'WAIT'` (or `WAIT-<isolation group>`, see [`is_wait_queue`]) and `message_id` =
+//! the task id, delivered to the system task worker at `deliver_on`. The task's own JSON (`task.json_data`) carries `workflowType` and the exact
 //! wake-up time `waitTimeout` (epoch ms).
 //!
 //! How it works:
 //! - **Read-only.** Every session runs `SET default_transaction_read_only = on` (and a statement
 //!   timeout) before it is used, including the LISTEN session; nothing here writes. Sessions
 //!   carry `application_name = taskpulse-wait-queue` unless the URL names one.
-//! - **One read** = the WAIT rows of `queue_message` (id, popped, deliver_on) plus the database's
+//! - **One read** = the names of the WAIT queues (from `queue`), their rows of `queue_message`
+//!   (id, popped, deliver_on) plus the database's
 //!   statement time, then `task.json_data` only for ids not seen before (cached while the id
 //!   stays in the queue). JSON is parsed here, leniently: a malformed document costs the labels,
 //!   never the read.
 //! - **Time.** `deliver_on` is a `TIMESTAMP` without time zone that Conductor writes from
-//!   `current_timestamp` in the server's time zone, normally UTC; it is read as UTC
-//!   (`AT TIME ZONE 'UTC'`, which is also right if the column is `TIMESTAMPTZ`). "Now" is the
+//!   `current_timestamp`: the wall time of the writing session, whose zone is the Conductor
+//!   JVM's; it is read `AT TIME ZONE` `--conductor-db-time-zone`
+//!   (`docs/engines/conductor-redis.md` §7.1). "Now" is the
 //!   database's `statement_timestamp()`, the clock `deliver_on` was computed from, so clock skew
 //!   between taskpulse and the database doesn't show up as lateness. `read_at` is that time.
 //! - **Which wake-up time wins.** `waitTimeout` from `json_data` when present and positive, else
@@ -65,7 +67,8 @@ use reader::Reader;
 
 pub use lag::{LagTracker, Wakeup};
 pub use reader::{
-    connect_read_only, lazy_read_only, snapshot_from_rows, task_info, wake_time, TaskInfo, WaitRow,
+    connect_read_only, is_wait_queue, lazy_read_only, snapshot_from_rows, task_info, wake_time,
+    TaskInfo, WaitRow,
 };
 
 /// Conductor's queue of WAIT tasks.
@@ -87,13 +90,14 @@ pub const MIN_READ_GAP: Duration = Duration::from_millis(200);
 /// `stop`, or dropping every receiver.
 pub async fn spawn(
     url: &str,
+    options: &crate::engines::conductor::db::DbOptions,
     wait_grace: Duration,
     refresh_every: Duration,
     wakeup_lag: WaitMetrics,
     stop: CancellationToken,
 ) -> Result<(WaitSource, JoinHandle<()>)> {
     let refresh_every = refresh_every.max(Duration::from_millis(100));
-    let pool = connect_read_only(url).await?;
+    let pool = connect_read_only(&options.session_url(url)).await?;
     // LISTEN before the first read, so no change after that read goes unnoticed.
     let listener = match connect_listener(&pool).await {
         Ok(l) => Some(l),
@@ -105,6 +109,7 @@ pub async fn spawn(
     let mut reader = Reader {
         pool: pool.clone(),
         tasks: HashMap::new(),
+        zone: options.time_zone.clone(),
     };
     let (rows, now) = reader.read_timed().await?;
     let mut lag = LagTracker::new(refresh_every * 2 + Duration::from_secs(2));

@@ -18,6 +18,9 @@ const NO_TIMER_HORIZON_MS: i64 = 10 * 365 * 86_400_000;
 /// Client-side limit for one whole read (also covers a silent network).
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 const TASK_LOOKUP_CHUNK: usize = 1000;
+/// A WAIT task's document is loaded whole up to this size (a chunk holds at most 64 MiB);
+/// past it, the database picks out the three fields read here ([`READ_TASK_SMALL`]).
+const WAIT_DOC_BYTES: i64 = 64 << 10;
 
 /// One WAIT message as read, joined with its task.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +39,20 @@ pub struct WaitRow {
 pub struct TaskInfo {
     pub workflow_type: String,
     pub wait_timeout: Option<i64>,
+    /// `taskType`, "" when unknown: a queue named like a WAIT queue holds WAIT tasks only if
+    /// this says so (a user's task definition may be called `WAIT-something`).
+    pub task_type: String,
+}
+
+/// Whether Conductor would put a WAIT task in this queue: `QueueUtils.getQueueName` builds
+/// `[domain:]WAIT[@executionNameSpace][-isolationGroupId]` (system tasks get no domain, but
+/// one is allowed for).
+pub fn is_wait_queue(name: &str) -> bool {
+    let rest = name.split_once(':').map_or(name, |(_, r)| r);
+    rest == WAIT_QUEUE
+        || rest
+            .strip_prefix(WAIT_QUEUE)
+            .is_some_and(|t| t.starts_with('@') || t.starts_with('-'))
 }
 
 /// Parses the fields needed from a task's JSON. Never fails: whatever is missing or malformed
@@ -47,6 +64,8 @@ pub fn task_info(json_data: &str) -> TaskInfo {
         workflow_type: Option<Value>,
         #[serde(rename = "waitTimeout", default)]
         wait_timeout: Option<Value>,
+        #[serde(rename = "taskType", default)]
+        task_type: Option<Value>,
     }
     // (a derived struct would also take a JSON array, field by field)
     if !json_data.trim_start().starts_with('{') {
@@ -55,10 +74,12 @@ pub fn task_info(json_data: &str) -> TaskInfo {
     let Ok(raw) = serde_json::from_str::<Raw>(json_data) else {
         return TaskInfo::default();
     };
-    let workflow_type = match raw.workflow_type {
+    let text = |v: Option<Value>| match v {
         Some(Value::String(s)) => s,
         _ => String::new(),
     };
+    let workflow_type = text(raw.workflow_type);
+    let task_type = text(raw.task_type);
     let wait_timeout = raw.wait_timeout.and_then(|v| match v {
         Value::Number(n) => n.as_i64().or_else(|| {
             n.as_f64()
@@ -71,6 +92,7 @@ pub fn task_info(json_data: &str) -> TaskInfo {
     TaskInfo {
         workflow_type,
         wait_timeout,
+        task_type,
     }
 }
 
@@ -107,7 +129,12 @@ pub fn lazy_read_only(url: &str) -> Result<PgPool> {
     Ok(read_only_pool("conductor-db", APPLICATION_NAME, url)?.lazy())
 }
 
-/// The WAIT rows and the statement time in one statement (one row even when WAIT is empty).
+/// Every queue Conductor has created (`createQueueIfNotExists`: one row per name, small).
+const QUEUE_NAMES: &str = "SELECT queue_name::text FROM queue";
+
+/// The rows of the WAIT queues (`$1`) and the statement time in one statement (one row even
+/// when they are empty). `deliver_on` is the writing session's wall time: read in the zone
+/// `$2` (`--conductor-db-time-zone`).
 const READ_QUEUE: &str = "\
     SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8 AS now_ms, \
            q.message_id, q.popped, q.deliver_ms \
@@ -115,25 +142,41 @@ const READ_QUEUE: &str = "\
     LEFT JOIN ( \
         SELECT message_id::text AS message_id, COALESCE(popped, FALSE) AS popped, \
                CASE WHEN isfinite(deliver_on) \
-                    THEN (EXTRACT(EPOCH FROM (deliver_on AT TIME ZONE 'UTC')) * 1000)::int8 \
+                    THEN (EXTRACT(EPOCH FROM (deliver_on AT TIME ZONE $2)) * 1000)::int8 \
                END AS deliver_ms \
-        FROM queue_message WHERE queue_name = $1 \
+        FROM queue_message WHERE queue_name = ANY($1) \
     ) AS q ON TRUE";
 
-const READ_TASKS: &str =
-    "SELECT task_id::text, json_data::text FROM task WHERE task_id = ANY($1::text[])";
+/// The WAIT tasks' documents, those up to `$2` bytes (NULL for larger ones).
+/// One larger WAIT task's fields, picked out by the database (fails on a document that is not
+/// JSON: its labels are then unknown, its message still counts).
+const READ_TASK_SMALL: &str = "\
+    SELECT jsonb_build_object('workflowType', j->'workflowType', \
+           'waitTimeout', j->'waitTimeout', 'taskType', j->'taskType')::text \
+    FROM (SELECT json_data::jsonb AS j FROM task WHERE task_id = $1) AS t";
+
+const READ_TASKS: &str = "\
+    SELECT task_id::text, CASE WHEN octet_length(json_data) <= $2 THEN json_data::text END \
+    FROM task WHERE task_id = ANY($1::text[])";
 
 /// Reads the WAIT queue, caching what each task's JSON says while its message is queued.
 pub(super) struct Reader {
     pub(super) pool: PgPool,
     pub(super) tasks: HashMap<String, TaskInfo>,
+    /// `--conductor-db-time-zone`.
+    pub(super) zone: String,
 }
 
 impl Reader {
     async fn read(&mut self) -> Result<(Vec<WaitRow>, i64)> {
         type QueueRow = (i64, Option<String>, Option<bool>, Option<i64>);
+        let names: Vec<String> = sqlx::query_scalar(QUEUE_NAMES)
+            .fetch_all(&self.pool)
+            .await?;
+        let wait_queues: Vec<String> = names.into_iter().filter(|n| is_wait_queue(n)).collect();
         let raw: Vec<QueueRow> = sqlx::query_as(READ_QUEUE)
-            .bind(WAIT_QUEUE)
+            .bind(&wait_queues)
+            .bind(&self.zone)
             .fetch_all(&self.pool)
             .await?;
         let now = raw.first().map(|r| r.0).unwrap_or_else(crate::now_ms);
@@ -152,9 +195,14 @@ impl Reader {
         for chunk in missing.chunks(TASK_LOOKUP_CHUNK) {
             let found: Vec<(String, Option<String>)> = sqlx::query_as(READ_TASKS)
                 .bind(chunk)
+                .bind(WAIT_DOC_BYTES)
                 .fetch_all(&self.pool)
                 .await?;
             for (id, json) in found {
+                let json = match json {
+                    Some(j) => Some(j),
+                    None => self.small_fields(&id).await?,
+                };
                 let info = json.as_deref().map(task_info).unwrap_or_default();
                 self.tasks.insert(id, info);
             }
@@ -162,6 +210,10 @@ impl Reader {
 
         let rows = queued
             .into_iter()
+            .filter(|q| {
+                let t = self.tasks.get(&q.0).map_or("", |i| i.task_type.as_str());
+                t.is_empty() || t == WAIT_QUEUE
+            })
             .map(|(message_id, popped, deliver)| {
                 let info = self.tasks.get(&message_id);
                 WaitRow {
@@ -173,6 +225,23 @@ impl Reader {
             })
             .collect();
         Ok((rows, now))
+    }
+
+    /// The fields of a large WAIT task's document; `None` when the database can't read it as
+    /// JSON (any other failure fails the read, to be retried).
+    async fn small_fields(&self, id: &str) -> Result<Option<String>> {
+        match sqlx::query_scalar(READ_TASK_SMALL)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+        {
+            Ok(j) => Ok(j),
+            Err(sqlx::Error::Database(e)) => {
+                tracing::debug!(task_id = id, error = %e, "WAIT queue: a large task document is not JSON");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(super) async fn read_timed(&mut self) -> Result<(Vec<WaitRow>, i64)> {
@@ -211,9 +280,28 @@ mod tests {
             info,
             TaskInfo {
                 workflow_type: "order".into(),
-                wait_timeout: Some(1_700_000_060_000)
+                wait_timeout: Some(1_700_000_060_000),
+                task_type: "WAIT".into(),
             }
         );
+    }
+
+    /// `QueueUtils.getQueueName` (b54f0d4e): `[domain:]type[@namespace][-isolationGroup]`.
+    #[test]
+    fn wait_queues_are_named_as_conductor_names_them() {
+        for q in [
+            "WAIT",
+            "WAIT-gpu",
+            "WAIT-my-group",
+            "WAIT@ns",
+            "WAIT@ns-g",
+            "dom:WAIT",
+        ] {
+            assert!(is_wait_queue(q), "{q}");
+        }
+        for q in ["WAITING", "encode", "encode-WAIT", "dom:WAITX", "", "wait"] {
+            assert!(!is_wait_queue(q), "{q}");
+        }
     }
 
     #[test]

@@ -8,11 +8,16 @@
 //!   (`default_transaction_read_only = on`, a statement timeout).
 //! - **What changed.** `modified_on` is set on every write of a task, but it has no index and is
 //!   the writing transaction's *start* time, so a transaction that commits late carries an
-//!   earlier value than rows already read. Each poll therefore lists the ids and `modified_on`
-//!   of the rows modified since the newest one seen minus [`OVERLAP`], and fetches `json_data`
-//!   (by primary key) only for rows not already read at that same `modified_on`. Listing is one
-//!   sequential scan of `task` per poll: the cost the missing index forces, and the only one
-//!   (documented in the README with its measured figure).
+//!   earlier value than rows already read. Each poll therefore lists the ids, sizes and
+//!   `modified_on` of the rows modified since the newest one seen (or the database's clock read
+//!   in the zone, if earlier: a fall-back hour) minus [`OVERLAP`], paging on the
+//!   `(modified_on, task_id)` keyset, and fetches `json_data` (by primary key) only for rows not
+//!   already read at that same `modified_on`. Listing is one sequential scan of `task` per page:
+//!   the cost the missing index forces (documented in the README with its measured figure).
+//! - **Time zone.** `modified_on` is the writer's wall time in the Conductor JVM's zone; it is
+//!   paged on as a wall time (exact microseconds, `sql.rs`) and turned into an instant only
+//!   `AT TIME ZONE` `--conductor-db-time-zone`, which start-up checks against the rows
+//!   (`super::db`).
 //! - **Once per transition.** A row re-read (the overlap, or a write that changed nothing
 //!   taskpulse looks at) is submitted only when what taskpulse takes from it changed: status,
 //!   last change (the larger of `updateTime` and `endTime`: Conductor does not move
@@ -23,24 +28,29 @@
 //!   holds as in flight, so a transition that happened while taskpulse was down is seen once;
 //!   finished tasks taskpulse never knew are not replayed. Polling then starts [`OVERLAP`]
 //!   before the database's clock.
-//! - **Bounded.** Lists are at most [`LIST_LIMIT`] rows per query (the rest on the next
-//!   query), fetches [`FETCH_BATCH`] ids per query, the first pass [`SCAN_PAGE`] rows per
-//!   query (a range of the primary key); memory holds one entry per row modified
-//!   within the overlap and one per task in flight.
+//! - **Bounded.** Lists are at most [`LIST_LIMIT`] rows per page, fetches [`FETCH_BATCH`] ids
+//!   and [`FETCH_BYTES`] per query, a document past [`MAX_DOCUMENT_BYTES`] is never loaded
+//!   (`fetch.rs`), the first pass looks at [`SCAN_PAGE`] rows per query (a range of the
+//!   primary key); memory holds one entry per row modified within the overlap and one per task
+//!   in flight.
 //! - **Failures** never end the reader: the database being down or a query failing is retried
 //!   with backoff from where it stopped; an overloaded pipeline (503) is retried with the same
 //!   updates.
 
-use std::collections::HashMap;
+mod fetch;
+mod sql;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde::Deserialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::db::{check_time_zone, DbOptions, SkipMetrics};
 use super::metrics::ConductorMetrics;
 use super::wait_queue::connect_read_only;
 use crate::engines::store_source::{self, Health, Poller};
@@ -49,6 +59,8 @@ use crate::ingest::{RawUpdate, Reopen, TaskUpdate};
 use crate::model::{ReopenKind, Status};
 use crate::pipeline::Pipeline;
 
+pub use fetch::{plan_batches, FETCH_BYTES, MAX_DOCUMENT_BYTES};
+
 /// The `source` of updates read from Conductor's database.
 pub const SOURCE: &str = "conductor_db";
 /// How far before the newest `modified_on` seen each poll looks again: longer than any of
@@ -56,36 +68,12 @@ pub const SOURCE: &str = "conductor_db";
 pub const OVERLAP: Duration = Duration::from_secs(10);
 /// Rows listed per query.
 pub const LIST_LIMIT: i64 = 50_000;
-/// Rows fetched (`json_data`) per query.
+/// Rows fetched (`json_data`) per query, at most (and at most [`FETCH_BYTES`]).
 pub const FETCH_BATCH: usize = 2_000;
-
-/// Rows modified after a point, oldest first, with the database's clock.
-const LIST_CHANGED: &str = "\
-    SELECT task_id::text AS task_id, \
-           (EXTRACT(EPOCH FROM (modified_on AT TIME ZONE 'UTC')) * 1000)::int8 AS modified_ms \
-    FROM task \
-    WHERE modified_on > (to_timestamp($1::float8 / 1000) AT TIME ZONE 'UTC') \
-    ORDER BY modified_on, task_id LIMIT $2";
-const FETCH: &str = "\
-    SELECT task_id::text AS task_id, json_data, \
-           (EXTRACT(EPOCH FROM (modified_on AT TIME ZONE 'UTC')) * 1000)::int8 AS modified_ms, \
-           (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8 AS now_ms \
-    FROM task WHERE task_id = ANY($1)";
-/// The end of the next range of [`SCAN_PAGE`] ids after `$1` (none: the rest is shorter), read
-/// from the primary key's index alone.
-const PAGE_END: &str = "\
-    SELECT task_id::text FROM task WHERE task_id > $1 ORDER BY task_id OFFSET $2 LIMIT 1";
-/// The in-flight candidates in one range of ids. The text match is a cheap filter (whatever
-/// the JSON's spacing); the parsed status decides.
-const IN_FLIGHT_RANGE: &str = "\
-    SELECT task_id::text AS task_id, json_data, \
-           (EXTRACT(EPOCH FROM (modified_on AT TIME ZONE 'UTC')) * 1000)::int8 AS modified_ms \
-    FROM task \
-    WHERE task_id > $1 AND ($2::text IS NULL OR task_id <= $2) \
-      AND json_data ~ '\"status\"\\s*:\\s*\"(IN_PROGRESS|SCHEDULED)\"'";
 /// Rows the first pass looks at per query: each query's time stays bounded on any table size.
 pub const SCAN_PAGE: i64 = 20_000;
-const DB_NOW: &str = "SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8";
+/// [`OVERLAP`] in microseconds (the unit of wall times here).
+const OVERLAP_US: i64 = OVERLAP.as_micros() as i64;
 
 /// A task as Conductor stores it (`TaskModel` JSON): what [`RawUpdate`] reads, `endTime` and
 /// `scheduledTime`.
@@ -190,159 +178,150 @@ pub fn update_from_row(task_id: &str, json_data: &str) -> Option<TaskUpdate> {
     }
 }
 
-/// The follower's state between polls.
+/// The follower's state between polls. Times named `wall` are `modified_on` wall µs
+/// (`sql.rs`).
 pub struct TaskTail {
     pool: PgPool,
     pipeline: Arc<Pipeline>,
-    /// `modified_on` (epoch ms) of each row read in the overlap window.
+    /// `--conductor-db-time-zone`: bound into every statement that reads an instant.
+    zone: String,
+    /// `modified_on` of each row read in the overlap window.
     read_at: HashMap<String, i64>,
     /// What was last submitted per task still in flight, or modified within the overlap.
     seen: HashMap<String, (Seen, i64)>,
     /// The newest `modified_on` read.
     high_water: i64,
+    /// The database's clock as a wall time in the zone, at the start of the last poll.
+    clock: i64,
     /// Updates the pipeline refused (overloaded), submitted again first.
     unsent: Vec<TaskUpdate>,
     metrics: ConductorMetrics,
+    skips: SkipMetrics,
+    /// Tasks whose oversized document was already logged (cleared when large).
+    logged_large: HashSet<String>,
+    /// Ends a long poll between pages (set by [`TaskTail::run`]).
+    stop: CancellationToken,
     health: Health,
 }
 
 impl TaskTail {
-    /// Connects read-only and runs the first pass. Fails when the database can't be reached
-    /// or has no `task` table: a wrong `--conductor-db` stops start-up.
+    /// Connects read-only, checks the time zone against the rows, and runs the first pass.
+    /// Fails when the database can't be reached, has no `task` table in the schema, or its
+    /// rows show another time zone: a wrong `--conductor-db*` setting stops start-up.
     pub async fn start(
         url: &str,
+        options: &DbOptions,
         pipeline: Arc<Pipeline>,
         metrics: ConductorMetrics,
+        skips: SkipMetrics,
     ) -> Result<TaskTail> {
-        let pool = connect_read_only(url).await?;
+        let pool = connect_read_only(&options.session_url(url)).await?;
+        check_time_zone(&pool, &options.time_zone).await?;
         let mut tail = TaskTail {
             pool,
             pipeline,
+            zone: options.time_zone.clone(),
             read_at: HashMap::new(),
             seen: HashMap::new(),
             high_water: 0,
+            clock: 0,
             unsent: Vec::new(),
             metrics,
+            skips,
+            logged_large: HashSet::new(),
+            stop: CancellationToken::new(),
             health: Health::new("Conductor's task table (--conductor-db)"),
         };
-        let now: i64 = sqlx::query_scalar(DB_NOW).fetch_one(&tail.pool).await?;
+        let now = tail.db_clock().await?;
         let loaded = tail.load_in_flight().await?;
-        tail.high_water = now - OVERLAP.as_millis() as i64;
+        tail.clock = now;
+        tail.high_water = now - OVERLAP_US;
         tracing::info!(
             in_flight = loaded,
+            time_zone = %tail.zone,
             "following Conductor's task table (--conductor-db)"
         );
         Ok(tail)
+    }
+
+    /// The database's clock as a wall time in the zone: where Conductor's writes are now.
+    async fn db_clock(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(sql::NOW_WALL)
+            .bind(&self.zone)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// The tasks in flight in Conductor's store, and the current state of those in flight in
     /// taskpulse's memory; submitted as they are now.
     async fn load_in_flight(&mut self) -> Result<usize> {
         let mut after = String::new();
-        let mut updates = Vec::new();
+        let mut n = 0;
         loop {
-            let end: Option<String> = sqlx::query_scalar(PAGE_END)
+            let end: Option<String> = sqlx::query_scalar(sql::PAGE_END)
                 .bind(&after)
                 .bind(SCAN_PAGE - 1)
                 .fetch_optional(&self.pool)
                 .await?;
-            let rows = sqlx::query(IN_FLIGHT_RANGE)
+            let listed: Vec<fetch::Listed> = sqlx::query_as(sql::IN_FLIGHT_RANGE)
                 .bind(&after)
                 .bind(&end)
                 .fetch_all(&self.pool)
                 .await?;
-            for row in rows {
-                let (id, json, modified): (String, String, i64) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                if let Some(u) = update_from_row(&id, &json).filter(|u| !u.status.is_terminal()) {
-                    self.note(&u, modified);
-                    updates.push(u);
-                }
-            }
+            n += self.read_rows(&listed, |u| !u.status.is_terminal()).await?;
             match end {
                 Some(end) => after = end,
                 None => break,
             }
         }
-        let known: std::collections::HashSet<String> =
-            updates.iter().map(|u| u.task_id.clone()).collect();
         let tracked: Vec<String> = self
             .pipeline
             .tracker()
             .select(|r| !r.status.is_terminal())
             .into_iter()
             .map(|r| r.task_id.to_string())
-            .filter(|id| !known.contains(id))
+            .filter(|id| !self.seen.contains_key(id))
             .collect();
-        for ids in tracked.chunks(FETCH_BATCH) {
-            for (id, json, modified) in self.fetch(ids).await? {
-                if let Some(u) = update_from_row(&id, &json) {
-                    self.note(&u, modified);
-                    updates.push(u);
-                }
-            }
-        }
-        let n = updates.len();
-        self.submit(updates).await;
+        let tracked = self.sized(&tracked).await?;
+        n += self.read_rows(&tracked, |_| true).await?;
         Ok(n)
     }
 
-    /// `(task_id, json_data, modified_ms)` of these rows; observes each row's lag.
-    async fn fetch(&self, ids: &[String]) -> Result<Vec<(String, String, i64)>> {
-        let rows = sqlx::query(FETCH).bind(ids).fetch_all(&self.pool).await?;
-        rows.into_iter()
-            .map(|r| {
-                let (modified, now): (i64, i64) = (r.try_get(2)?, r.try_get(3)?);
-                self.metrics
-                    .lag_seconds
-                    .observe((now - modified).max(0) as f64 / 1000.0);
-                Ok((r.try_get(0)?, r.try_get(1)?, modified))
-            })
-            .collect()
-    }
-
     /// One poll: what changed since the last, submitted. Returns the number of updates.
+    ///
+    /// Pages on the `(modified_on, task_id)` keyset, so any number of rows sharing one
+    /// `modified_on` (one transaction's) is read in pages that always advance. Starts
+    /// [`OVERLAP`] before the newest row read, or before the database's clock if that is
+    /// earlier: after a fall-back hour Conductor's wall times start over below the newest
+    /// row read, and are still listed (`docs/engines/conductor-redis.md` §7, DST).
     pub async fn poll(&mut self) -> Result<usize> {
         let mut submitted = 0;
         let pending = std::mem::take(&mut self.unsent);
         submitted += self.submit(pending).await;
-        let mut from = self.high_water - OVERLAP.as_millis() as i64;
+        self.clock = self.db_clock().await?;
+        let mut cursor = (self.high_water.min(self.clock) - OVERLAP_US, String::new());
         loop {
-            let rows = sqlx::query(LIST_CHANGED)
-                .bind(from as f64)
+            let rows: Vec<fetch::Listed> = sqlx::query_as(sql::LIST_CHANGED)
+                .bind(cursor.0)
+                .bind(&cursor.1)
                 .bind(LIST_LIMIT)
                 .fetch_all(&self.pool)
                 .await?;
             let full = rows.len() as i64 == LIST_LIMIT;
             let mut wanted = Vec::new();
-            let mut last = from;
-            for row in &rows {
-                let (id, modified): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-                last = last.max(modified);
-                if self.read_at.get(&id) != Some(&modified) {
-                    wanted.push(id);
+            for (id, bytes, wall) in rows {
+                if self.read_at.get(&id) != Some(&wall) {
+                    wanted.push((id.clone(), bytes, wall));
                 }
+                cursor = (wall, id);
             }
-            for ids in wanted.chunks(FETCH_BATCH) {
-                let mut updates = Vec::new();
-                for (id, json, modified) in self.fetch(ids).await? {
-                    self.read_at.insert(id.clone(), modified);
-                    self.high_water = self.high_water.max(modified);
-                    let Some(u) = update_from_row(&id, &json) else {
-                        continue;
-                    };
-                    if self.note(&u, modified) {
-                        updates.push(u);
-                    }
-                }
-                submitted += self.submit(updates).await;
-            }
-            // A full page: the rest after its last row (rows sharing that instant are read
-            // again, and skipped as read).
-            if !full || last <= from {
+            submitted += self.read_rows(&wanted, |_| true).await?;
+            // only once the page is read: a poll abandoned mid-page (the loop's deadline, a
+            // stop) leaves the mark where the next poll finds the rest
+            self.high_water = self.high_water.max(cursor.0);
+            if !full || self.stop.is_cancelled() {
                 break;
             }
-            from = last - 1;
         }
         self.forget();
         Ok(submitted)
@@ -361,18 +340,23 @@ impl TaskTail {
 
     /// Rows older than the overlap are not read again; finished tasks among them are over.
     fn forget(&mut self) {
-        let cut = self.high_water - 2 * OVERLAP.as_millis() as i64;
+        let cut = self.high_water.min(self.clock) - 2 * OVERLAP_US;
         self.read_at.retain(|_, m| *m >= cut);
         self.seen
             .retain(|_, (s, m)| *m >= cut || !s.status.is_terminal());
+        if self.logged_large.len() > 10_000 {
+            self.logged_large.clear();
+        }
     }
 
     async fn submit(&mut self, updates: Vec<TaskUpdate>) -> usize {
         store_source::submit(&self.pipeline, SOURCE, updates, &mut self.unsent).await
     }
 
-    /// Polls every `every` until `stop` (see [`store_source::run`]).
-    pub fn run(self, every: Duration, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    /// Polls every `every` until `stop` (see [`store_source::run`]); a poll in progress ends
+    /// at its next page once `stop` is cancelled.
+    pub fn run(mut self, every: Duration, stop: CancellationToken) -> BoxFuture<'static, ()> {
+        self.stop = stop.clone();
         store_source::run(self, every, stop)
     }
 

@@ -7,6 +7,13 @@
 //! each test uses a database of its own, flushed before and after. The restart test runs a
 //! `redis-server` of its own on a free port.
 
+mod cost;
+mod dao;
+mod malformed;
+mod paging;
+mod short;
+mod skew;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

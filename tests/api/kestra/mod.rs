@@ -5,10 +5,14 @@
 //! Kestra's executor writes them (the whole row rewritten on every change, §5), with execution
 //! JSON shaped as §2 gives it.
 
+mod cost;
+mod zones;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Executor, PgPool};
 
 use crate::conductor_tail::eventually;
 use crate::helpers::{Backend, TestApp, TestDb};
@@ -17,7 +21,7 @@ use crate::helpers::{Backend, TestApp, TestDb};
 /// enum values added by later migrations, V1_5 (`tenant_id`), V1_10 (indexes with
 /// `tenant_id`), V1_12 (`trigger_execution_id`), `state_duration` as V1_48/V1_57 leave it
 /// (nullable: 1.x writes no duration while running), V1_17/V1_34/V1_36 (`service_instance`).
-const KESTRA_SCHEMA: &str = include_str!("../kestra_schema.sql");
+const KESTRA_SCHEMA: &str = include_str!("../../kestra_schema.sql");
 
 pub(crate) const WORKER_A: &str = "0b7d2c1e-6f0a-4e59-9a3c-2f8d6e1b4a77";
 pub(crate) const WORKER_B: &str = "9e41f3a2-1c5b-4d8e-b0f7-7a6c3d2e5f10";
@@ -31,8 +35,26 @@ pub(crate) struct Kestra {
 
 impl Kestra {
     pub(crate) async fn new() -> Kestra {
+        Kestra::in_zone("UTC").await
+    }
+
+    /// Kestra whose JVM runs in `zone`: pgjdbc sets each session's `TimeZone` from the JVM's
+    /// default zone, so every statement Kestra sends runs in it (docs/engines/kestra.md §1.3).
+    pub(crate) async fn in_zone(zone: &str) -> Kestra {
         let db = TestDb::new(Backend::Postgres).await;
-        let pool = PgPool::connect(&db.url).await.expect("connect as Kestra");
+        let set = format!("SET TIME ZONE '{zone}'");
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    conn.execute(set.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect(&db.url)
+            .await
+            .expect("connect as Kestra");
         sqlx::raw_sql(KESTRA_SCHEMA)
             .execute(&pool)
             .await
@@ -44,11 +66,30 @@ impl Kestra {
         }
     }
 
-    /// `AbstractJdbcRepository.persist`: the whole row upserted, generated columns recomputed.
+    /// The same database written from another Kestra JVM, in `zone`.
+    pub(crate) async fn reconnect_in(&mut self, zone: &str) {
+        let set = format!("SET TIME ZONE '{zone}'");
+        self.pool = PgPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                let set = set.clone();
+                Box::pin(async move {
+                    conn.execute(set.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect(&self.url)
+            .await
+            .expect("connect as Kestra");
+    }
+
+    /// `PostgresRepository.persist` (jOOQ `insertInto(table).set(key).set(value)
+    /// .onConflict(key).doUpdate().set(value)`): the whole row upserted, in Kestra's session
+    /// zone, the generated columns recomputed by the database.
     pub(crate) async fn persist(&self, execution: &Value) {
         sqlx::query(
             "INSERT INTO executions (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+             ON CONFLICT (key) DO UPDATE SET value = $2",
         )
         .bind(execution["id"].as_str().unwrap())
         .bind(execution)
