@@ -293,12 +293,13 @@ fn files_stay_short_and_main_stays_a_composition_root() {
 }
 
 #[test]
-fn the_readme_architecture_section_matches_the_tree() {
+fn the_architecture_docs_source_tree_matches_the_tree() {
     let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
+            .unwrap();
     let start = readme
-        .find("## Architecture")
-        .expect("the README has an Architecture section");
+        .find("## Source tree")
+        .expect("docs/architecture.md has a Source tree section");
     let section = &readme[start..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
     // every `src/...` the section names exists (placeholders such as `<name>` aside)
@@ -307,7 +308,7 @@ fn the_readme_architecture_section_matches_the_tree() {
             let path = path.trim_end_matches([',', ')', '.']);
             assert!(
                 src().join(path).exists(),
-                "the Architecture section names src/{path}, which does not exist"
+                "the Source tree section names src/{path}, which does not exist"
             );
         }
     }
@@ -325,7 +326,7 @@ fn the_readme_architecture_section_matches_the_tree() {
         };
         assert!(
             section.contains(&shown),
-            "the Architecture section does not mention {shown}"
+            "the Source tree section does not mention {shown}"
         );
     }
     for e in std::fs::read_dir(src().join("engines")).unwrap() {
@@ -334,7 +335,7 @@ fn the_readme_architecture_section_matches_the_tree() {
             let shown = format!("src/engines/{}/", p.file_name().unwrap().to_string_lossy());
             assert!(
                 section.contains(&shown),
-                "the Architecture section does not mention {shown}"
+                "the Source tree section does not mention {shown}"
             );
         }
     }

@@ -78,7 +78,7 @@ async fn a_fresh_sidecar_exports_every_named_family_and_its_counters_at_zero() {
         }
     }
     assert!(checked > 20, "{checked} expressions");
-    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_path("docs/metrics.md")).unwrap();
     for (name, kind, _) in readme_metrics(&readme) {
         match families.get(&name) {
             None => problems.push(format!("README's `{name}` is not in a fresh scrape")),

@@ -14,6 +14,7 @@ mod conductor_pg;
 mod conductor_redis;
 mod conductor_store_rules;
 mod conductor_tail;
+mod docs;
 mod drift;
 mod e2e;
 mod faults;

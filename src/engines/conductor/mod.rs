@@ -124,6 +124,8 @@ impl Engine for Conductor {
             // registered whether or not --conductor-db is set: every family is on /metrics
             let skips = db::SkipMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor metrics: {e}")))?;
+            let redis_metrics = redis_reader::RedisMetrics::register(&ctx.registry)
+                .map_err(|e| Error::Config(format!("Conductor's Redis metrics: {e}")))?;
             let webhook_metrics = webhook::WebhookMetrics::register(&ctx.registry)
                 .map_err(|e| Error::Config(format!("Conductor webhook metrics: {e}")))?;
             let queue_metrics = redis_reader::QueueMetrics::default();
@@ -228,8 +230,7 @@ impl Engine for Conductor {
                     ctx.wait_metrics.clone(),
                     queue_metrics,
                     metrics.redis_poll_seconds.clone(),
-                    redis_reader::RedisMetrics::register(&ctx.registry)
-                        .map_err(|e| Error::Config(format!("Conductor's Redis metrics: {e}")))?,
+                    redis_metrics,
                 )
                 .await
                 .map_err(|e| {

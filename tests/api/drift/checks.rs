@@ -76,7 +76,7 @@ async fn dashboards_alerts_and_readme_name_only_exported_metrics() {
     }
 
     // the README's metric reference, both ways, with types and labels
-    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_path("docs/metrics.md")).unwrap();
     let documented = readme_metrics(&readme);
     assert!(
         documented.len() >= 10,
