@@ -45,13 +45,17 @@ async fn a_task_created_and_finished_between_two_polls_is_seen() {
         "SCHEDULED",
         "the task still scheduled is followed as before"
     );
-    assert!(
-        history(&app.task("quick").await)
-            .last()
-            .is_some_and(|h| h == "COMPLETED accepted"),
-        "{:?}",
-        history(&app.task("quick").await)
-    );
+    // the history comes from the store, which updates read from an engine's store reach
+    // after the memory (acknowledged from memory): wait for the write, within a bound
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let h = history(&app.task("quick").await);
+        if h.last().is_some_and(|h| h == "COMPLETED accepted") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     app.shutdown().await;
 }
 
