@@ -4,7 +4,7 @@
 #
 # The same file system as scripts/image.sh (both run scripts/rootfs.sh: the binary, the
 # libraries it links, the user 65532, CA certificates, /data) and the same configuration.
-# scripts/image.sh is the one the test command builds and runs under runc (tests/api/image.rs);
+# scripts/image.sh is the one the test command builds and runs under runc (tests/tools/image.rs);
 # this file is not built here, for want of a Docker daemon.
 
 FROM rust:1.95-bookworm AS build

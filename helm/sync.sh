@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Keeps the assets that exist twice in the repository identical (tests/api/helm.rs fails while
+# Keeps the assets that exist twice in the repository identical (tests/tools/helm/ fails while
 # they differ):
 #
 #   alerts/taskpulse-rules.yaml      <- the chart's rules (helm/taskpulse/templates/_rules.tpl)

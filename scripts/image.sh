@@ -15,7 +15,7 @@
 # The image's name is the chart's default, $REPOSITORY:VERSION (helm/taskpulse/values.yaml,
 # appVersion); the archive holds it under the tag VERSION. Push it there, or anywhere:
 #   skopeo copy oci-archive:target/image/taskpulse.oci.tar docker://ghcr.io/taskpulse/taskpulse:0.1.0
-# The test command runs this image under runc (tests/api/image.rs). `Dockerfile` builds the
+# The test command runs this image under runc (tests/tools/image.rs). `Dockerfile` builds the
 # same layout with Docker; it is not run here (no Docker daemon).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,7 +33,7 @@ fi
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 SOURCE="https://github.com/taskpulse/taskpulse"
-# the chart's default image.repository (tests/api/image.rs keeps the two equal)
+# the chart's default image.repository (tests/tools/image.rs keeps the two equal)
 REPOSITORY="ghcr.io/taskpulse/taskpulse"
 UID_GID=65532
 OUT=target/image

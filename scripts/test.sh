@@ -358,7 +358,7 @@ ensure_browser() {
 }
 
 # The OCI image the chart installs, built the way a release builds it (scripts/image.sh), and
-# runc, which tests/api/image.rs runs it with (crun needs a unified cgroup hierarchy, which
+# runc, which tests/tools/image.rs runs it with (crun needs a unified cgroup hierarchy, which
 # containers like this one often lack; runc works on both).
 ensure_image() {
     local missing=() tool

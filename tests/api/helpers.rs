@@ -217,9 +217,7 @@ impl TestApp {
 
     /// `/metrics` parsed by a real exposition-format parser.
     pub async fn scrape(&self) -> prometheus_parse::Scrape {
-        let text = self.metrics_text().await;
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        prometheus_parse::Scrape::parse(lines).expect("exposition format parses")
+        parse_scrape(&self.metrics_text().await)
     }
 
     /// What the store holds for a task (read directly, not through the app).
@@ -355,4 +353,17 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// An exposition-format text read by a real parser (`prometheus_parse`), the one reader of
+/// `/metrics` for every test.
+pub fn parse_scrape(text: &str) -> prometheus_parse::Scrape {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("exposition format parses")
+}
+
+/// YAML text as JSON values, read by a real YAML parser (`serde_norway`), the one reader of
+/// YAML for every test; `origin` names the text in a panic.
+pub fn parse_yaml(text: &str, origin: &str) -> serde_json::Value {
+    serde_norway::from_str(text).unwrap_or_else(|e| panic!("{origin}: {e}"))
 }

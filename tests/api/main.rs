@@ -2,9 +2,8 @@
 //! store runs against a real SQLite file and a real PostgreSQL (see `store_test!`).
 
 mod helpers;
-mod image;
+mod tools;
 
-mod alerts;
 mod architecture;
 mod check_cli;
 mod checker;
@@ -21,8 +20,6 @@ mod drift;
 mod e2e;
 mod faults;
 mod fresh_scrape;
-mod helm;
-mod helm_schemas;
 mod hostile;
 mod ingest;
 mod kestra;
@@ -32,7 +29,6 @@ mod odd_rows;
 mod pgcluster;
 mod predict;
 mod process;
-mod promtool;
 mod props;
 mod read;
 mod reopen;
@@ -40,7 +36,6 @@ mod replicas;
 mod retention;
 mod shutdown;
 mod status_api;
-mod status_page;
 mod store;
 mod throttle;
 mod webhook;

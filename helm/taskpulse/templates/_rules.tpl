@@ -2,7 +2,7 @@
 The Prometheus rules: recording rules for the dashboards and the alerts, thresholds from
 .Values.alerts. This is the single source: the PrometheusRule renders it, and
 alerts/taskpulse-rules.yaml is its rendering with default values (helm/sync.sh writes it,
-tests/api/helm.rs checks that the two are equal).
+tests/tools/helm/ checks that the two are equal).
 
 Text in {{`...`}} is Prometheus' own alert template, passed through untouched.
 

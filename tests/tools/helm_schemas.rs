@@ -18,6 +18,7 @@ use crate::alerts::{describe, repo_path};
 use crate::helm::{
     helm, template, Objects, ALL_ON, CHART, EXISTING_SECRET, MIN_KUBE_VERSION, SIDECAR, SQLITE_PVC,
 };
+use crate::tools::missing;
 
 /// The values sets the chart is rendered with: the defaults, then every ci file.
 const VALUES: [Option<&str>; 5] = [
@@ -28,16 +29,8 @@ const VALUES: [Option<&str>; 5] = [
     Some(SIDECAR),
 ];
 
-fn required() -> bool {
-    std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1")
-}
-
 fn skip(why: &str) {
-    assert!(
-        !required(),
-        "{why} and TASKPULSE_REQUIRE_TOOLS=1 (scripts/test.sh installs it)"
-    );
-    eprintln!("SKIPPED: {why} (scripts/test.sh installs it)");
+    missing::<()>(why, "scripts/test.sh installs it");
 }
 
 /// The Python with kubernetes-validate ($TASKPULSE_TEST_PYTHON, else .venv), or `None`.

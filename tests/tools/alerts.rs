@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::helpers::parse_yaml;
+use crate::tools::Tool;
 use serde_json::Value;
 
 /// The alerts the chart ships (the README lists them), by name.
@@ -27,23 +29,15 @@ pub(crate) fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// `promtool` on PATH, or `None` after a skip note. With `TASKPULSE_REQUIRE_TOOLS=1` (set by
-/// `scripts/test.sh`) a missing tool is a failure, not a skip.
+/// `promtool` on PATH, or `None` after a skip note (a failure with `TASKPULSE_REQUIRE_TOOLS=1`).
 pub(crate) fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        if std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("promtool is not on PATH and TASKPULSE_REQUIRE_TOOLS=1 (scripts/test.sh installs it: apt-get install prometheus)");
-        }
-        eprintln!(
-            "SKIPPED: promtool is not on PATH (apt-get install prometheus, or run scripts/test.sh)"
-        );
+    Tool {
+        env: None,
+        local: None,
+        names: &["promtool"],
+        how: "apt-get install prometheus, or run scripts/test.sh",
     }
-    found
+    .find()
 }
 
 /// Runs a tool to completion in the repository root.
@@ -83,7 +77,7 @@ pub(crate) fn assert_promtool_check_clean(promtool: &Path, file: &Path) {
 pub(crate) fn yaml_file(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    parse_yaml(&text, &path.display().to_string())
 }
 
 /// The unit-test files: alerts/tests/*.yaml.

@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::drift::repo_path;
+use crate::alerts::repo_path;
 use crate::helpers::{Backend, TestApp, TestDb};
+use crate::tools;
 
 /// node, the script's modules and chromium, or `None` after saying what is missing (an error
 /// when `TASKPULSE_REQUIRE_TOOLS=1`, as scripts/test.sh sets it).
@@ -38,12 +39,7 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
         return Some((PathBuf::from("node"), chromium));
     }
     let msg = format!("status page browser test: missing {}", missing.join(", "));
-    assert!(
-        std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() != Ok("1"),
-        "{msg} (scripts/test.sh installs them)"
-    );
-    eprintln!("skipped: {msg}");
-    None
+    tools::missing(&msg, "scripts/test.sh installs them")
 }
 
 /// Runs the script against `app`; panics with its output unless every check passed.

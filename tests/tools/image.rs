@@ -22,13 +22,13 @@ use serde_json::{json, Value};
 
 use crate::alerts::repo_path;
 use crate::helpers::{free_port, update};
+use crate::tools::missing;
 
 /// The user and group the image runs as (`scripts/image.sh`; the chart's `runAsUser`).
 const IMAGE_UID: u32 = 65532;
 
 /// The image archive and the OCI runtime, or `None` after a skip note.
 fn image_and_runtime() -> Option<(PathBuf, PathBuf)> {
-    let required = std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1");
     let image = std::env::var_os("TASKPULSE_TEST_IMAGE").map(PathBuf::from);
     let runtime = std::env::var_os("TASKPULSE_OCI_RUNTIME")
         .map(PathBuf::from)
@@ -40,11 +40,10 @@ fn image_and_runtime() -> Option<(PathBuf, PathBuf)> {
                 Some(p) => format!("TASKPULSE_TEST_IMAGE={} is not a file", p.display()),
                 None => "TASKPULSE_TEST_IMAGE is not set".to_string(),
             };
-            if required {
-                panic!("{why} and TASKPULSE_REQUIRE_TOOLS=1 (scripts/test.sh builds the image with scripts/image.sh)");
-            }
-            eprintln!("SKIPPED: {why} (scripts/test.sh builds the image with scripts/image.sh)");
-            None
+            missing(
+                &why,
+                "scripts/test.sh builds the image with scripts/image.sh",
+            )
         }
     }
 }
