@@ -18,11 +18,12 @@ use crate::error::Result;
 /// (30 × `--conductor-poll-interval`), for one sequential scan of `task` per sweep.
 pub const SWEEP_EVERY: u32 = 30;
 
-/// Whether Conductor's bookkeeping tables are there (in the session's `search_path`).
+/// Whether Conductor's bookkeeping tables are there (in the session's `search_path`) and the
+/// reader may read them: a table it may not read would fail every poll.
 pub(super) const HAS_TABLES: &str = "\
-    SELECT to_regclass('task_in_progress') IS NOT NULL \
-       AND to_regclass('workflow_pending') IS NOT NULL \
-       AND to_regclass('workflow_to_task') IS NOT NULL";
+    SELECT COALESCE(bool_and(r IS NOT NULL AND has_table_privilege(r, 'SELECT')), false) \
+    FROM unnest(ARRAY[to_regclass('task_in_progress'), to_regclass('workflow_pending'), \
+                      to_regclass('workflow_to_task')]) AS r";
 /// Every non-terminal task (`PostgresExecutionDAO.addTaskInProgress`/`removeTaskInProgress`).
 const IN_PROGRESS: &str = "SELECT task_id::text FROM task_in_progress";
 /// Every running workflow (`addPendingWorkflow`/`removePendingWorkflow`).

@@ -273,7 +273,7 @@ impl TaskTail {
             Ok(Some(in_flight::InFlight::default()))
         } else {
             tracing::warn!(
-                "conductor task table: task_in_progress, workflow_pending or workflow_to_task missing; listing task by modified_on every poll (one sequential scan of task per poll)"
+                "conductor task table: task_in_progress, workflow_pending or workflow_to_task missing or not readable; listing task by modified_on every poll (one sequential scan of task per poll)"
             );
             Ok(None)
         }
