@@ -77,6 +77,39 @@ CREATE TRIGGER queue_state_on_change AFTER INSERT OR DELETE ON queue_message FOR
     EXECUTE FUNCTION notify_queue_state();
 "#;
 
+/// The bookkeeping tables Conductor writes with each task and workflow (postgres-persistence
+/// `V1__initial_schema.sql:71-146`, primary keys as `V6__update_pk.sql` parts 3, 4, 5, 8, 9
+/// leave them, at b54f0d4e): with them the task tail reads only what is in flight.
+pub(crate) const CONDUCTOR_IN_FLIGHT_TABLES: &str = r#"
+CREATE TABLE task_scheduled (
+    created_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    modified_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    workflow_id VARCHAR(255) NOT NULL, task_key VARCHAR(255) NOT NULL,
+    task_id VARCHAR(255) NOT NULL, PRIMARY KEY (workflow_id, task_key)
+);
+CREATE TABLE task_in_progress (
+    created_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    modified_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    task_def_name VARCHAR(255) NOT NULL, task_id VARCHAR(255) NOT NULL,
+    workflow_id VARCHAR(255) NOT NULL, in_progress_status BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (task_def_name, task_id)
+);
+CREATE TABLE workflow_def_to_workflow (
+    created_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    modified_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    workflow_def VARCHAR(255) NOT NULL, date_str VARCHAR(60) NOT NULL,
+    workflow_id VARCHAR(255) NOT NULL, PRIMARY KEY (workflow_def, date_str, workflow_id)
+);
+CREATE TABLE workflow_pending (
+    created_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    modified_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    workflow_type VARCHAR(255) NOT NULL, workflow_id VARCHAR(255) NOT NULL,
+    PRIMARY KEY (workflow_type, workflow_id)
+);
+CREATE INDEX workflow_type_index ON workflow_pending (workflow_type);
+CREATE INDEX workflow_id_index ON workflow_to_task (workflow_id);
+"#;
+
 /// `callbackAfterSeconds` of a WAIT that waits to be signalled.
 const FOREVER_SECONDS: i64 = 2_147_483_647;
 

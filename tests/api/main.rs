@@ -11,6 +11,7 @@ mod cli;
 mod conductor;
 mod conductor_db;
 mod conductor_pg;
+mod conductor_pg_cost;
 mod conductor_redis;
 mod conductor_store_rules;
 mod conductor_tail;

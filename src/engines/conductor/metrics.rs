@@ -1,6 +1,6 @@
 //! What the Conductor adapter reports on its own.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone, Debug)]
 pub struct ConductorMetrics {
@@ -13,6 +13,8 @@ pub struct ConductorMetrics {
     pub poll_seconds: Histogram,
     /// `taskpulse_conductor_db_lag_seconds`: a row's `modified_on` to its read (database clock).
     pub lag_seconds: Histogram,
+    /// `taskpulse_conductor_db_poll_rows`: rows the last poll read from Conductor's tables.
+    pub poll_rows: IntGauge,
     /// `taskpulse_conductor_redis_poll_seconds`: one read of Conductor's Redis.
     pub redis_poll_seconds: Histogram,
 }
@@ -52,6 +54,11 @@ impl ConductorMetrics {
             .buckets(buckets.clone()),
         )?;
         registry.register(Box::new(lag_seconds.clone()))?;
+        let poll_rows = IntGauge::new(
+            "taskpulse_conductor_db_poll_rows",
+            "Rows the last read of Conductor's tables (--conductor-db) returned: ids, sizes and documents, over every table it read.",
+        )?;
+        registry.register(Box::new(poll_rows.clone()))?;
         let redis_poll_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "taskpulse_conductor_redis_poll_seconds",
@@ -67,6 +74,7 @@ impl ConductorMetrics {
             polls_failed: polls.with_label_values(&["error"]),
             poll_seconds,
             lag_seconds,
+            poll_rows,
             redis_poll_seconds,
         })
     }

@@ -14,6 +14,10 @@
 //!   `(modified_on, task_id)` keyset, and fetches `json_data` (by primary key) only for rows not
 //!   already read at that same `modified_on`. Listing is one sequential scan of `task` per page:
 //!   the cost the missing index forces (documented in the README with its measured figure).
+//! - **In flight only** (`in_flight.rs`): when Conductor's bookkeeping tables are there, a poll
+//!   reads the ids in flight (`task_in_progress`, tasks of `workflow_pending` workflows) and
+//!   `task` by primary key for them, and the listing above runs as a sweep every
+//!   [`SWEEP_EVERY`] polls, so an idle poll costs the work in flight, not the history.
 //! - **Time zone.** `modified_on` is the writer's wall time in the Conductor JVM's zone; it is
 //!   paged on as a wall time (exact microseconds, `sql.rs`) and turned into an instant only
 //!   `AT TIME ZONE` `--conductor-db-time-zone`, which start-up checks against the rows
@@ -38,6 +42,7 @@
 //!   updates.
 
 mod fetch;
+mod in_flight;
 mod sql;
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +65,7 @@ use crate::model::{ReopenKind, Status};
 use crate::pipeline::Pipeline;
 
 pub use fetch::{plan_batches, FETCH_BYTES, MAX_DOCUMENT_BYTES};
+pub use in_flight::SWEEP_EVERY;
 
 /// The `source` of updates read from Conductor's database.
 pub const SOURCE: &str = "conductor_db";
@@ -202,6 +208,12 @@ pub struct TaskTail {
     /// Ends a long poll between pages (set by [`TaskTail::run`]).
     stop: CancellationToken,
     health: Health,
+    /// Reading what is in flight (Conductor's bookkeeping tables are there), or `None`: the
+    /// `modified_on` listing every poll.
+    flight: Option<in_flight::InFlight>,
+    /// Rows read from Conductor's tables by the poll under way
+    /// (`taskpulse_conductor_db_poll_rows` once it ends).
+    rows: i64,
 }
 
 impl TaskTail {
@@ -231,7 +243,10 @@ impl TaskTail {
             logged_large: HashSet::new(),
             stop: CancellationToken::new(),
             health: Health::new("Conductor's task table (--conductor-db)"),
+            flight: None,
+            rows: 0,
         };
+        tail.flight = tail.choose_reader().await?;
         let now = tail.db_clock().await?;
         let loaded = tail.load_in_flight().await?;
         tail.clock = now;
@@ -242,6 +257,26 @@ impl TaskTail {
             "following Conductor's task table (--conductor-db)"
         );
         Ok(tail)
+    }
+
+    /// Reads what is in flight when Conductor's bookkeeping tables are there; else lists
+    /// `task` by `modified_on` every poll. Logged once, here.
+    async fn choose_reader(&self) -> Result<Option<in_flight::InFlight>> {
+        let present: bool = sqlx::query_scalar(in_flight::HAS_TABLES)
+            .fetch_one(&self.pool)
+            .await?;
+        if present {
+            tracing::info!(
+                sweep_every_polls = SWEEP_EVERY,
+                "conductor task table: reading tasks in flight (task_in_progress, workflow_pending, workflow_to_task); task listed by modified_on every {SWEEP_EVERY} polls"
+            );
+            Ok(Some(in_flight::InFlight::default()))
+        } else {
+            tracing::warn!(
+                "conductor task table: task_in_progress, workflow_pending or workflow_to_task missing or not readable; listing task by modified_on every poll (one sequential scan of task per poll)"
+            );
+            Ok(None)
+        }
     }
 
     /// The database's clock as a wall time in the zone: where Conductor's writes are now.
@@ -295,10 +330,30 @@ impl TaskTail {
     /// earlier: after a fall-back hour Conductor's wall times start over below the newest
     /// row read, and are still listed (`docs/engines/conductor-redis.md` §7, DST).
     pub async fn poll(&mut self) -> Result<usize> {
+        self.rows = 0;
         let mut submitted = 0;
         let pending = std::mem::take(&mut self.unsent);
         submitted += self.submit(pending).await;
         self.clock = self.db_clock().await?;
+        let sweep = match self.flight.as_mut() {
+            Some(f) => f.sweep_due(),
+            None => true,
+        };
+        if self.flight.is_some() {
+            submitted += self.poll_in_flight().await?;
+        }
+        if sweep {
+            submitted += self.list_changed().await?;
+        }
+        self.forget();
+        self.metrics.poll_rows.set(self.rows);
+        Ok(submitted)
+    }
+
+    /// The rows changed since the newest read (minus [`OVERLAP`]), by the keyset: one
+    /// sequential scan of `task` per page. Returns the number of updates.
+    async fn list_changed(&mut self) -> Result<usize> {
+        let mut submitted = 0;
         let mut cursor = (self.high_water.min(self.clock) - OVERLAP_US, String::new());
         loop {
             let rows: Vec<fetch::Listed> = sqlx::query_as(sql::LIST_CHANGED)
@@ -308,6 +363,7 @@ impl TaskTail {
                 .fetch_all(&self.pool)
                 .await?;
             let full = rows.len() as i64 == LIST_LIMIT;
+            self.rows += rows.len() as i64;
             let mut wanted = Vec::new();
             for (id, bytes, wall) in rows {
                 if self.read_at.get(&id) != Some(&wall) {
@@ -315,6 +371,7 @@ impl TaskTail {
                 }
                 cursor = (wall, id);
             }
+            self.rows += wanted.len() as i64;
             submitted += self.read_rows(&wanted, |_| true).await?;
             // only once the page is read: a poll abandoned mid-page (the loop's deadline, a
             // stop) leaves the mark where the next poll finds the rest
@@ -323,7 +380,6 @@ impl TaskTail {
                 break;
             }
         }
-        self.forget();
         Ok(submitted)
     }
 
