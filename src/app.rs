@@ -324,9 +324,10 @@ impl Application {
 
 /// The store named by `--database`, connected and migrated.
 async fn open_store(url: &str) -> Result<Store> {
-    let store = Store::connect(url)
-        .await
-        .map_err(|e| Error::Config(format!("cannot open database `{}`: {e}", redact_url(url))))?;
+    let store = Store::connect(url).await.map_err(|e| Error::Unavailable {
+        what: format!("cannot open database `{}`", redact_url(url)),
+        source: Box::new(e),
+    })?;
     store.migrate().await?;
     Ok(store)
 }

@@ -34,6 +34,15 @@ pub enum Error {
     #[error("{0}")]
     Engine(String),
 
+    /// Something a setting names (the store, an engine's database or Redis) could not be
+    /// reached or read at start: not a configuration error, though it stops start-up.
+    #[error("{what}: {source}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// An engine could not carry out what was asked of it (a repair, a look-up); the adapter's
     /// own error is kept as the source.
     #[error("{0}")]

@@ -182,11 +182,12 @@ impl Engine for Conductor {
                     skips,
                 )
                 .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "cannot read Conductor's task table from `{}` (--conductor-db): {e}",
+                .map_err(|e| Error::Unavailable {
+                    what: format!(
+                        "cannot read Conductor's task table from `{}` (--conductor-db)",
                         redact_url(url)
-                    ))
+                    ),
+                    source: Box::new(e),
                 })?;
                 let health = tail.health();
                 out.readiness.push(Arc::new(move || health.failing()));
@@ -201,11 +202,12 @@ impl Engine for Conductor {
                     ctx.stop.clone(),
                 )
                 .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "cannot read the WAIT queue from `{}` (--conductor-db): {e}",
+                .map_err(|e| Error::Unavailable {
+                    what: format!(
+                        "cannot read the WAIT queue from `{}` (--conductor-db)",
                         redact_url(url)
-                    ))
+                    ),
+                    source: Box::new(e),
                 })?;
                 // Wake-up lag is measured from Conductor's queue, so not from updates too.
                 ctx.pipeline.tracker().wait_lag_measured_elsewhere();
@@ -233,11 +235,12 @@ impl Engine for Conductor {
                     redis_metrics,
                 )
                 .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "cannot read Conductor's Redis at `{}` (--conductor-redis): {e}",
+                .map_err(|e| Error::Unavailable {
+                    what: format!(
+                        "cannot read Conductor's Redis at `{}` (--conductor-redis)",
                         redact_url(url)
-                    ))
+                    ),
+                    source: Box::new(e),
                 })?;
                 ctx.pipeline.tracker().wait_lag_measured_elsewhere();
                 out.wait_queue = Some(started.wait_queue);

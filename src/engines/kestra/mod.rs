@@ -67,11 +67,12 @@ impl Engine for Kestra {
                     metrics,
                 )
                 .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "cannot read Kestra's executions from `{}` (--kestra-db): {e}",
+                .map_err(|e| Error::Unavailable {
+                    what: format!(
+                        "cannot read Kestra's executions from `{}` (--kestra-db)",
                         redact_url(url)
-                    ))
+                    ),
+                    source: Box::new(e),
                 })?;
                 let health = reader.health();
                 out.readiness.push(Arc::new(move || health.failing()));
