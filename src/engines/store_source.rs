@@ -116,6 +116,26 @@ struct HealthState {
     polling_since: Option<Instant>,
 }
 
+/// A UTC offset in seconds as `UTC-08:00`, for errors about an engine's session time zone.
+pub(crate) fn utc_offset(secs: i64) -> String {
+    let sign = if secs < 0 { '-' } else { '+' };
+    let m = secs.unsigned_abs() / 60;
+    format!("UTC{sign}{:02}:{:02}", m / 60, m % 60)
+}
+
+/// Up to four zone names an engine's PostgreSQL knows at this offset from UTC now, region
+/// names first (none when the query fails: the error it helps word still stands).
+pub(crate) async fn zones_at(pool: &PgPool, secs: i64) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT name FROM pg_timezone_names WHERE utc_offset = make_interval(secs => $1) \
+         ORDER BY (name LIKE '%/%' AND name NOT LIKE 'Etc/%') DESC, name LIMIT 4",
+    )
+    .bind(secs as f64)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default()
+}
+
 /// Whether a store reader is keeping up: its last read worked and no read is overdue.
 /// `/readyz` asks (every reader's own).
 #[derive(Clone, Debug)]
@@ -159,6 +179,14 @@ impl Health {
         }
     }
 
+    /// `failures` reads in a row failed, the last with `e`.
+    pub(crate) fn failed(&self, failures: u32, e: &Error) {
+        self.set(Some(format!(
+            "{}: {failures} failed read(s) in a row: {e}",
+            self.what
+        )));
+    }
+
     fn polling(&self, since: Option<Instant>) {
         if let Ok(mut g) = self.state.lock() {
             g.polling_since = since;
@@ -186,11 +214,11 @@ pub(crate) trait Poller: Send + 'static {
 
     fn poll_once(&mut self) -> BoxFuture<'_, Result<()>>;
 
-    /// Its readiness: [`run`] marks each poll's start and end, and a poll past the deadline as
-    /// failed (the reader sets why in [`Poller::observe`]).
+    /// Its readiness: [`run`] marks each poll's start and end, and sets why reads fail.
     fn health(&self) -> &Health;
 
-    /// After each poll: how long it took, and the error with the number of failures in a row.
+    /// After each poll, for the reader's metrics: how long it took, and the error with the
+    /// number of failures in a row.
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>);
 }
 
@@ -224,6 +252,7 @@ pub(crate) fn run<P: Poller>(
                         tracing::info!(failures, "{}: reading again", P::WHAT);
                     }
                     failures = 0;
+                    reader.health().set(None);
                     reader.observe(started.elapsed(), None);
                 }
                 Err(e) => {
@@ -231,6 +260,7 @@ pub(crate) fn run<P: Poller>(
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(error = %e, failures, "{}: read failed; keeping the last state and retrying", P::WHAT);
                     }
+                    reader.health().failed(failures, &e);
                     reader.observe(started.elapsed(), Some((&e, failures)));
                 }
             }
@@ -276,11 +306,9 @@ mod tests {
             &self.0
         }
         fn observe(&mut self, _took: Duration, failed: Option<(&Error, u32)>) {
-            let why = failed.map(|(e, _)| e.to_string());
-            if let (Some(why), Ok(mut seen)) = (&why, self.1.lock()) {
-                seen.push(why.clone());
+            if let (Some((e, _)), Ok(mut seen)) = (failed, self.1.lock()) {
+                seen.push(e.to_string());
             }
-            self.0.set(why);
         }
     }
 
@@ -309,6 +337,12 @@ mod tests {
         tokio::time::sleep(POLL_DEADLINE).await;
         let errors = seen.lock().unwrap().clone();
         assert!(errors[0].contains("client-side deadline"), "{errors:?}");
+        let why = health.failing().expect("failing after the deadline");
+        assert!(
+            why.starts_with("frozen (--frozen): 1 failed read(s) in a row")
+                && why.contains("client-side deadline"),
+            "{why}"
+        );
         stop.cancel();
         tokio::time::timeout(Duration::from_millis(10), task)
             .await

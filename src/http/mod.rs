@@ -122,12 +122,8 @@ pub fn router(state: HttpState, extra: Routes) -> Router {
 /// Every request's events under one span (method and path, the path cut to 120 bytes), so
 /// `TASKPULSE_LOG=debug` groups what one request did.
 async fn request_span(req: axum::extract::Request, next: middleware::Next) -> Response {
-    let path = req.uri().path();
-    let cut = (0..=path.len().min(120))
-        .rev()
-        .find(|i| path.is_char_boundary(*i))
-        .unwrap_or(0);
-    let span = tracing::info_span!("request", method = %req.method(), path = &path[..cut]);
+    let path = crate::ingest::truncate(req.uri().path(), 120);
+    let span = tracing::info_span!("request", method = %req.method(), path = path);
     next.run(req).instrument(span).await
 }
 

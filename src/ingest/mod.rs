@@ -12,6 +12,7 @@ mod update;
 
 pub use engine_row::fit;
 pub use output::OutputProgress;
+pub(crate) use update::truncate;
 pub use update::{
     Adjusted, Adjustment, AttemptReport, RawAttempt, RawUpdate, Reopen, TaskUpdate, MAX_ID_LEN,
     MAX_LABEL_LEN, MAX_MESSAGE_LEN,

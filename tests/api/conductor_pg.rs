@@ -230,25 +230,7 @@ async fn a_time_zone_the_rows_contradict_stops_start_up() {
         let engine = engine_sessions(&conductor.url, engine_zone, None).await;
         let now = conductor.now().await;
         write_task(&engine, &task_now("t-1", "encode", "IN_PROGRESS", now)).await;
-        let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}", dir.path().join("tp.db").display());
-        let mut p = Proc::spawn(
-            dir.path(),
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database",
-                &db,
-                "--conductor-db",
-                &conductor.url,
-                "--conductor-db-time-zone",
-                told,
-            ],
-            &[],
-        );
-        let status = p.wait_exit(EXIT_TIMEOUT).await;
-        let err = p.stderr();
+        let (status, err) = start_with_zone(&conductor.url, told).await;
         assert!(!status.success(), "{engine_zone}/{told}: {err}");
         assert!(
             err.contains("--conductor-db-time-zone") && err.contains(shows),
@@ -257,25 +239,30 @@ async fn a_time_zone_the_rows_contradict_stops_start_up() {
     }
     // a zone the server does not know
     let conductor = Conductor::new().await;
+    let (status, err) = start_with_zone(&conductor.url, "Mars/Olympus").await;
+    assert!(!status.success());
+    assert!(err.contains("Mars/Olympus"), "{err}");
+}
+
+/// `taskpulse serve` on `conductor_url` told `zone`, run until it exits (it should refuse to
+/// start): its exit status and stderr.
+async fn start_with_zone(conductor_url: &str, zone: &str) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("tp.db").display());
-    let mut p = Proc::spawn(
-        dir.path(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            &db,
-            "--conductor-db",
-            &conductor.url,
-            "--conductor-db-time-zone",
-            "Mars/Olympus",
-        ],
-        &[],
-    );
-    assert!(!p.wait_exit(EXIT_TIMEOUT).await.success());
-    assert!(p.stderr().contains("Mars/Olympus"), "{}", p.stderr());
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        &db,
+        "--conductor-db",
+        conductor_url,
+        "--conductor-db-time-zone",
+        zone,
+    ];
+    let mut p = Proc::spawn(dir.path(), &args, &[]);
+    let status = p.wait_exit(EXIT_TIMEOUT).await;
+    (status, p.stderr())
 }
 
 /// A fall-back hour: Conductor wrote rows in the first pass of 01:00-02:00, then the wall

@@ -16,6 +16,7 @@
 use prometheus::{IntCounterVec, Opts, Registry};
 use sqlx::PgPool;
 
+use crate::engines::store_source::{utc_offset, zones_at};
 use crate::error::{Error, Result};
 
 /// How far a row's `modified_on` (read in the configured zone) may be from the times inside
@@ -121,11 +122,6 @@ fn zone_evidence_sql() -> String {
 const ZONE_OFFSET: &str = "\
     SELECT EXTRACT(EPOCH FROM ((now() AT TIME ZONE $1) - (now() AT TIME ZONE 'UTC')))::int8";
 
-/// Up to four zone names the server knows with this offset from UTC now.
-const ZONES_AT: &str = "\
-    SELECT name FROM pg_timezone_names WHERE utc_offset = make_interval(secs => $1) \
-    ORDER BY (name LIKE '%/%' AND name NOT LIKE 'Etc/%') DESC, name LIMIT 4";
-
 /// What the newest rows say of the zone: `Some(d)` when they show it off by `d` ms (a whole
 /// number of quarter hours, not 0). Rows are `(modified_ms, engine_ms)`: `modified_on` read in
 /// the configured zone, and the latest time inside the row (0: none).
@@ -158,12 +154,6 @@ pub fn zone_verdict(rows: &[(i64, i64)], now_ms: i64) -> Option<i64> {
     (ahead > ZONE_TOLERANCE_MS).then(|| quarter(ahead).max(QUARTER_HOUR_MS))
 }
 
-fn offset_text(secs: i64) -> String {
-    let sign = if secs < 0 { '-' } else { '+' };
-    let m = secs.abs() / 60;
-    format!("UTC{sign}{:02}:{:02}", m / 60, m % 60)
-}
-
 /// Checks `--conductor-db-time-zone` against the newest task rows; fails naming the flag and
 /// the zone the rows suggest. A zone the server does not know fails too. When the rows can't
 /// be compared (no rows, a document that is not JSON), only the clock check applies, or none.
@@ -193,17 +183,13 @@ pub async fn check_time_zone(pool: &PgPool, zone: &str) -> Result<()> {
         return Ok(());
     };
     let theirs = ours + off_by / 1000;
-    let names: Vec<String> = sqlx::query_scalar(ZONES_AT)
-        .bind(theirs as f64)
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default();
+    let names = zones_at(pool, theirs).await;
     Err(Error::Config(format!(
         "{flag} is `{zone}` ({}), but Conductor's newest task rows were written at {} ({}): \
          their modified_on is {} min off the times inside them. Set {flag} to the Conductor \
          JVM's time zone (its -Duser.timezone / TZ), which pgjdbc gives its sessions",
-        offset_text(ours),
-        offset_text(theirs),
+        utc_offset(ours),
+        utc_offset(theirs),
         if names.is_empty() {
             "no zone name found".to_string()
         } else {
@@ -277,7 +263,7 @@ mod tests {
     fn the_evidence_query_reads_each_time() {
         let sql = zone_evidence_sql();
         assert!(sql.contains("j->>'endTime'"), "{sql}");
-        assert_eq!(offset_text(-8 * 3600), "UTC-08:00");
-        assert_eq!(offset_text(19_800), "UTC+05:30");
+        assert_eq!(utc_offset(-8 * 3600), "UTC-08:00");
+        assert_eq!(utc_offset(19_800), "UTC+05:30");
     }
 }

@@ -420,16 +420,8 @@ impl Poller for KestraReader {
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
         self.metrics.poll_seconds.observe(took.as_secs_f64());
         match failed {
-            None => {
-                self.metrics.polls_ok.inc();
-                self.health.set(None);
-            }
-            Some((e, n)) => {
-                self.metrics.polls_failed.inc();
-                self.health.set(Some(format!(
-                    "Kestra's database (--kestra-db): {n} failed read(s) in a row: {e}"
-                )));
-            }
+            None => self.metrics.polls_ok.inc(),
+            Some(_) => self.metrics.polls_failed.inc(),
         }
     }
 }

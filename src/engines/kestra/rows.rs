@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Row};
 
+use crate::engines::store_source::{utc_offset, zones_at};
 use crate::error::{Error, Result};
 
 /// One row of the listing: no JSON read.
@@ -211,37 +212,24 @@ pub async fn zone_mismatch(pool: &PgPool, zone: &str, offset: Option<f64>) -> Er
             "Kestra's rows were not written in --kestra-db-time-zone `{zone}`"
         ));
     };
-    let names: Option<String> = sqlx::query_scalar(
-        "SELECT string_agg(name, ', ') FROM (SELECT name FROM pg_timezone_names \
-         WHERE utc_offset = make_interval(secs => $1) AND name ~ '^[A-Z][a-z]+/[A-Za-z_]+$' \
-         ORDER BY name LIMIT 6) z",
-    )
-    .bind(secs)
-    .fetch_one(pool)
-    .await
-    .unwrap_or(None);
-    let names = names.map_or(String::new(), |n| {
-        format!(" (zones at that offset now: {n})")
-    });
+    let names = zones_at(pool, secs.round() as i64).await;
+    let names = if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (zones at that offset now: {})", names.join(", "))
+    };
     Error::Config(format!(
-        "Kestra's rows show its sessions' time zone at UTC{}{names}, but --kestra-db-time-zone is `{zone}`: \
+        "Kestra's rows show its sessions' time zone at {}{names}, but --kestra-db-time-zone is `{zone}`: \
          set --kestra-db-time-zone to the time zone of Kestra's JVM (its TZ or -Duser.timezone), \
          or executions that end between two polls are missed",
-        format_offset(secs)
+        utc_offset(secs.round() as i64)
     ))
-}
-
-/// `-28800` as `-08:00`.
-pub fn format_offset(secs: f64) -> String {
-    let s = secs.round() as i64;
-    let sign = if s < 0 { '-' } else { '+' };
-    let a = s.unsigned_abs();
-    format!("{sign}{:02}:{:02}", a / 3600, (a % 3600) / 60)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{format_offset, labels_sql};
+    use super::labels_sql;
+    use crate::engines::store_source::utc_offset;
 
     #[test]
     fn labels_are_quoted() {
@@ -251,9 +239,9 @@ mod tests {
 
     #[test]
     fn offsets_read_as_utc_offsets() {
-        assert_eq!(format_offset(-28_800.0), "-08:00");
-        assert_eq!(format_offset(32_400.0), "+09:00");
-        assert_eq!(format_offset(0.0), "+00:00");
-        assert_eq!(format_offset(19_800.0), "+05:30");
+        assert_eq!(utc_offset(-28_800), "UTC-08:00");
+        assert_eq!(utc_offset(32_400), "UTC+09:00");
+        assert_eq!(utc_offset(0), "UTC+00:00");
+        assert_eq!(utc_offset(19_800), "UTC+05:30");
     }
 }

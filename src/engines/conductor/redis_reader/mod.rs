@@ -146,7 +146,6 @@ impl RedisReader {
         let n = self.read_tasks().await?;
         self.read_queues(now).await?;
         self.io.end_poll();
-        self.health.set(None);
         Ok(n)
     }
 
@@ -171,12 +170,7 @@ impl Poller for RedisReader {
         &self.health
     }
 
-    fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
+    fn observe(&mut self, took: Duration, _failed: Option<(&Error, u32)>) {
         self.poll_seconds.observe(took.as_secs_f64());
-        if let Some((e, failures)) = failed {
-            self.health.set(Some(format!(
-                "Conductor's Redis unreadable ({failures} failed reads): {e}"
-            )));
-        }
     }
 }
