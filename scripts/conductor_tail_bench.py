@@ -1,7 +1,19 @@
 #!/usr/bin/env python3
 """Following Conductor's task table (--conductor-db) at 1,000,000 rows and 10,000 changes/s.
 
-    scripts/conductor_tail_bench.py   (environment: TASKS, IN_FLIGHT, RATE, SECONDS, POLL)
+    scripts/conductor_tail_bench.py   (environment: TASKS, IN_FLIGHT, RATE, SECONDS, POLL,
+                                       LAYOUT, IDLE)
+
+LAYOUT=conductor (the default) creates the tables Conductor's migrations create beside `task`
+(task_in_progress, workflow_pending, workflow_to_task, task_index with its update_time index;
+not task_index's GIN indexes, which only cost Conductor's writes) and fills them as Conductor
+does: a row of task_in_progress, workflow_pending and workflow_to_task per in-flight task (one
+workflow each), workflow_to_task and task_index rows for every task; the churn writes
+task_index after each task transaction, in a transaction of its own (PostgresIndexDAO
+.indexTask after ExecutionDAOFacade.updateTask's task write). LAYOUT=task_only creates `task`
+alone: the reader then lists `task` every poll, as every poll did before issue 24.
+IDLE=20 (seconds) first measures idle polls: what they read from the engine's tables
+(pg_stat_user_tables, pg_statio_user_tables deltas divided by the polls in the window).
 
 A fresh database with Conductor's tables (docs/engines/conductor-redis.md §7) gets TASKS rows
 of TaskModel JSON (about 1.2 KB each, as Conductor writes them: every primitive present, a
@@ -37,6 +49,8 @@ IN_FLIGHT = int(os.environ.get("IN_FLIGHT", "20000"))
 RATE = int(os.environ.get("RATE", "10000"))
 SECONDS = int(os.environ.get("SECONDS", "60"))
 POLL = os.environ.get("POLL", "2s")
+LAYOUT = os.environ.get("LAYOUT", "conductor")
+IDLE = int(os.environ.get("IDLE", "0"))
 
 SCHEMA = """
 CREATE TABLE task (task_id VARCHAR(255) NOT NULL PRIMARY KEY, json_data TEXT NOT NULL,
@@ -67,20 +81,77 @@ CREATE FUNCTION task_json(id text, status text, t bigint) RETURNS text LANGUAGE 
     'cachedOutput',false,'notifications',json_build_object(),'nonWorkflowEventTask',false,
     'loopOverTask',false,'queueWaitTime',100,'idempotentExecution',false,'asyncComplete',false
   )::text $$;
-CREATE PROCEDURE churn(in_flight int, per_tx int, txs int) LANGUAGE plpgsql AS $$
-DECLARE i int; n int := 0;
+CREATE PROCEDURE churn(in_flight int, per_tx int, txs int, indexed bool) LANGUAGE plpgsql AS $$
+DECLARE i int; n int := 0; t bigint;
 BEGIN
   FOR i IN 1..txs LOOP
+    t := (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint;
     UPDATE task SET json_data = task_json(task_id,
-        CASE WHEN i % 2 = 0 THEN 'IN_PROGRESS' ELSE 'SCHEDULED' END,
-        (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint),
+        CASE WHEN i % 2 = 0 THEN 'IN_PROGRESS' ELSE 'SCHEDULED' END, t),
       modified_on = CURRENT_TIMESTAMP
     WHERE task_id IN (SELECT 'in-' || ((n + g) % in_flight) FROM generate_series(1, per_tx) g);
-    n := n + per_tx;
     COMMIT;
+    IF indexed THEN
+      INSERT INTO task_index (task_id, task_type, task_def_name, status, start_time, end_time,
+          update_time, workflow_type, json_data)
+        SELECT 'in-' || ((n + g) % in_flight), 'SIMPLE', 'encode_video',
+          CASE WHEN i % 2 = 0 THEN 'IN_PROGRESS' ELSE 'SCHEDULED' END,
+          to_timestamp((t - 900) / 1000.0), 'epoch', to_timestamp(t / 1000.0), 'video_pipeline', '{}'
+        FROM generate_series(1, per_tx) g
+      ON CONFLICT (task_id) DO UPDATE SET status = EXCLUDED.status, end_time = EXCLUDED.end_time,
+        update_time = EXCLUDED.update_time, json_data = EXCLUDED.json_data
+      WHERE EXCLUDED.update_time >= task_index.update_time;
+      COMMIT;
+    END IF;
+    n := n + per_tx;
     PERFORM pg_sleep(0.1);
   END LOOP;
 END $$;
+"""
+
+# Conductor's bookkeeping and index tables (V1, V6, V8, V12, V18 of db/migration_postgres at
+# b54f0d4e) and their rows for the rows of `task` (LAYOUT=conductor).
+BOOKKEEPING = """
+CREATE TABLE task_index (task_id VARCHAR(255) NOT NULL PRIMARY KEY, task_type TEXT NOT NULL,
+  task_def_name TEXT NOT NULL, status VARCHAR(32) NOT NULL,
+  start_time TIMESTAMP WITH TIME ZONE NOT NULL, update_time TIMESTAMP WITH TIME ZONE NOT NULL,
+  workflow_type VARCHAR(128) NOT NULL, json_data JSONB NOT NULL,
+  end_time TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT TIMESTAMP WITH TIME ZONE 'epoch');
+CREATE TABLE task_in_progress (created_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+  modified_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP, task_def_name VARCHAR(255) NOT NULL,
+  task_id VARCHAR(255) NOT NULL, workflow_id VARCHAR(255) NOT NULL,
+  in_progress_status BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (task_def_name, task_id));
+CREATE TABLE workflow_pending (created_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+  modified_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP, workflow_type VARCHAR(255) NOT NULL,
+  workflow_id VARCHAR(255) NOT NULL, PRIMARY KEY (workflow_type, workflow_id));
+CREATE TABLE workflow_to_task (created_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+  modified_on TIMESTAMP DEFAULT CURRENT_TIMESTAMP, workflow_id VARCHAR(255) NOT NULL,
+  task_id VARCHAR(255) NOT NULL, PRIMARY KEY (workflow_id, task_id));
+INSERT INTO task_in_progress (task_def_name, task_id, workflow_id)
+  SELECT 'encode_video', task_id, 'wf-' || task_id FROM task WHERE task_id LIKE 'in-%';
+INSERT INTO workflow_pending (workflow_type, workflow_id)
+  SELECT 'video_pipeline', 'wf-' || task_id FROM task WHERE task_id LIKE 'in-%';
+INSERT INTO workflow_to_task (workflow_id, task_id) SELECT 'wf-' || task_id, task_id FROM task;
+INSERT INTO task_index (task_id, task_type, task_def_name, status, start_time, end_time,
+    update_time, workflow_type, json_data)
+  SELECT task_id, 'SIMPLE', 'encode_video', json_data::json->>'status',
+    to_timestamp((json_data::json->>'startTime')::bigint / 1000.0),
+    to_timestamp((json_data::json->>'endTime')::bigint / 1000.0),
+    CASE WHEN task_id LIKE 'in-%' THEN now() - interval '1 hour'
+         ELSE now() - interval '1 day' END, 'video_pipeline', '{}' FROM task;
+CREATE INDEX task_index_update_time_idx ON task_index (update_time);
+CREATE INDEX task_index_status_idx ON task_index (status);
+CREATE INDEX workflow_id_index ON workflow_to_task (workflow_id);
+CREATE INDEX workflow_type_index ON workflow_pending (workflow_type);
+"""
+
+# What the reader's sessions read, per table: (seq scans, rows by seq scan, rows by index,
+# heap blocks read or hit, index blocks read or hit).
+COST = """
+SELECT s.relname, COALESCE(seq_scan, 0), COALESCE(seq_tup_read, 0), COALESCE(idx_tup_fetch, 0),
+       COALESCE(heap_blks_read, 0) + COALESCE(heap_blks_hit, 0),
+       COALESCE(idx_blks_read, 0) + COALESCE(idx_blks_hit, 0)
+FROM pg_stat_user_tables s JOIN pg_statio_user_tables i USING (relid) ORDER BY 1
 """
 
 
@@ -143,6 +214,33 @@ def rss_kib(pid):
     return 0
 
 
+def cost(url):
+    rows = [l.split("|") for l in psql(url, COST).splitlines()]
+    return {r[0]: [int(x) for x in r[1:]] for r in rows}
+
+
+def idle_cost(url, port):
+    """What idle polls read from the engine's tables, per poll: PostgreSQL's statistics
+    before and after IDLE seconds, each taken after its 10 s flush of idle sessions."""
+    time.sleep(11)
+    c0, p0 = cost(url), sample(scrape(port), "taskpulse_conductor_db_polls_total", 'outcome="ok"')
+    time.sleep(IDLE)
+    p1 = sample(scrape(port), "taskpulse_conductor_db_polls_total", 'outcome="ok"')
+    time.sleep(11)
+    c1 = cost(url)
+    polls = max(p1 - p0, 1)
+    used = sample(scrape(port), "taskpulse_conductor_db_task_index_used")
+    print(f"idle, {polls:.0f} polls (task_index used: {used:.0f}); per poll:", flush=True)
+    for table in sorted(c1):
+        d = [(b - a) / polls for a, b in zip(c0.get(table, [0] * 5), c1[table])]
+        if any(d):
+            print(f"  {table}: {d[0]:.2f} seq scans, {d[1]:.0f} rows by seq scan, "
+                  f"{d[2]:.0f} rows by index, {d[3]:.0f} heap blocks, {d[4]:.0f} index blocks",
+                  flush=True)
+    print(f"  taskpulse_conductor_db_poll_rows (last poll): "
+          f"{sample(scrape(port), 'taskpulse_conductor_db_poll_rows'):.0f}", flush=True)
+
+
 def main():
     name = f"taskpulse_tail_{os.getpid()}"
     psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
@@ -164,6 +262,12 @@ def main():
         size = int(psql(url, "SELECT pg_total_relation_size('task')"))
         print(f"task table: {TASKS} rows, {size / 2**20:.0f} MiB, loaded in {time.time() - started:.0f} s",
               flush=True)
+        if LAYOUT == "conductor":
+            t = time.time()
+            subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url], input=BOOKKEEPING,
+                           text=True, check=True, capture_output=True)
+            psql(url, "VACUUM ANALYZE")
+            print(f"bookkeeping and task_index rows in {time.time() - t:.0f} s", flush=True)
         plan = psql(url, "EXPLAIN (ANALYZE, FORMAT TEXT) SELECT task_id, modified_on FROM task "
                          "WHERE modified_on > now() - interval '12 seconds' ORDER BY modified_on, task_id LIMIT 50000")
         exec_ms = [l for l in plan.splitlines() if "Execution Time" in l]
@@ -187,11 +291,13 @@ def main():
             time.sleep(0.05)
         loaded = sample(scrape(port), "taskpulse_updates_total", 'source="conductor_db"', 'outcome="accepted"')
         print(f"start: {time.time() - t0:.1f} s to ready, {loaded:.0f} in-flight tasks loaded", flush=True)
+        if IDLE:
+            idle_cost(url, port)
         before = scrape(port)
         per_tx = RATE // 10
         txs = SECONDS * 10
         t1 = time.time()
-        psql(url, f"CALL churn({IN_FLIGHT}, {per_tx}, {txs})")
+        psql(url, f"CALL churn({IN_FLIGHT}, {per_tx}, {txs}, {str(LAYOUT == 'conductor').lower()})")
         took = time.time() - t1
         time.sleep(6)
         after = scrape(port)

@@ -18,7 +18,7 @@ use crate::helpers::{Backend, TestApp, TestDb};
 
 impl Conductor {
     /// Conductor's tables, bookkeeping included.
-    async fn with_in_flight_tables() -> Conductor {
+    pub(crate) async fn with_in_flight_tables() -> Conductor {
         let c = Conductor::new().await;
         sqlx::raw_sql(CONDUCTOR_IN_FLIGHT_TABLES)
             .execute(&c.pool)
@@ -28,7 +28,7 @@ impl Conductor {
     }
 
     /// `createWorkflow` (`insertOrUpdateWorkflow(.., false)`, `:599-622`, `addWorkflow` `:659`).
-    async fn create_workflow(&self, wf: &str) {
+    pub(crate) async fn create_workflow(&self, wf: &str) {
         let mut tx = self.pool.begin().await.unwrap();
         let doc = json!({"workflowId": wf, "workflowName": "media", "status": "RUNNING"});
         exec(
@@ -43,7 +43,7 @@ impl Conductor {
     }
 
     /// `updateWorkflow` of a finished workflow (`updateWorkflow` `:673`, `removePendingWorkflow` `:714`).
-    async fn finish_workflow(&self, wf: &str) {
+    pub(crate) async fn finish_workflow(&self, wf: &str) {
         let mut tx = self.pool.begin().await.unwrap();
         let doc = json!({"workflowId": wf, "workflowName": "media", "status": "COMPLETED"});
         exec(&mut tx, "UPDATE workflow SET json_data = $2, modified_on = CURRENT_TIMESTAMP WHERE workflow_id = $1", &[wf, &doc.to_string()]).await;
@@ -58,7 +58,7 @@ impl Conductor {
 
     /// `createTasks` for one task: `addScheduledTask`, `insertOrUpdateTaskData`,
     /// `addWorkflowToTaskMapping`, `addTaskInProgress`, then the private `updateTask`.
-    async fn create_task(&self, doc: &Value) {
+    pub(crate) async fn create_task(&self, doc: &Value) {
         let mut tx = self.pool.begin().await.unwrap();
         let (id, wf) = ids(doc);
         let key = format!("{}_0", doc["referenceTaskName"].as_str().unwrap());
@@ -71,14 +71,14 @@ impl Conductor {
     }
 
     /// The public `updateTask`: one transaction of the private one.
-    async fn update_task(&self, doc: &Value) {
+    pub(crate) async fn update_task(&self, doc: &Value) {
         let mut tx = self.pool.begin().await.unwrap();
         task_written(&mut tx, doc).await;
         tx.commit().await.unwrap();
     }
 
     /// Rows read from `task` so far: (seq_scan, seq_tup_read, idx_tup_fetch).
-    async fn task_reads(&self) -> (i64, i64, i64) {
+    pub(crate) async fn task_reads(&self) -> (i64, i64, i64) {
         sqlx::query_as(
             "SELECT COALESCE(seq_scan, 0), COALESCE(seq_tup_read, 0), COALESCE(idx_tup_fetch, 0) \
              FROM pg_stat_user_tables WHERE relname = 'task'",
@@ -89,12 +89,12 @@ impl Conductor {
     }
 }
 
-fn ids(doc: &Value) -> (String, String) {
+pub(crate) fn ids(doc: &Value) -> (String, String) {
     let id = doc["taskId"].as_str().unwrap().to_string();
     (id, doc["workflowInstanceId"].as_str().unwrap().to_string())
 }
 
-async fn exec(tx: &mut Transaction<'_, Postgres>, sql: &str, binds: &[&str]) {
+pub(crate) async fn exec(tx: &mut Transaction<'_, Postgres>, sql: &str, binds: &[&str]) {
     let mut q = sqlx::query(sql);
     for b in binds {
         q = q.bind(*b);
@@ -137,7 +137,7 @@ async fn task_written(tx: &mut Transaction<'_, Postgres>, doc: &Value) {
 }
 
 /// A task of workflow `wf`.
-fn task_of(wf: &str, id: &str, status: &str, now: i64) -> Value {
+pub(crate) fn task_of(wf: &str, id: &str, status: &str, now: i64) -> Value {
     let mut doc = task_model(id, "encode", status, now);
     doc["workflowInstanceId"] = json!(wf);
     if status == "COMPLETED" {
@@ -147,7 +147,7 @@ fn task_of(wf: &str, id: &str, status: &str, now: i64) -> Value {
     doc
 }
 
-async fn app_polling(conductor: &Conductor, db: &TestDb, every: Duration) -> TestApp {
+pub(crate) async fn app_polling(conductor: &Conductor, db: &TestDb, every: Duration) -> TestApp {
     let url = conductor.url.clone();
     TestApp::spawn_with(db, move |s| {
         s.conductor.db = Some(url);
@@ -205,7 +205,7 @@ async fn a_workflow_that_starts_and_ends_between_polls_is_found_by_the_sweep() {
 /// `history` finished workflows of one finished task each, as Conductor leaves them (task and
 /// `workflow_to_task` rows; nothing pending, nothing in progress), written in one statement
 /// each for speed; then one running workflow with three tasks, one of them started.
-async fn history_and_work(conductor: &Conductor, history: i64) {
+pub(crate) async fn history_and_work(conductor: &Conductor, history: i64) {
     let now = conductor.now().await;
     let done = task_of("WF", "ID", "COMPLETED", now).to_string();
     sqlx::query(
@@ -242,14 +242,14 @@ async fn history_and_work(conductor: &Conductor, history: i64) {
 }
 
 /// Polls done so far.
-async fn polls(app: &TestApp) -> f64 {
+pub(crate) async fn polls(app: &TestApp) -> f64 {
     app.metric_value("taskpulse_conductor_db_polls_total", &[("outcome", "ok")])
         .await
         .unwrap_or(0.0)
 }
 
 /// Waits until `n` more polls are done (each at most 3 s).
-async fn polls_later(app: &TestApp, n: f64) -> f64 {
+pub(crate) async fn polls_later(app: &TestApp, n: f64) -> f64 {
     let target = polls(app).await + n;
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(3.0 * n);
     loop {

@@ -12,6 +12,7 @@ mod conductor;
 mod conductor_db;
 mod conductor_pg;
 mod conductor_pg_cost;
+mod conductor_pg_index;
 mod conductor_redis;
 mod conductor_store_rules;
 mod conductor_tail;

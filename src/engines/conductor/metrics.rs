@@ -15,6 +15,8 @@ pub struct ConductorMetrics {
     pub lag_seconds: Histogram,
     /// `taskpulse_conductor_db_poll_rows`: rows the last poll read from Conductor's tables.
     pub poll_rows: IntGauge,
+    /// `taskpulse_conductor_db_task_index_used`: 1 while `task_index` is followed.
+    pub task_index_used: IntGauge,
     /// `taskpulse_conductor_redis_poll_seconds`: one read of Conductor's Redis.
     pub redis_poll_seconds: Histogram,
 }
@@ -59,6 +61,11 @@ impl ConductorMetrics {
             "Rows the last read of Conductor's tables (--conductor-db) returned: ids, sizes and documents, over every table it read.",
         )?;
         registry.register(Box::new(poll_rows.clone()))?;
+        let task_index_used = IntGauge::new(
+            "taskpulse_conductor_db_task_index_used",
+            "1 while Conductor's task_index is followed to find what changed (--conductor-db), 0 when it is absent or found not kept and task is swept by modified_on instead.",
+        )?;
+        registry.register(Box::new(task_index_used.clone()))?;
         let redis_poll_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "taskpulse_conductor_redis_poll_seconds",
@@ -75,6 +82,7 @@ impl ConductorMetrics {
             poll_seconds,
             lag_seconds,
             poll_rows,
+            task_index_used,
             redis_poll_seconds,
         })
     }

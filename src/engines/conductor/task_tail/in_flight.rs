@@ -5,8 +5,9 @@
 //! ids, then `task`'s `modified_on` by primary key for them (no `json_data`), and fetches a
 //! document only where `modified_on` moved or the id is new: its cost is the work in flight,
 //! not the table's history. A workflow that starts and ends between two polls is in none of
-//! these tables; the `modified_on` listing (a sequential scan of `task`) finds it, run as a
-//! sweep every [`SWEEP_EVERY`] polls instead of every poll.
+//! these tables: `task_index` shows it where Conductor keeps one (`task_index.rs`; then
+//! `workflow_to_task` is not read either); else the `modified_on` listing (a sequential scan
+//! of `task`) finds it, run as a sweep every [`SWEEP_EVERY`] polls instead of every poll.
 
 use std::collections::{HashMap, HashSet};
 
@@ -49,15 +50,27 @@ impl InFlight {
 }
 
 impl TaskTail {
-    /// The ids in flight now: in `task_in_progress`, or tasks of a running workflow.
+    /// The ids in flight now: in `task_in_progress`, last read non-terminal (a task a rerun
+    /// put back to work is never in `task_in_progress` again), or, unless `task_index` is
+    /// followed, tasks of a running workflow.
     async fn ids_in_flight(&mut self) -> Result<HashSet<String>> {
         let mut ids: HashSet<String> = sqlx::query_scalar(IN_PROGRESS)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
             .collect();
+        self.rows += ids.len() as i64;
+        ids.extend(
+            self.seen
+                .iter()
+                .filter(|(_, (s, _))| !s.status.is_terminal())
+                .map(|(id, _)| id.clone()),
+        );
+        if self.index_live() {
+            return Ok(ids);
+        }
         let running: Vec<String> = sqlx::query_scalar(PENDING).fetch_all(&self.pool).await?;
-        self.rows += (ids.len() + running.len()) as i64;
+        self.rows += running.len() as i64;
         for chunk in running.chunks(FETCH_BATCH) {
             let tasks: Vec<String> = sqlx::query_scalar(OF_WORKFLOWS)
                 .bind(chunk)
@@ -83,6 +96,7 @@ impl TaskTail {
         ids.extend(known.keys().filter(|id| !now.contains(*id)).cloned());
         let listed = self.sized(&ids).await?;
         self.rows += listed.len() as i64;
+        self.forget_removed(&ids, &listed);
         let wanted: Vec<Listed> = listed
             .iter()
             .filter(|(id, _, wall)| {
@@ -100,5 +114,16 @@ impl TaskTail {
                 .collect();
         }
         Ok(n)
+    }
+
+    /// Tasks no longer in `task` (removed, archived) are not looked for again.
+    fn forget_removed(&mut self, asked: &[String], listed: &[Listed]) {
+        if asked.len() == listed.len() {
+            return;
+        }
+        let there: HashSet<&str> = listed.iter().map(|(id, _, _)| id.as_str()).collect();
+        for id in asked.iter().filter(|id| !there.contains(id.as_str())) {
+            self.seen.remove(id);
+        }
     }
 }

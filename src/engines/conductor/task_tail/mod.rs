@@ -18,6 +18,8 @@
 //!   reads the ids in flight (`task_in_progress`, tasks of `workflow_pending` workflows) and
 //!   `task` by primary key for them, and the listing above runs as a sweep every
 //!   [`SWEEP_EVERY`] polls, so an idle poll costs the work in flight, not the history.
+//!   Where Conductor keeps `task_index` (`task_index.rs`), it is listed by its indexed
+//!   `update_time` each poll instead, and once shown to be kept, no poll scans `task`.
 //! - **Time zone.** `modified_on` is the writer's wall time in the Conductor JVM's zone; it is
 //!   paged on as a wall time (exact microseconds, `sql.rs`) and turned into an instant only
 //!   `AT TIME ZONE` `--conductor-db-time-zone`, which start-up checks against the rows
@@ -44,6 +46,7 @@
 mod fetch;
 mod in_flight;
 mod sql;
+mod task_index;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -211,6 +214,8 @@ pub struct TaskTail {
     /// Reading what is in flight (Conductor's bookkeeping tables are there), or `None`: the
     /// `modified_on` listing every poll.
     flight: Option<in_flight::InFlight>,
+    /// Following `task_index` (with the in-flight tables only), or `None`.
+    index: Option<task_index::TaskIndex>,
     /// Rows read from Conductor's tables by the poll under way
     /// (`taskpulse_conductor_db_poll_rows` once it ends).
     rows: i64,
@@ -244,9 +249,11 @@ impl TaskTail {
             stop: CancellationToken::new(),
             health: Health::new("Conductor's task table (--conductor-db)"),
             flight: None,
+            index: None,
             rows: 0,
         };
         tail.flight = tail.choose_reader().await?;
+        tail.index = tail.choose_index().await?;
         let now = tail.db_clock().await?;
         let loaded = tail.load_in_flight().await?;
         tail.clock = now;
@@ -277,6 +284,35 @@ impl TaskTail {
             );
             Ok(None)
         }
+    }
+
+    /// Follows `task_index` when the in-flight tables are read and it is there (checked
+    /// against `task` before the sweep stops: `task_index.rs`).
+    async fn choose_index(&self) -> Result<Option<task_index::TaskIndex>> {
+        if self.flight.is_none() {
+            return Ok(None);
+        }
+        let present: bool = sqlx::query_scalar(task_index::HAS_INDEX)
+            .fetch_one(&self.pool)
+            .await?;
+        let state = if present {
+            tracing::info!("conductor task table: task_index is there; listing it by update_time every poll (the sweep stops once it shows it follows task)");
+            task_index::Use::Unverified
+        } else {
+            tracing::info!("conductor task table: no task_index (conductor.indexing.type is not postgres); sweeping task by modified_on every {SWEEP_EVERY} polls");
+            task_index::Use::Unused
+        };
+        self.metrics
+            .task_index_used
+            .set(i64::from(state != task_index::Use::Unused));
+        Ok(Some(task_index::TaskIndex::new(state)))
+    }
+
+    /// Whether `task_index` is followed and shown to be kept: no sweep, no `workflow_to_task`.
+    fn index_live(&self) -> bool {
+        self.index
+            .as_ref()
+            .is_some_and(|i| i.state == task_index::Use::Live)
     }
 
     /// The database's clock as a wall time in the zone: where Conductor's writes are now.
@@ -335,12 +371,14 @@ impl TaskTail {
         let pending = std::mem::take(&mut self.unsent);
         submitted += self.submit(pending).await;
         self.clock = self.db_clock().await?;
+        let live = self.index_live();
         let sweep = match self.flight.as_mut() {
-            Some(f) => f.sweep_due(),
+            Some(f) => f.sweep_due() && !live,
             None => true,
         };
         if self.flight.is_some() {
             submitted += self.poll_in_flight().await?;
+            submitted += self.poll_index().await?;
         }
         if sweep {
             submitted += self.list_changed().await?;
@@ -386,8 +424,14 @@ impl TaskTail {
     /// Records what a row says; false when it says what was already submitted.
     fn note(&mut self, u: &TaskUpdate, modified: i64) -> bool {
         let now = Seen::of(u);
+        let before = self.seen.get(&u.task_id).map(|(s, _)| s.status);
         if self.seen.get(&u.task_id).is_some_and(|(s, _)| *s == now) {
             return false;
+        }
+        if before != Some(now.status) {
+            if let Some(index) = self.index.as_mut() {
+                index.changed(&u.task_id, now.status, before.is_none());
+            }
         }
         self.read_at.insert(u.task_id.clone(), modified);
         self.seen.insert(u.task_id.clone(), (now, modified));
@@ -395,8 +439,15 @@ impl TaskTail {
     }
 
     /// Rows older than the overlap are not read again; finished tasks among them are over.
+    /// While `task_index` is followed the `modified_on` mark stands still (no sweep): the
+    /// database's clock then says what is old.
     fn forget(&mut self) {
-        let cut = self.high_water.min(self.clock) - 2 * OVERLAP_US;
+        let mark = if self.index_live() {
+            self.clock
+        } else {
+            self.high_water.min(self.clock)
+        };
+        let cut = mark - 2 * OVERLAP_US;
         self.read_at.retain(|_, m| *m >= cut);
         self.seen
             .retain(|_, (s, m)| *m >= cut || !s.status.is_terminal());
