@@ -124,7 +124,7 @@ pub struct ConductorSettings {
     pub redis_domain: Option<String>,
 
     /// How often Conductor's store (--conductor-db, --conductor-redis) is read for changed tasks
-    #[arg(id = "conductor-poll-interval", long = "conductor-poll-interval", env = "TASKPULSE_CONDUCTOR_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(id = "conductor-poll-interval", long = "conductor-poll-interval", env = "TASKPULSE_CONDUCTOR_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 }
 

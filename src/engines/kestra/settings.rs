@@ -31,7 +31,7 @@ pub struct KestraSettings {
     pub tenant: String,
 
     /// How often Kestra's executions table is read for changes
-    #[arg(id = "kestra-poll-interval", long = "kestra-poll-interval", env = "TASKPULSE_KESTRA_POLL_INTERVAL", value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(id = "kestra-poll-interval", long = "kestra-poll-interval", env = "TASKPULSE_KESTRA_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
     /// The IANA time zone of Kestra's JVM (its `user.timezone`/`TZ`): Kestra's `end_date` column holds wall time in that zone; checked at start against the rows, which must agree
