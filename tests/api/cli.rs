@@ -394,3 +394,35 @@ async fn serve_on_postgres_end_to_end() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stored_progress(&db.url, "pg-1").await, Some(64.0));
 }
+
+/// A database that is not Conductor's (`--conductor-db` pointing at the wrong one) stops
+/// start-up with one line naming the setting and the missing table, each cause said once
+/// (the chain used to repeat the database's message four times).
+#[tokio::test]
+async fn a_start_error_names_each_cause_once() {
+    let pg = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(dir.path(), "once.db");
+    let listen = free_addr().to_string();
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--database",
+        &db,
+        "--conductor-db",
+        &pg.url,
+    ];
+    let (status, _, stderr) = run(dir.path(), &args, &[], EXIT_TIMEOUT).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("taskpulse: error:"))
+        .unwrap_or_else(|| panic!("no error line; stderr:\n{stderr}"));
+    assert!(line.contains("--conductor-db"), "{line}");
+    assert_eq!(
+        line.matches("does not exist").count(),
+        1,
+        "each cause once: {line}"
+    );
+}
