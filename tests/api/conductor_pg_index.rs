@@ -291,3 +291,47 @@ async fn a_task_index_not_kept_is_given_up_and_the_sweep_finds_what_it_missed() 
     .await;
     app.shutdown().await;
 }
+
+/// With the in-flight tables and `task_index`, start-up reads where the work is, not the
+/// whole `task` table: no sequential scan of `task` (the time zone check takes the newest
+/// rows through the index, the first pass the in-flight ids), on 10,000 finished tasks. A task
+/// a late write put back to IN_PROGRESS after its workflow ended (conductor-oss#176: in
+/// neither `task_in_progress` nor a running workflow) is still loaded, through the index's
+/// status. (Fails on a start that scans `task`.)
+#[tokio::test]
+async fn start_up_reads_what_is_in_flight_without_scanning_task() {
+    let conductor = Conductor::with_task_index().await;
+    history_and_work(&conductor, 10_000).await;
+    let now = conductor.now().await;
+    conductor
+        .index_task(&task_of("wf-live", "live-1", "IN_PROGRESS", now))
+        .await;
+    // conductor-oss#176: COMPLETED (task_in_progress row removed), then a worker's stale
+    // IN_PROGRESS written over it, after the workflow ended
+    conductor.create_workflow("wf-late").await;
+    conductor
+        .create_task(&task_of("wf-late", "late-1", "SCHEDULED", now))
+        .await;
+    let mut done = task_of("wf-late", "late-1", "COMPLETED", now);
+    done["startTime"] = json!(now);
+    conductor.update_and_index(&done).await;
+    conductor.finish_workflow("wf-late").await;
+    let late = task_of("wf-late", "late-1", "IN_PROGRESS", now + 10);
+    conductor.update_and_index(&late).await;
+    sqlx::raw_sql("ANALYZE")
+        .execute(&conductor.pool)
+        .await
+        .unwrap();
+    // the writes' own statistics reach the view within PostgreSQL's 10 s idle flush
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = conductor.task_seq_scans().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = app_polling(&conductor, &db, Duration::from_secs(1)).await;
+    eventually(&app, "live-1", "loaded", |v| v["status"] == "IN_PROGRESS").await;
+    let v = eventually(&app, "late-1", "loaded", |v| !v.is_null()).await;
+    assert_eq!(v["status"], "IN_PROGRESS", "{v}");
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let scans = conductor.task_seq_scans().await - before;
+    app.shutdown().await;
+    assert_eq!(scans, 0, "sequential scans of task at start-up");
+}

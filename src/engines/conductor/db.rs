@@ -101,15 +101,16 @@ fn json_number(key: &str) -> String {
 
 /// The newest task rows: `modified_on` read in the zone `$1` (epoch ms), the database's clock,
 /// and the latest time the row's own JSON carries (0: none). The documents are parsed after
-/// the limit (only the sample's), as `json` rather than `jsonb`: only walked, not stored. One
-/// scan of `task` at start (no index on `modified_on`).
-fn zone_evidence_sql() -> String {
+/// the limit (only the sample's), as `json` rather than `jsonb`: only walked, not stored.
+/// `newest` picks the rows: by `task_index.update_time` where Conductor keeps that index (its
+/// index, then `task` by primary key), else by `modified_on`: one scan of `task` at start (no
+/// index on it).
+fn zone_evidence_sql(newest: &str) -> String {
     format!(
         "SELECT (EXTRACT(EPOCH FROM (modified_on AT TIME ZONE $1)) * 1000)::int8, \
                 (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8, \
                 GREATEST({}, {}, {}, {}) \
-         FROM (SELECT modified_on, json_data FROM task \
-               ORDER BY modified_on DESC LIMIT $2) AS newest, \
+         FROM ({newest}) AS newest, \
               LATERAL (SELECT newest.json_data::json AS j) AS parsed",
         json_number("updateTime"),
         json_number("endTime"),
@@ -117,6 +118,18 @@ fn zone_evidence_sql() -> String {
         json_number("scheduledTime"),
     )
 }
+
+/// The newest rows of `task` by its `modified_on` (a sequential scan).
+const NEWEST_BY_MODIFIED: &str =
+    "SELECT modified_on, json_data FROM task ORDER BY modified_on DESC LIMIT $2";
+/// The newest rows of `task` by `task_index.update_time` (`task_index_update_time_idx`).
+const NEWEST_BY_INDEX: &str = "SELECT t.modified_on, t.json_data FROM \
+     (SELECT task_id FROM task_index ORDER BY update_time DESC LIMIT $2) AS i \
+     JOIN task AS t ON t.task_id = i.task_id";
+/// Whether `task_index` is there and readable.
+const HAS_TASK_INDEX: &str = "\
+    SELECT COALESCE(bool_and(r IS NOT NULL AND has_table_privilege(r, 'SELECT')), false) \
+    FROM unnest(ARRAY[to_regclass('task_index')]) AS r";
 
 /// The zone's offset from UTC now, in seconds (fails on a name the server does not know).
 const ZONE_OFFSET: &str = "\
@@ -164,7 +177,15 @@ pub async fn check_time_zone(pool: &PgPool, zone: &str) -> Result<()> {
         .fetch_one(pool)
         .await
         .map_err(|e| Error::Config(format!("{flag} `{zone}`: {e}")))?;
-    let sql = zone_evidence_sql();
+    let indexed: bool = sqlx::query_scalar(HAS_TASK_INDEX)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(false);
+    let sql = zone_evidence_sql(if indexed {
+        NEWEST_BY_INDEX
+    } else {
+        NEWEST_BY_MODIFIED
+    });
     let rows: Vec<(i64, i64, i64)> = match sqlx::query_as(&sql)
         .bind(zone)
         .bind(ZONE_SAMPLE)

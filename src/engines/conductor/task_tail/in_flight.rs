@@ -53,7 +53,7 @@ impl TaskTail {
     /// The ids in flight now: in `task_in_progress`, last read non-terminal (a task a rerun
     /// put back to work is never in `task_in_progress` again), or, unless `task_index` is
     /// followed, tasks of a running workflow.
-    async fn ids_in_flight(&mut self) -> Result<HashSet<String>> {
+    pub(super) async fn ids_in_flight(&mut self) -> Result<HashSet<String>> {
         let mut ids: HashSet<String> = sqlx::query_scalar(IN_PROGRESS)
             .fetch_all(&self.pool)
             .await?

@@ -326,6 +326,47 @@ impl TaskTail {
     /// The tasks in flight in Conductor's store, and the current state of those in flight in
     /// taskpulse's memory; submitted as they are now.
     async fn load_in_flight(&mut self) -> Result<usize> {
+        let mut n = match self.ids_at_start().await? {
+            Some(ids) => {
+                let listed = self.sized(&ids).await?;
+                self.read_rows(&listed, |u| !u.status.is_terminal()).await?
+            }
+            None => self.scan_in_flight().await?,
+        };
+        let tracked: Vec<String> = self
+            .pipeline
+            .tracker()
+            .select(|r| !r.status.is_terminal())
+            .into_iter()
+            .map(|r| r.task_id.to_string())
+            .filter(|id| !self.seen.contains_key(id))
+            .collect();
+        let tracked = self.sized(&tracked).await?;
+        n += self.read_rows(&tracked, |_| true).await?;
+        Ok(n)
+    }
+
+    /// With the in-flight tables and `task_index`, the tasks not finished are where they say:
+    /// `task_in_progress`, the tasks of running workflows, and the index's non-terminal rows
+    /// (a late write that reopened a finished task, conductor-oss#176, is in none of the
+    /// first two; `task_index_status_idx` finds it). `None`: they are not all there, and
+    /// [`Self::scan_in_flight`] reads the whole table once.
+    async fn ids_at_start(&mut self) -> Result<Option<Vec<String>>> {
+        let indexed = self
+            .index
+            .as_ref()
+            .is_some_and(|i| i.state != task_index::Use::Unused);
+        if self.flight.is_none() || !indexed {
+            return Ok(None);
+        }
+        let mut ids = self.ids_in_flight().await?;
+        ids.extend(task_index::not_finished(&self.pool).await?);
+        Ok(Some(ids.into_iter().collect()))
+    }
+
+    /// The first pass without the in-flight tables and `task_index`: every row of `task`,
+    /// a range of [`SCAN_PAGE`] ids per query, SCHEDULED and IN_PROGRESS taken.
+    async fn scan_in_flight(&mut self) -> Result<usize> {
         let mut after = String::new();
         let mut n = 0;
         loop {
@@ -345,16 +386,6 @@ impl TaskTail {
                 None => break,
             }
         }
-        let tracked: Vec<String> = self
-            .pipeline
-            .tracker()
-            .select(|r| !r.status.is_terminal())
-            .into_iter()
-            .map(|r| r.task_id.to_string())
-            .filter(|id| !self.seen.contains_key(id))
-            .collect();
-        let tracked = self.sized(&tracked).await?;
-        n += self.read_rows(&tracked, |_| true).await?;
         Ok(n)
     }
 

@@ -45,6 +45,9 @@ const LIST: &str = "\
 /// The index's status of these tasks (`$1`), by primary key.
 const STATUS_OF: &str =
     "SELECT task_id::text, status::text FROM task_index WHERE task_id = ANY($1)";
+/// The tasks the index holds as not finished (`task_index_status_idx`).
+const NOT_FINISHED: &str =
+    "SELECT task_id::text FROM task_index WHERE status IN ('SCHEDULED', 'IN_PROGRESS')";
 /// The database's clock, epoch ms.
 const NOW_MS: &str = "SELECT (EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::int8";
 
@@ -103,6 +106,11 @@ impl TaskIndex {
             due_ms: self.now_ms + CHECK_AFTER_MS,
         });
     }
+}
+
+/// The ids `task_index` holds as SCHEDULED or IN_PROGRESS.
+pub(super) async fn not_finished(pool: &sqlx::PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(NOT_FINISHED).fetch_all(pool).await?)
 }
 
 impl TaskTail {
