@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_evidence_query_reads_each_time() {
-        let sql = zone_evidence_sql();
+        let sql = zone_evidence_sql(NEWEST_BY_INDEX);
         assert!(sql.contains("j->>'endTime'"), "{sql}");
         assert_eq!(utc_offset(-8 * 3600), "UTC-08:00");
         assert_eq!(utc_offset(19_800), "UTC+05:30");
