@@ -138,8 +138,8 @@ fn now_ms() -> i64 {
 async fn app_on(url: &str, db: &TestDb) -> TestApp {
     let url = url.to_string();
     TestApp::spawn_with(db, move |s| {
-        s.conductor.redis = Some(url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.redis = Some(url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
         s.wait.wait_grace = Duration::from_secs(30);
     })
     .await
