@@ -24,8 +24,8 @@ pub struct EngineSettings {
 
 impl EngineSettings {
     /// Each engine's group, in the order the engines are built.
-    fn groups(&self) -> [&dyn EngineGroup; 2] {
-        [&self.conductor, &self.kestra]
+    fn groups(&self) -> Vec<&dyn EngineGroup> {
+        vec![&self.conductor, &self.kestra]
     }
 
     /// Every engine's settings checked.
