@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the figures in BENCHMARKS.md: release build, everything on loopback, every run
-# bounded. Each throughput figure is the median of RUNS runs (default 3).
+# bounded. Each throughput figure is the median of RUNS runs (default 3; of an even count, the
+# mean of the middle two: scripts/lib/common.sh).
 #
 #   scripts/bench.sh            # all sections
 #   scripts/bench.sh ingest     # one section: ingest | writes | scrape | checker | pushgateway
@@ -62,8 +63,8 @@ fresh_pg() {
     echo "$PG_BASE/taskpulse_bench"
 }
 
-# median of numbers on stdin
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# shellcheck source=lib/common.sh
+source scripts/lib/common.sh
 
 # loadgen_median LABEL ARGS... : RUNS runs, prints "LABEL | updates/s | p50 ms | p99 ms"
 loadgen_median() {

@@ -32,7 +32,8 @@ run() { # run BINARY: prints accepted updates/s
     PID=""
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+# shellcheck source=lib/common.sh
+source scripts/lib/common.sh
 declare -a ra rb
 for slot in A B B A A B B A; do
     if [[ $slot == A ]]; then r=$(run "$A"); ra+=("$r"); else r=$(run "$B"); rb+=("$r"); fi

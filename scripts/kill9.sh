@@ -32,15 +32,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-python3 - "$BIN" "$DATABASE" "$WORK" "$ITERATIONS" <<'PY'
-import http.client, json, os, random, signal, socket, subprocess, sys, threading, time
+python3 - "$BIN" "$DATABASE" "$WORK" "$ITERATIONS" "$ROOT/scripts/lib" <<'PY'
+import http.client, json, os, random, signal, subprocess, sys, threading, time
 
 BIN, DATABASE, WORK, ITERATIONS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+sys.path.insert(0, sys.argv[5])
+from bench import free_port  # noqa: E402
 INTERVAL = 1.0  # --progress-min-interval
 STEPS = (10, 300)  # progress updates before a task completes (random in this range)
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 PORT = free_port()
 log = open(os.path.join(WORK, "serve.log"), "ab")

@@ -31,26 +31,19 @@ import http.client
 import http.server
 import json
 import os
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from bench import free_port, median, metric_sum, scrape  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOADGEN = os.environ.get("LOADGEN", os.path.join(ROOT, "target/release/taskpulse-loadgen"))
 FAILED = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Server:
@@ -93,14 +86,10 @@ class Server:
         return json.loads(text)
 
     def metrics(self):
-        return self.request("GET", "/metrics")[1].decode()
+        return scrape(self.port, timeout=120)
 
     def metric(self, name):
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric_sum(self.metrics(), name)
 
     def memory_kib(self, field="VmRSS"):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -343,7 +332,7 @@ def compare(old, new):
           flush=True)
     run("scrapers", measure_scrapers)
 
-    med = lambda xs: statistics.median(xs)
+    med = median
     print("\nmedians (two runs each, ABBA order)")
     for name in ("OLD", "NEW"):
         m = results[name]["memory"]

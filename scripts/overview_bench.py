@@ -17,23 +17,18 @@ Needs the release build (`cargo build --release`); TASKPULSE_BIN overrides the b
 import http.client
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from bench import free_port, median  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
 TASKS = int(os.environ.get("TASKS", "1000000"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(port, method, path, body=None, headers=None):
@@ -115,8 +110,8 @@ def main():
                     p.join()
                 overviews += took
             ms = lambda xs: [round(x * 1000, 1) for x in sorted(xs)]
-            print(f"/healthz during walks, ms: {ms(healthz)} (median {statistics.median(healthz) * 1000:.1f})")
-            print(f"overview requests meanwhile, ms: median {statistics.median(overviews) * 1000:.1f}, "
+            print(f"/healthz during walks, ms: {ms(healthz)} (median {median(healthz) * 1000:.1f})")
+            print(f"overview requests meanwhile, ms: median {median(overviews) * 1000:.1f}, "
                   f"max {max(overviews) * 1000:.1f}")
         finally:
             proc.terminate()

@@ -21,7 +21,6 @@ scripts/test.sh starts (TASKPULSE_TEST_POSTGRES, default postgres://postgres@127
 import http.client
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,25 +28,15 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from bench import free_port, psql, scrape  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
 LOADGEN = os.environ.get("LOADGEN", os.path.join(ROOT, "target/release/taskpulse-loadgen"))
 PG_ADMIN = os.environ.get("TASKPULSE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
 TASKS = int(os.environ.get("TASKS", "1000000"))
 EIGHT_DAYS_MS = 8 * 86_400_000
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-tAc", sql], capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 class Serve:
@@ -69,10 +58,8 @@ class Serve:
         raise SystemExit("taskpulse did not start")
 
     def metric(self, name, label=""):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        c.request("GET", "/metrics")
         total = 0.0
-        for line in c.getresponse().read().decode().splitlines():
+        for line in scrape(self.port).splitlines():
             if line.startswith(name) and label in line and not line.startswith("#"):
                 total += float(line.rsplit(" ", 1)[1])
         return total

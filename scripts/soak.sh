@@ -33,6 +33,7 @@ PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 source "$(dirname "$0")/lib/long-run.sh"
 long_run_setup
 command -v psql >/dev/null || { echo "soak.sh needs psql" >&2; exit 2; }
+command -v jq >/dev/null || { echo "soak.sh needs jq" >&2; exit 2; }
 
 WORK="$(mktemp -d -t taskpulse-soak-XXXXXX)"
 DBNAME="taskpulse_soak_$(date +%s)"
@@ -81,10 +82,16 @@ sample_during_load sample
 # Let the writer drain and the coalesced progress reach its interval, then snapshot memory.
 wait_drained
 sleep 6
-# Every unfinished task, and the most recent finished ones (the list API returns at most 10,000).
+# Every unfinished task, and the most recent finished ones: up to 10 pages of 1,000 (the most the
+# list API answers at once) each, one page a line.
 for what in "status=IN_PROGRESS&" "status=SCHEDULED&" ""; do
-    curl -fsS "$BASE/api/v1/tasks?${what}limit=10000"
-    echo
+    cursor=""
+    for _ in $(seq 1 10); do
+        page="$(curl -fsS "$BASE/api/v1/tasks?${what}limit=1000${cursor:+&cursor=$cursor}")"
+        echo "$page"
+        cursor="$(jq -r '.next // empty | @uri' <<<"$page")"
+        [[ -n $cursor ]] || break
+    done
 done >"$WORK/memory.json"
 kill -TERM "$SERVER_PID"
 for _ in $(seq 1 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done

@@ -33,12 +33,14 @@ Needs `cargo build --release` and the PostgreSQL that scripts/test.sh starts
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from bench import free_port, median, percentile, psql  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
@@ -118,23 +120,6 @@ def sender(port, name, deadline, out):
     out.append((times, bad))
 
 
-def pct(sorted_ms, q):
-    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def psql(url, sql):
-    subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", url, "-tAc", sql], capture_output=True,
-                   text=True, check=True)
-
-
 def start(database, work):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPULSE_")}
@@ -195,8 +180,8 @@ def run(store, senders, work):
     bad = [b for _, bs in out for b in bs]
     slow = sum(1 for t in times if t > READ_TIMEOUT_MS)
     bg = f" {background} |" if BACKGROUND else ""
-    print(f"| {store} | {senders} |{bg} {len(times) / elapsed:,.0f} | {pct(times, 0.5):.2f} | "
-          f"{pct(times, 0.99):.2f} | {times[-1]:.1f} | {slow} of {len(times):,} | {len(bad)} |",
+    print(f"| {store} | {senders} |{bg} {len(times) / elapsed:,.0f} | {median(times):.2f} | "
+          f"{percentile(times, 0.99):.2f} | {times[-1]:.1f} | {slow} of {len(times):,} | {len(bad)} |",
           flush=True)
     for b in bad[:5]:
         print(f"    not accepted: {b}", flush=True)

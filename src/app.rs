@@ -32,9 +32,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cardinality::Folding;
 use crate::checker::{self, CheckSettings, Checker, CheckerMetrics, Context, PassReport};
 use crate::cli::{CheckArgs, Settings};
-use crate::engines::conductor::{Conductor, ConductorSettings};
-use crate::engines::kestra::{Kestra, KestraSettings};
-use crate::engines::{Contribution, CoreSettings, Engine, EngineContext};
+use crate::engines::settings::{self as engine_settings, EngineSettings};
+use crate::engines::{Contribution, CoreSettings, Engine, EngineContext, EngineInit};
 use crate::error::{Error, Result};
 use crate::http::server::{self, ConnLimits};
 use crate::http::{HttpState, Overview, OverviewSources, Routes};
@@ -64,17 +63,17 @@ pub const ENGINE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often every replica runs the engines' side rules.
 const SIDE_RULES_EVERY: Duration = Duration::from_secs(1);
 
-/// The engines of this build. Adding one is a line here (and its settings in [`crate::cli`]).
+/// The engines of this build, made from their settings.
 fn engines(
-    conductor: &ConductorSettings,
-    kestra: &KestraSettings,
+    settings: &EngineSettings,
     progress_min_interval: Duration,
     token: Option<Secret>,
 ) -> Result<Vec<Box<dyn Engine>>> {
-    Ok(vec![
-        Box::new(Conductor::new(conductor, progress_min_interval, token)?),
-        Box::new(Kestra::new(kestra)),
-    ])
+    let init = EngineInit {
+        progress_min_interval,
+        token,
+    };
+    engine_settings::build(settings, &init)
 }
 
 /// The two signals a serving process reacts to.
@@ -440,8 +439,7 @@ async fn start_engines(
     pipeline_metrics: &PipelineMetrics,
 ) -> Result<(Contribution, Vec<Box<dyn crate::checker::Rule>>)> {
     let engines = engines(
-        &settings.conductor,
-        &settings.kestra,
+        &settings.engines,
         settings.throttle.progress_min_interval,
         settings.http.auth_token.clone(),
     )?;
@@ -640,15 +638,10 @@ pub async fn migrate(url: &str) -> Result<bool> {
 pub async fn check(args: &CheckArgs) -> Result<PassReport> {
     let store = Store::connect_within(&args.store.database, Duration::from_secs(3)).await?;
     store.ready().await?;
-    let engine_rules = engines(
-        &args.conductor,
-        &args.kestra,
-        args.throttle.progress_min_interval,
-        None,
-    )?
-    .iter()
-    .flat_map(|e| e.rules())
-    .collect();
+    let engine_rules = engines(&args.engines, args.throttle.progress_min_interval, None)?
+        .iter()
+        .flat_map(|e| e.rules())
+        .collect();
     let checker = Checker::new(
         checker::compose(checker::default_rules(), engine_rules),
         CheckerMetrics::unregistered(),

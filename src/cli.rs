@@ -2,8 +2,8 @@
 //!
 //! Each command shows only its own settings (`taskpulse check --help` lists the store, checker
 //! and engine settings; `taskpulse migrate --help` only the database). The settings themselves
-//! are declared once, in [`crate::settings`] and in each engine's `settings` module; this module
-//! only composes them, which is why it is one of the few places that names an engine.
+//! are declared once, in [`crate::settings`] and in each engine's `settings` module (all of them
+//! gathered in [`EngineSettings`]); this module only composes them.
 //!
 //! # The configuration file
 //!
@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::engines::conductor::ConductorSettings;
-use crate::engines::kestra::KestraSettings;
+use crate::engines::settings::EngineSettings;
 use crate::error::Error;
 use crate::settings::{
     CheckLoopSettings, CheckerSettings, HttpSettings, MetricsSettings, PipelineSettings,
@@ -78,9 +77,7 @@ pub struct Settings {
     #[command(flatten)]
     pub retention: RetentionSettings,
     #[command(flatten)]
-    pub conductor: ConductorSettings,
-    #[command(flatten)]
-    pub kestra: KestraSettings,
+    pub engines: EngineSettings,
 }
 
 impl Settings {
@@ -92,8 +89,7 @@ impl Settings {
         self.throttle.validate()?;
         self.pipeline.validate()?;
         self.metrics.validate()?;
-        self.conductor.validate()?;
-        self.kestra.validate()?;
+        self.engines.validate()?;
         self.retention_covers_memory()
     }
 
@@ -133,9 +129,7 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub checker: CheckerSettings,
     #[command(flatten)]
-    pub conductor: ConductorSettings,
-    #[command(flatten)]
-    pub kestra: KestraSettings,
+    pub engines: EngineSettings,
     /// Apply the repairs the rules plan (by default `check` only reports). Never read from the
     /// environment or the file: `TASKPULSE_REPAIR` and `repair` are meant for `serve`
     #[arg(id = "repair-now", long = "repair", help_heading = "Output")]
@@ -197,8 +191,7 @@ fn validate(mut cli: Cli) -> Result<Cli, CliError> {
         Command::Check(c) => {
             c.store.validate()?;
             c.throttle.validate()?;
-            c.conductor.validate()?;
-            c.kestra.validate()?;
+            c.engines.validate()?;
         }
     }
     Ok(cli)

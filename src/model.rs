@@ -135,7 +135,7 @@ pub struct TaskRecord {
     pub iteration: Option<i32>,
     pub retry_count: Option<i32>,
     pub status: Status,
-    #[serde(rename = "progressPercent")]
+    #[serde(rename = "progressPercent", serialize_with = "widened")]
     pub progress: Option<f32>,
     pub progress_message: Option<Arc<str>>,
     pub worker_id: Option<Arc<str>>,
@@ -303,6 +303,16 @@ pub struct TaskEvent {
 pub const HISTORY_KEPT: usize = 50;
 /// Attempts kept per task (the newest); older ones are pruned from the store.
 pub const ATTEMPTS_KEPT: usize = 20;
+
+/// An `f32` written as the `f64` it widens to (`33.29999923706055` for 33.3): the read API
+/// has always written progress so (its answers were once built as `serde_json` values, which
+/// hold `f64`), and clients compare what they read.
+fn widened<S: serde::Serializer>(v: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(p) => s.serialize_some(&f64::from(*p)),
+        None => s.serialize_none(),
+    }
+}
 
 /// Which worker ran an attempt of a task. Kept after the worker is gone.
 #[derive(Clone, Debug, PartialEq, Serialize)]

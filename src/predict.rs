@@ -1,4 +1,5 @@
-//! Predicted completion time of an in-flight task from its progress rate (`docs/contract.md` §4.1, §4.2).
+//! Predicted completion time of an in-flight task from its progress rate (`docs/metrics.md`:
+//! the per-task and aggregate gauges).
 //!
 //! `taskpulse_task_predicted_completion_timestamp_seconds` and `taskpulse_tasks_predicted_timeout`
 //! both come from [`ProgressWindow::predict_completion`]: the time at which a straight line fitted

@@ -1,8 +1,11 @@
-# Shared by the long-run scripts (soak.sh, flood.sh); sourced, not run. They serve the release
-# binary on a free port, load it, and read its metrics while it works.
+# Shared by the long-run scripts (soak.sh, flood.sh); sourced, not run. It sources common.sh.
+# They serve the release binary on a free port, load it, and read its metrics while it works.
 #
 # After `long_run_setup`: BIN and LOADGEN (built if missing), PORT, BASE. `start_serve LOG ARGS...` sets
 # SERVER_PID. The caller's cleanup kills SERVER_PID and LOADGEN_PID.
+
+# shellcheck source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 long_run_setup() {
     local root
@@ -12,7 +15,7 @@ long_run_setup() {
     if [[ ! -x "$BIN" || ! -x "$LOADGEN" ]]; then
         (cd "$root" && cargo build --release --quiet)
     fi
-    PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    PORT="$(free_port)"
     BASE="http://127.0.0.1:$PORT"
     SERVER_PID=""
     LOADGEN_PID=""

@@ -2,18 +2,20 @@
 //! checker) knows no engine; everything particular to one lives in a folder of its own here
 //! and comes in through [`Engine`]:
 //!
-//! - its **settings** (a clap group in its `settings` module, composed by [`crate::cli`]);
+//! - its **settings** (a clap group in its `settings` module, listed in [`settings::EngineSettings`]
+//!   and made into the engine through [`EngineGroup`]);
 //! - its **routes** (a webhook under `/api/v1`, a worker proxy at the root);
 //! - its **sources**: background readers that feed the pipeline or keep a WAIT snapshot;
 //! - its **checker rules**, which take the place of a core rule of the same name (one that can
 //!   ask the engine) or add to them;
 //! - its **metrics**, registered into the process's registry or written at scrape time.
 //!
-//! The composition root ([`crate::app`]) asks each enabled engine for these. Adding an engine
-//! is adding a folder and one line there (`docs/architecture.md`).
+//! The composition root ([`crate::app`]) asks each engine [`settings::build`] makes for these.
+//! Adding an engine is adding a folder and its line in [`settings`] (`docs/architecture.md`).
 
 pub mod conductor;
 pub mod kestra;
+pub mod settings;
 pub(crate) mod store_source;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::error::Result;
 use crate::http::seam::{Readiness, Routes};
 use crate::metrics::Collector;
 use crate::pipeline::Pipeline;
+use crate::settings::Secret;
 use crate::store::Store;
 use crate::wait::{WaitMetrics, WaitSource};
 
@@ -88,4 +91,24 @@ pub trait Engine: Send + Sync {
     /// Starts what it adds to a serving process. An error here (an engine store that can't be
     /// reached, say) stops start-up.
     fn start<'a>(&'a self, ctx: &'a EngineContext) -> BoxFuture<'a, Result<Contribution>>;
+}
+
+/// One engine's settings group: how it is checked and how its engine is made from it.
+pub trait EngineGroup {
+    /// Ranges and relations among the engine's own settings.
+    fn validate(&self) -> Result<()>;
+
+    /// The engine these settings describe (nothing is connected yet; that is
+    /// [`Engine::start`]'s).
+    fn engine(&self, init: &EngineInit) -> Result<Box<dyn Engine>>;
+}
+
+/// The core settings an engine is made with (as opposed to [`CoreSettings`], which it
+/// starts with).
+#[derive(Clone, Debug)]
+pub struct EngineInit {
+    /// `--progress-min-interval`: at most one progress update per task per this long goes on.
+    pub progress_min_interval: Duration,
+    /// `--auth-token`, when the process serves with one (`None` for `taskpulse check`).
+    pub token: Option<Secret>,
 }

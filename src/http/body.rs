@@ -53,6 +53,11 @@ pub fn read_body(
 /// Without it a client that sends a head with `Content-Length: 8000000` and then trickles (or
 /// stops) would hold its connection, and the handler waiting for the body, forever. The deadline
 /// runs from when the head was read; a body nobody reads costs nothing.
+///
+/// Not tower-http's `RequestBodyTimeoutLayer`: its timeout runs between frames and restarts
+/// with each one, so a client trickling a byte a second never hits it, and the handler would
+/// see an unreadable body (400) where this answers 408 and closes the connection
+/// (`tests/api/hostile/connections.rs`).
 pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     use axum::body::HttpBody;
     if req.body().is_end_stream() {

@@ -203,10 +203,10 @@ impl Feed {
         // looked for every tick (the first computation may still be running)
         let due = self.ticks % OVERVIEW_EVERY == 0 || self.overview_at.is_none();
         if let Some(overview) = due.then(|| self.s.overview.latest()).flatten() {
-            let at = overview["at"].as_i64();
+            let at = Some(overview.at);
             if at != self.overview_at {
                 self.overview_at = at;
-                out.extend(json_event("overview", &overview));
+                out.extend(json_event("overview", &*overview));
             }
         }
         self.ticks += 1;
@@ -214,7 +214,7 @@ impl Feed {
     }
 }
 
-fn json_event(name: &str, data: &serde_json::Value) -> Option<Event> {
+fn json_event(name: &str, data: &impl serde::Serialize) -> Option<Event> {
     Event::default().event(name).json_data(data).ok()
 }
 

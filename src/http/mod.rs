@@ -99,9 +99,7 @@ pub fn router(state: HttpState, extra: Routes) -> Router {
         .with_state(state.clone())
         .merge(extra.api)
         .layer(middleware::from_fn_with_state(token, auth::require_token));
-    Router::new()
-        .route("/", get(ui::index))
-        .route("/ui/{file}", get(ui::file))
+    ui::routes()
         .route("/healthz", get(read::healthz))
         .route("/readyz", get(read::readyz))
         .route("/metrics", get(read::metrics))

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::checker::CheckerMetrics;
@@ -44,7 +44,7 @@ pub struct OverviewSources {
 }
 
 /// One computed overview and when its computation finished.
-type Computed = Option<(Instant, Arc<Value>)>;
+type Computed = Option<(Instant, Arc<OverviewAnswer>)>;
 
 /// The overview, recomputed in the background at most once per [`FRESH_FOR`] (module docs).
 pub struct Overview {
@@ -77,7 +77,7 @@ impl Overview {
 
     /// The current overview: the last computed one at once (starting a recomputation when it is
     /// older than [`FRESH_FOR`]); only when none was ever computed, the first computation.
-    pub async fn get(self: &Arc<Self>) -> Arc<Value> {
+    pub async fn get(self: &Arc<Self>) -> Arc<OverviewAnswer> {
         // subscribed first, so a computation that ends before we wait still wakes us
         let mut rx = self.latest.subscribe();
         loop {
@@ -91,7 +91,7 @@ impl Overview {
 
     /// The last computed overview, never waiting: `None` until the first computation ends.
     /// Starts a recomputation when there is none yet or it is older than [`FRESH_FOR`].
-    pub fn latest(self: &Arc<Self>) -> Option<Arc<Value>> {
+    pub fn latest(self: &Arc<Self>) -> Option<Arc<OverviewAnswer>> {
         let (stale, v) = match &*self.latest.borrow() {
             Some((at, v)) => (at.elapsed() >= FRESH_FOR, Some(v.clone())),
             None => (true, None),
@@ -115,7 +115,7 @@ impl Overview {
         });
     }
 
-    fn compute(&self) -> Value {
+    fn compute(&self) -> OverviewAnswer {
         let s = &self.sources;
         let now = crate::now_ms();
         let stall_ms = s.stall_after.as_millis() as i64;
@@ -159,44 +159,52 @@ impl Overview {
             None => tracked_wait,
         };
         let types = most_common(by_type);
-        let task_types: BTreeSet<&str> = types.iter().map(|(t, _)| &**t).collect();
+        let task_types: BTreeSet<Arc<str>> = types.iter().map(|(t, _)| t.clone()).collect();
         let workflow_types: BTreeSet<Arc<str>> = most_common(workflow_types)
             .into_iter()
             .map(|(t, _)| t)
             .collect();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "at": now,
-            "inFlight": {
-                "total": in_flight,
-                "byStatus": {
-                    "SCHEDULED": by_status.get("SCHEDULED").copied().unwrap_or(0),
-                    "IN_PROGRESS": by_status.get("IN_PROGRESS").copied().unwrap_or(0),
+        OverviewAnswer {
+            at: now,
+            checker: self.checker(),
+            in_flight: InFlight {
+                by_status: ByStatus {
+                    in_progress: by_status.get("IN_PROGRESS").copied().unwrap_or(0),
+                    scheduled: by_status.get("SCHEDULED").copied().unwrap_or(0),
                 },
-                "byType": types
+                by_type: types
                     .iter()
-                    .map(|(t, n)| json!({ "taskType": t, "count": n }))
-                    .collect::<Vec<_>>(),
+                    .map(|(t, n)| TypeCount {
+                        count: *n,
+                        task_type: t.clone(),
+                    })
+                    .collect(),
+                total: in_flight,
             },
-            "wait": {
-                "waiting": wait.waiting,
-                "dueWithinMinute": wait.due_next_minute,
-                "overdue": wait.overdue,
-                "wakeLagSeconds": s.wait_metrics.last_lag_seconds(),
+            predicted_late: late,
+            stalled,
+            task_types,
+            version: env!("CARGO_PKG_VERSION"),
+            wait: WaitAnswer {
+                due_within_minute: wait.due_next_minute,
+                overdue: wait.overdue,
+                waiting: wait.waiting,
+                wake_lag_seconds: s.wait_metrics.last_lag_seconds(),
             },
-            "predictedLate": late,
-            "stalled": stalled,
-            "checker": self.checker(),
-            "taskTypes": task_types,
-            "workflowTypes": workflow_types,
-        })
+            workflow_types,
+        }
     }
 
-    fn checker(&self) -> Value {
+    fn checker(&self) -> CheckerAnswer {
         let s = &self.sources;
         let leader = s.leadership.is_leader();
         let Some(m) = &s.checker else {
-            return json!({ "enabled": false, "leader": leader, "lastRun": null, "openViolations": null });
+            return CheckerAnswer {
+                enabled: false,
+                last_run: None,
+                leader,
+                open_violations: None,
+            };
         };
         let last = m.last_run_timestamp_seconds.get();
         let open: i64 = m
@@ -206,14 +214,82 @@ impl Overview {
             .flat_map(|f| f.get_metric())
             .map(|g| g.get_gauge().get_value() as i64)
             .sum();
-        json!({
-            "enabled": true,
-            "leader": leader,
-            "lastRun": (last > 0.0).then_some((last * 1000.0) as i64),
+        CheckerAnswer {
+            enabled: true,
+            last_run: (last > 0.0).then_some((last * 1000.0) as i64),
+            leader,
             // only the leader runs the checker: another replica's count says nothing
-            "openViolations": leader.then_some(open),
-        })
+            open_violations: leader.then_some(open),
+        }
     }
+}
+
+// The answer's shapes. Fields are in the order of their JSON names, the order the answer has
+// always had (it was built as a `serde_json` map, which sorts its keys).
+
+/// `GET /api/v1/overview`'s answer (and the live stream's `overview` event).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverviewAnswer {
+    /// When it was computed, epoch milliseconds.
+    pub at: i64,
+    pub checker: CheckerAnswer,
+    pub in_flight: InFlight,
+    pub predicted_late: u64,
+    pub stalled: u64,
+    /// The [`TYPES_LISTED`] most common task types in flight, by name, for the page's filter.
+    pub task_types: BTreeSet<Arc<str>>,
+    pub version: &'static str,
+    pub wait: WaitAnswer,
+    /// The [`TYPES_LISTED`] most common workflow types of unfinished tasks, by name.
+    pub workflow_types: BTreeSet<Arc<str>>,
+}
+
+/// Tasks in flight (not finished, not waiting).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlight {
+    pub by_status: ByStatus,
+    /// Most common first.
+    pub by_type: Vec<TypeCount>,
+    pub total: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ByStatus {
+    #[serde(rename = "IN_PROGRESS")]
+    pub in_progress: u64,
+    #[serde(rename = "SCHEDULED")]
+    pub scheduled: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeCount {
+    pub count: u64,
+    pub task_type: Arc<str>,
+}
+
+/// The WAIT queue, as the metrics classify it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitAnswer {
+    pub due_within_minute: i64,
+    pub overdue: i64,
+    pub waiting: i64,
+    pub wake_lag_seconds: Option<f64>,
+}
+
+/// The checker as this replica sees it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckerAnswer {
+    pub enabled: bool,
+    /// Epoch milliseconds of the last pass, `null` before the first.
+    pub last_run: Option<i64>,
+    pub leader: bool,
+    /// `null` unless this replica leads (only the leader runs the checker).
+    pub open_violations: Option<i64>,
 }
 
 /// The [`TYPES_LISTED`] most common names with their counts, most common first (ties by name).

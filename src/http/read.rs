@@ -9,13 +9,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::query::{parse_limit, ListParams, TaskQuery};
 use super::views::TaskView;
 use super::{error, unavailable, HttpState};
-use crate::model::Attempt;
+use crate::model::{Attempt, TaskEvent};
 
 /// `GET /api/v1/tasks`: tracked tasks, filtered and sorted ([`TaskQuery`]), a page at a time.
 pub(super) async fn list_tasks(
@@ -31,7 +31,7 @@ pub(super) async fn list_tasks(
             return json_bytes(answer);
         }
     }
-    let answer = match serde_json::to_vec(&task_page(&s, &q)) {
+    let answer = match task_page(&s, &q) {
         Ok(a) => bytes::Bytes::from(a),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -46,8 +46,8 @@ fn json_bytes(body: bytes::Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// One page of the task list as JSON.
-fn task_page(s: &HttpState, q: &TaskQuery) -> serde_json::Value {
+/// One page of the task list, serialized.
+fn task_page(s: &HttpState, q: &TaskQuery) -> serde_json::Result<Vec<u8>> {
     let tracker = s.pipeline.tracker();
     let page = tracker.page(
         |r| q.matches(r),
@@ -69,12 +69,25 @@ fn task_page(s: &HttpState, q: &TaskQuery) -> serde_json::Value {
             TaskView::new(r, predicted, now, stall_ms)
         })
         .collect();
-    json!({
-        "tasks": views,
-        "count": views.len(),
-        "total": page.total,
-        "next": next,
+    serde_json::to_vec(&TaskPage {
+        count: views.len(),
+        next,
+        tasks: views,
+        total: page.total,
     })
+}
+
+/// `GET /api/v1/tasks`'s answer. Fields in the order of their names, the order the answer has
+/// always had (it was built as a `serde_json` map, which sorts its keys).
+#[derive(Serialize)]
+struct TaskPage<'a> {
+    /// Tasks on this page.
+    count: usize,
+    /// The cursor of the next page, `null` on the last.
+    next: Option<String>,
+    tasks: Vec<TaskView<'a>>,
+    /// Tasks matching the filter, on every page.
+    total: usize,
 }
 
 /// Task-list answers kept for the requests that accept a recent one (`maxAge`): fifty open
@@ -272,33 +285,64 @@ async fn task_answer(s: &HttpState, task_id: String) -> Response {
     let stall_ms = s.stall_after.as_millis() as i64;
     let now = crate::now_ms();
     let predicted = tracker.predicted_completion(&task_id, now, stall_ms);
-    let mut view =
-        serde_json::to_value(TaskView::new(&rec, predicted, now, stall_ms)).unwrap_or_default();
-    view["history"] = json!(history);
-    let samples = tracker.progress_samples(&task_id);
-    if !samples.is_empty() {
-        view["progressSamples"] = json!(samples);
-    }
-    let mut attempts = json!(attempts);
+    let mut attempts: Vec<AttemptAnswer> = attempts
+        .into_iter()
+        .map(|attempt| AttemptAnswer {
+            attempt,
+            host: None,
+        })
+        .collect();
     // The host of each worker, where an engine told it (Kestra's service registry): kept after
     // the worker is gone.
-    let ids: Vec<&str> = rec_workers(&attempts);
+    let ids = distinct_workers(&attempts);
     if !ids.is_empty() && history_error.is_none() {
         if let Ok(hosts) = within_store_timeout(s.store.worker_hosts(&ids)).await {
-            for a in attempts.as_array_mut().into_iter().flatten() {
-                let host = a["workerId"].as_str().and_then(|w| hosts.get(w)).cloned();
-                if let Some(h) = host {
-                    a["host"] = json!(h);
-                }
+            for a in &mut attempts {
+                a.host = hosts.get(&*a.attempt.worker_id).cloned();
             }
         }
     }
-    view["attempts"] = attempts;
-    if let Some(why) = history_error {
+    let answer = TaskAnswer {
+        view: TaskView::new(&rec, predicted, now, stall_ms),
+        history,
+        progress_samples: tracker
+            .progress_samples(&task_id)
+            .into_iter()
+            .map(|(at, p)| (at, f64::from(p)))
+            .collect(),
+        attempts,
         // Only the in-memory part is shown; say so rather than pass off an empty history.
-        view["historyUnavailable"] = json!(why);
-    }
-    Json(view).into_response()
+        history_unavailable: history_error,
+    };
+    Json(answer).into_response()
+}
+
+/// One task as `GET /api/v1/tasks/{taskId}` answers it: the list's view of the task, and what
+/// only the store (or memory not yet written) knows of it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskAnswer<'a> {
+    #[serde(flatten)]
+    view: TaskView<'a>,
+    /// Newest first, at most 50 lines.
+    history: Vec<TaskEvent>,
+    /// `[at, percent]` pairs, the window the prediction is drawn from; absent when empty.
+    /// Widened to `f64`, as the answer always wrote them (like the record's progress).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    progress_samples: Vec<(i64, f64)>,
+    attempts: Vec<AttemptAnswer>,
+    /// Why the history and the stored attempts are missing, when the store did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history_unavailable: Option<String>,
+}
+
+/// One attempt, with its worker's host where an engine reported one.
+#[derive(Serialize)]
+struct AttemptAnswer {
+    #[serde(flatten)]
+    attempt: Attempt,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,14 +454,9 @@ pub(super) async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
-/// The distinct worker ids of the attempts (as JSON), at most one look-up per attempt kept.
-fn rec_workers(attempts: &serde_json::Value) -> Vec<&str> {
-    let mut ids: Vec<&str> = attempts
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a["workerId"].as_str())
-        .collect();
+/// The distinct worker ids of the attempts, at most one look-up per attempt kept.
+fn distinct_workers(attempts: &[AttemptAnswer]) -> Vec<&str> {
+    let mut ids: Vec<&str> = attempts.iter().map(|a| &*a.attempt.worker_id).collect();
     ids.sort_unstable();
     ids.dedup();
     ids

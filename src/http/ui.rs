@@ -11,8 +11,11 @@
 //! markup. Its `script-src 'self'` admits the page's own modules and nothing else.
 
 use axum::extract::Path;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 const INDEX: &str = include_str!("ui/index.html");
 
@@ -44,33 +47,41 @@ const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
                    script-src 'self'; connect-src 'self'; frame-ancestors 'none'; \
                    base-uri 'none'; form-action 'self'";
 
-fn asset(body: &'static str, content_type: &'static str) -> Response {
-    let mut r = body.into_response();
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+/// The page's header block: on every file of the page (not on the 404 of a name that isn't one).
+const PAGE_HEADERS: [(HeaderName, &str); 4] = [
+    (header::CONTENT_SECURITY_POLICY, CSP),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
     // a new binary brings new files: the browser asks again rather than run stale code
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    (header::CACHE_CONTROL, "no-cache"),
+];
+
+/// `/` and `/ui/{file}`, with [`PAGE_HEADERS`].
+pub(super) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    PAGE_HEADERS.into_iter().fold(
+        Router::new()
+            .route("/", get(index))
+            .route("/ui/{file}", get(file)),
+        |router, (name, value)| {
+            let value = HeaderValue::from_static(value);
+            router.layer(SetResponseHeaderLayer::overriding(
+                name,
+                move |r: &Response| r.status().is_success().then(|| value.clone()),
+            ))
+        },
+    )
 }
 
-pub(super) async fn index() -> Response {
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn index() -> Response {
     asset(INDEX, "text/html; charset=utf-8")
 }
 
 /// `/ui/{file}`: one of [`FILES`], else the API's own 404.
-pub(super) async fn file(Path(name): Path<String>) -> Response {
+async fn file(Path(name): Path<String>) -> Response {
     match FILES.iter().find(|(n, ..)| *n == name) {
         Some((_, body, content_type)) => asset(body, content_type),
         None => super::read::not_found().await,

@@ -1,4 +1,4 @@
-//! The Prometheus exposition (`docs/contract.md` §4).
+//! The Prometheus exposition (`docs/metrics.md`).
 //!
 //! Two kinds of metrics meet here. Counters and histograms of things that happened belong to
 //! the subsystem that counts them (the pipeline, the store's writer, the checker, the WAIT
@@ -6,7 +6,8 @@
 //! (per-task progress, tasks by status, the WAIT queue, workers) are generated at scrape time
 //! from memory by [`Collector`]s such as [`state::StateCollector`], as Prometheus' exporter
 //! guidance recommends: a finished task's series then disappears instead of going stale, and
-//! nothing has to remember to delete it. [`Exposition`] assembles both, last, into one text.
+//! nothing has to remember to delete it. [`Exposition`] assembles both, last, into one text,
+//! every family written by the same writer ([`text`]).
 
 pub mod state;
 pub mod text;
@@ -15,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::{
-    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::sync::Notify;
 
 /// What is left of a scrape's bounds (`--max-series`, `--max-scrape-bytes`) for a collector.
@@ -126,24 +125,23 @@ impl Exposition {
         self
     }
 
-    /// The exposition text for `/metrics`, rendered now.
+    /// The exposition text for `/metrics`, rendered now: the registered families, the declared
+    /// ones the registry left out for having no series yet, then each collector's, all through
+    /// the one writer in [`text`].
     pub fn render(&self) -> String {
         let families = self.registry.gather();
-        let mut buf = Vec::with_capacity(64 * 1024);
-        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
-            tracing::error!(error = %e, "encoding metrics failed");
+        let mut text = String::with_capacity(64 * 1024);
+        let mut series = 0;
+        for f in &families {
+            series += text::family(&mut text, f);
         }
-        let mut text = String::from_utf8(buf).unwrap_or_default();
         for (name, help, kind) in &self.declared {
-            if !text.contains(&format!("# TYPE {name} ")) {
+            if !families.iter().any(|f| f.name() == name) {
                 text::header(&mut text, name, help, kind);
             }
         }
         let mut budget = Budget {
-            series: self
-                .bounds
-                .series
-                .saturating_sub(text.lines().filter(|l| !l.starts_with('#')).count()),
+            series: self.bounds.series.saturating_sub(series),
             bytes: self.bounds.bytes.saturating_sub(text.len()),
         };
         for c in &self.collectors {

@@ -1,5 +1,5 @@
-//! Gauges generated from the current state at scrape time (`docs/contract.md` §4.1-4.3
-//! and 4.6: per task, aggregates, the WAIT queue, workers).
+//! Gauges generated from the current state at scrape time (`docs/metrics.md`: per task,
+//! aggregates, the WAIT queue, workers).
 //!
 //! One pass over the in-memory table per scrape, holding one shard at a time, builds every
 //! gauge. Per-task series are capped by `--max-task-series`: past the cap the oldest in-flight

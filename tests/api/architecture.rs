@@ -3,8 +3,9 @@
 //! - no import circles among the top-level modules (each engine's folder counts as one), nor
 //!   among the files of one folder;
 //! - no module outside `src/engines/`, the composition root (`app.rs`, `main.rs`) and the CLI
-//!   (`cli.rs`) names an engine;
-//! - no file over 800 lines, and a `main.rs` of about 100 at most;
+//!   (`cli.rs`) names an engine, and those three only through `engines::settings`;
+//! - no file over 800 lines (`src/`, `loadgen/src/` and `tests/`), and a `main.rs` of about 100
+//!   at most; no function in `src/` over about 120 lines;
 //! - the README's Architecture section lists every top-level module and engine, and nothing
 //!   that isn't there.
 
@@ -269,15 +270,38 @@ fn only_the_engines_the_composition_root_and_the_cli_name_an_engine() {
     assert!(offenders.is_empty(), "{offenders:#?}");
 }
 
+/// Every `.rs` file under `dir`, at any depth.
+fn rust_files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no Rust files under {}", dir.display());
+    out
+}
+
 #[test]
 fn files_stay_short_and_main_stays_a_composition_root() {
     let mut long = Vec::new();
     let loadgen = src().join("../loadgen/src");
-    for f in files().into_iter().chain(
-        std::fs::read_dir(loadgen)
-            .unwrap()
-            .map(|e| e.unwrap().path()),
-    ) {
+    let tests = src().join("../tests");
+    for f in files()
+        .into_iter()
+        .chain(
+            std::fs::read_dir(loadgen)
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        )
+        .chain(rust_files_under(&tests))
+    {
         let n = std::fs::read_to_string(&f).unwrap().lines().count();
         if n > 800 {
             long.push(format!("{} ({n} lines)", f.display()));
@@ -289,6 +313,71 @@ fn files_stay_short_and_main_stays_a_composition_root() {
         main.lines().count() <= 100,
         "main.rs has {} lines",
         main.lines().count()
+    );
+}
+
+/// The lines of each function of a file longer than `limit`, as `file:line name (n lines)`. A
+/// function runs from its `fn` line to the first line that is its indentation and `}` (as
+/// rustfmt lays code out); declarations without a body and one-line functions are skipped.
+fn long_functions(file: &Path, limit: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        let indent = &line[..line.len() - code.len()];
+        let after_vis = code
+            .strip_prefix("pub ")
+            .or_else(|| code.strip_prefix("pub(crate) "))
+            .or_else(|| code.strip_prefix("pub(super) "))
+            .unwrap_or(code);
+        let after_kw = ["const ", "async ", "unsafe "]
+            .iter()
+            .fold(after_vis, |c, kw| c.strip_prefix(kw).unwrap_or(c));
+        let Some(rest) = after_kw.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        // the signature ends at the first line ending in `{` (a body) or `;` (none)
+        let Some(open) = (i..lines.len()).find(|&j| {
+            let l = lines[j].trim_end();
+            l.ends_with('{') || l.ends_with(';') || l.ends_with('}')
+        }) else {
+            continue;
+        };
+        if !lines[open].trim_end().ends_with('{') {
+            continue;
+        }
+        let close = format!("{indent}}}");
+        if let Some(end) = (open + 1..lines.len()).find(|&j| lines[j].trim_end() == close) {
+            let n = end - i + 1;
+            if n > limit {
+                out.push(format!("{}:{} {name} ({n} lines)", file.display(), i + 1));
+            }
+        }
+    }
+    out
+}
+
+/// No function in `src/` over about 120 lines: a longer one does several things, and is split
+/// by what they are.
+#[test]
+fn functions_stay_short() {
+    let long: Vec<String> = files()
+        .iter()
+        .flat_map(|f| long_functions(f, 125))
+        .collect();
+    assert!(long.is_empty(), "split these by what they do: {long:#?}");
+    // the check finds functions: one of this file's own is over 20 lines
+    let me = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/architecture.rs");
+    assert!(
+        long_functions(&me, 20)
+            .iter()
+            .any(|f| f.contains(" long_functions (")),
+        "the length check finds no function: is it reading them?"
     );
 }
 
@@ -343,6 +432,38 @@ fn the_architecture_docs_source_tree_matches_the_tree() {
 
 /// Engines reach the HTTP server only through its public seam (`crate::http::seam`): a
 /// webhook or a proxy is written against that API, never against the server's own modules.
+/// The command line and the composition root take the engines through the seam
+/// (`engines::settings`: one settings group, one constructor), so adding an engine touches
+/// neither.
+#[test]
+fn the_cli_and_the_composition_root_name_no_engine() {
+    let engines: Vec<String> = std::fs::read_dir(src().join("engines"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            p.is_dir()
+                .then(|| p.file_name().unwrap().to_string_lossy().to_string())
+        })
+        .collect();
+    let mut offenders = Vec::new();
+    for rel in ["app.rs", "cli.rs", "main.rs"] {
+        let text = code(&src().join(rel));
+        for e in &engines {
+            let type_name = format!("{}{}", e[..1].to_uppercase(), &e[1..]);
+            for named in [
+                format!("{e}::"),
+                format!("{type_name}Settings"),
+                format!("{type_name}::new"),
+            ] {
+                if text.contains(&named) {
+                    offenders.push(format!("{rel}: names `{named}`"));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}
+
 #[test]
 fn engines_use_the_http_server_only_through_its_seam() {
     let mut offenders = Vec::new();

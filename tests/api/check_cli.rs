@@ -1,4 +1,5 @@
-//! `taskpulse check [--repair] [--json]` as a user runs it (`docs/contract.md` §1, §4.5): one pass
+//! `taskpulse check [--repair] [--json]` as a user runs it (`docs/contract.md` §1, the checker's
+//! metrics in `docs/metrics.md`): one pass
 //! over the store, exit 0 (clean), 1 (violations) or 2 (error). Rows are written straight into
 //! a fresh store so each case holds exactly the state it names; repairs are checked in the
 //! store itself and in its audit table.

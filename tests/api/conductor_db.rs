@@ -675,7 +675,7 @@ async fn the_app_exports_the_wait_queue_read_from_conductor() {
     let db = TestDb::new(Backend::Sqlite).await;
     let url = conductor.url.clone();
     let app = crate::helpers::TestApp::spawn_with(&db, move |s| {
-        s.conductor.db = Some(url);
+        s.engines.conductor.db = Some(url);
         s.wait.wait_grace = Duration::from_secs(30);
     })
     .await;

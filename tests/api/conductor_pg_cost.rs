@@ -150,8 +150,8 @@ pub(crate) fn task_of(wf: &str, id: &str, status: &str, now: i64) -> Value {
 pub(crate) async fn app_polling(conductor: &Conductor, db: &TestDb, every: Duration) -> TestApp {
     let url = conductor.url.clone();
     TestApp::spawn_with(db, move |s| {
-        s.conductor.db = Some(url);
-        s.conductor.poll_interval = every;
+        s.engines.conductor.db = Some(url);
+        s.engines.conductor.poll_interval = every;
     })
     .await
 }

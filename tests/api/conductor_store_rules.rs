@@ -91,8 +91,8 @@ async fn lost_terminal_update_against_the_task_table(backend: Backend) {
     let db = TestDb::new(backend).await;
     let url = c.url.clone();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor.db = Some(url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.db = Some(url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
         s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
@@ -191,8 +191,8 @@ async fn lost_terminal_update_and_successor_finished_against_redis() {
     let db = TestDb::new(Backend::Sqlite).await;
     let url = c.url.clone();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor.redis = Some(url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.redis = Some(url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
         s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
@@ -307,9 +307,9 @@ async fn a_forwarded_completion_lost_in_the_store_is_reposted(backend: Backend) 
     let db = TestDb::new(backend).await;
     let (engine_url, store_url) = (emu.url(), c.url.clone());
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor.url = Some(engine_url);
-        s.conductor.db = Some(store_url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.url = Some(engine_url);
+        s.engines.conductor.db = Some(store_url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
     })
     .await;
     let id = emu.start_task(TaskSpec::new("encode").workflow("wf-lost", "media"));

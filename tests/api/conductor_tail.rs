@@ -79,8 +79,8 @@ impl Conductor {
 async fn app_on(conductor: &Conductor, db: &TestDb) -> TestApp {
     let url = conductor.url.clone();
     TestApp::spawn_with(db, move |s| {
-        s.conductor.db = Some(url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.db = Some(url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
     })
     .await
 }
@@ -315,7 +315,7 @@ async fn a_conductor_db_without_a_task_table_stops_start_up() {
     let empty = TestDb::new(Backend::Postgres).await;
     let db = TestDb::new(Backend::Sqlite).await;
     let mut settings = db.settings();
-    settings.conductor.db = Some(empty.url.clone());
+    settings.engines.conductor.db = Some(empty.url.clone());
     let err = taskpulse::Application::build(settings)
         .await
         .err()

@@ -26,8 +26,8 @@ async fn odd_conductor_rows_keep_their_transition() {
     let db = TestDb::new(Backend::Sqlite).await;
     let url = c.url.clone();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor.db = Some(url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.db = Some(url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
     })
     .await;
     let t0 = c.now().await - 60_000;

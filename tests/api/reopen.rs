@@ -77,8 +77,8 @@ async fn a_conductor_rerun_is_followed_and_a_late_write_is_not(backend: Backend)
     let db = TestDb::new(backend).await;
     let url = c.url.clone();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor.db = Some(url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.db = Some(url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
     })
     .await;
     // engine times a minute back, so none is ahead of taskpulse's clock

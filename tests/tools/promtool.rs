@@ -1,5 +1,5 @@
 //! `/metrics` passes Prometheus' own linter (`promtool check metrics`) with a varied workload:
-//! every metric family of `docs/contract.md` §4 carries samples, including both histograms.
+//! every metric family of `docs/metrics.md` carries samples, including both histograms.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Contribution, Engine, EngineContext};
+use super::{Contribution, Engine, EngineContext, EngineGroup, EngineInit};
 use crate::checker::Rule;
 use crate::error::{Error, Result};
 use crate::http::seam::Routes;
@@ -93,9 +93,157 @@ impl Conductor {
         })
     }
 
+    /// The worker proxy's routes, its sweep, and the side rule that checks what it forwarded.
+    fn add_proxy(
+        &self,
+        px: &Arc<Proxy>,
+        ctx: &EngineContext,
+        metrics: &ConductorMetrics,
+        out: &mut Contribution,
+    ) {
+        tracing::info!(engine = %px.client.base(), "Conductor worker proxy on /api/");
+        out.routes.root = proxy::routes(
+            px.clone(),
+            ctx.pipeline.clone(),
+            metrics.clone(),
+            ctx.core.max_body_bytes.as_u64() as usize,
+        );
+        out.collectors.push(px.clone());
+        // Every replica verifies the terminal updates it forwarded, soon after.
+        if let Some(lookup) = &self.lookup {
+            out.side_rules
+                .push(Box::new(LostTerminalUpdate::forwarded_only(
+                    lookup.clone(),
+                    px.clone(),
+                )));
+        }
+        let (sweep, stop) = (px.clone(), ctx.stop.clone());
+        let quiet = ctx.core.terminal_retention;
+        out.tasks.push(
+            async move {
+                let mut tick = tokio::time::interval(PROXY_SWEEP_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => sweep.sweep(quiet),
+                    }
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    /// The task table's tail and the WAIT queue from Conductor's PostgreSQL (`--conductor-db`).
+    async fn add_db(
+        &self,
+        url: &str,
+        ctx: &EngineContext,
+        metrics: &ConductorMetrics,
+        skips: db::SkipMetrics,
+        out: &mut Contribution,
+    ) -> Result<()> {
+        let options = self.settings.db_options();
+        let tail =
+            task_tail::TaskTail::start(url, &options, ctx.pipeline.clone(), metrics.clone(), skips)
+                .await
+                .map_err(|e| Error::Unavailable {
+                    what: format!(
+                        "cannot read Conductor's task table from `{}` (--conductor-db)",
+                        redact_url(url)
+                    ),
+                    source: Box::new(e),
+                })?;
+        let health = tail.health();
+        out.readiness.push(Arc::new(move || health.failing()));
+        out.tasks
+            .push(tail.run(self.settings.poll_interval, ctx.stop.clone()));
+        let (rx, reader) = wait_queue::spawn(
+            url,
+            &options,
+            ctx.core.wait_grace,
+            WAIT_REFRESH,
+            ctx.wait_metrics.clone(),
+            ctx.stop.clone(),
+        )
+        .await
+        .map_err(|e| Error::Unavailable {
+            what: format!(
+                "cannot read the WAIT queue from `{}` (--conductor-db)",
+                redact_url(url)
+            ),
+            source: Box::new(e),
+        })?;
+        // Wake-up lag is measured from Conductor's queue, so not from updates too.
+        ctx.pipeline.tracker().wait_lag_measured_elsewhere();
+        out.wait_queue = Some(rx);
+        out.tasks.push(
+            async move {
+                let _ = reader.await;
+            }
+            .boxed(),
+        );
+        Ok(())
+    }
+
+    /// The Redis reader (`--conductor-redis`): tasks, the WAIT queue and the queues' depths.
+    async fn add_redis(
+        &self,
+        url: &str,
+        ctx: &EngineContext,
+        parts: RedisParts,
+        out: &mut Contribution,
+    ) -> Result<()> {
+        let s = &self.settings;
+        let started = redis_reader::RedisReader::start(
+            url,
+            s.redis_password()?.as_deref(),
+            s.redis_keys(),
+            ctx.pipeline.clone(),
+            ctx.core.wait_grace,
+            s.poll_interval,
+            ctx.wait_metrics.clone(),
+            parts.queues,
+            parts.poll_seconds,
+            parts.metrics,
+        )
+        .await
+        .map_err(|e| Error::Unavailable {
+            what: format!(
+                "cannot read Conductor's Redis at `{}` (--conductor-redis)",
+                redact_url(url)
+            ),
+            source: Box::new(e),
+        })?;
+        ctx.pipeline.tracker().wait_lag_measured_elsewhere();
+        out.wait_queue = Some(started.wait_queue);
+        let health = started.health;
+        out.readiness.push(Arc::new(move || health.failing()));
+        out.tasks
+            .push(started.reader.run(s.poll_interval, ctx.stop.clone()));
+        Ok(())
+    }
+
     /// The worker proxy, when `--conductor-url` is set.
     pub fn proxy(&self) -> Option<&Arc<Proxy>> {
         self.proxy.as_ref()
+    }
+}
+
+/// The metrics the Redis reader updates.
+struct RedisParts {
+    queues: redis_reader::QueueMetrics,
+    poll_seconds: prometheus::Histogram,
+    metrics: redis_reader::RedisMetrics,
+}
+
+impl EngineGroup for ConductorSettings {
+    fn validate(&self) -> Result<()> {
+        ConductorSettings::validate(self)
+    }
+
+    fn engine(&self, init: &EngineInit) -> Result<Box<dyn Engine>> {
+        let engine = Conductor::new(self, init.progress_min_interval, init.token.clone())?;
+        Ok(Box::new(engine))
     }
 }
 
@@ -141,113 +289,19 @@ impl Engine for Conductor {
                 ..Default::default()
             };
             if let Some(px) = &self.proxy {
-                tracing::info!(engine = %px.client.base(), "Conductor worker proxy on /api/");
-                out.routes.root = proxy::routes(
-                    px.clone(),
-                    ctx.pipeline.clone(),
-                    metrics.clone(),
-                    ctx.core.max_body_bytes.as_u64() as usize,
-                );
-                out.collectors.push(px.clone());
-                // Every replica verifies the terminal updates it forwarded, soon after.
-                if let Some(lookup) = &self.lookup {
-                    out.side_rules
-                        .push(Box::new(LostTerminalUpdate::forwarded_only(
-                            lookup.clone(),
-                            px.clone(),
-                        )));
-                }
-                let (sweep, stop) = (px.clone(), ctx.stop.clone());
-                let quiet = ctx.core.terminal_retention;
-                out.tasks.push(
-                    async move {
-                        let mut tick = tokio::time::interval(PROXY_SWEEP_EVERY);
-                        loop {
-                            tokio::select! {
-                                _ = stop.cancelled() => return,
-                                _ = tick.tick() => sweep.sweep(quiet),
-                            }
-                        }
-                    }
-                    .boxed(),
-                );
+                self.add_proxy(px, ctx, &metrics, &mut out);
             }
             if let Some(url) = &self.settings.db {
-                let options = self.settings.db_options();
-                let tail = task_tail::TaskTail::start(
-                    url,
-                    &options,
-                    ctx.pipeline.clone(),
-                    metrics.clone(),
-                    skips,
-                )
-                .await
-                .map_err(|e| Error::Unavailable {
-                    what: format!(
-                        "cannot read Conductor's task table from `{}` (--conductor-db)",
-                        redact_url(url)
-                    ),
-                    source: Box::new(e),
-                })?;
-                let health = tail.health();
-                out.readiness.push(Arc::new(move || health.failing()));
-                out.tasks
-                    .push(tail.run(self.settings.poll_interval, ctx.stop.clone()));
-                let (rx, reader) = wait_queue::spawn(
-                    url,
-                    &options,
-                    ctx.core.wait_grace,
-                    WAIT_REFRESH,
-                    ctx.wait_metrics.clone(),
-                    ctx.stop.clone(),
-                )
-                .await
-                .map_err(|e| Error::Unavailable {
-                    what: format!(
-                        "cannot read the WAIT queue from `{}` (--conductor-db)",
-                        redact_url(url)
-                    ),
-                    source: Box::new(e),
-                })?;
-                // Wake-up lag is measured from Conductor's queue, so not from updates too.
-                ctx.pipeline.tracker().wait_lag_measured_elsewhere();
-                out.wait_queue = Some(rx);
-                out.tasks.push(
-                    async move {
-                        let _ = reader.await;
-                    }
-                    .boxed(),
-                );
+                self.add_db(url, ctx, &metrics, skips, &mut out).await?;
             }
             out.collectors.push(Arc::new(queue_metrics.clone()));
             if let Some(url) = &self.settings.redis {
-                let s = &self.settings;
-                let started = redis_reader::RedisReader::start(
-                    url,
-                    s.redis_password()?.as_deref(),
-                    s.redis_keys(),
-                    ctx.pipeline.clone(),
-                    ctx.core.wait_grace,
-                    s.poll_interval,
-                    ctx.wait_metrics.clone(),
-                    queue_metrics,
-                    metrics.redis_poll_seconds.clone(),
-                    redis_metrics,
-                )
-                .await
-                .map_err(|e| Error::Unavailable {
-                    what: format!(
-                        "cannot read Conductor's Redis at `{}` (--conductor-redis)",
-                        redact_url(url)
-                    ),
-                    source: Box::new(e),
-                })?;
-                ctx.pipeline.tracker().wait_lag_measured_elsewhere();
-                out.wait_queue = Some(started.wait_queue);
-                let health = started.health;
-                out.readiness.push(Arc::new(move || health.failing()));
-                out.tasks
-                    .push(started.reader.run(s.poll_interval, ctx.stop.clone()));
+                let parts = RedisParts {
+                    queues: queue_metrics,
+                    poll_seconds: metrics.redis_poll_seconds.clone(),
+                    metrics: redis_metrics,
+                };
+                self.add_redis(url, ctx, parts, &mut out).await?;
             }
             Ok(out)
         }

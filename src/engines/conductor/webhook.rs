@@ -76,17 +76,18 @@ struct Notification {
     output: Option<String>,
 }
 
-/// ISO time string to epoch ms; Conductor writes 0 (1970) for "not set".
+/// ISO time string (UTC, `Z` optional) to epoch ms; Conductor writes 0 (1970) for "not set".
 fn epoch_ms(field: &str, iso: Option<&str>) -> Result<Option<i64>, Rejection> {
     let Some(iso) = iso.filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let t = humantime::parse_rfc3339_weak(iso.trim_end_matches('Z'))
-        .map_err(|e| Rejection::Invalid(format!("`{field}` is not an ISO time ({e}): {iso:?}")))?;
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let bad =
+        |e: jiff::Error| Rejection::Invalid(format!("`{field}` is not an ISO time ({e}): {iso:?}"));
+    let wall: jiff::civil::DateTime = iso.trim_end_matches('Z').parse().map_err(bad)?;
+    // the wall time since 1970 (UTC), not a `jiff::Timestamp`: its range ends a day before the
+    // year 9999 does, and a time that far ahead is refused as clock skew, not as unreadable
+    let epoch = jiff::civil::DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
+    let ms = i64::try_from(wall.duration_since(epoch).as_millis()).unwrap_or(i64::MAX);
     Ok((ms > 0).then_some(ms))
 }
 
@@ -492,6 +493,36 @@ mod tests {
         );
         assert!(parse_notifications(b"{oops").is_err());
         assert!(parse_notifications(b"42").is_err());
+    }
+
+    #[test]
+    fn iso_times_are_epoch_ms_and_1970_is_not_set() {
+        let ms = 1_748_772_002_300; // 2025-06-01T10:00:02.300Z
+        assert_eq!(
+            epoch_ms("t", Some("2025-06-01T10:00:02.300Z")).ok(),
+            Some(Some(ms))
+        );
+        assert_eq!(
+            epoch_ms("t", Some("2025-06-01T10:00:02.300")).ok(),
+            Some(Some(ms))
+        );
+        assert_eq!(
+            epoch_ms("t", Some("2025-06-01T10:00:02Z")).ok(),
+            Some(Some(ms - 300))
+        );
+        assert_eq!(
+            epoch_ms("t", Some("1970-01-01T00:00:00.000Z")).ok(),
+            Some(None)
+        );
+        let last = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        assert_eq!(
+            epoch_ms("t", Some("9999-12-31T23:59:59.999Z")).ok(),
+            Some(Some(last))
+        );
+        assert_eq!(epoch_ms("t", Some("")).ok(), Some(None));
+        assert_eq!(epoch_ms("t", None).ok(), Some(None));
+        assert!(epoch_ms("t", Some("yesterday")).is_err());
+        assert!(epoch_ms("t", Some("2025-13-01T10:00:00Z")).is_err());
     }
 
     #[test]

@@ -264,52 +264,29 @@ fn value_text(v: &serde_json::Value) -> Option<String> {
 }
 
 /// An ISO-8601 instant (`2025-06-01T10:00:02.300Z`, 0 to 9 fractional digits, `Z` or
-/// `±HH:MM`) as epoch ms.
+/// `±HH:MM`) as epoch ms. Read as its parts (a civil date and time, an offset) rather than as a
+/// `jiff::Timestamp`, whose range ends a day before the year 9999 does.
 pub fn parse_instant(s: &str) -> Option<i64> {
-    let (base, offset_min) = match s.strip_suffix('Z') {
-        Some(b) => (b, 0i64),
-        None => {
-            let cut = s.len().checked_sub(6)?;
-            let (b, off) = s.split_at(cut);
-            let sign = match off.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let h: i64 = off.get(1..3)?.parse().ok()?;
-            let m: i64 = off.get(4..6)?.parse().ok()?;
-            (b, sign * (h * 60 + m))
-        }
-    };
-    let t = humantime::parse_rfc3339_weak(base).ok()?;
-    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64;
-    Some(ms - offset_min * 60_000)
+    let parts = jiff::fmt::temporal::Pieces::parse(s).ok()?;
+    let offset = parts.to_numeric_offset()?;
+    let wall = parts.date().to_datetime(parts.time()?);
+    let ms = wall.duration_since(EPOCH).as_millis() - i128::from(offset.seconds()) * 1000;
+    i64::try_from(ms).ok()
 }
 
-/// A duration as Kestra writes it: a number of seconds (`4.651658000`) or ISO-8601
-/// (`PT4.651658S`, `PT1M2.5S`, `PT2H`), in ms.
+/// 1970-01-01T00:00, the wall time epoch milliseconds count from.
+const EPOCH: jiff::civil::DateTime = jiff::civil::DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
+
+/// A duration as Kestra writes it: a number of seconds (`4.651658000`) or ISO-8601 of hours,
+/// minutes and seconds (`PT4.651658S`, `PT1M2.5S`, `PT2H`), in ms. Days and longer (`P1D`)
+/// are not a fixed length and are not what Kestra writes for a task run: none.
 pub fn parse_duration(v: &serde_json::Value) -> Option<i64> {
     if let Some(n) = v.as_f64() {
         return Some((n * 1000.0).round() as i64);
     }
-    let s = v.as_str()?.strip_prefix("PT")?;
-    let (mut ms, mut num) = (0f64, String::new());
-    for c in s.chars() {
-        match c {
-            '0'..='9' | '.' | '-' => num.push(c),
-            'H' | 'M' | 'S' => {
-                let n: f64 = num.parse().ok()?;
-                ms += n * match c {
-                    'H' => 3_600_000.0,
-                    'M' => 60_000.0,
-                    _ => 1000.0,
-                };
-                num.clear();
-            }
-            _ => return None,
-        }
-    }
-    num.is_empty().then_some(ms.round() as i64)
+    let s = v.as_str().filter(|s| s.starts_with("PT"))?;
+    let d: jiff::SignedDuration = s.parse().ok()?;
+    Some((d.as_secs_f64() * 1000.0).round() as i64)
 }
 
 #[cfg(test)]
@@ -325,6 +302,11 @@ mod tests {
         assert_eq!(parse_instant("2025-06-01T10:00:02Z"), Some(ms - 300));
         assert_eq!(parse_instant("2025-06-01T12:00:02.300+02:00"), Some(ms));
         assert_eq!(parse_instant("2025-06-01T09:30:02.300-00:30"), Some(ms));
+        assert_eq!(
+            parse_instant("9999-12-31T23:59:59.999Z"),
+            Some(253_402_300_799_999)
+        );
+        assert_eq!(parse_instant("2025-06-01T10:00:02.300"), None);
         assert_eq!(parse_instant("yesterday"), None);
         assert_eq!(parse_instant(""), None);
     }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Contribution, Engine, EngineContext};
+use super::{Contribution, Engine, EngineContext, EngineGroup, EngineInit};
 use crate::checker::Rule;
 use crate::error::{Error, Result};
 use crate::settings::redact_url;
@@ -37,6 +37,16 @@ impl Kestra {
         Kestra {
             settings: settings.clone(),
         }
+    }
+}
+
+impl EngineGroup for KestraSettings {
+    fn validate(&self) -> Result<()> {
+        KestraSettings::validate(self)
+    }
+
+    fn engine(&self, _init: &EngineInit) -> Result<Box<dyn Engine>> {
+        Ok(Box::new(Kestra::new(self)))
     }
 }
 

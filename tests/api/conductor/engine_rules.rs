@@ -45,7 +45,7 @@ async fn setup(backend: Backend) -> (Emulator, TestDb, TestApp, Conductor) {
     let db = TestDb::new(backend).await;
     let url = emu.url();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor.url = Some(url);
+        s.engines.conductor.url = Some(url);
         s.check_loop.check_interval = Duration::ZERO;
     })
     .await;

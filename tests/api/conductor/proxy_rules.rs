@@ -23,7 +23,7 @@ async fn a_heartbeat_that_says_completed_is_not_taken_as_a_completion() {
     let emu = Emulator::start().await;
     let db = TestDb::new(Backend::Sqlite).await;
     let url = emu.url();
-    let app = TestApp::spawn_with(&db, move |s| s.conductor.url = Some(url)).await;
+    let app = TestApp::spawn_with(&db, move |s| s.engines.conductor.url = Some(url)).await;
     let id = emu.start_task(TaskSpec::new("encode"));
     let polled: Vec<Value> = reqwest::get(app.url("/api/tasks/poll/batch/encode?workerid=w1"))
         .await

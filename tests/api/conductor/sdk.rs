@@ -274,7 +274,7 @@ async fn a_late_in_progress_overwrites_completed_at_a_stale_engine() {
 /// taskpulse with `--conductor-url` = the emulator.
 async fn proxy_app(emu: &Emulator, db: &TestDb) -> TestApp {
     let url = emu.url();
-    TestApp::spawn_with(db, move |s| s.conductor.url = Some(url)).await
+    TestApp::spawn_with(db, move |s| s.engines.conductor.url = Some(url)).await
 }
 
 fn counter(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {

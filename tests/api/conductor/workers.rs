@@ -17,17 +17,10 @@ pub fn python() -> Option<PathBuf> {
     }
     let how = "python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt, \
                or run scripts/test.sh";
-    if std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!(
-            "no Python with conductor-python at {} and TASKPULSE_REQUIRE_TOOLS=1 ({how})",
-            candidate.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: no Python with conductor-python at {} ({how})",
-        candidate.display()
-    );
-    None
+    crate::tools::missing(
+        &format!("no Python with conductor-python at {}", candidate.display()),
+        how,
+    )
 }
 
 /// What a worker script did: its exit code and the JSON summary line it printed.

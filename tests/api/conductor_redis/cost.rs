@@ -83,8 +83,8 @@ async fn idle_cost(finished: usize) -> Option<(f64, f64)> {
     let db = TestDb::new(Backend::Sqlite).await;
     let url = format!("{base}/0");
     let app = TestApp::spawn_with(&db, move |s| {
-        s.conductor.redis = Some(url);
-        s.conductor.poll_interval = Duration::from_millis(200);
+        s.engines.conductor.redis = Some(url);
+        s.engines.conductor.poll_interval = Duration::from_millis(200);
     })
     .await;
     eventually(&app, "live-2-b", "read", |v| v["status"] == "IN_PROGRESS").await;

@@ -201,7 +201,7 @@ pub async fn proxy_workload_metrics() -> String {
     use crate::conductor::{Emulator, TaskSpec};
     let emu = Emulator::start().await;
     let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn_with(&db, |s| s.conductor.url = Some(emu.url())).await;
+    let app = TestApp::spawn_with(&db, |s| s.engines.conductor.url = Some(emu.url())).await;
     let id = emu.start_task(
         TaskSpec::new("encode")
             .workflow("wf-heartbeat", WAIT_WORKFLOW_TYPE)
@@ -254,7 +254,7 @@ pub async fn redis_workload_metrics() -> String {
         .await
         .unwrap();
     let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn_with(&db, |s| s.conductor.redis = Some(url.into())).await;
+    let app = TestApp::spawn_with(&db, |s| s.engines.conductor.redis = Some(url.into())).await;
     let text = app.metrics_text().await;
     app.shutdown().await;
     let _: () = redis::cmd("FLUSHDB").query_async(&mut con).await.unwrap();

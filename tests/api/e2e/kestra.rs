@@ -90,8 +90,8 @@ async fn the_dashboards_show_kestra_task_runs_through_prometheus() {
     let db = TestDb::new(Backend::Sqlite).await;
     let kestra_url = k.url.clone();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.kestra.db = Some(kestra_url);
-        s.kestra.poll_interval = Duration::from_millis(200);
+        s.engines.kestra.db = Some(kestra_url);
+        s.engines.kestra.poll_interval = Duration::from_millis(200);
         // checker passes to show (none of the rules finds anything in Kestra task runs)
         s.check_loop.check_interval = Duration::from_millis(300);
     })

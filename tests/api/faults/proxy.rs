@@ -36,7 +36,7 @@ async fn conductor_proxy_answers_502_quickly_when_the_engine_is_down() {
     let db = TestDb::new(Backend::Sqlite).await;
     let closed = free_port();
     let app = TestApp::spawn_with(&db, |s| {
-        s.conductor.url = Some(format!("http://127.0.0.1:{closed}"));
+        s.engines.conductor.url = Some(format!("http://127.0.0.1:{closed}"));
         s.check_loop.check_interval = Duration::ZERO;
     })
     .await;
@@ -66,8 +66,8 @@ async fn conductor_proxy_answers_504_when_the_engine_is_silent() {
     });
     let db = TestDb::new(Backend::Sqlite).await;
     let app = TestApp::spawn_with(&db, |s| {
-        s.conductor.url = Some(format!("http://{engine}"));
-        s.conductor.timeout = Duration::from_secs(1);
+        s.engines.conductor.url = Some(format!("http://{engine}"));
+        s.engines.conductor.timeout = Duration::from_secs(1);
         s.check_loop.check_interval = Duration::ZERO;
     })
     .await;

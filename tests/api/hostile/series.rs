@@ -177,18 +177,13 @@ fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>)> {
 /// `promtool check metrics` on the text, when promtool is installed (skipped otherwise, unless
 /// `TASKPULSE_REQUIRE_TOOLS=1`).
 fn promtool_check(text: &str) {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    let Some(promtool) = found else {
-        assert_ne!(
-            std::env::var("TASKPULSE_REQUIRE_TOOLS").as_deref(),
-            Ok("1"),
-            "promtool is not on PATH"
-        );
-        eprintln!("SKIPPED: promtool is not on PATH");
+    let promtool = crate::tools::Tool {
+        env: None,
+        local: None,
+        names: &["promtool"],
+        how: "apt-get install prometheus, or run scripts/test.sh",
+    };
+    let Some(promtool) = promtool.find() else {
         return;
     };
     let mut child = Command::new(promtool)

@@ -149,9 +149,9 @@ async fn an_execution_over_the_size_limit_is_skipped_and_counted() {
     k.persist(&running("ex-small", t, "RUNNING")).await;
     let url = k.url.clone();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.kestra.db = Some(url);
-        s.kestra.poll_interval = Duration::from_millis(200);
-        s.kestra.max_document_bytes = ByteSize::kib(256);
+        s.engines.kestra.db = Some(url);
+        s.engines.kestra.poll_interval = Duration::from_millis(200);
+        s.engines.kestra.max_document_bytes = ByteSize::kib(256);
     })
     .await;
     eventually(&app, "tr-ex-small", "followed", |v| {
@@ -193,10 +193,10 @@ async fn a_poll_keeps_to_its_byte_budget() {
     }
     let url = k.url.clone();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.kestra.db = Some(url);
-        s.kestra.poll_interval = Duration::from_millis(200);
-        s.kestra.max_document_bytes = ByteSize::kib(4);
-        s.kestra.max_poll_bytes = ByteSize::kib(4);
+        s.engines.kestra.db = Some(url);
+        s.engines.kestra.poll_interval = Duration::from_millis(200);
+        s.engines.kestra.max_document_bytes = ByteSize::kib(4);
+        s.engines.kestra.max_poll_bytes = ByteSize::kib(4);
     })
     .await;
     // some wait for a later poll...

@@ -182,8 +182,8 @@ pub(crate) fn at(base: i64, s: f64) -> String {
 pub(crate) async fn app_on(k: &Kestra, db: &TestDb) -> TestApp {
     let url = k.url.clone();
     TestApp::spawn_with(db, move |s| {
-        s.kestra.db = Some(url);
-        s.kestra.poll_interval = Duration::from_millis(200);
+        s.engines.kestra.db = Some(url);
+        s.engines.kestra.poll_interval = Duration::from_millis(200);
     })
     .await
 }

@@ -38,9 +38,9 @@ async fn followed_in(zone: &str) {
     let url = k.url.clone();
     let zone_setting = zone.to_string();
     let app = TestApp::spawn_with(&db, move |s| {
-        s.kestra.db = Some(url);
-        s.kestra.poll_interval = Duration::from_millis(200);
-        s.kestra.time_zone = zone_setting;
+        s.engines.kestra.db = Some(url);
+        s.engines.kestra.poll_interval = Duration::from_millis(200);
+        s.engines.kestra.time_zone = zone_setting;
     })
     .await;
     eventually(&app, "tr-ex-long", "running", |v| {

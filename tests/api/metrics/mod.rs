@@ -1,4 +1,4 @@
-//! `/metrics` (`docs/contract.md` §4), read with a real exposition-format parser: values, not just names.
+//! `/metrics` (`docs/metrics.md`), read with a real exposition-format parser: values, not just names.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

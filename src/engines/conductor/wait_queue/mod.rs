@@ -1,5 +1,5 @@
 //! The WAIT queue read from Conductor's own PostgreSQL (`--conductor-db`), for the WAIT gauges
-//! and the wake-up lag histogram (`docs/contract.md` §4.3).
+//! and the wake-up lag histogram (`docs/metrics.md`).
 //!
 //! Since Conductor 3.14 a WAIT task is an async system task: a row of `queue_message` with
 //! `queue_name = 'WAIT'` (or `WAIT-<isolation group>`, see [`is_wait_queue`]) and `message_id` =
