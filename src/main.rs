@@ -34,23 +34,13 @@ async fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("taskpulse: error: {}", report(&e));
+            eprintln!(
+                "taskpulse: error: {}",
+                taskpulse::error::one_line(e.as_ref())
+            );
             ExitCode::from(2)
         }
     }
-}
-
-/// The error and its causes on one line, each cause once: the library's errors already show
-/// their source's text (`database error: {0}`), so `{:#}` would repeat every level.
-fn report(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line = format!("{line}: {text}");
-        }
-    }
-    line
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
