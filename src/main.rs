@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use taskpulse::app::{self, Shutdown};
 use taskpulse::cli::{self, CliError, Command};
+use taskpulse::error::one_line;
 use taskpulse::settings::redact_url;
 use taskpulse::{Application, Error};
 
@@ -34,10 +35,7 @@ async fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!(
-                "taskpulse: error: {}",
-                taskpulse::error::one_line(e.as_ref())
-            );
+            eprintln!("taskpulse: error: {}", one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }
