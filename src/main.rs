@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use taskpulse::app::{self, Shutdown};
 use taskpulse::cli::{self, CliError, Command};
-use taskpulse::error::one_line;
 use taskpulse::settings::redact_url;
-use taskpulse::{Application, Error};
+use taskpulse::{error::one_line, Application, Error};
 
 #[tokio::main]
 async fn main() -> ExitCode {
