@@ -222,9 +222,12 @@ pub(crate) trait Poller: Send + 'static {
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>);
 }
 
-/// Polls every `every` until `stop`; failures are retried with backoff (logged on the first
-/// and then at powers of two, so an outage doesn't flood the log). A poll is abandoned after
-/// [`POLL_DEADLINE`], and `stop` ends the loop at once, mid-poll included.
+/// Polls every `every` until `stop`: a poll starts `every` after the previous one started
+/// (so a change waits at most about `every` to be read, not `every` plus a poll), and at
+/// least a tenth of `every` after it ended (a slow poll never runs back to back on the
+/// engine). Failures are retried with backoff (logged on the first and then at powers of
+/// two, so an outage doesn't flood the log). A poll is abandoned after [`POLL_DEADLINE`], and
+/// `stop` ends the loop at once, mid-poll included.
 pub(crate) fn run<P: Poller>(
     mut reader: P,
     every: Duration,
@@ -232,12 +235,9 @@ pub(crate) fn run<P: Poller>(
 ) -> BoxFuture<'static, ()> {
     async move {
         let mut failures = 0u32;
+        let mut took = Duration::ZERO;
         loop {
-            let wait = if failures == 0 {
-                every
-            } else {
-                backoff(failures, every)
-            };
+            let wait = next_wait(every, took, failures);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -246,6 +246,7 @@ pub(crate) fn run<P: Poller>(
             let Some(outcome) = poll_bounded(&mut reader, &stop).await else {
                 return;
             };
+            took = started.elapsed();
             match outcome {
                 Ok(()) => {
                     if failures > 0 {
@@ -267,6 +268,16 @@ pub(crate) fn run<P: Poller>(
         }
     }
     .boxed()
+}
+
+/// The pause before the next poll: the rest of the interval since the last one started (at
+/// least a tenth of it), or the backoff after failures.
+fn next_wait(every: Duration, took: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        every.saturating_sub(took).max(every / 10)
+    } else {
+        backoff(failures, every)
+    }
 }
 
 /// One poll under [`POLL_DEADLINE`], its start and end marked in the reader's health; `None`
@@ -292,6 +303,21 @@ async fn poll_bounded<P: Poller>(reader: &mut P, stop: &CancellationToken) -> Op
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn polls_start_every_interval_and_never_back_to_back() {
+        let s = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(next_wait(s, ms(0), 0), s);
+        assert_eq!(
+            next_wait(s, ms(300), 0),
+            ms(700),
+            "the interval counts from the start"
+        );
+        assert_eq!(next_wait(s, ms(950), 0), ms(100), "at least a tenth of it");
+        assert_eq!(next_wait(s, ms(5_000), 0), ms(100), "a slow poll too");
+        assert!(next_wait(s, ms(0), 3) > s, "failures back off");
+    }
+
     use super::*;
 
     /// A reader whose polls never answer, like one behind a frozen network path.

@@ -53,7 +53,10 @@ impl ConductorMetrics {
                 "taskpulse_conductor_db_lag_seconds",
                 "From a task row's modified_on to taskpulse reading it, on the database's clock.",
             )
-            .buckets(buckets.clone()),
+            // 1.5 and 2 s: where a poll every second puts it, and the 2 s a user expects
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
         )?;
         registry.register(Box::new(lag_seconds.clone()))?;
         let poll_rows = IntGauge::new(
