@@ -33,6 +33,7 @@ use crate::cardinality::Folding;
 use crate::checker::{self, CheckSettings, Checker, CheckerMetrics, Context, PassReport};
 use crate::cli::{CheckArgs, Settings};
 use crate::engines::conductor::{Conductor, ConductorSettings};
+use crate::engines::airflow::{Airflow, AirflowSettings};
 use crate::engines::kestra::{Kestra, KestraSettings};
 use crate::engines::{Contribution, CoreSettings, Engine, EngineContext};
 use crate::error::{Error, Result};
@@ -68,12 +69,14 @@ const SIDE_RULES_EVERY: Duration = Duration::from_secs(1);
 fn engines(
     conductor: &ConductorSettings,
     kestra: &KestraSettings,
+    airflow: &AirflowSettings,
     progress_min_interval: Duration,
     token: Option<Secret>,
 ) -> Result<Vec<Box<dyn Engine>>> {
     Ok(vec![
         Box::new(Conductor::new(conductor, progress_min_interval, token)?),
         Box::new(Kestra::new(kestra)),
+        Box::new(Airflow::new(airflow)),
     ])
 }
 
@@ -442,6 +445,7 @@ async fn start_engines(
     let engines = engines(
         &settings.conductor,
         &settings.kestra,
+        &settings.airflow,
         settings.throttle.progress_min_interval,
         settings.http.auth_token.clone(),
     )?;
@@ -643,6 +647,7 @@ pub async fn check(args: &CheckArgs) -> Result<PassReport> {
     let engine_rules = engines(
         &args.conductor,
         &args.kestra,
+        &args.airflow,
         args.throttle.progress_min_interval,
         None,
     )?

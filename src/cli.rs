@@ -22,6 +22,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::engines::conductor::ConductorSettings;
+use crate::engines::airflow::AirflowSettings;
 use crate::engines::kestra::KestraSettings;
 use crate::error::Error;
 use crate::settings::{
@@ -81,6 +82,8 @@ pub struct Settings {
     pub conductor: ConductorSettings,
     #[command(flatten)]
     pub kestra: KestraSettings,
+    #[command(flatten)]
+    pub airflow: AirflowSettings,
 }
 
 impl Settings {
@@ -94,6 +97,7 @@ impl Settings {
         self.metrics.validate()?;
         self.conductor.validate()?;
         self.kestra.validate()?;
+        self.airflow.validate()?;
         self.retention_covers_memory()
     }
 
@@ -136,6 +140,8 @@ pub struct CheckArgs {
     pub conductor: ConductorSettings,
     #[command(flatten)]
     pub kestra: KestraSettings,
+    #[command(flatten)]
+    pub airflow: AirflowSettings,
     /// Apply the repairs the rules plan (by default `check` only reports). Never read from the
     /// environment or the file: `TASKPULSE_REPAIR` and `repair` are meant for `serve`
     #[arg(id = "repair-now", long = "repair", help_heading = "Output")]
@@ -199,6 +205,7 @@ fn validate(mut cli: Cli) -> Result<Cli, CliError> {
             c.throttle.validate()?;
             c.conductor.validate()?;
             c.kestra.validate()?;
+            c.airflow.validate()?;
         }
     }
     Ok(cli)

@@ -12,6 +12,7 @@
 //! The composition root ([`crate::app`]) asks each enabled engine for these. Adding an engine
 //! is adding a folder and one line there (`docs/architecture.md`).
 
+pub mod airflow;
 pub mod conductor;
 pub mod kestra;
 pub(crate) mod store_source;

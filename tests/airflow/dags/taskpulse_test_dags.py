@@ -80,6 +80,8 @@ def report_progress(ti, percent, message=None, status="IN_PROGRESS"):
     body = {
         "taskId": f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}",
         "workflowId": f"{ti.dag_id}/{ti.run_id}",
+        "taskType": ti.task_id,
+        "workflowType": ti.dag_id,
         "status": status,
         "progressPercent": percent,
     }
@@ -139,21 +141,18 @@ def tp_deferred():
     WaitDeferred(task_id="sleep_deferred", seconds=8)
 
 
-def _ready_after(seconds, dag_run=None, **_):
-    """Ready once the DAG run has been going for `seconds` (a sensor's own start date moves
-    with every reschedule)."""
-    from airflow.sdk import timezone
-
-    started = dag_run.start_date
-    return started is not None and (timezone.utcnow() - started).total_seconds() >= seconds
+def _ready_after_pokes(pokes, task_reschedule_count=0, **_):
+    """Ready on the poke after `pokes` reschedules, however slow the machine (a time limit
+    could pass before the first poke on a loaded one, and the sensor would never wait)."""
+    return task_reschedule_count >= pokes
 
 
 @dag(dag_id="tp_reschedule", **COMMON)
 def tp_reschedule():
     PythonSensor(
         task_id="poke_reschedule",
-        python_callable=_ready_after,
-        op_kwargs={"seconds": 12},
+        python_callable=_ready_after_pokes,
+        op_kwargs={"pokes": 2},
         mode="reschedule",
         poke_interval=3,
         timeout=600,
