@@ -77,6 +77,7 @@ async fn a_real_airflow_is_followed_end_to_end() {
         "the running try shows before its end: {to:?}"
     );
 
+    deadline_from_execution_timeout(&mut airflow, &app).await;
     retried_twice_with_hosts(&mut airflow, &app, &host).await;
     failed_and_mapped(&mut airflow, &app).await;
     progress_from_the_task(&mut airflow, &app).await;
@@ -98,8 +99,8 @@ async fn a_real_airflow_is_followed_end_to_end() {
         w.latencies.len(),
         slowest.as_millis()
     );
-    // ten task instances, and the cleared one's second try
-    assert_eq!(w.latencies.len(), 11, "{:?}", w.latencies);
+    // eleven task instances, and the cleared one's second try
+    assert_eq!(w.latencies.len(), 12, "{:?}", w.latencies);
     for (task, state, took) in &w.latencies {
         assert!(
             *took <= TRANSITION_LIMIT,
@@ -117,6 +118,18 @@ async fn a_real_airflow_is_followed_end_to_end() {
     );
     assert!(ingested.is_some_and(|n| n >= 20.0), "{ingested:?}");
     airflow.stop().await;
+}
+
+/// `tp_timeout.bounded` has `execution_timeout=5 min`: its deadline is its start plus that,
+/// read from the serialized DAG.
+async fn deadline_from_execution_timeout(airflow: &mut Airflow, app: &TestApp) {
+    let bounded = id("tp_timeout", "bounded", -1);
+    let view = until(airflow, app, &bounded, STEP, |v| v["status"] == "COMPLETED").await;
+    assert_eq!(view["timeoutSeconds"], 300, "{view}");
+    let start = view["startTime"].as_i64().expect("startTime");
+    assert_eq!(view["deadline"], start + 300_000, "{view}");
+    let ok = app.task_by_id(&id("tp_ok", "succeed", -1)).await;
+    assert!(ok["deadline"].is_null(), "no execution_timeout, no deadline: {ok}");
 }
 
 /// `tp_retry.flaky` fails its first try and succeeds on the second: two attempts, each with
@@ -227,9 +240,22 @@ async fn waits_followed(airflow: &mut Airflow, app: &TestApp, watched: &Mutex<Wa
         ("tp_reschedule", "poke_reschedule"),
     ] {
         let view = until(airflow, app, &id(dag, task, -1), STEP, |v| {
-            v["status"] == "COMPLETED"
+            v["status"] == "COMPLETED" || v["status"] == "FAILED"
         })
         .await;
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM task_instance WHERE dag_id = $1")
+                .bind(dag)
+                .fetch_one(&airflow.pool)
+                .await
+                .unwrap();
+        if view["status"] == "FAILED" && state == "failed" {
+            // Airflow's own race (apache/airflow#71172's shape): the next poke's worker was
+            // refused while the last one's was finishing, and the sensor marked failed
+            eprintln!("airflow: {dag} was failed by Airflow itself; taskpulse shows it so");
+        } else {
+            assert_eq!((view["status"].as_str(), state.as_str()), (Some("COMPLETED"), "success"));
+        }
         assert_eq!(view["retryCount"], 0, "one try, however many pokes: {view}");
         let seen = watched.lock().await.waiting_seen.get(dag).copied();
         assert_eq!(seen, Some(1.0), "{dag} in taskpulse_wait_tasks while it waited");

@@ -205,6 +205,8 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
     let bad_value = dir.path().join("bad-value.toml");
     std::fs::write(&bad_value, "max-task-series = \"lots\"\n").unwrap();
     let missing = dir.path().join("no-such-file.toml");
+    // a PostgreSQL without Airflow's tables: refused at start, not followed as empty
+    let not_airflow = crate::helpers::postgres_admin_url();
     let (unknown_key, bad_value, missing) = (
         unknown_key.to_str().unwrap(),
         bad_value.to_str().unwrap(),
@@ -243,6 +245,18 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
             vec![("TASKPULSE_CONFIG", missing)],
             &["no-such-file.toml"],
         ),
+        // Airflow's own sql_alchemy_conn carries its driver; taskpulse wants postgres://
+        (
+            vec!["--airflow-db", "postgresql+psycopg2://airflow@db/airflow"],
+            vec![],
+            &["airflow-db"],
+        ),
+        (
+            vec!["--airflow-poll-interval", "10ms"],
+            vec![],
+            &["airflow-poll-interval"],
+        ),
+        (vec!["--airflow-db", &not_airflow], vec![], &["airflow-db"]),
     ];
     for (extra, envs, names) in cases {
         let mut args = vec!["serve", "--listen", &listen, "--database", &db];

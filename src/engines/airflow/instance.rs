@@ -47,9 +47,15 @@ pub fn attempt(i: &Instance) -> i64 {
     }
 }
 
-/// The update for `i` with its earlier `tries` (any order), or `None` when its state is
-/// unknown (pushed to `unknown`) or the row names nothing taskpulse can take.
-pub fn update(i: &Instance, tries: &[&Try], unknown: &mut Vec<String>) -> Option<TaskUpdate> {
+/// The update for `i` with its earlier `tries` (any order) and its task's `execution_timeout`
+/// in seconds (the deadline from its start, §4.1), or `None` when its state is unknown (pushed
+/// to `unknown`) or the row names nothing taskpulse can take.
+pub fn update(
+    i: &Instance,
+    tries: &[&Try],
+    timeout: Option<f64>,
+    unknown: &mut Vec<String>,
+) -> Option<TaskUpdate> {
     let Some(status) = map_state(i.state.as_deref()) else {
         unknown.push(i.state.clone().unwrap_or_default());
         return None;
@@ -67,6 +73,9 @@ pub fn update(i: &Instance, tries: &[&Try], unknown: &mut Vec<String>) -> Option
         start_time: i.start.filter(|_| running_or_done),
         update_time: i.updated.or(i.end).or(i.start).or(i.scheduled),
         attempts: Some(attempts(i, tries)),
+        timeout_seconds: timeout
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map(|t| t.ceil() as i64),
         ..Default::default()
     };
     let mut u = raw.validate_from_engine().ok()?;
@@ -155,6 +164,7 @@ mod tests {
             scheduled: Some(900),
             trigger_id: None,
             trigger_timeout: None,
+            dag_version: None,
         }
     }
 
@@ -204,7 +214,7 @@ mod tests {
             end: Some(200),
         };
         let live = row(Some("success"), 2, Some("worker-b"));
-        let u = update(&live, &[&first], &mut Vec::new()).unwrap();
+        let u = update(&live, &[&first], Some(299.5), &mut Vec::new()).unwrap();
         assert_eq!(u.task_id, "etl/manual__1/load/-1");
         assert_eq!(u.workflow_id, "etl/manual__1");
         assert_eq!((u.status, u.retry_count), (Status::Completed, Some(1)));
@@ -221,16 +231,17 @@ mod tests {
             ]
         );
         assert!(u.reopen.is_none(), "a finished row reopens nothing");
+        assert_eq!(u.timeout_seconds, Some(300), "execution_timeout, whole seconds up");
     }
 
     #[test]
     fn a_waiting_retry_and_a_cleared_row_name_the_try_to_come_and_carry_reopen_evidence() {
         let waiting = row(Some("up_for_retry"), 1, Some("worker-a"));
-        let u = update(&waiting, &[], &mut Vec::new()).unwrap();
+        let u = update(&waiting, &[], None, &mut Vec::new()).unwrap();
         assert_eq!((u.status, u.retry_count), (Status::Scheduled, Some(1)));
         assert_eq!(u.worker_id, None);
         let cleared = row(None, 1, Some("worker-a"));
-        let u = update(&cleared, &[], &mut Vec::new()).unwrap();
+        let u = update(&cleared, &[], None, &mut Vec::new()).unwrap();
         assert_eq!((u.status, u.retry_count), (Status::Scheduled, Some(1)));
         let reopen = u.reopen.expect("an unfinished row carries its change as evidence");
         assert_eq!((reopen.kind, reopen.at), (ReopenKind::Clear, 2_500));
@@ -243,7 +254,7 @@ mod tests {
             },
             ..fresh
         };
-        let u = update(&mapped, &[], &mut Vec::new()).unwrap();
+        let u = update(&mapped, &[], None, &mut Vec::new()).unwrap();
         assert_eq!((u.iteration, u.task_id.as_str()), (Some(2), "etl/manual__1/load/2"));
     }
 }

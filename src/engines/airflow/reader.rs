@@ -48,6 +48,8 @@ pub const SOURCE: &str = "airflow_db";
 pub const APPLICATION_NAME: &str = "taskpulse-airflow";
 /// Hosts remembered as recorded in taskpulse's store, at most (then recorded again).
 const MAX_HOSTS: usize = 10_000;
+/// Tasks' `execution_timeout`s remembered per DAG version, at most (then read again).
+const MAX_TIMEOUTS: usize = 100_000;
 
 /// What taskpulse takes from a task instance; submitted again only when this changed.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +103,8 @@ pub struct AirflowReader {
     /// The highest `dag_run.id` seen.
     last_run: i64,
     hosts: HashSet<String>,
+    /// `execution_timeout` (seconds) per (DAG version, task id), read once each.
+    timeouts: HashMap<(String, String), Option<f64>>,
     unknown: HashSet<String>,
     unsent: Vec<TaskUpdate>,
     wait_metrics: WaitMetrics,
@@ -145,6 +149,7 @@ impl AirflowReader {
             runs: HashSet::new(),
             last_run: 0,
             hosts: HashSet::new(),
+            timeouts: HashMap::new(),
             unknown: HashSet::new(),
             unsent: Vec::new(),
             wait_metrics,
@@ -258,6 +263,7 @@ impl AirflowReader {
             .collect();
         let tries = rows::history(&self.pool, &with_tries).await?;
         let dues = self.dues(&changed).await?;
+        self.read_timeouts(&changed).await?;
         self.metrics.rows.inc_by(tries.len() as u64);
         let mut by_key: HashMap<&Key, Vec<&Try>> = HashMap::new();
         for t in &tries {
@@ -271,7 +277,13 @@ impl AirflowReader {
             let earlier = by_key.get(&i.key).map(Vec::as_slice).unwrap_or_default();
             hosts.extend(earlier.iter().filter_map(|t| t.hostname.clone()));
             hosts.extend(i.hostname.clone());
-            if let Some(u) = instance::update(i, earlier, &mut unknown) {
+            let timeout = i
+                .dag_version
+                .as_ref()
+                .and_then(|v| self.timeouts.get(&(v.clone(), i.key.task_id.clone())))
+                .copied()
+                .flatten();
+            if let Some(u) = instance::update(i, earlier, timeout, &mut unknown) {
                 updates.push(u);
             }
             let due = due_of(i, &dues);
@@ -323,6 +335,33 @@ impl AirflowReader {
                 .collect(),
             reschedules: reschedules.into_iter().collect(),
         })
+    }
+
+    /// Reads the `execution_timeout` of the changed task instances' tasks not known yet (once
+    /// per DAG version and task, from the serialized DAG).
+    async fn read_timeouts(&mut self, changed: &[&Instance]) -> Result<()> {
+        let mut wanted: Vec<(String, String)> = changed
+            .iter()
+            .filter_map(|i| Some((i.dag_version.clone()?, i.key.task_id.clone())))
+            .filter(|k| !self.timeouts.contains_key(k))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let found = rows::timeouts(&self.pool, &wanted).await?;
+        self.metrics.rows.inc_by(found.len() as u64);
+        if self.timeouts.len() + wanted.len() > MAX_TIMEOUTS {
+            self.timeouts.clear();
+        }
+        for k in wanted {
+            self.timeouts.insert(k, None);
+        }
+        for (version, task, secs) in found {
+            self.timeouts.insert((version, task), secs);
+        }
+        Ok(())
     }
 
     /// A task instance that waited with a due time and is scheduled again (or ended): its

@@ -61,6 +61,9 @@ pub struct Instance {
     pub scheduled: Option<i64>,
     pub trigger_id: Option<i32>,
     pub trigger_timeout: Option<i64>,
+    /// The DAG version it runs (`dag_version_id`), whose serialized DAG holds its
+    /// `execution_timeout`.
+    pub dag_version: Option<String>,
 }
 
 /// An earlier try (`task_instance_history`).
@@ -90,7 +93,8 @@ fn ms(column: &str) -> String {
 fn instance_columns(t: &str) -> String {
     format!(
         "{t}.dag_id, {t}.run_id, {t}.task_id, {t}.map_index, {t}.id::text, {t}.state, \
-         {t}.try_number, left({t}.hostname, 256), {}, {}, {}, {}, {t}.trigger_id, {}",
+         {t}.try_number, left({t}.hostname, 256), {}, {}, {}, {}, {t}.trigger_id, {}, \
+         {t}.dag_version_id::text",
         ms(&format!("{t}.start_date")),
         ms(&format!("{t}.end_date")),
         ms(&format!("{t}.updated_at")),
@@ -117,6 +121,7 @@ fn instance(r: &PgRow) -> Result<Instance> {
         scheduled: r.try_get(11)?,
         trigger_id: r.try_get(12)?,
         trigger_timeout: r.try_get(13)?,
+        dag_version: r.try_get(14)?,
     })
 }
 
@@ -290,6 +295,35 @@ pub async fn reschedules(pool: &PgPool, ti_ids: &[String]) -> Result<Vec<(String
     let rows = sqlx::query(&sql).bind(ti_ids).fetch_all(pool).await?;
     rows.iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// The `execution_timeout` (seconds) of these (DAG version, task id) pairs, from the serialized
+/// DAG of the version (`serialized_dag_dag_version_id_uq`; only the matching task's field
+/// leaves the database). A DAG stored compressed (`[core] compress_serialized_dags`) has no
+/// JSON to read: its tasks get none.
+pub async fn timeouts(
+    pool: &PgPool,
+    wanted: &[(String, String)],
+) -> Result<Vec<(String, String, Option<f64>)>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let versions: Vec<&str> = wanted.iter().map(|(v, _)| v.as_str()).collect();
+    let tasks: Vec<&str> = wanted.iter().map(|(_, t)| t.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT k.v, k.t, (SELECT (e -> '__var' ->> 'execution_timeout')::float8 \
+         FROM jsonb_array_elements(s.data -> 'dag' -> 'tasks') AS e \
+         WHERE e -> '__var' ->> 'task_id' = k.t LIMIT 1) \
+         FROM unnest($1::text[], $2::text[]) AS k(v, t) \
+         JOIN serialized_dag s ON s.dag_version_id = k.v::uuid",
+    )
+    .bind(versions)
+    .bind(tasks)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
         .collect()
 }
 

@@ -30,6 +30,15 @@ def tp_ok():
     succeed()
 
 
+@dag(dag_id="tp_timeout", **COMMON)
+def tp_timeout():
+    @task(execution_timeout=timedelta(minutes=5))
+    def bounded():
+        return "well within its five minutes"
+
+    bounded()
+
+
 @dag(dag_id="tp_retry", **COMMON)
 def tp_retry():
     @task(retries=1, retry_delay=timedelta(seconds=1))
@@ -152,14 +161,17 @@ def tp_reschedule():
     PythonSensor(
         task_id="poke_reschedule",
         python_callable=_ready_after_pokes,
-        op_kwargs={"pokes": 2},
+        op_kwargs={"pokes": 1},
         mode="reschedule",
-        poke_interval=3,
+        # long enough for the first poke's worker to have exited before the second is queued:
+        # sooner, a loaded machine has Airflow fail the sensor (apache/airflow#71172's shape)
+        poke_interval=10,
         timeout=600,
     )
 
 
 tp_ok()
+tp_timeout()
 tp_retry()
 tp_fail()
 tp_mapped()
