@@ -419,6 +419,15 @@ drop_stale_test_databases() {
         fi
         psql -w "$url" -Atqc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
     done
+    # the Airflow tests' read-only roles (taskpulse_test_ro_<pid>), once their databases are gone
+    names="$(psql -w "$url" -Atqc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'taskpulse\_test\_ro\_%'")"
+    for name in $names; do
+        pid="${name##*_}"
+        if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+            continue
+        fi
+        psql -w "$url" -Atqc "DROP ROLE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
+    done
 }
 
 # ---------------------------------------------------------------------------------------------

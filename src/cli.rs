@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::engines::conductor::ConductorSettings;
 use crate::engines::airflow::AirflowSettings;
+use crate::engines::conductor::ConductorSettings;
 use crate::engines::kestra::KestraSettings;
 use crate::error::Error;
 use crate::settings::{

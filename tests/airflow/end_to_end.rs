@@ -53,14 +53,13 @@ async fn a_real_airflow_is_followed_end_to_end() {
     );
     airflow.start(&app.url(""));
     let watched = Arc::new(Mutex::new(Watched::default()));
-    let watcher = tokio::spawn(watch(
-        airflow.pool.clone(),
-        app.clone(),
-        watched.clone(),
-    ));
+    let watcher = tokio::spawn(watch(airflow.pool.clone(), app.clone(), watched.clone()));
 
     let ok = id("tp_ok", "succeed", -1);
-    let view = until(&mut airflow, &app, &ok, FIRST_TASK, |v| v["status"] == "COMPLETED").await;
+    let view = until(&mut airflow, &app, &ok, FIRST_TASK, |v| {
+        v["status"] == "COMPLETED"
+    })
+    .await;
     eprintln!(
         "airflow: first task instance followed to COMPLETED {:.1} s after the test began",
         started.elapsed().as_secs_f64()
@@ -129,7 +128,10 @@ async fn deadline_from_execution_timeout(airflow: &mut Airflow, app: &TestApp) {
     let start = view["startTime"].as_i64().expect("startTime");
     assert_eq!(view["deadline"], start + 300_000, "{view}");
     let ok = app.task_by_id(&id("tp_ok", "succeed", -1)).await;
-    assert!(ok["deadline"].is_null(), "no execution_timeout, no deadline: {ok}");
+    assert!(
+        ok["deadline"].is_null(),
+        "no execution_timeout, no deadline: {ok}"
+    );
 }
 
 /// `tp_retry.flaky` fails its first try and succeeds on the second: two attempts, each with
@@ -153,7 +155,10 @@ async fn retried_twice_with_hosts(airflow: &mut Airflow, app: &TestApp, host: &s
         })
         .collect();
     let recorded = tries_in_airflow(&airflow.pool, "tp_retry").await;
-    assert_eq!(attempts, recorded, "taskpulse's attempts against Airflow's tries: {view}");
+    assert_eq!(
+        attempts, recorded,
+        "taskpulse's attempts against Airflow's tries: {view}"
+    );
     let second = (1, host.to_string(), "COMPLETED".to_string());
     let first = (0, host.to_string(), "FAILED".to_string());
     if recorded.len() == 1 {
@@ -211,7 +216,11 @@ async fn failed_and_mapped(airflow: &mut Airflow, app: &TestApp) {
             urlencode(&id("tp_mapped", "double", -1))
         ))
         .await;
-    assert_eq!(unexpanded.status(), 404, "no task for the mapped task itself");
+    assert_eq!(
+        unexpanded.status(),
+        404,
+        "no task for the mapped task itself"
+    );
 }
 
 /// `tp_progress.crunch` posts its progress to taskpulse under its own id while it runs (25, 50,
@@ -227,7 +236,11 @@ async fn progress_from_the_task(airflow: &mut Airflow, app: &TestApp) {
         .iter()
         .filter_map(|s| s[1].as_f64())
         .collect();
-    assert_eq!(samples, [25.0, 50.0, 75.0], "progress from the task: {view}");
+    assert_eq!(
+        samples,
+        [25.0, 50.0, 75.0],
+        "progress from the task: {view}"
+    );
     assert_eq!(view["progressMessage"], "step 3 of 4", "{view}");
     assert_eq!(view["workflowType"], "tp_progress");
 }
@@ -243,29 +256,38 @@ async fn waits_followed(airflow: &mut Airflow, app: &TestApp, watched: &Mutex<Wa
             v["status"] == "COMPLETED" || v["status"] == "FAILED"
         })
         .await;
-        let state: String =
-            sqlx::query_scalar("SELECT state FROM task_instance WHERE dag_id = $1")
-                .bind(dag)
-                .fetch_one(&airflow.pool)
-                .await
-                .unwrap();
+        let state: String = sqlx::query_scalar("SELECT state FROM task_instance WHERE dag_id = $1")
+            .bind(dag)
+            .fetch_one(&airflow.pool)
+            .await
+            .unwrap();
         if view["status"] == "FAILED" && state == "failed" {
             // Airflow's own race (apache/airflow#71172's shape): the next poke's worker was
             // refused while the last one's was finishing, and the sensor marked failed
             eprintln!("airflow: {dag} was failed by Airflow itself; taskpulse shows it so");
         } else {
-            assert_eq!((view["status"].as_str(), state.as_str()), (Some("COMPLETED"), "success"));
+            assert_eq!(
+                (view["status"].as_str(), state.as_str()),
+                (Some("COMPLETED"), "success")
+            );
         }
         assert_eq!(view["retryCount"], 0, "one try, however many pokes: {view}");
         let seen = watched.lock().await.waiting_seen.get(dag).copied();
-        assert_eq!(seen, Some(1.0), "{dag} in taskpulse_wait_tasks while it waited");
+        assert_eq!(
+            seen,
+            Some(1.0),
+            "{dag} in taskpulse_wait_tasks while it waited"
+        );
         let text = app.metrics_text().await;
         let prefix = format!("taskpulse_wait_wakeup_lag_seconds_count{{workflow_type=\"{dag}\"}} ");
         let woke: Option<f64> = text
             .lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|n| n.trim().parse().ok());
-        assert!(woke.is_some_and(|n| n >= 1.0), "{dag} wake-up lag: {woke:?}");
+        assert!(
+            woke.is_some_and(|n| n >= 1.0),
+            "{dag} wake-up lag: {woke:?}"
+        );
     }
 }
 
@@ -410,7 +432,9 @@ async fn shows(app: &TestApp, task: &str, state: &str, try_number: i32) -> bool 
     if v["status"] == want && v["retryCount"] == try_number - 1 {
         return true;
     }
-    v["retryCount"].as_i64().is_some_and(|n| n >= i64::from(try_number))
+    v["retryCount"]
+        .as_i64()
+        .is_some_and(|n| n >= i64::from(try_number))
         && accepted_statuses(&v).iter().any(|s| s == want)
 }
 

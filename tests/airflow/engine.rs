@@ -61,7 +61,10 @@ impl Airflow {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        eprintln!("airflow db migrate: {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "airflow db migrate: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         let pool = PgPool::connect(&db.url).await.expect("connect as Airflow");
         let role = format!("taskpulse_test_ro_{}", std::process::id());
         let read_only_url = read_only_role(&pool, &db.url, &role).await;
@@ -130,7 +133,10 @@ impl Airflow {
                 .unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(40)..];
-            out.push_str(&format!("---- airflow {name} (last {} lines)\n", tail.len()));
+            out.push_str(&format!(
+                "---- airflow {name} (last {} lines)\n",
+                tail.len()
+            ));
             for l in tail {
                 out.push_str(&l.chars().take(400).collect::<String>());
                 out.push('\n');

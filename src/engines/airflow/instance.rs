@@ -112,7 +112,7 @@ fn attempts(i: &Instance, tries: &[&Try]) -> Vec<RawAttempt> {
     let archived = out
         .iter()
         .any(|a| a.attempt == Some(i64::from(i.try_number - 1)));
-    let own = !archived && i.try_number > 0 && !matches!(i.state.as_deref(), None);
+    let own = !archived && i.try_number > 0 && i.state.is_some();
     if let (true, Some(host)) = (own, i.hostname.clone()) {
         let status = map_state(i.state.as_deref());
         out.push(RawAttempt {
@@ -231,7 +231,11 @@ mod tests {
             ]
         );
         assert!(u.reopen.is_none(), "a finished row reopens nothing");
-        assert_eq!(u.timeout_seconds, Some(300), "execution_timeout, whole seconds up");
+        assert_eq!(
+            u.timeout_seconds,
+            Some(300),
+            "execution_timeout, whole seconds up"
+        );
     }
 
     #[test]
@@ -243,7 +247,9 @@ mod tests {
         let cleared = row(None, 1, Some("worker-a"));
         let u = update(&cleared, &[], None, &mut Vec::new()).unwrap();
         assert_eq!((u.status, u.retry_count), (Status::Scheduled, Some(1)));
-        let reopen = u.reopen.expect("an unfinished row carries its change as evidence");
+        let reopen = u
+            .reopen
+            .expect("an unfinished row carries its change as evidence");
         assert_eq!((reopen.kind, reopen.at), (ReopenKind::Clear, 2_500));
         let fresh = row(None, 0, None);
         assert_eq!(attempt(&fresh), 0);
@@ -255,6 +261,9 @@ mod tests {
             ..fresh
         };
         let u = update(&mapped, &[], None, &mut Vec::new()).unwrap();
-        assert_eq!((u.iteration, u.task_id.as_str()), (Some(2), "etl/manual__1/load/2"));
+        assert_eq!(
+            (u.iteration, u.task_id.as_str()),
+            (Some(2), "etl/manual__1/load/2")
+        );
     }
 }

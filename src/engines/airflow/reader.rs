@@ -217,7 +217,12 @@ impl AirflowReader {
                 ended.push(key); // created and ended since the last poll
             }
         }
-        ended.extend(self.runs.iter().filter(|r| !in_flight.contains(*r)).cloned());
+        ended.extend(
+            self.runs
+                .iter()
+                .filter(|r| !in_flight.contains(*r))
+                .cloned(),
+        );
         ended.sort();
         ended.dedup();
         let mut read = rows::in_flight(&self.pool).await?;
@@ -239,9 +244,7 @@ impl AirflowReader {
         read.extend(by_key);
         let of_runs = rows::of_runs(&self.pool, &ended).await?;
         read.extend(of_runs.into_iter().filter(|i| !seen.contains(&i.key)));
-        self.metrics
-            .rows
-            .inc_by((runs.len() + read.len()) as u64);
+        self.metrics.rows.inc_by((runs.len() + read.len()) as u64);
         Ok(Read {
             rows: read,
             in_flight,
@@ -376,7 +379,10 @@ impl AirflowReader {
         if is_waiting(i.state.as_deref()) || !is_waiting(before.seen.state.as_deref()) {
             return;
         }
-        let at = i.scheduled.filter(|s| Some(*s) != before.scheduled).unwrap_or(now);
+        let at = i
+            .scheduled
+            .filter(|s| Some(*s) != before.scheduled)
+            .unwrap_or(now);
         let lag = (at - due) as f64 / 1000.0;
         self.wait_metrics.woke(&i.key.dag_id, lag);
     }
