@@ -91,6 +91,9 @@ struct Dues {
 struct Read {
     rows: Vec<Instance>,
     in_flight: HashSet<(String, String)>,
+    /// The highest `dag_run.id` listed, taken once the poll succeeded (a failed poll lists the
+    /// same new runs again).
+    last_run: i64,
 }
 
 pub struct AirflowReader {
@@ -188,9 +191,11 @@ impl AirflowReader {
         held.sort();
         held.dedup();
         listed.extend(rows::by_key(&self.pool, &held).await?);
+        let last_run = self.last_run;
         self.take(Read {
             rows: listed,
             in_flight,
+            last_run,
         })
         .await
     }
@@ -208,8 +213,9 @@ impl AirflowReader {
         let runs = rows::runs(&self.pool, self.last_run).await?;
         let mut in_flight = HashSet::new();
         let mut ended: Vec<(String, String)> = Vec::new();
+        let mut last_run = self.last_run;
         for r in &runs {
-            self.last_run = self.last_run.max(r.id);
+            last_run = last_run.max(r.id);
             let key = (r.dag_id.clone(), r.run_id.clone());
             if matches!(r.state.as_deref(), Some("queued" | "running")) {
                 in_flight.insert(key);
@@ -248,6 +254,7 @@ impl AirflowReader {
         Ok(Read {
             rows: read,
             in_flight,
+            last_run,
         })
     }
 
@@ -307,6 +314,7 @@ impl AirflowReader {
                 || runs.contains(&(k.dag_id.clone(), k.run_id.clone()))
         });
         self.runs = runs;
+        self.last_run = read.last_run;
         self.publish(now);
         let n = updates.len();
         self.submit(updates).await;
