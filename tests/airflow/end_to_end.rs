@@ -116,6 +116,8 @@ async fn a_real_airflow_is_followed_end_to_end() {
         &[("source", "airflow_db"), ("outcome", "accepted")],
     );
     assert!(ingested.is_some_and(|n| n >= 20.0), "{ingested:?}");
+    airflow.halt();
+    queued_too_long_is_reported(&airflow, &app).await;
     airflow.stop().await;
 }
 
@@ -325,6 +327,62 @@ async fn cleared_and_run_again(airflow: &mut Airflow, app: &TestApp) {
         .metric_value("taskpulse_task_reopens_total", &[("kind", "clear")])
         .await;
     assert_eq!(reopens, Some(1.0));
+}
+
+/// A task instance left `queued` for an hour (what a lost executor leaves, apache/airflow#23432)
+/// is reported by `airflow_queued_too_long` with both sides, and nothing is repaired. Run with
+/// Airflow stopped, so its own stuck-queued handling does not move the row meanwhile.
+async fn queued_too_long_is_reported(airflow: &Airflow, app: &TestApp) {
+    use taskpulse::checker::{CheckSettings, Checker, CheckerMetrics, Context};
+    use taskpulse::engines::airflow::{Airflow as Engine, AirflowSettings};
+    use taskpulse::engines::Engine as _;
+    sqlx::query(
+        "UPDATE task_instance SET state = 'queued', queued_dttm = now() - interval '1 hour', \
+         start_date = NULL, end_date = NULL, hostname = NULL, pid = NULL WHERE dag_id = 'tp_ok'",
+    )
+    .execute(&airflow.pool)
+    .await
+    .unwrap();
+    let settings = AirflowSettings {
+        db: Some(airflow.read_only_url.clone()),
+        ..Default::default()
+    };
+    let checker = Checker::new(
+        Engine::new(&settings).rules(),
+        CheckerMetrics::unregistered(),
+        taskpulse::store::StoreMetrics::unregistered(),
+    );
+    let ctx = Context {
+        store: app.store.clone(),
+        tracker: Some(app.tracker.clone()),
+        now: taskpulse::now_ms(),
+        settings: CheckSettings {
+            repair: true,
+            max_repairs_per_run: 100,
+            lease_grace: Duration::from_secs(5),
+            wait_grace: Duration::from_secs(30),
+            retention: Duration::ZERO,
+        },
+    };
+    let report = checker.run_pass(&ctx).await.expect("a checker pass");
+    let found: Vec<_> = report
+        .violations
+        .iter()
+        .filter(|v| v.rule == "airflow_queued_too_long")
+        .collect();
+    assert_eq!(found.len(), 1, "{:?}", report.violations);
+    let v = found[0];
+    assert_eq!(v.task_id, id("tp_ok", "succeed", -1));
+    assert_eq!(
+        v.evidence["taskpulse"]["status"], "COMPLETED",
+        "{}",
+        v.evidence
+    );
+    let queued_for = v.evidence["airflow"]["queuedForSeconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(queued_for >= 3599.0, "{}", v.evidence);
+    assert!(report.repairs.is_empty(), "report only");
 }
 
 /// Polls taskpulse's view of `task` until `done` holds; on timeout, fails with the view and

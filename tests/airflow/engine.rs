@@ -160,6 +160,11 @@ impl Airflow {
         }
     }
 
+    /// Stops the processes, leaving the database as they left it.
+    pub fn halt(&mut self) {
+        self.kill_all();
+    }
+
     /// TERM to each process group, KILL to what is left after 10 s.
     fn kill_all(&mut self) {
         for (_, child) in &self.procs {

@@ -7,12 +7,13 @@
 //! or `seq`, so the core's `lease_expired` and `successor_finished` find nothing to say about
 //! them, and `wait_overdue` concerns Conductor's WAIT tasks (Airflow's overdue waits show in
 //! the WAIT gauges). `store_divergence` (taskpulse's memory against its store) applies to
-//! every engine. Airflow brings no rules of its own yet.
+//! every engine. Airflow's own: `airflow_queued_too_long` ([`rules`], report only).
 
 pub mod instance;
 mod metrics;
 pub mod reader;
 pub mod rows;
+pub mod rules;
 mod settings;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{Contribution, Engine, EngineContext};
+use super::{store_source, Contribution, Engine, EngineContext};
 use crate::checker::Rule;
 use crate::error::{Error, Result};
 use crate::settings::redact_url;
@@ -51,7 +52,18 @@ impl Engine for Airflow {
     }
 
     fn rules(&self) -> Vec<Box<dyn Rule>> {
-        Vec::new()
+        let Some(url) = &self.settings.db else {
+            return Vec::new();
+        };
+        // validated already; a pool that can't be built leaves the rule out, and the reader
+        // says why at start
+        match store_source::read_only_pool("airflow-db", reader::APPLICATION_NAME, url) {
+            Ok(pool) => vec![Box::new(rules::QueuedTooLong {
+                pool: pool.lazy(),
+                limit: self.settings.queued_limit,
+            })],
+            Err(_) => Vec::new(),
+        }
     }
 
     fn start<'a>(&'a self, ctx: &'a EngineContext) -> BoxFuture<'a, Result<Contribution>> {

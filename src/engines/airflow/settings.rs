@@ -23,6 +23,10 @@ pub struct AirflowSettings {
     /// How often Airflow's task instances in flight are read
     #[arg(id = "airflow-poll-interval", long = "airflow-poll-interval", env = "TASKPULSE_AIRFLOW_POLL_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+
+    /// A task instance queued longer than this is reported by the checker (rule airflow_queued_too_long; report only): its executor never started it
+    #[arg(id = "airflow-queued-limit", long = "airflow-queued-limit", env = "TASKPULSE_AIRFLOW_QUEUED_LIMIT", value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub queued_limit: Duration,
 }
 
 impl Default for AirflowSettings {
@@ -48,6 +52,11 @@ impl AirflowSettings {
         if self.poll_interval < Duration::from_millis(100) {
             return Err(Error::Config(
                 "`airflow-poll-interval` must be at least 100ms (e.g. 1s)".into(),
+            ));
+        }
+        if self.queued_limit < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "`airflow-queued-limit` must be at least 1s (e.g. 10m)".into(),
             ));
         }
         Ok(())
