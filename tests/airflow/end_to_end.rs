@@ -117,7 +117,7 @@ async fn a_real_airflow_is_followed_end_to_end() {
     );
     assert!(ingested.is_some_and(|n| n >= 20.0), "{ingested:?}");
     airflow.halt();
-    queued_too_long_is_reported(&airflow, &app).await;
+    stuck_task_instances_are_reported(&airflow, &app).await;
     airflow.stop().await;
 }
 
@@ -330,19 +330,21 @@ async fn cleared_and_run_again(airflow: &mut Airflow, app: &TestApp) {
 }
 
 /// A task instance left `queued` for an hour (what a lost executor leaves, apache/airflow#23432)
-/// is reported by `airflow_queued_too_long` with both sides, and nothing is repaired. Run with
-/// Airflow stopped, so its own stuck-queued handling does not move the row meanwhile.
-async fn queued_too_long_is_reported(airflow: &Airflow, app: &TestApp) {
+/// and one `running` whose heartbeat stopped an hour ago (a dead worker) are reported by
+/// `airflow_queued_too_long` and `airflow_heartbeat_stopped` with both sides, and nothing is
+/// repaired. Run with Airflow stopped, so its own handling does not move the rows meanwhile.
+async fn stuck_task_instances_are_reported(airflow: &Airflow, app: &TestApp) {
     use taskpulse::checker::{CheckSettings, Checker, CheckerMetrics, Context};
     use taskpulse::engines::airflow::{Airflow as Engine, AirflowSettings};
     use taskpulse::engines::Engine as _;
-    sqlx::query(
+    for sql in [
         "UPDATE task_instance SET state = 'queued', queued_dttm = now() - interval '1 hour', \
          start_date = NULL, end_date = NULL, hostname = NULL, pid = NULL WHERE dag_id = 'tp_ok'",
-    )
-    .execute(&airflow.pool)
-    .await
-    .unwrap();
+        "UPDATE task_instance SET state = 'running', end_date = NULL, \
+         last_heartbeat_at = now() - interval '1 hour' WHERE dag_id = 'tp_fail'",
+    ] {
+        sqlx::query(sql).execute(&airflow.pool).await.unwrap();
+    }
     let settings = AirflowSettings {
         db: Some(airflow.read_only_url.clone()),
         ..Default::default()
@@ -365,23 +367,30 @@ async fn queued_too_long_is_reported(airflow: &Airflow, app: &TestApp) {
         },
     };
     let report = checker.run_pass(&ctx).await.expect("a checker pass");
-    let found: Vec<_> = report
-        .violations
-        .iter()
-        .filter(|v| v.rule == "airflow_queued_too_long")
-        .collect();
-    assert_eq!(found.len(), 1, "{:?}", report.violations);
-    let v = found[0];
-    assert_eq!(v.task_id, id("tp_ok", "succeed", -1));
-    assert_eq!(
-        v.evidence["taskpulse"]["status"], "COMPLETED",
-        "{}",
-        v.evidence
-    );
-    let queued_for = v.evidence["airflow"]["queuedForSeconds"]
-        .as_f64()
-        .unwrap_or(0.0);
-    assert!(queued_for >= 3599.0, "{}", v.evidence);
+    for (rule, task, held) in [
+        (
+            "airflow_queued_too_long",
+            id("tp_ok", "succeed", -1),
+            "COMPLETED",
+        ),
+        (
+            "airflow_heartbeat_stopped",
+            id("tp_fail", "broken", -1),
+            "FAILED",
+        ),
+    ] {
+        let found: Vec<_> = report
+            .violations
+            .iter()
+            .filter(|v| v.rule == rule)
+            .collect();
+        assert_eq!(found.len(), 1, "{rule}: {:?}", report.violations);
+        let v = found[0];
+        assert_eq!(v.task_id, task);
+        assert_eq!(v.evidence["taskpulse"]["status"], held, "{}", v.evidence);
+        let overdue = v.evidence["airflow"]["forSeconds"].as_f64().unwrap_or(0.0);
+        assert!(overdue >= 3599.0, "{}", v.evidence);
+    }
     assert!(report.repairs.is_empty(), "report only");
 }
 

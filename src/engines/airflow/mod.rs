@@ -7,7 +7,8 @@
 //! or `seq`, so the core's `lease_expired` and `successor_finished` find nothing to say about
 //! them, and `wait_overdue` concerns Conductor's WAIT tasks (Airflow's overdue waits show in
 //! the WAIT gauges). `store_divergence` (taskpulse's memory against its store) applies to
-//! every engine. Airflow's own: `airflow_queued_too_long` ([`rules`], report only).
+//! every engine. Airflow's own: `airflow_queued_too_long` and `airflow_heartbeat_stopped`
+//! ([`rules`], report only).
 
 pub mod instance;
 mod metrics;
@@ -58,10 +59,19 @@ impl Engine for Airflow {
         // validated already; a pool that can't be built leaves the rule out, and the reader
         // says why at start
         match store_source::read_only_pool("airflow-db", reader::APPLICATION_NAME, url) {
-            Ok(pool) => vec![Box::new(rules::QueuedTooLong {
-                pool: pool.lazy(),
-                limit: self.settings.queued_limit,
-            })],
+            Ok(pool) => {
+                let pool = pool.lazy();
+                vec![
+                    Box::new(rules::Overdue::queued(
+                        pool.clone(),
+                        self.settings.queued_limit,
+                    )),
+                    Box::new(rules::Overdue::heartbeat(
+                        pool,
+                        self.settings.heartbeat_limit,
+                    )),
+                ]
+            }
             Err(_) => Vec::new(),
         }
     }

@@ -27,6 +27,10 @@ pub struct AirflowSettings {
     /// A task instance queued longer than this is reported by the checker (rule airflow_queued_too_long; report only): its executor never started it
     #[arg(id = "airflow-queued-limit", long = "airflow-queued-limit", env = "TASKPULSE_AIRFLOW_QUEUED_LIMIT", value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub queued_limit: Duration,
+
+    /// A running task instance whose heartbeat is older than this is reported by the checker (rule airflow_heartbeat_stopped; report only): its worker went silent
+    #[arg(id = "airflow-heartbeat-limit", long = "airflow-heartbeat-limit", env = "TASKPULSE_AIRFLOW_HEARTBEAT_LIMIT", value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub heartbeat_limit: Duration,
 }
 
 impl Default for AirflowSettings {
@@ -52,6 +56,11 @@ impl AirflowSettings {
         if self.poll_interval < Duration::from_millis(100) {
             return Err(Error::Config(
                 "`airflow-poll-interval` must be at least 100ms (e.g. 1s)".into(),
+            ));
+        }
+        if self.heartbeat_limit < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "`airflow-heartbeat-limit` must be at least 1s (e.g. 5m)".into(),
             ));
         }
         if self.queued_limit < Duration::from_secs(1) {
