@@ -20,6 +20,11 @@
 #                    $TASKPULSE_HELM
 #   ensure_python_venv  .venv with tests/requirements.txt installed (reinstalled when
 #                    that file changes); its interpreter in $TASKPULSE_TEST_PYTHON
+#   ensure_airflow   Apache Airflow (tests/airflow/requirements.txt, pinned by
+#                    tests/airflow/constraints.txt) in .venv-airflow, a virtual environment of its
+#                    own, reinstalled only when those files change (about 45 s to 2.5 min); the
+#                    `airflow` command's path in $TASKPULSE_AIRFLOW. Nothing is started here: the
+#                    Airflow tests (tests/airflow/) start their own engine and stop it
 #   ensure_chart_validators  the Prometheus Operator's CRD schemas for the chart tests:
 #                    `npm ci` in tests/chart (node_modules there, redone when the lock changes);
 #                    Kubernetes' schemas come with kubernetes-validate in the venv
@@ -325,6 +330,29 @@ ensure_python_venv() {
     export TASKPULSE_TEST_PYTHON="$venv/bin/python"
 }
 
+# Apache Airflow for tests/airflow/: pip install -r tests/airflow/requirements.txt with
+# tests/airflow/constraints.txt into .venv-airflow, redone only when either file changes.
+ensure_airflow() {
+    local venv="$REPO_ROOT/.venv-airflow" dir="$REPO_ROOT/tests/airflow"
+    local want have=""
+    want="$(cat "$dir/requirements.txt" "$dir/constraints.txt" | sha256sum | cut -d' ' -f1)"
+    [[ -f $venv/.requirements.sha256 ]] && have="$(<"$venv/.requirements.sha256")"
+    if [[ ! -x $venv/bin/airflow || $want != "$have" ]]; then
+        command -v python3 >/dev/null 2>&1 || apt_install python3
+        rm -rf "$venv"
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            rm -rf "$venv"
+            apt_install python3-venv
+            quietly python3 -m venv "$venv"
+        fi
+        log "pip install apache-airflow (tests/airflow/requirements.txt, into .venv-airflow)"
+        quietly "$venv/bin/python" -m pip install --disable-pip-version-check -q \
+            -r "$dir/requirements.txt" -c "$dir/constraints.txt"
+        printf '%s\n' "$want" >"$venv/.requirements.sha256"
+    fi
+    export TASKPULSE_AIRFLOW="$venv/bin/airflow"
+}
+
 # tests/chart/node_modules from tests/chart/package-lock.json (npm ci: exactly the locked
 # versions), reinstalled only when the lock file changes.
 ensure_chart_validators() {
@@ -391,6 +419,15 @@ drop_stale_test_databases() {
         fi
         psql -w "$url" -Atqc "DROP DATABASE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
     done
+    # the Airflow tests' read-only roles (taskpulse_test_ro_<pid>), once their databases are gone
+    names="$(psql -w "$url" -Atqc "SELECT rolname FROM pg_roles WHERE rolname LIKE 'taskpulse\_test\_ro\_%'")"
+    for name in $names; do
+        pid="${name##*_}"
+        if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+            continue
+        fi
+        psql -w "$url" -Atqc "DROP ROLE IF EXISTS \"$name\"" >/dev/null 2>&1 || true
+    done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -415,6 +452,7 @@ main() {
     ensure_alertmanager
     ensure_helm
     ensure_python_venv
+    ensure_airflow
     ensure_chart_validators
     ensure_browser
     ensure_image

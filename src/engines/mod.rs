@@ -13,6 +13,7 @@
 //! The composition root ([`crate::app`]) asks each engine [`settings::build`] makes for these.
 //! Adding an engine is adding a folder and its line in [`settings`] (`docs/architecture.md`).
 
+pub mod airflow;
 pub mod conductor;
 pub mod kestra;
 pub mod settings;

@@ -8,6 +8,7 @@
 
 use clap::Args;
 
+use super::airflow::AirflowSettings;
 use super::conductor::ConductorSettings;
 use super::kestra::KestraSettings;
 use super::{Engine, EngineGroup, EngineInit};
@@ -20,12 +21,14 @@ pub struct EngineSettings {
     pub conductor: ConductorSettings,
     #[command(flatten)]
     pub kestra: KestraSettings,
+    #[command(flatten)]
+    pub airflow: AirflowSettings,
 }
 
 impl EngineSettings {
     /// Each engine's group, in the order the engines are built.
     fn groups(&self) -> Vec<&dyn EngineGroup> {
-        vec![&self.conductor, &self.kestra]
+        vec![&self.conductor, &self.kestra, &self.airflow]
     }
 
     /// Every engine's settings checked.

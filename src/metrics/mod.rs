@@ -195,29 +195,78 @@ impl Exposition {
         }
     }
 
+    /// Renders on the blocking pool and publishes the text to every waiting scrape. The
+    /// render finishes and publishes even when the scrape that started it is dropped (its
+    /// client went away mid-render): otherwise `rendering` stayed set and every later scrape
+    /// waited for a render nobody would finish. [`RenderDone`] clears it on a panic too.
     async fn render_shared(self: &Arc<Self>, started: Instant) -> Result<Bytes, ScrapeFailed> {
         let me = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
+            let done = RenderDone(&me);
             let t0 = Instant::now();
-            let text = me.render();
-            (Bytes::from(text), t0.elapsed())
+            let text = Bytes::from(me.render());
+            let mut sh = me.shared.lock().unwrap_or_else(|e| e.into_inner());
+            sh.last_took = t0.elapsed();
+            sh.last = Some((started, text.clone()));
+            drop(sh);
+            drop(done);
+            text
         })
         .await
-        .map_err(ScrapeFailed);
-        let result = {
-            let mut sh = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            sh.rendering = false;
-            result.map(|(text, took)| {
-                sh.last_took = took;
-                sh.last = Some((started, text.clone()));
-                text
-            })
-        };
-        self.rendered.notify_waiters();
-        result
+        .map_err(ScrapeFailed)
     }
 }
+
+/// Ends a render, however it ends: the next scrape may render, and the waiting ones look again.
+struct RenderDone<'a>(&'a Exposition);
+
+impl Drop for RenderDone<'_> {
+    fn drop(&mut self) {
+        let mut sh = self.0.shared.lock().unwrap_or_else(|e| e.into_inner());
+        sh.rendering = false;
+        drop(sh);
+        self.0.rendered.notify_waiters();
+    }
+}
+
 /// The render of a scrape did not finish (it panicked or the runtime is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("scrape failed: {0}")]
 pub struct ScrapeFailed(#[source] tokio::task::JoinError);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A collector that takes a while, so a scrape can be dropped while it renders.
+    struct Slow;
+
+    impl Collector for Slow {
+        fn write_text(&self, out: &mut String, _budget: &mut Budget) {
+            std::thread::sleep(Duration::from_millis(300));
+            out.push_str("# slow family\n");
+        }
+    }
+
+    /// A client that goes away mid-render (its scrape dropped) must not wedge `/metrics`: the
+    /// next scrape used to wait forever for a render no one would finish (found by the Airflow
+    /// end-to-end test, whose watcher is cancelled while scraping).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_dropped_mid_render_does_not_wedge_the_next() {
+        let bounds = Budget {
+            series: 1_000,
+            bytes: 1 << 20,
+        };
+        let exp = Arc::new(Exposition::new(Registry::new(), vec![Arc::new(Slow)], bounds).unwrap());
+        let dropped = tokio::time::timeout(Duration::from_millis(50), exp.scrape()).await;
+        assert!(
+            dropped.is_err(),
+            "the first scrape is dropped while it renders"
+        );
+        let next = tokio::time::timeout(Duration::from_secs(5), exp.scrape())
+            .await
+            .expect("the next scrape answers")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&next).contains("# slow family"));
+    }
+}

@@ -243,6 +243,17 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
             vec![("TASKPULSE_CONFIG", missing)],
             &["no-such-file.toml"],
         ),
+        // Airflow's own sql_alchemy_conn carries its driver; taskpulse wants postgres://
+        (
+            vec!["--airflow-db", "postgresql+psycopg2://airflow@db/airflow"],
+            vec![],
+            &["airflow-db"],
+        ),
+        (
+            vec!["--airflow-poll-interval", "10ms"],
+            vec![],
+            &["airflow-poll-interval"],
+        ),
     ];
     for (extra, envs, names) in cases {
         let mut args = vec!["serve", "--listen", &listen, "--database", &db];
@@ -262,6 +273,31 @@ async fn invalid_settings_fail_at_start_naming_the_setting() {
     assert!(
         !dir.path().join("never.db").exists(),
         "a failed start must not create the database"
+    );
+}
+
+/// `--airflow-db` naming a PostgreSQL without Airflow 3's tables stops start-up (exit 2), saying
+/// what it expected, rather than following an empty engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_airflow_db_without_airflow_tables_stops_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(dir.path(), "store.db");
+    let listen = free_addr().to_string();
+    let not_airflow = crate::helpers::postgres_admin_url();
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--database",
+        &db,
+        "--airflow-db",
+        &not_airflow,
+    ];
+    let (status, _, stderr) = run(dir.path(), &args, &[], EXIT_TIMEOUT).await;
+    assert_eq!(status.code(), Some(2), "{status}; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("--airflow-db") && stderr.contains("Airflow 3"),
+        "{stderr}"
     );
 }
 

@@ -134,13 +134,14 @@ async fn a_fresh_sidecar_exports_every_named_family_and_its_counters_at_zero() {
         7 * 9,
         "terminal x status"
     );
-    // api, conductor_webhook, conductor_proxy, conductor_db, conductor_redis, kestra_db x
-    // accepted, duplicate, rejected
-    assert_eq!(series("taskpulse_updates_total"), 6 * 3, "source x outcome");
+    // api, conductor_webhook, conductor_proxy, conductor_db, conductor_redis, kestra_db,
+    // airflow_db x accepted, duplicate, rejected
+    assert_eq!(series("taskpulse_updates_total"), 7 * 3, "source x outcome");
     assert_eq!(series("taskpulse_store_writes_total"), 3);
     assert_eq!(series("taskpulse_conductor_heartbeats_total"), 2);
     assert_eq!(series("taskpulse_conductor_db_polls_total"), 2, "ok, error");
     assert_eq!(series("taskpulse_kestra_db_polls_total"), 2, "ok, error");
+    assert_eq!(series("taskpulse_airflow_db_polls_total"), 2, "ok, error");
     // (a scrape counts itself before it renders)
     let counter = |l: &&str| {
         l.contains("_total") && !l.starts_with('#') && !l.starts_with("taskpulse_scrapes_total")
