@@ -227,3 +227,87 @@ async fn a_poll_keeps_to_its_byte_budget() {
         40.0
     );
 }
+
+/// An execution that ended an hour before `t`, as Kestra leaves it.
+fn finished(id: &str, t: i64) -> Value {
+    let mut e = running(id, t - 3_600_000, "SUCCESS");
+    e["state"] = state(&[
+        ("CREATED", &at(t - 3_600_000, 0.0)),
+        ("RUNNING", &at(t - 3_600_000, 0.05)),
+        ("SUCCESS", &at(t - 3_600_000, 2.5)),
+    ]);
+    e
+}
+
+impl Kestra {
+    /// `history` finished executions, written in one statement for speed (each row what
+    /// `persist` writes for one), then analysed, as a database that has run for a while.
+    async fn with_history(history: i64, t: i64) -> Kestra {
+        let k = Kestra::new().await;
+        let doc = finished("EX", t).to_string();
+        sqlx::query(
+            "INSERT INTO executions (key, value) SELECT 'old-' || i, \
+             replace($1, '\"EX\"', '\"old-' || i || '\"')::jsonb FROM generate_series(1, $2) AS i",
+        )
+        .bind(&doc)
+        .bind(history)
+        .execute(&k.pool)
+        .await
+        .unwrap();
+        sqlx::raw_sql("ANALYZE executions")
+            .execute(&k.pool)
+            .await
+            .unwrap();
+        k
+    }
+
+    /// Rows of `executions` read so far, by sequential scan and by index.
+    async fn rows_read(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) \
+             FROM pg_stat_user_tables WHERE relname = 'executions'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+}
+
+/// Rows of `executions` an idle poll reads, 10 running executions on `history` finished ones.
+async fn idle_rows_per_poll(history: i64) -> f64 {
+    let t = taskpulse::now_ms() - 10_000;
+    let k = Kestra::with_history(history, t).await;
+    for i in 0..10 {
+        k.persist(&running(&format!("ex-{i}"), t, "RUNNING")).await;
+    }
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = super::app_on(&k, &db).await;
+    eventually(&app, "tr-ex-9", "followed", |v| {
+        v["status"] == "IN_PROGRESS"
+    })
+    .await;
+    // start-up's reads reach the statistics within PostgreSQL's 10 s idle flush
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (before, p0) = (k.rows_read().await, polls(&app).await);
+    after_polls(&app, 10.0).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (after, p1) = (k.rows_read().await, polls(&app).await);
+    app.shutdown().await;
+    (after - before) as f64 / (p1 - p0).max(1.0)
+}
+
+/// The rows an idle poll reads from `executions` do not grow with the finished executions
+/// Kestra keeps: 5,000 and 50,000 cost the same (the running ones, through the
+/// `state_current` index), where a listing that walked the table would read every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poll_costs_the_same_on_ten_times_the_history() {
+    let small = idle_rows_per_poll(5_000).await;
+    let large = idle_rows_per_poll(50_000).await;
+    eprintln!("executions rows read per idle poll: 5,000 finished {small}, 50,000 {large}");
+    for (history, rows) in [(5_000, small), (50_000, large)] {
+        assert!(
+            rows <= 30.0,
+            "history {history}: {rows} rows of executions per idle poll for 10 running"
+        );
+    }
+}
