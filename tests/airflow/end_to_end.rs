@@ -51,7 +51,8 @@ async fn a_real_airflow_is_followed_end_to_end() {
         })
         .await,
     );
-    airflow.start(&app.url(""));
+    // blocks while the API server comes up (std threads and sockets)
+    tokio::task::block_in_place(|| airflow.start(&app.url("")));
     let watched = Arc::new(Mutex::new(Watched::default()));
     let watcher = tokio::spawn(watch(airflow.pool.clone(), app.clone(), watched.clone()));
 

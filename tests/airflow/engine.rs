@@ -80,10 +80,14 @@ impl Airflow {
         }
     }
 
-    /// Starts the four processes; `taskpulse` is the URL the DAGs report progress to.
+    /// Starts the four processes, the API server first and the others once it listens (the
+    /// task runners report through it); `taskpulse` is the URL the DAGs report progress to.
     pub fn start(&mut self, taskpulse: &str) {
         self.env.push(("TASKPULSE_URL".into(), taskpulse.into()));
         for name in COMPONENTS {
+            if name != "api-server" && self.procs.len() == 1 {
+                self.wait_for_api();
+            }
             let log = std::fs::File::create(self.home.path().join(format!("{name}.log")))
                 .expect("log file");
             let err = log.try_clone().expect("log file");
@@ -95,6 +99,27 @@ impl Airflow {
                 .spawn()
                 .unwrap_or_else(|e| panic!("start airflow {name}: {e}"));
             self.procs.push((name, child));
+        }
+    }
+
+    /// Waits (at most 180 s) until the API server accepts connections: uvicorn listens once
+    /// the application has started.
+    fn wait_for_api(&mut self) {
+        let port = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "AIRFLOW__API__PORT")
+            .map(|(_, v)| v.clone())
+            .expect("the API server's port");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err() {
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "the API server does not listen on {port} after 180 s\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -235,6 +260,13 @@ fn environment(airflow: &Path, home: &Path, db_url: &str) -> Vec<(String, String
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
             free_port().to_string(),
         ),
+        // the task runner gives a request to the execution API 5 s by default, then retries
+        // it; on two busy cores the first `PATCH .../run` can take longer, and its retry is
+        // answered 400 (already running), which fails the task: Airflow's own advice under
+        // load is a longer timeout (config.yml, `[workers] execution_api_timeout`, 3.3.2)
+        ("AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT", "60".into()),
+        // fewer task runner processes at once on two cores
+        ("AIRFLOW__CORE__PARALLELISM", "6".into()),
         ("AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC", "1".into()),
         ("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "5".into()),
     ];
