@@ -331,8 +331,10 @@ async fn cleared_and_run_again(airflow: &mut Airflow, app: &TestApp) {
 
 /// A task instance left `queued` for an hour (what a lost executor leaves, apache/airflow#23432)
 /// and one `running` whose heartbeat stopped an hour ago (a dead worker) are reported by
-/// `airflow_queued_too_long` and `airflow_heartbeat_stopped` with both sides, and nothing is
-/// repaired. Run with Airflow stopped, so its own handling does not move the rows meanwhile.
+/// `airflow_queued_too_long` and `airflow_heartbeat_stopped` with both sides; two tries whose
+/// success turned to a failure in the same try by `airflow_success_overwritten`; and nothing
+/// is repaired. Run with Airflow stopped, so its own handling does not move the rows meanwhile:
+/// the rows are set as Airflow leaves them (`docs/engines/airflow.md` §4.4, §9).
 async fn stuck_task_instances_are_reported(airflow: &Airflow, app: &TestApp) {
     use taskpulse::checker::{CheckSettings, Checker, CheckerMetrics, Context};
     use taskpulse::engines::airflow::{Airflow as Engine, AirflowSettings};
@@ -342,6 +344,29 @@ async fn stuck_task_instances_are_reported(airflow: &Airflow, app: &TestApp) {
          start_date = NULL, end_date = NULL, hostname = NULL, pid = NULL WHERE dag_id = 'tp_ok'",
         "UPDATE task_instance SET state = 'running', end_date = NULL, \
          last_heartbeat_at = now() - interval '1 hour' WHERE dag_id = 'tp_fail'",
+        // a user marked the succeeded `tp_timeout.bounded` failed through the REST API
+        // (`mark_tasks.set_state`: same try, end kept, nothing archived) with its audit line
+        "UPDATE task_instance SET state = 'failed', updated_at = now() \
+         WHERE dag_id = 'tp_timeout'",
+        "INSERT INTO log (dttm, dag_id, task_id, run_id, event, owner, extra) \
+         SELECT now(), dag_id, task_id, run_id, 'patch_task_instance', 'admin', \
+         '{\"new_state\": \"failed\", \"method\": \"PATCH\"}' \
+         FROM task_instance WHERE dag_id = 'tp_timeout'",
+        // apache/airflow#71172: the executor's success for a poke of `tp_reschedule`, drained
+        // once the next poke was scheduled in the same try, taken as a task killed externally:
+        // `state mismatch`, then `handle_failure` (`failed`, no tries left)
+        "UPDATE task_instance SET state = 'failed', end_date = now(), updated_at = now() \
+         WHERE dag_id = 'tp_reschedule'",
+        "INSERT INTO log (dttm, dag_id, task_id, run_id, map_index, try_number, event, extra) \
+         SELECT now(), dag_id, task_id, run_id, map_index, try_number, e.event, e.extra \
+         FROM task_instance, (VALUES (1, 'state mismatch', 'Executor \
+         LocalExecutor(parallelism=32) reported that the task instance <TaskInstance: \
+         tp_reschedule.poke_reschedule [scheduled]> finished with state success, but the \
+         task instance''s state attribute is scheduled.'), (2, 'failed', NULL)) \
+         AS e(n, event, extra) WHERE dag_id = 'tp_reschedule' ORDER BY e.n",
+        // a failure in a later try than the one taskpulse followed is neither
+        "UPDATE task_instance SET state = 'failed', try_number = try_number + 1, \
+         end_date = now(), updated_at = now() WHERE dag_id = 'tp_mapped' AND map_index = 1",
     ] {
         sqlx::query(sql).execute(&airflow.pool).await.unwrap();
     }
@@ -391,7 +416,56 @@ async fn stuck_task_instances_are_reported(airflow: &Airflow, app: &TestApp) {
         let overdue = v.evidence["airflow"]["forSeconds"].as_f64().unwrap_or(0.0);
         assert!(overdue >= 3599.0, "{}", v.evidence);
     }
+    success_overwritten_is_reported(&report.violations);
     assert!(report.repairs.is_empty(), "report only");
+}
+
+/// `airflow_success_overwritten` names `tp_timeout.bounded` (taskpulse holds its try 1
+/// `COMPLETED`, Airflow's row now `failed` in try 1, marked so through the REST API) and
+/// `tp_reschedule.poke_reschedule` (Airflow's `log` has the executor's stale success for try 1
+/// taken as a state mismatch), and not `tp_mapped.double[1]`, failed in a try taskpulse never
+/// saw.
+fn success_overwritten_is_reported(violations: &[taskpulse::checker::Violation]) {
+    let mut found: Vec<_> = violations
+        .iter()
+        .filter(|v| v.rule == "airflow_success_overwritten")
+        .collect();
+    found.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    let ids: Vec<&str> = found.iter().map(|v| v.task_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            id("tp_reschedule", "poke_reschedule", -1),
+            id("tp_timeout", "bounded", -1)
+        ],
+        "{violations:?}"
+    );
+    for (v, shape, events) in [
+        (
+            found[0],
+            "staleExecutorSuccess",
+            &["state mismatch", "failed"][..],
+        ),
+        (found[1], "overwritten", &["patch_task_instance"][..]),
+    ] {
+        let (airflow, held) = (&v.evidence["airflow"], &v.evidence["taskpulse"]);
+        assert_eq!(v.evidence["shape"], shape, "{}", v.evidence);
+        assert_eq!(v.evidence["try"], 1, "{}", v.evidence);
+        assert_eq!(airflow["state"], "failed", "{}", v.evidence);
+        assert_eq!(airflow["archived"], false, "{}", v.evidence);
+        let logged: Vec<&str> = airflow["log"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["event"].as_str())
+            .collect();
+        // Airflow's own lines of that try, if any, come before the replayed ones
+        assert!(logged.ends_with(events), "{}", v.evidence);
+        assert_eq!(held["retryCount"], 0, "{}", v.evidence);
+        assert!(held["workerId"].is_string(), "{}", v.evidence);
+    }
+    assert_eq!(found[1].evidence["taskpulse"]["status"], "COMPLETED");
 }
 
 /// Polls taskpulse's view of `task` until `done` holds; on timeout, fails with the view and
