@@ -52,6 +52,8 @@ async fn a_real_airflow_is_followed_end_to_end() {
         .await,
     );
     airflow.start(&app.url(""));
+    // Prometheus scrapes the app from the start, while Airflow comes up
+    let scraper = crate::dashboards::Scraper::start(&app).await;
     let watched = Arc::new(Mutex::new(Watched::default()));
     let watcher = tokio::spawn(watch(airflow.pool.clone(), app.clone(), watched.clone()));
 
@@ -77,7 +79,11 @@ async fn a_real_airflow_is_followed_end_to_end() {
     );
 
     deadline_from_execution_timeout(&mut airflow, &app).await;
-    retried_twice_with_hosts(&mut airflow, &app, &host).await;
+    let tries = retried_twice_with_hosts(&mut airflow, &app, &host).await;
+    // the status page's task view of it, in a browser, while the other DAGs run
+    let (url, flaky, rows) = (app.url(""), id("tp_retry", "flaky", -1), tries.len());
+    let page =
+        tokio::task::spawn_blocking(move || crate::status_page::task_view(&url, &flaky, rows));
     failed_and_mapped(&mut airflow, &app).await;
     progress_from_the_task(&mut airflow, &app).await;
     waits_followed(&mut airflow, &app, &watched).await;
@@ -116,6 +122,10 @@ async fn a_real_airflow_is_followed_end_to_end() {
         &[("source", "airflow_db"), ("outcome", "accepted")],
     );
     assert!(ingested.is_some_and(|n| n >= 20.0), "{ingested:?}");
+    the_page_shows_the_tries(page.await.expect("the browser's task"), &tries);
+    if let Some(scraper) = &scraper {
+        scraper.check(&app, &id("tp_progress", "crunch", -1)).await;
+    }
     airflow.halt();
     stuck_task_instances_are_reported(&airflow, &app).await;
     airflow.stop().await;
@@ -137,8 +147,14 @@ async fn deadline_from_execution_timeout(airflow: &mut Airflow, app: &TestApp) {
 }
 
 /// `tp_retry.flaky` fails its first try and succeeds on the second: two attempts, each with
-/// its host (the first from `task_instance_history`), exactly as Airflow recorded them.
-async fn retried_twice_with_hosts(airflow: &mut Airflow, app: &TestApp, host: &str) {
+/// its host (the first from `task_instance_history`), exactly as Airflow recorded them, in the
+/// answer the status page draws its attempts table from (`GET /api/v1/task?taskId=`: attempt,
+/// worker and the worker's host). Returns Airflow's tries.
+async fn retried_twice_with_hosts(
+    airflow: &mut Airflow,
+    app: &TestApp,
+    host: &str,
+) -> Vec<(i64, String, String)> {
     let flaky = id("tp_retry", "flaky", -1);
     let view = until(airflow, app, &flaky, STEP, |v| v["status"] == "COMPLETED").await;
     assert_eq!(view["retryCount"], 1, "{view}");
@@ -161,6 +177,16 @@ async fn retried_twice_with_hosts(airflow: &mut Airflow, app: &TestApp, host: &s
         attempts, recorded,
         "taskpulse's attempts against Airflow's tries: {view}"
     );
+    // the page's Host column: the host Airflow recorded for each try, kept by taskpulse
+    let hosts: Vec<&str> = view["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a["host"].as_str())
+        .collect();
+    let want: Vec<&str> = recorded.iter().map(|t| t.1.as_str()).collect();
+    assert_eq!(hosts, want, "the attempts' hosts: {view}");
     let second = (1, host.to_string(), "COMPLETED".to_string());
     let first = (0, host.to_string(), "FAILED".to_string());
     if recorded.len() == 1 {
@@ -171,6 +197,34 @@ async fn retried_twice_with_hosts(airflow: &mut Airflow, app: &TestApp, host: &s
     } else {
         assert_eq!(recorded, [first, second]);
     }
+    recorded
+}
+
+/// The task view of `tp_retry.flaky` in a browser lists each of Airflow's `tries` (attempt,
+/// worker, host, status) in its attempts table, as a person reads it.
+fn the_page_shows_the_tries(page: Option<Value>, tries: &[(i64, String, String)]) {
+    let Some(page) = page else { return };
+    let rows: Vec<Vec<String>> = page["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .take(4)
+                .map(|c| c.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .collect();
+    let want: Vec<Vec<String>> = tries
+        .iter()
+        .map(|(n, host, status)| vec![n.to_string(), host.clone(), host.clone(), status.clone()])
+        .collect();
+    assert_eq!(rows, want, "the attempts table of the task view: {page}");
+    assert_eq!(page["errors"], serde_json::json!([]), "{page}");
 }
 
 /// The tries Airflow recorded for the task instance of `dag` with a host, as taskpulse's
