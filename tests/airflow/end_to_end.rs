@@ -51,6 +51,8 @@ async fn a_real_airflow_is_followed_end_to_end() {
         })
         .await,
     );
+    // Prometheus scrapes the app from the start, while Airflow comes up
+    let scraper = crate::dashboards::Scraper::start(&app).await;
     // blocks while the API server comes up (std threads and sockets)
     tokio::task::block_in_place(|| airflow.start(&app.url("")));
     let watched = Arc::new(Mutex::new(Watched::default()));
@@ -78,7 +80,11 @@ async fn a_real_airflow_is_followed_end_to_end() {
     );
 
     deadline_from_execution_timeout(&mut airflow, &app).await;
-    retried_twice_with_hosts(&mut airflow, &app, &host).await;
+    let tries = retried_twice_with_hosts(&mut airflow, &app, &host).await;
+    // the status page's task view of it, in a browser, while the other DAGs run
+    let (url, flaky, rows) = (app.url(""), id("tp_retry", "flaky", -1), tries.len());
+    let page =
+        tokio::task::spawn_blocking(move || crate::status_page::task_view(&url, &flaky, rows));
     failed_and_mapped(&mut airflow, &app).await;
     progress_from_the_task(&mut airflow, &app).await;
     waits_followed(&mut airflow, &app, &watched).await;
@@ -117,6 +123,10 @@ async fn a_real_airflow_is_followed_end_to_end() {
         &[("source", "airflow_db"), ("outcome", "accepted")],
     );
     assert!(ingested.is_some_and(|n| n >= 20.0), "{ingested:?}");
+    the_page_shows_the_tries(page.await.expect("the browser's task"), &tries);
+    if let Some(scraper) = &scraper {
+        scraper.check(&app, &id("tp_progress", "crunch", -1)).await;
+    }
     airflow.halt();
     stuck_task_instances_are_reported(&airflow, &app).await;
     airflow.stop().await;
@@ -138,8 +148,14 @@ async fn deadline_from_execution_timeout(airflow: &mut Airflow, app: &TestApp) {
 }
 
 /// `tp_retry.flaky` fails its first try and succeeds on the second: two attempts, each with
-/// its host (the first from `task_instance_history`), exactly as Airflow recorded them.
-async fn retried_twice_with_hosts(airflow: &mut Airflow, app: &TestApp, host: &str) {
+/// its host (the first from `task_instance_history`), exactly as Airflow recorded them, in the
+/// answer the status page draws its attempts table from (`GET /api/v1/task?taskId=`: attempt,
+/// worker and the worker's host). Returns Airflow's tries.
+async fn retried_twice_with_hosts(
+    airflow: &mut Airflow,
+    app: &TestApp,
+    host: &str,
+) -> Vec<(i64, String, String)> {
     let flaky = id("tp_retry", "flaky", -1);
     let view = until(airflow, app, &flaky, STEP, |v| v["status"] == "COMPLETED").await;
     assert_eq!(view["retryCount"], 1, "{view}");
@@ -162,6 +178,16 @@ async fn retried_twice_with_hosts(airflow: &mut Airflow, app: &TestApp, host: &s
         attempts, recorded,
         "taskpulse's attempts against Airflow's tries: {view}"
     );
+    // the page's Host column: the host Airflow recorded for each try, kept by taskpulse
+    let hosts: Vec<&str> = view["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a["host"].as_str())
+        .collect();
+    let want: Vec<&str> = recorded.iter().map(|t| t.1.as_str()).collect();
+    assert_eq!(hosts, want, "the attempts' hosts: {view}");
     let second = (1, host.to_string(), "COMPLETED".to_string());
     let first = (0, host.to_string(), "FAILED".to_string());
     if recorded.len() == 1 {
@@ -172,6 +198,34 @@ async fn retried_twice_with_hosts(airflow: &mut Airflow, app: &TestApp, host: &s
     } else {
         assert_eq!(recorded, [first, second]);
     }
+    recorded
+}
+
+/// The task view of `tp_retry.flaky` in a browser lists each of Airflow's `tries` (attempt,
+/// worker, host, status) in its attempts table, as a person reads it.
+fn the_page_shows_the_tries(page: Option<Value>, tries: &[(i64, String, String)]) {
+    let Some(page) = page else { return };
+    let rows: Vec<Vec<String>> = page["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .take(4)
+                .map(|c| c.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .collect();
+    let want: Vec<Vec<String>> = tries
+        .iter()
+        .map(|(n, host, status)| vec![n.to_string(), host.clone(), host.clone(), status.clone()])
+        .collect();
+    assert_eq!(rows, want, "the attempts table of the task view: {page}");
+    assert_eq!(page["errors"], serde_json::json!([]), "{page}");
 }
 
 /// The tries Airflow recorded for the task instance of `dag` with a host, as taskpulse's
@@ -332,8 +386,10 @@ async fn cleared_and_run_again(airflow: &mut Airflow, app: &TestApp) {
 
 /// A task instance left `queued` for an hour (what a lost executor leaves, apache/airflow#23432)
 /// and one `running` whose heartbeat stopped an hour ago (a dead worker) are reported by
-/// `airflow_queued_too_long` and `airflow_heartbeat_stopped` with both sides, and nothing is
-/// repaired. Run with Airflow stopped, so its own handling does not move the rows meanwhile.
+/// `airflow_queued_too_long` and `airflow_heartbeat_stopped` with both sides; two tries whose
+/// success turned to a failure in the same try by `airflow_success_overwritten`; and nothing
+/// is repaired. Run with Airflow stopped, so its own handling does not move the rows meanwhile:
+/// the rows are set as Airflow leaves them (`docs/engines/airflow.md` §4.4, §9).
 async fn stuck_task_instances_are_reported(airflow: &Airflow, app: &TestApp) {
     use taskpulse::checker::{CheckSettings, Checker, CheckerMetrics, Context};
     use taskpulse::engines::airflow::{Airflow as Engine, AirflowSettings};
@@ -343,6 +399,29 @@ async fn stuck_task_instances_are_reported(airflow: &Airflow, app: &TestApp) {
          start_date = NULL, end_date = NULL, hostname = NULL, pid = NULL WHERE dag_id = 'tp_ok'",
         "UPDATE task_instance SET state = 'running', end_date = NULL, \
          last_heartbeat_at = now() - interval '1 hour' WHERE dag_id = 'tp_fail'",
+        // a user marked the succeeded `tp_timeout.bounded` failed through the REST API
+        // (`mark_tasks.set_state`: same try, end kept, nothing archived) with its audit line
+        "UPDATE task_instance SET state = 'failed', updated_at = now() \
+         WHERE dag_id = 'tp_timeout'",
+        "INSERT INTO log (dttm, dag_id, task_id, run_id, event, owner, extra) \
+         SELECT now(), dag_id, task_id, run_id, 'patch_task_instance', 'admin', \
+         '{\"new_state\": \"failed\", \"method\": \"PATCH\"}' \
+         FROM task_instance WHERE dag_id = 'tp_timeout'",
+        // apache/airflow#71172: the executor's success for a poke of `tp_reschedule`, drained
+        // once the next poke was scheduled in the same try, taken as a task killed externally:
+        // `state mismatch`, then `handle_failure` (`failed`, no tries left)
+        "UPDATE task_instance SET state = 'failed', end_date = now(), updated_at = now() \
+         WHERE dag_id = 'tp_reschedule'",
+        "INSERT INTO log (dttm, dag_id, task_id, run_id, map_index, try_number, event, extra) \
+         SELECT now(), dag_id, task_id, run_id, map_index, try_number, e.event, e.extra \
+         FROM task_instance, (VALUES (1, 'state mismatch', 'Executor \
+         LocalExecutor(parallelism=32) reported that the task instance <TaskInstance: \
+         tp_reschedule.poke_reschedule [scheduled]> finished with state success, but the \
+         task instance''s state attribute is scheduled.'), (2, 'failed', NULL)) \
+         AS e(n, event, extra) WHERE dag_id = 'tp_reschedule' ORDER BY e.n",
+        // a failure in a later try than the one taskpulse followed is neither
+        "UPDATE task_instance SET state = 'failed', try_number = try_number + 1, \
+         end_date = now(), updated_at = now() WHERE dag_id = 'tp_mapped' AND map_index = 1",
     ] {
         sqlx::query(sql).execute(&airflow.pool).await.unwrap();
     }
@@ -392,7 +471,56 @@ async fn stuck_task_instances_are_reported(airflow: &Airflow, app: &TestApp) {
         let overdue = v.evidence["airflow"]["forSeconds"].as_f64().unwrap_or(0.0);
         assert!(overdue >= 3599.0, "{}", v.evidence);
     }
+    success_overwritten_is_reported(&report.violations);
     assert!(report.repairs.is_empty(), "report only");
+}
+
+/// `airflow_success_overwritten` names `tp_timeout.bounded` (taskpulse holds its try 1
+/// `COMPLETED`, Airflow's row now `failed` in try 1, marked so through the REST API) and
+/// `tp_reschedule.poke_reschedule` (Airflow's `log` has the executor's stale success for try 1
+/// taken as a state mismatch), and not `tp_mapped.double[1]`, failed in a try taskpulse never
+/// saw.
+fn success_overwritten_is_reported(violations: &[taskpulse::checker::Violation]) {
+    let mut found: Vec<_> = violations
+        .iter()
+        .filter(|v| v.rule == "airflow_success_overwritten")
+        .collect();
+    found.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    let ids: Vec<&str> = found.iter().map(|v| v.task_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            id("tp_reschedule", "poke_reschedule", -1),
+            id("tp_timeout", "bounded", -1)
+        ],
+        "{violations:?}"
+    );
+    for (v, shape, events) in [
+        (
+            found[0],
+            "staleExecutorSuccess",
+            &["state mismatch", "failed"][..],
+        ),
+        (found[1], "overwritten", &["patch_task_instance"][..]),
+    ] {
+        let (airflow, held) = (&v.evidence["airflow"], &v.evidence["taskpulse"]);
+        assert_eq!(v.evidence["shape"], shape, "{}", v.evidence);
+        assert_eq!(v.evidence["try"], 1, "{}", v.evidence);
+        assert_eq!(airflow["state"], "failed", "{}", v.evidence);
+        assert_eq!(airflow["archived"], false, "{}", v.evidence);
+        let logged: Vec<&str> = airflow["log"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["event"].as_str())
+            .collect();
+        // Airflow's own lines of that try, if any, come before the replayed ones
+        assert!(logged.ends_with(events), "{}", v.evidence);
+        assert_eq!(held["retryCount"], 0, "{}", v.evidence);
+        assert!(held["workerId"].is_string(), "{}", v.evidence);
+    }
+    assert_eq!(found[1].evidence["taskpulse"]["status"], "COMPLETED");
 }
 
 /// Polls taskpulse's view of `task` until `done` holds; on timeout, fails with the view and

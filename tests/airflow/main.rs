@@ -13,5 +13,13 @@ mod helpers;
 #[path = "../api/tools.rs"]
 mod tools;
 
+#[allow(dead_code)]
+mod drift;
+#[allow(dead_code)]
+#[path = "../api/prom.rs"]
+mod prom;
+
+mod dashboards;
 mod end_to_end;
 mod engine;
+mod status_page;

@@ -30,6 +30,7 @@ mod odd_rows;
 mod pgcluster;
 mod predict;
 mod process;
+mod prom;
 mod props;
 mod read;
 mod reopen;

@@ -8,13 +8,14 @@
 //! them, and `wait_overdue` concerns Conductor's WAIT tasks (Airflow's overdue waits show in
 //! the WAIT gauges). `store_divergence` (taskpulse's memory against its store) applies to
 //! every engine. Airflow's own: `airflow_queued_too_long` and `airflow_heartbeat_stopped`
-//! ([`rules`], report only).
+//! ([`rules`]) and `airflow_success_overwritten` ([`rules_overwritten`]), report only.
 
 pub mod instance;
 mod metrics;
 pub mod reader;
 pub mod rows;
 pub mod rules;
+pub mod rules_overwritten;
 mod settings;
 
 use std::sync::Arc;
@@ -77,9 +78,10 @@ impl Engine for Airflow {
                         self.settings.queued_limit,
                     )),
                     Box::new(rules::Overdue::heartbeat(
-                        pool,
+                        pool.clone(),
                         self.settings.heartbeat_limit,
                     )),
+                    Box::new(rules_overwritten::SuccessOverwritten::new(pool)),
                 ]
             }
             Err(_) => Vec::new(),

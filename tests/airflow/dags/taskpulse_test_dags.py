@@ -111,7 +111,8 @@ def report_progress(ti, percent, message=None, status="IN_PROGRESS"):
 
 @dag(dag_id="tp_progress", **COMMON)
 def tp_progress():
-    @task
+    # a deadline too (docs/engines/airflow.md §4.1a): the dashboards' deadline panels show it
+    @task(execution_timeout=timedelta(minutes=5))
     def crunch(ti=None):
         for pct in (25, 50, 75):
             report_progress(ti, pct, f"step {pct // 25} of 4")
