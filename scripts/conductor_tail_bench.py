@@ -36,10 +36,12 @@ Needs `cargo build --release` and the PostgreSQL that scripts/test.sh starts
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from bench import free_port, histogram, psql, quantile, scrape  # noqa: E402,F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
@@ -155,50 +157,6 @@ SELECT s.relname, COALESCE(seq_scan, 0), COALESCE(seq_tup_read, 0), COALESCE(idx
        COALESCE(idx_blks_read, 0) + COALESCE(idx_blks_hit, 0)
 FROM pg_stat_user_tables s JOIN pg_statio_user_tables i USING (relid) ORDER BY 1
 """
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", url, "-tAc", sql], capture_output=True,
-                          text=True, check=True).stdout.strip()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def scrape(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request("GET", "/metrics")
-    return c.getresponse().read().decode()
-
-
-def histogram(text, name):
-    buckets, count = [], 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "_bucket"):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-        elif line.startswith(name + "_count"):
-            count = float(line.rsplit(" ", 1)[1])
-    return buckets, count
-
-
-def quantile(q, buckets, count):
-    """histogram_quantile: linear within the bucket."""
-    if count == 0:
-        return float("nan")
-    rank, prev_le, prev_n = q * count, 0.0, 0.0
-    for le, n in buckets:
-        if n >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-9)
-        prev_le, prev_n = le, n
-    return prev_le
 
 
 def sample(text, name, *labels):

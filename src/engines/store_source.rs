@@ -1,5 +1,6 @@
 //! What every reader of an engine's own store shares (Conductor's `task_tail` and
-//! `redis_reader`, Kestra's `executions` reader): handing what they read to the pipeline, and
+//! `redis_reader`, Kestra's `executions` reader, Airflow's reader): their settings' common
+//! checks, the poll metrics they all keep, handing what they read to the pipeline, and
 //! the poll loop with its backoff, its deadline and its part in readiness.
 //!
 //! Why the loop owns the deadline: an engine's database or Redis can stop answering without
@@ -22,9 +23,12 @@ use tracing::Instrument;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
 
+use prometheus::{Histogram, IntCounter};
+
 use crate::error::{Error, Result};
 use crate::ingest::{Item, TaskUpdate};
 use crate::pipeline::{Ack, Pipeline};
+use crate::settings::redact_url;
 
 /// Submits updates read from the engine's store, acknowledged from memory (a reader reads
 /// again what it misses). Those the pipeline refuses (overloaded) go to `unsent`, to be
@@ -268,6 +272,43 @@ pub(crate) fn run<P: Poller>(
         }
     }
     .boxed()
+}
+
+/// `--<engine>-poll-interval`: at least 100 ms, so no setting turns a reader into a busy loop
+/// on the engine's store.
+pub(crate) fn check_poll_interval(flag: &str, every: Duration) -> Result<()> {
+    if every < Duration::from_millis(100) {
+        return Err(Error::Config(format!(
+            "`{flag}` must be at least 100ms (e.g. 1s)"
+        )));
+    }
+    Ok(())
+}
+
+/// A PostgreSQL URL for `flag`, naming `whose` database when it is not one.
+pub(crate) fn check_postgres_url(flag: &str, whose: &str, url: &str) -> Result<()> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "`{flag}` must be a postgres:// URL of {whose}, got `{}`",
+        redact_url(url)
+    )))
+}
+
+/// The poll metrics every reader keeps: the poll's time, and its outcome counted.
+pub(crate) fn count_poll(
+    seconds: &Histogram,
+    ok: &IntCounter,
+    failed: &IntCounter,
+    took: Duration,
+    outcome: Option<(&Error, u32)>,
+) {
+    seconds.observe(took.as_secs_f64());
+    match outcome {
+        None => ok.inc(),
+        Some(_) => failed.inc(),
+    }
 }
 
 /// The pause before the next poll: the rest of the interval since the last one started (at

@@ -77,6 +77,15 @@ impl Conductor {
         tx.commit().await.unwrap();
     }
 
+    /// A workflow of one task that starts and ends between two polls: `createWorkflow`,
+    /// `createTasks`, the task's terminal `updateTask`, the workflow's terminal update.
+    pub(crate) async fn blink_workflow(&self, wf: &str, task: &str, now: i64) {
+        self.create_workflow(wf).await;
+        self.create_task(&task_of(wf, task, "SCHEDULED", now)).await;
+        self.update_task(&task_of(wf, task, "COMPLETED", now)).await;
+        self.finish_workflow(wf).await;
+    }
+
     /// Rows read from `task` so far: (seq_scan, seq_tup_read, idx_tup_fetch).
     pub(crate) async fn task_reads(&self) -> (i64, i64, i64) {
         sqlx::query_as(
@@ -187,14 +196,7 @@ async fn a_workflow_that_starts_and_ends_between_polls_is_found_by_the_sweep() {
     let db = TestDb::new(Backend::Sqlite).await;
     let app = app_polling(&conductor, &db, Duration::from_millis(200)).await;
     let now = conductor.now().await;
-    conductor.create_workflow("wf-blink").await;
-    conductor
-        .create_task(&task_of("wf-blink", "blink-1", "SCHEDULED", now))
-        .await;
-    conductor
-        .update_task(&task_of("wf-blink", "blink-1", "COMPLETED", now))
-        .await;
-    conductor.finish_workflow("wf-blink").await;
+    conductor.blink_workflow("wf-blink", "blink-1", now).await;
     eventually(&app, "blink-1", "completed, by the sweep", |v| {
         v["status"] == "COMPLETED"
     })

@@ -277,14 +277,7 @@ async fn a_task_index_not_kept_is_given_up_and_the_sweep_finds_what_it_missed() 
         .await;
     eventually(&app, "run-1", "running", |v| v["status"] == "IN_PROGRESS").await;
     index_used_becomes(&app, 0.0, Duration::from_secs(5)).await;
-    conductor.create_workflow("wf-gone").await;
-    conductor
-        .create_task(&task_of("wf-gone", "gone-1", "SCHEDULED", now))
-        .await;
-    conductor
-        .update_task(&task_of("wf-gone", "gone-1", "COMPLETED", now))
-        .await;
-    conductor.finish_workflow("wf-gone").await;
+    conductor.blink_workflow("wf-gone", "gone-1", now).await;
     eventually(&app, "gone-1", "completed, by the sweep", |v| {
         v["status"] == "COMPLETED"
     })

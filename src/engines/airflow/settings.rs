@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::engines::store_source;
 use crate::error::{Error, Result};
-use crate::settings::redact_url;
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Airflow")]
@@ -46,18 +46,10 @@ impl AirflowSettings {
 
     pub fn validate(&self) -> Result<()> {
         if let Some(url) = &self.db {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(Error::Config(format!(
-                    "`airflow-db` must be a postgres:// URL of Airflow's metadata database (the `sql_alchemy_conn` without `+psycopg2`), got `{}`",
-                    redact_url(url)
-                )));
-            }
+            let whose = "Airflow's metadata database (the `sql_alchemy_conn` without `+psycopg2`)";
+            store_source::check_postgres_url("airflow-db", whose, url)?;
         }
-        if self.poll_interval < Duration::from_millis(100) {
-            return Err(Error::Config(
-                "`airflow-poll-interval` must be at least 100ms (e.g. 1s)".into(),
-            ));
-        }
+        store_source::check_poll_interval("airflow-poll-interval", self.poll_interval)?;
         if self.heartbeat_limit < Duration::from_secs(1) {
             return Err(Error::Config(
                 "`airflow-heartbeat-limit` must be at least 1s (e.g. 5m)".into(),

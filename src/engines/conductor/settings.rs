@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::engines::store_source;
 use crate::error::{Error, Result};
 use crate::settings::redact_url;
 
@@ -175,12 +176,7 @@ impl ConductorSettings {
                 "must be greater than 0 (e.g. 30s)".into(),
             );
         }
-        if self.poll_interval < Duration::from_millis(100) {
-            return bad(
-                "conductor-poll-interval",
-                "must be at least 100ms (e.g. 2s)".into(),
-            );
-        }
+        store_source::check_poll_interval("conductor-poll-interval", self.poll_interval)?;
         if let Some(url) = &self.redis {
             if !url.starts_with("redis://") {
                 return bad(
@@ -234,15 +230,7 @@ impl ConductorSettings {
             );
         }
         if let Some(url) = &self.db {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return bad(
-                    "conductor-db",
-                    format!(
-                        "must be a postgres:// URL of Conductor's database, got `{}`",
-                        redact_url(url)
-                    ),
-                );
-            }
+            store_source::check_postgres_url("conductor-db", "Conductor's database", url)?;
         }
         Ok(())
     }

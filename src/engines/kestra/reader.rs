@@ -418,11 +418,8 @@ impl Poller for KestraReader {
     }
 
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
-        self.metrics.poll_seconds.observe(took.as_secs_f64());
-        match failed {
-            None => self.metrics.polls_ok.inc(),
-            Some(_) => self.metrics.polls_failed.inc(),
-        }
+        let m = &self.metrics;
+        store_source::count_poll(&m.poll_seconds, &m.polls_ok, &m.polls_failed, took, failed);
     }
 }
 

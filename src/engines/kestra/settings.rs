@@ -5,8 +5,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::Args;
 
+use crate::engines::store_source;
 use crate::error::{Error, Result};
-use crate::settings::redact_url;
 
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Kestra")]
@@ -78,18 +78,9 @@ impl KestraSettings {
 
     pub fn validate(&self) -> Result<()> {
         if let Some(url) = &self.db {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(Error::Config(format!(
-                    "`kestra-db` must be a postgres:// URL of Kestra's database, got `{}`",
-                    redact_url(url)
-                )));
-            }
+            store_source::check_postgres_url("kestra-db", "Kestra's database", url)?;
         }
-        if self.poll_interval < Duration::from_millis(100) {
-            return Err(Error::Config(
-                "`kestra-poll-interval` must be at least 100ms (e.g. 2s)".into(),
-            ));
-        }
+        store_source::check_poll_interval("kestra-poll-interval", self.poll_interval)?;
         let zone = &self.time_zone;
         let ok = !zone.is_empty()
             && zone.len() <= 64

@@ -455,10 +455,11 @@ impl TaskTail {
     /// Records what a row says; false when it says what was already submitted.
     fn note(&mut self, u: &TaskUpdate, modified: i64) -> bool {
         let now = Seen::of(u);
-        let before = self.seen.get(&u.task_id).map(|(s, _)| s.status);
-        if self.seen.get(&u.task_id).is_some_and(|(s, _)| *s == now) {
+        let held = self.seen.get(&u.task_id).map(|(s, _)| s);
+        if held == Some(&now) {
             return false;
         }
+        let before = held.map(|s| s.status);
         if before != Some(now.status) {
             if let Some(index) = self.index.as_mut() {
                 index.changed(&u.task_id, now.status, before.is_none());
@@ -516,11 +517,8 @@ impl Poller for TaskTail {
     }
 
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
-        self.metrics.poll_seconds.observe(took.as_secs_f64());
-        match failed {
-            None => self.metrics.polls_ok.inc(),
-            Some(_) => self.metrics.polls_failed.inc(),
-        }
+        let m = &self.metrics;
+        store_source::count_poll(&m.poll_seconds, &m.polls_ok, &m.polls_failed, took, failed);
     }
 }
 
