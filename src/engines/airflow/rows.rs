@@ -17,6 +17,17 @@ pub struct Key {
 }
 
 impl Key {
+    /// The key in a row's first four columns (`dag_id`, `run_id`, `task_id`, `map_index`), as
+    /// every query here selects them.
+    pub fn from_row(r: &PgRow) -> Result<Key> {
+        Ok(Key {
+            dag_id: r.try_get(0)?,
+            run_id: r.try_get(1)?,
+            task_id: r.try_get(2)?,
+            map_index: r.try_get(3)?,
+        })
+    }
+
     /// taskpulse's task id: `{dag_id}/{run_id}/{task_id}/{map_index}`.
     pub fn task_id(&self) -> String {
         format!(
@@ -105,12 +116,7 @@ fn instance_columns(t: &str) -> String {
 
 fn instance(r: &PgRow) -> Result<Instance> {
     Ok(Instance {
-        key: Key {
-            dag_id: r.try_get(0)?,
-            run_id: r.try_get(1)?,
-            task_id: r.try_get(2)?,
-            map_index: r.try_get(3)?,
-        },
+        key: Key::from_row(r)?,
         id: r.try_get(4)?,
         state: r.try_get(5)?,
         try_number: r.try_get(6)?,
@@ -213,12 +219,7 @@ pub async fn history(pool: &PgPool, keys: &[Key]) -> Result<Vec<Try>> {
     rows.iter()
         .map(|r| {
             Ok(Try {
-                key: Key {
-                    dag_id: r.try_get(0)?,
-                    run_id: r.try_get(1)?,
-                    task_id: r.try_get(2)?,
-                    map_index: r.try_get(3)?,
-                },
+                key: Key::from_row(r)?,
                 try_number: r.try_get(4)?,
                 state: r.try_get(5)?,
                 hostname: r.try_get(6)?,

@@ -88,12 +88,7 @@ impl Candidate {
     fn from_row(r: &PgRow, the_try: Option<i32>, shape: Shape) -> Result<Candidate> {
         let try_number: i32 = r.try_get(5)?;
         Ok(Candidate {
-            key: Key {
-                dag_id: r.try_get(0)?,
-                run_id: r.try_get(1)?,
-                task_id: r.try_get(2)?,
-                map_index: r.try_get(3)?,
-            },
+            key: Key::from_row(r)?,
             state: r.try_get(4)?,
             try_number,
             the_try: the_try.unwrap_or(try_number),
