@@ -200,8 +200,34 @@ pub struct RawUpdate {
 impl RawUpdate {
     /// Turns the wire shape into a [`TaskUpdate`], naming the first field that is wrong.
     pub fn validate(self) -> Result<TaskUpdate, Rejection> {
+        self.validate_item().map_err(|e| e.rejection)
+    }
+
+    /// [`RawUpdate::validate`], with the task id as sent in the rejection (so an answer can name
+    /// the task), without copying the id of every update that is fine.
+    pub(crate) fn validate_item(mut self) -> Result<TaskUpdate, super::ItemError> {
+        let Some(task_id) = self.task_id.take() else {
+            return Err(super::ItemError {
+                task_id: None,
+                rejection: Rejection::Invalid("missing required field `taskId`".into()),
+            });
+        };
+        match check_id("taskId", &task_id).and_then(|()| self.validate_rest()) {
+            Ok(mut u) => {
+                u.task_id = task_id;
+                Ok(u)
+            }
+            Err(rejection) => Err(super::ItemError {
+                task_id: Some(task_id),
+                rejection,
+            }),
+        }
+    }
+
+    /// Every field but `taskId` (checked by the caller), which is left empty.
+    fn validate_rest(self) -> Result<TaskUpdate, Rejection> {
         let invalid = |msg: String| Rejection::Invalid(msg);
-        let task_id = required_id("taskId", self.task_id)?;
+        let task_id = String::new();
         let workflow_id = required_id(
             "workflowId (or workflowInstanceId)",
             self.workflow_id.or(self.workflow_instance_id),
@@ -238,8 +264,7 @@ impl RawUpdate {
         let progress_message = self
             .progress_message
             .or(output.progress_message)
-            // PostgreSQL text cannot hold NUL; nothing a human reads needs it.
-            .map(|m| truncate(&m.replace('\0', ""), MAX_MESSAGE_LEN).to_string());
+            .map(clean_message);
         Ok(TaskUpdate {
             task_id,
             workflow_id,
@@ -324,18 +349,36 @@ fn required_id(field: &str, v: Option<String>) -> Result<String, Rejection> {
 fn optional_id(field: &str, v: Option<String>) -> Result<Option<String>, Rejection> {
     match v {
         None => Ok(None),
-        Some(s) if s.trim().is_empty() => {
-            Err(Rejection::Invalid(format!("`{field}` must not be empty")))
-        }
-        Some(s) if s.len() > MAX_ID_LEN => Err(Rejection::Invalid(format!(
+        Some(s) => check_id(field, &s).map(|()| Some(s)),
+    }
+}
+
+/// An id or name: not blank, at most [`MAX_ID_LEN`] bytes, no control characters.
+fn check_id(field: &str, s: &str) -> Result<(), Rejection> {
+    if s.trim().is_empty() {
+        Err(Rejection::Invalid(format!("`{field}` must not be empty")))
+    } else if s.len() > MAX_ID_LEN {
+        Err(Rejection::Invalid(format!(
             "`{field}` is {} bytes long; at most {MAX_ID_LEN} are allowed",
             s.len()
-        ))),
-        Some(s) if s.chars().any(char::is_control) => Err(Rejection::Invalid(format!(
+        )))
+    } else if s.chars().any(char::is_control) {
+        Err(Rejection::Invalid(format!(
             "`{field}` must not contain control characters"
-        ))),
-        Some(s) => Ok(Some(s)),
+        )))
+    } else {
+        Ok(())
     }
+}
+
+/// A progress message as kept: without NUL (PostgreSQL text cannot hold it; nothing a human
+/// reads needs it), cut at [`MAX_MESSAGE_LEN`]. The string is kept as it came when it needs
+/// neither, which is nearly always.
+fn clean_message(m: String) -> String {
+    if m.len() <= MAX_MESSAGE_LEN && !m.contains('\0') {
+        return m;
+    }
+    truncate(&m.replace('\0', ""), MAX_MESSAGE_LEN).to_string()
 }
 
 /// An optional name that becomes a shared metric label: an id, at most [`MAX_LABEL_LEN`] bytes.
