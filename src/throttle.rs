@@ -2,7 +2,9 @@
 //!
 //! Workers may report progress ten times a second; the store should see at most one progress
 //! write per task per `--progress-min-interval`. A keyed `governor` limiter (one cell per task,
-//! burst 1) decides whether a write may go now. When it may not, the update is *coalesced*: the
+//! burst 1) decides whether a write may go now. Its per-task state is a [`Slot`] the task's own
+//! entry in the tracker holds, not a second per-task map next to the tracker's (a lookup and a
+//! hash of the task id per update, and memory per task, saved). When it may not, the update is *coalesced*: the
 //! task is marked pending and a timer is set for the moment the limiter will allow the next
 //! write. When the timer fires, whatever is newest in memory then is written, so the last value
 //! is never lost, only delayed by at most one interval.
@@ -10,13 +12,17 @@
 //! `--progress-min-delta` drops writes for changes too small to matter; such a change is still
 //! kept in memory (and exported) and rides along with the next write the task gets.
 
-use std::num::NonZeroU32;
+use std::hash::{Hash, Hasher};
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
 
@@ -43,9 +49,64 @@ pub enum ProgressWrite {
     WithNextWrite,
 }
 
+/// A task's write slot: governor's GCRA state for the task (the theoretical arrival time of its
+/// next write, in ns after the throttle started; 0 before its first), held in the task's entry.
+/// The limiter's keys are the slots themselves, so a slot's identity is its address: it equals
+/// only itself, and hashes to nothing (the limiter never hashes it: [`InSlot`] looks nothing up).
+#[derive(Debug, Default)]
+pub struct Slot(AtomicU64);
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Slot) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Slot {}
+
+impl Hash for Slot {
+    fn hash<H: Hasher>(&self, _: &mut H) {}
+}
+
+impl Clone for Slot {
+    fn clone(&self) -> Slot {
+        Slot(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// governor's state store for slots their tasks hold: the key is the state.
+#[derive(Debug, Default)]
+pub struct InSlot;
+
+impl StateStore for InSlot {
+    type Key = Slot;
+
+    /// As governor's own `InMemoryState` does it: 0 is "no state yet", and the new state is
+    /// stored only if no one changed it meanwhile (the tracker holds the task's entry, so no one
+    /// does).
+    fn measure_and_replace<T, F, E>(&self, slot: &Slot, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut prev = slot.0.load(Ordering::Acquire);
+        loop {
+            let (result, new) = f(NonZeroU64::new(prev).map(|n| Nanos::from(n.get())))?;
+            match slot.0.compare_exchange_weak(
+                prev,
+                new.into(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(result),
+                Err(now) => prev = now,
+            }
+        }
+    }
+}
+
 /// The per-task limiter and the queue of coalesced tasks waiting for their interval to end.
 pub struct Throttle {
-    limiter: DefaultKeyedRateLimiter<Arc<str>>,
+    limiter: RateLimiter<Slot, InSlot, DefaultClock>,
     clock: DefaultClock,
     min_delta: f32,
     timers: mpsc::UnboundedSender<(Arc<str>, Duration)>,
@@ -63,7 +124,7 @@ impl Throttle {
         let clock = DefaultClock::default();
         let (timers, rx) = mpsc::unbounded_channel();
         let throttle = Throttle {
-            limiter: governor::RateLimiter::dashmap_with_clock(quota, clock.clone()),
+            limiter: RateLimiter::new(quota, InSlot, clock.clone()),
             clock,
             min_delta: min_delta as f32,
             timers,
@@ -75,7 +136,7 @@ impl Throttle {
     /// `message_changed` forces a write (subject to the interval) whatever the delta.
     pub fn progress(
         &self,
-        task_id: &Arc<str>,
+        slot: &Slot,
         written: Option<f32>,
         now: Option<f32>,
         message_changed: bool,
@@ -87,12 +148,12 @@ impl Throttle {
         if small && !message_changed {
             return ProgressWrite::WithNextWrite;
         }
-        self.acquire(task_id)
+        self.acquire(slot)
     }
 
     /// Takes the task's write slot if it is free, or says how long until it is.
-    pub fn acquire(&self, task_id: &Arc<str>) -> ProgressWrite {
-        match self.limiter.check_key(task_id) {
+    pub fn acquire(&self, slot: &Slot) -> ProgressWrite {
+        match self.limiter.check_key(slot) {
             Ok(()) => ProgressWrite::Now,
             Err(not_until) => ProgressWrite::After(not_until.wait_time_from(self.clock.now())),
         }
@@ -100,25 +161,13 @@ impl Throttle {
 
     /// A status write goes out regardless of the limiter, and uses up the task's slot so that
     /// progress right after it is coalesced instead of written again at once.
-    pub fn note_write(&self, task_id: &Arc<str>) {
-        let _ = self.limiter.check_key(task_id);
+    pub fn note_write(&self, slot: &Slot) {
+        let _ = self.limiter.check_key(slot);
     }
 
     /// Asks the timer loop to flush `task_id` after `delay`.
     pub fn schedule(&self, task_id: Arc<str>, delay: Duration) {
         let _ = self.timers.send((task_id, delay));
-    }
-
-    /// Drops limiter state that is back to fresh (tasks that haven't written for an interval,
-    /// finished ones included), so memory follows the live tasks, not every task ever seen.
-    pub fn forget_idle(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-    }
-
-    /// Tasks the limiter holds state for.
-    pub fn tracked_keys(&self) -> usize {
-        self.limiter.len()
     }
 }
 
@@ -163,7 +212,7 @@ mod tests {
     #[test]
     fn one_write_per_interval_then_coalesced() {
         let (t, _rx) = Throttle::new(Duration::from_secs(60), 0.0);
-        let id: Arc<str> = "t1".into();
+        let id = Slot::default();
         assert_eq!(t.progress(&id, None, Some(1.0), false), ProgressWrite::Now);
         for p in 2..100 {
             match t.progress(&id, Some(1.0), Some(p as f32), false) {
@@ -172,7 +221,7 @@ mod tests {
             }
         }
         // another task has its own slot
-        let other: Arc<str> = "t2".into();
+        let other = Slot::default();
         assert_eq!(
             t.progress(&other, None, Some(1.0), false),
             ProgressWrite::Now
@@ -182,7 +231,7 @@ mod tests {
     #[test]
     fn a_status_write_uses_the_slot() {
         let (t, _rx) = Throttle::new(Duration::from_secs(60), 0.0);
-        let id: Arc<str> = "t1".into();
+        let id = Slot::default();
         t.note_write(&id);
         assert!(matches!(
             t.progress(&id, None, Some(5.0), false),
@@ -193,7 +242,7 @@ mod tests {
     #[test]
     fn small_changes_wait_for_the_next_write_unless_the_message_changes() {
         let (t, _rx) = Throttle::new(Duration::from_millis(1), 5.0);
-        let id: Arc<str> = "t1".into();
+        let id = Slot::default();
         assert_eq!(
             t.progress(&id, Some(10.0), Some(12.0), false),
             ProgressWrite::WithNextWrite
@@ -210,14 +259,18 @@ mod tests {
     }
 
     #[test]
-    fn idle_limiter_state_is_dropped() {
-        let (t, _rx) = Throttle::new(Duration::from_millis(10), 0.0);
-        for i in 0..1000 {
-            t.note_write(&Arc::from(format!("task-{i}")));
+    fn a_slot_is_its_tasks_alone_and_the_throttle_keeps_nothing_per_task() {
+        let (t, _rx) = Throttle::new(Duration::from_millis(20), 0.0);
+        let slots: Vec<Slot> = (0..1000).map(|_| Slot::default()).collect();
+        for s in &slots {
+            assert_eq!(t.acquire(s), ProgressWrite::Now, "a fresh slot is free");
         }
-        assert_eq!(t.tracked_keys(), 1000);
+        // each slot is taken, and a copy of one (a task's entry cloned) is a slot of its own
+        assert!(slots.iter().all(|s| t.acquire(s) != ProgressWrite::Now));
+        assert_ne!(slots[0], slots[0].clone());
+        // a slot taken frees itself after the interval, with no sweep of the throttle
         std::thread::sleep(Duration::from_millis(30));
-        t.forget_idle();
-        assert_eq!(t.tracked_keys(), 0);
+        assert_eq!(t.acquire(&slots[7]), ProgressWrite::Now);
+        assert_eq!(std::mem::size_of::<Slot>(), 8);
     }
 }

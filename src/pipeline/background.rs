@@ -14,7 +14,7 @@ use crate::store::writer::Lost;
 use crate::store::Store;
 use crate::throttle;
 
-/// How often finished tasks, idle limiter state and idle workers are swept from memory.
+/// How often finished tasks and idle workers are swept from memory.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Writes coalesced progress when its interval ends.

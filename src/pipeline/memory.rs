@@ -310,7 +310,7 @@ impl Tracker {
             .collect()
     }
 
-    /// Housekeeping: forget finished tasks after `retention_ms`, idle limiter state, workers
+    /// Housekeeping: forget finished tasks after `retention_ms`, workers
     /// with no task in flight not seen for `worker_expiry_ms` (`--worker-expiry`), and unused
     /// names.
     pub fn sweep(&self, retention_ms: i64, worker_expiry_ms: i64) {
@@ -326,7 +326,6 @@ impl Tracker {
             }
             _ => true,
         });
-        self.throttle.forget_idle();
         let busy: HashSet<Arc<str>> = self
             .tasks
             .iter()

@@ -106,17 +106,27 @@ pub struct Report {
 }
 
 impl Report {
+    /// Counts a rejection, and lists it if it is among the first [`MAX_LISTED_REJECTIONS`] of
+    /// the body (updates of tasks brought back from the store are decided after the rest of
+    /// their chunk, so rejections do not always arrive in body order).
     fn reject(&mut self, index: usize, task_id: Option<String>, r: &Rejection) {
         self.rejected_count += 1;
         *self.rejected_by_reason.entry(r.code()).or_default() += 1;
-        if self.rejected.len() < MAX_LISTED_REJECTIONS {
-            self.rejected.push(RejectedItem {
+        let full = self.rejected.len() >= MAX_LISTED_REJECTIONS;
+        if full && self.rejected.last().is_some_and(|last| last.index < index) {
+            return;
+        }
+        let at = self.rejected.partition_point(|x| x.index < index);
+        self.rejected.insert(
+            at,
+            RejectedItem {
                 index,
                 task_id,
                 reason: r.reason(),
                 detail: r.detail(),
-            });
-        }
+            },
+        );
+        self.rejected.truncate(MAX_LISTED_REJECTIONS);
     }
 }
 
@@ -125,6 +135,61 @@ struct Waiting {
     index: usize,
     update: TaskUpdate,
     commit: oneshot::Receiver<Commit>,
+}
+
+/// What a batch has come to so far.
+#[derive(Default)]
+struct Batch {
+    /// The answer waits for commits ([`Ack::Commit`]).
+    wait: bool,
+    report: Report,
+    waits: Vec<Waiting>,
+    /// The store was failing when the current chunk began (asked once per chunk).
+    store_failing: bool,
+    /// A terminal update was answered as a duplicate while the store was failing.
+    unconfirmed_duplicate: bool,
+}
+
+impl Batch {
+    fn tally(&mut self, index: usize, update: TaskUpdate, applied: Applied) {
+        match applied {
+            Applied::Accepted {
+                commit: Some(commit),
+            } if self.wait => self.waits.push(Waiting {
+                index,
+                update,
+                commit,
+            }),
+            Applied::Accepted { .. } => self.report.accepted += 1,
+            Applied::Duplicate => {
+                self.report.duplicates += 1;
+                self.unconfirmed_duplicate |= self.store_failing && update.status.is_terminal();
+            }
+            Applied::Rejected(r) => self.report.reject(index, Some(update.task_id), &r),
+        }
+    }
+}
+
+/// Updates of tasks memory did not hold, set aside until the store has been asked for them.
+/// Once a task's update is set aside, so are its later ones in the chunk: its updates are
+/// decided in body order even if another request brings it into memory meanwhile.
+#[derive(Default)]
+struct Absent {
+    updates: Vec<(usize, TaskUpdate)>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl Absent {
+    fn holds(&self, update: &TaskUpdate) -> bool {
+        !self.ids.is_empty() && self.ids.contains(&update.task_id)
+    }
+
+    fn set_aside(&mut self, index: usize, update: TaskUpdate) {
+        if !self.ids.contains(&update.task_id) {
+            self.ids.insert(update.task_id.clone());
+        }
+        self.updates.push((index, update));
+    }
 }
 
 /// The pipeline, shared by every source.
@@ -173,7 +238,7 @@ impl Pipeline {
 
     /// Takes a parsed batch from `source` (the `source` label of `taskpulse_updates_total`),
     /// a chunk at a time.
-    #[tracing::instrument(name = "batch", skip_all, fields(source = source, ack = ?ack))]
+    #[tracing::instrument(name = "batch", level = "debug", skip_all, fields(source = source, ack = ?ack))]
     pub async fn submit(
         &self,
         items: impl IntoIterator<Item = Item>,
@@ -181,164 +246,161 @@ impl Pipeline {
         ack: Ack,
     ) -> Result<Report, IngestError> {
         self.admit()?;
-        let mut items = items.into_iter();
-        let wait = ack == Ack::Commit;
-        let mut report = Report::default();
-        let mut waits: Vec<Waiting> = Vec::new();
-        // A retried completion is a duplicate from memory, but while the store fails its first
-        // attempt may still be waiting in the writer: a 200 now would acknowledge a completion
-        // that is not durable yet. The caller gets an error until the store is back.
-        let mut unconfirmed_duplicate = false;
-        let chunk_len = CHUNK.min((self.max_pending_writes / 4).max(1));
-        let mut chunk: Vec<Item> = Vec::with_capacity(chunk_len);
-        loop {
-            chunk.clear();
-            chunk.extend(items.by_ref().take(chunk_len));
-            if chunk.is_empty() {
-                break;
-            }
-            if let Err(e) = self
-                .apply_chunk(
-                    &mut chunk,
-                    source,
-                    wait,
-                    &mut report,
-                    &mut waits,
-                    &mut unconfirmed_duplicate,
-                )
-                .await
-            {
-                self.tracker
-                    .metrics()
-                    .counted(source, "accepted", report.accepted);
-                return Err(e);
-            }
-        }
+        let mut batch = Batch {
+            wait: ack == Ack::Commit,
+            ..Batch::default()
+        };
+        let taken = self.take_items(items.into_iter(), source, &mut batch).await;
         let metrics = self.tracker.metrics();
-        if unconfirmed_duplicate && waits.is_empty() {
-            metrics.counted(source, "accepted", report.accepted);
-            return Err(IngestError::StoreFailing);
-        }
-        if !waits.is_empty() {
-            let (meta, receivers): (Vec<_>, Vec<_>) = waits
-                .into_iter()
-                .map(|w| ((w.index, w.update), w.commit))
-                .unzip();
-            let commits = match self.wait_for_commits(receivers).await {
-                Ok(c) => c,
-                Err(e) => {
-                    metrics.counted(source, "accepted", report.accepted);
-                    return Err(e);
-                }
-            };
-            for ((index, update), commit) in meta.into_iter().zip(commits) {
-                let task_id = || Some(update.task_id.clone());
-                match commit {
-                    Ok(Commit::Written) => report.accepted += 1,
-                    Ok(Commit::Conflict(Some(stored))) => {
-                        let d = task::diff(&stored, &update);
-                        let new = crate::lifecycle::Incoming {
-                            status: update.status,
-                            update_time: update.update_time,
-                            reopen: update.reopen.map(|r| r.at),
-                        };
-                        match self.tracker.settle(*stored, new, d) {
-                            Settled::Duplicate => report.duplicates += 1,
-                            Settled::Rejected(r) => report.reject(index, task_id(), &r),
-                        }
-                    }
-                    Ok(Commit::Conflict(None)) => report.reject(
-                        index,
-                        task_id(),
-                        &Rejection::Invalid("the store refused the update".into()),
-                    ),
-                    Ok(Commit::Failed(msg)) => report.reject(
-                        index,
-                        task_id(),
-                        &Rejection::Invalid(format!("the store refused the update: {msg}")),
-                    ),
-                    Err(_) => return Err(IngestError::ShuttingDown),
-                }
+        let result = match taken {
+            Err(e) => Err(e),
+            // A retried completion is a duplicate from memory, but while the store fails its
+            // first attempt may still be waiting in the writer: a 200 now would acknowledge a
+            // completion that is not durable yet. The caller gets an error until the store is
+            // back.
+            Ok(()) if batch.unconfirmed_duplicate && batch.waits.is_empty() => {
+                Err(IngestError::StoreFailing)
             }
-        }
-        metrics.counted(source, "accepted", report.accepted);
-        metrics.counted(source, "duplicate", report.duplicates);
-        metrics.counted(source, "rejected", report.rejected_count);
-        Ok(report)
+            Ok(()) => self.settle_commits(&mut batch).await,
+        };
+        metrics.counted(source, "accepted", batch.report.accepted);
+        result?;
+        metrics.counted(source, "duplicate", batch.report.duplicates);
+        metrics.counted(source, "rejected", batch.report.rejected_count);
+        Ok(batch.report)
     }
 
-    /// One chunk: room in the writer's queue, the store's rows of tasks not in memory, then
-    /// each update through the table.
-    async fn apply_chunk(
+    /// Every item through the table, a chunk at a time: room in the writer's queue is reserved
+    /// for a chunk, each update is applied as it is parsed, and the updates of tasks memory
+    /// doesn't hold are set aside and applied at the end of the chunk, once one query brought
+    /// those tasks back from the store (so the lifecycle decides on what the store holds
+    /// rather than treating them as new).
+    async fn take_items(
         &self,
-        chunk: &mut Vec<Item>,
+        mut items: impl Iterator<Item = Item>,
         source: &str,
-        wait: bool,
-        report: &mut Report,
-        waits: &mut Vec<Waiting>,
-        unconfirmed_duplicate: &mut bool,
+        batch: &mut Batch,
     ) -> Result<(), IngestError> {
         let writer = self.tracker.writer();
-        let Some(_room) = writer.reserve(chunk.len(), self.max_pending_writes) else {
-            return Err(IngestError::StoreBehind {
-                pending: writer.pending(),
-                limit: self.max_pending_writes,
-            });
-        };
-        // Tasks that are not in memory may still be in the store (finished past the retention,
-        // evicted, another replica's): bring them back first, with one query for the chunk,
-        // so the lifecycle decides on what the store holds rather than treating them as new.
-        let unknown = self.tracker.unknown(
-            chunk
-                .iter()
-                .filter_map(|i| i.parsed.as_ref().ok())
-                .map(|u| u.task_id.as_str()),
-        );
-        if !unknown.is_empty() {
-            // Unknown tasks are new (they need a commit) or must be read from the store first:
-            // neither can succeed while the store is failing, so don't make the caller wait
-            // for the pool's connect timeout.
-            if writer.store_failing() {
-                return Err(IngestError::StoreFailing);
+        let chunk_len = CHUNK.min((self.max_pending_writes / 4).max(1));
+        let mut absent = Absent::default();
+        loop {
+            // room for the chunk, as far as the body says how much is left
+            let room = match items.size_hint() {
+                (_, Some(0)) => return Ok(()),
+                (_, Some(most)) => chunk_len.min(most),
+                _ => chunk_len,
+            };
+            let Some(_room) = writer.reserve(room, self.max_pending_writes) else {
+                return Err(IngestError::StoreBehind {
+                    pending: writer.pending(),
+                    limit: self.max_pending_writes,
+                });
+            };
+            batch.store_failing = batch.wait && writer.store_failing();
+            let mut taken = 0;
+            for item in items.by_ref().take(room) {
+                taken += 1;
+                match item.parsed {
+                    Err(e) => batch.report.reject(item.index, e.task_id, &e.rejection),
+                    Ok(update) => match absent.holds(&update) {
+                        true => absent.set_aside(item.index, update),
+                        false => match self.apply_known(&update, source) {
+                            Some(applied) => batch.tally(item.index, update, applied),
+                            None => absent.set_aside(item.index, update),
+                        },
+                    },
+                }
             }
-            match self.store.get_tasks(&unknown).await {
-                Ok(found) => self.tracker.load_absent(found),
-                Err(e) => return Err(IngestError::StoreRead(e)),
+            if !absent.updates.is_empty() {
+                self.bring_back(&absent).await?;
+                for (index, update) in absent.updates.drain(..) {
+                    let applied = self.tracker.apply(&update);
+                    batch.tally(index, update, applied);
+                }
+                absent.ids.clear();
+            }
+            if taken < room {
+                return Ok(());
             }
         }
-        let store_failing = wait && writer.store_failing();
-        for item in chunk.drain(..) {
-            match item.parsed {
-                Err(e) => report.reject(item.index, e.task_id, &e.rejection),
-                Ok(update) => match self.apply_one(&update, source) {
-                    Applied::Accepted {
-                        commit: Some(commit),
-                    } if wait => waits.push(Waiting {
-                        index: item.index,
-                        update,
-                        commit,
-                    }),
-                    Applied::Accepted { .. } => report.accepted += 1,
-                    Applied::Duplicate => {
-                        report.duplicates += 1;
-                        *unconfirmed_duplicate |= store_failing && update.status.is_terminal();
+    }
+
+    /// Reads the tasks of set-aside updates from the store into memory, with one query.
+    async fn bring_back(&self, absent: &Absent) -> Result<(), IngestError> {
+        // Such updates are of new tasks (they need a commit) or must be read from the store
+        // first: neither can succeed while the store is failing, so don't make the caller wait
+        // for the pool's connect timeout.
+        if self.tracker.writer().store_failing() {
+            return Err(IngestError::StoreFailing);
+        }
+        let ids: Vec<&str> = absent.ids.iter().map(String::as_str).collect();
+        match self.store.get_tasks(&ids).await {
+            Ok(found) => {
+                self.tracker.load_absent(found);
+                Ok(())
+            }
+            Err(e) => Err(IngestError::StoreRead(e)),
+        }
+    }
+
+    /// Waits for the commits the batch's answer needs and counts what they say.
+    async fn settle_commits(&self, batch: &mut Batch) -> Result<(), IngestError> {
+        if batch.waits.is_empty() {
+            return Ok(());
+        }
+        let (meta, receivers): (Vec<_>, Vec<_>) = std::mem::take(&mut batch.waits)
+            .into_iter()
+            .map(|w| ((w.index, w.update), w.commit))
+            .unzip();
+        let commits = self.wait_for_commits(receivers).await?;
+        let report = &mut batch.report;
+        for ((index, update), commit) in meta.into_iter().zip(commits) {
+            let task_id = || Some(update.task_id.clone());
+            match commit {
+                Ok(Commit::Written) => report.accepted += 1,
+                Ok(Commit::Conflict(Some(stored))) => {
+                    let d = task::diff(&stored, &update);
+                    let new = crate::lifecycle::Incoming {
+                        status: update.status,
+                        update_time: update.update_time,
+                        reopen: update.reopen.map(|r| r.at),
+                    };
+                    match self.tracker.settle(*stored, new, d) {
+                        Settled::Duplicate => report.duplicates += 1,
+                        Settled::Rejected(r) => report.reject(index, task_id(), &r),
                     }
-                    Applied::Rejected(r) => report.reject(item.index, Some(update.task_id), &r),
-                },
+                }
+                Ok(Commit::Conflict(None)) => report.reject(
+                    index,
+                    task_id(),
+                    &Rejection::Invalid("the store refused the update".into()),
+                ),
+                Ok(Commit::Failed(msg)) => report.reject(
+                    index,
+                    task_id(),
+                    &Rejection::Invalid(format!("the store refused the update: {msg}")),
+                ),
+                Err(_) => return Err(IngestError::ShuttingDown),
             }
         }
         Ok(())
     }
 
-    /// One update through the table; what an engine reader had to drop or cut from it is
-    /// counted with its source.
-    fn apply_one(&self, update: &TaskUpdate, source: &str) -> Applied {
+    /// One update of a task memory holds through the table; `None` when it holds none.
+    fn apply_known(&self, update: &TaskUpdate, source: &str) -> Option<Applied> {
+        self.count_adjusted(update, source);
+        self.tracker.apply_if_known(update)
+    }
+
+    /// What an engine reader had to drop or cut from an update, counted with its source (once
+    /// per update, before it is applied or set aside).
+    fn count_adjusted(&self, update: &TaskUpdate, source: &str) {
         if !update.adjusted.is_empty() {
             self.tracker
                 .metrics()
                 .engine_fields_adjusted(source, update);
         }
-        self.tracker.apply(update)
     }
 
     /// Waits for the commits an acknowledgement needs, up to [`COMMIT_TIMEOUT`], but gives up

@@ -9,7 +9,7 @@ use crate::model::{Attempt, Outcome, Status, TaskEvent, TaskRecord, ATTEMPTS_KEP
 use crate::now_ms;
 use crate::predict::ProgressWindow;
 use crate::store::Commit;
-use crate::throttle::Pending;
+use crate::throttle::{Pending, Slot};
 
 /// A tracked task: its record plus throttle bookkeeping.
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub struct TaskState {
     pub(crate) pending: Pending,
     /// A timer is set to write what waits (see [`crate::throttle::run_timers`]).
     pub(crate) timer: bool,
+    /// The throttle's state for this task's writes.
+    pub(crate) slot: Slot,
     /// Progress last handed to the writer.
     pub(crate) written_progress: Option<f32>,
     /// Status last handed to the writer: a non-terminal status change is written like progress,
@@ -41,6 +43,11 @@ pub struct TaskState {
     /// Recent (time, progress) samples for timeout prediction; boxed, and only for tasks that
     /// report progress, so tasks without progress pay one pointer.
     pub(crate) window: Option<Box<ProgressWindow>>,
+    /// The window's prediction, computed when a sample is added rather than at scrape time:
+    /// the window is in cache then, while a scrape would fetch every task's window from the
+    /// heap (at 100,000 moving tasks that was most of a scrape's time). Predictions are epoch
+    /// ms after 2000, never 0.
+    predicted: Option<std::num::NonZeroI64>,
 }
 
 impl TaskState {
@@ -50,6 +57,7 @@ impl TaskState {
             written_status: rec.status,
             pending: Pending::Clean,
             timer: false,
+            slot: Slot::default(),
             attempts: Vec::new(),
             rejections: None,
             events_written: 0,
@@ -57,6 +65,7 @@ impl TaskState {
             size: 0,
             touched: now_ms(),
             window: None,
+            predicted: None,
             rec,
         };
         if let Some(p) = st.rec.progress {
@@ -129,9 +138,11 @@ impl TaskState {
     /// time, else at `arrival_ms` ([`crate::predict::sample_time`]).
     pub(crate) fn sample(&mut self, engine_ms: Option<i64>, arrival_ms: i64, progress: f32) {
         let at = crate::predict::sample_time(engine_ms, self.rec.first_seen, arrival_ms);
-        self.window
-            .get_or_insert_with(Default::default)
-            .record(at, progress);
+        let window = self.window.get_or_insert_with(Default::default);
+        window.record(at, progress);
+        self.predicted = window
+            .predict_completion()
+            .and_then(std::num::NonZeroI64::new);
     }
 
     /// Predicted completion (epoch ms) of an in-flight task that is moving; a stalled task's
@@ -140,7 +151,13 @@ impl TaskState {
         if !self.rec.is_in_flight() || now - self.rec.progress_changed >= stall_after_ms {
             return None;
         }
-        self.window.as_ref()?.predict_completion()
+        self.predicted.map(std::num::NonZeroI64::get)
+    }
+
+    /// A new run: the samples of the one that ended say nothing about it.
+    pub(crate) fn clear_window(&mut self) {
+        self.window = None;
+        self.predicted = None;
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::{oneshot, Notify};
 
-use super::interner::Interner;
+use super::interner::{IdHasher, Interner};
 use super::metrics::PipelineMetrics;
 use super::task::{diff, event, footprint, Applied, TaskState};
 use crate::ingest::TaskUpdate;
@@ -36,10 +36,10 @@ use crate::wait::WaitMetrics;
 
 /// The table, with what it needs to decide and hand off writes.
 pub struct Tracker {
-    pub(crate) tasks: DashMap<Arc<str>, TaskState>,
+    pub(crate) tasks: DashMap<Arc<str>, TaskState, IdHasher>,
     pub(crate) names: Interner,
     /// Worker id -> last time an update named it (epoch ms).
-    pub(crate) workers: DashMap<Arc<str>, i64>,
+    pub(crate) workers: DashMap<Arc<str>, i64, IdHasher>,
     pub(crate) throttle: Throttle,
     pub(crate) writer: WriterHandle,
     pub(crate) metrics: PipelineMetrics,
@@ -77,9 +77,9 @@ impl Tracker {
         wait_metrics: WaitMetrics,
     ) -> Tracker {
         Tracker {
-            tasks: DashMap::new(),
+            tasks: DashMap::with_hasher(IdHasher::default()),
             names: Interner::default(),
-            workers: DashMap::new(),
+            workers: DashMap::with_hasher(IdHasher::default()),
             throttle,
             writer,
             metrics,
@@ -169,7 +169,18 @@ impl Tracker {
     /// update less far ahead, has its `updateTime` set to taskpulse's clock, so a fast clock
     /// never blocks a later update, and a terminal update is never lost to one.
     pub fn apply(&self, u: &TaskUpdate) -> Applied {
-        let applied = self.apply_inner(u);
+        let applied = self.apply_known(u).unwrap_or_else(|| self.apply_new(u));
+        self.count(applied)
+    }
+
+    /// [`Tracker::apply`] for a task memory holds; `None`, changing nothing, for one it doesn't
+    /// (the pipeline brings such tasks back from the store first). One lookup of the id where
+    /// asking first and applying after took two.
+    pub fn apply_if_known(&self, u: &TaskUpdate) -> Option<Applied> {
+        self.apply_known(u).map(|applied| self.count(applied))
+    }
+
+    fn count(&self, applied: Applied) -> Applied {
         if matches!(applied, Applied::Accepted { .. }) {
             self.accepted.fetch_add(1, Ordering::Relaxed);
         }
@@ -182,16 +193,24 @@ impl Tracker {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    fn apply_inner(&self, u: &TaskUpdate) -> Applied {
+    fn apply_known(&self, u: &TaskUpdate) -> Option<Applied> {
+        let mut entry = self.tasks.get_mut(u.task_id.as_str())?;
+        let now = now_ms();
+        let times = match self.times(u, now) {
+            Ok(t) => t,
+            Err(r) => return Some(Applied::Rejected(r)),
+        };
+        let (id, st) = entry.pair_mut();
+        Some(self.apply_existing(id, st, u, times, now))
+    }
+
+    /// A task memory doesn't hold: made from the update, unless another request made it first.
+    fn apply_new(&self, u: &TaskUpdate) -> Applied {
         let now = now_ms();
         let times = match self.times(u, now) {
             Ok(t) => t,
             Err(r) => return Applied::Rejected(r),
         };
-        if let Some(mut entry) = self.tasks.get_mut(u.task_id.as_str()) {
-            let id = entry.key().clone();
-            return self.apply_existing(&id, entry.value_mut(), u, times, now);
-        }
         let Some(task_type) = u.task_type.as_deref() else {
             return Applied::Rejected(Rejection::Invalid(
                 "missing `taskType` (or `taskDefName`), required when a task is first seen".into(),
@@ -242,7 +261,7 @@ impl Tracker {
                     self.on_terminal(&mut st.rec, u.update_time, now);
                 }
                 let event = event(&st.rec, None, Outcome::Accepted, None, now);
-                let commit = self.write_now(&id, st, now, Some(event));
+                let commit = self.write_now(st, now, Some(event));
                 self.resize(st);
                 drop(entry);
                 self.check_cap();
@@ -295,7 +314,7 @@ impl Tracker {
         };
         let applied = match lifecycle::decide(current, incoming, d) {
             Verdict::Duplicate => return Applied::Duplicate,
-            Verdict::Reopen => return self.reopen(id, st, u, times, now),
+            Verdict::Reopen => return self.reopen(st, u, times, now),
             Verdict::Reject(r) => {
                 if let Rejection::Terminal { from, to } = r {
                     self.metrics.transition_rejected(from, to);
@@ -312,7 +331,7 @@ impl Tracker {
                 if status_changed && st.rec.status.is_terminal() {
                     self.on_terminal(&mut st.rec, u.update_time, now);
                     let event = event(&st.rec, Some(from), Outcome::Accepted, None, now);
-                    let commit = self.write_now(id, st, now, Some(event));
+                    let commit = self.write_now(st, now, Some(event));
                     self.resize(st);
                     return Applied::Accepted { commit };
                 }
@@ -337,14 +356,7 @@ impl Tracker {
     /// for a new run, and the reopen is written at once with a history line of its own. When
     /// the update is terminal again (the engine reran it and it finished between two reads),
     /// the new run's end is counted like any other.
-    fn reopen(
-        &self,
-        id: &Arc<str>,
-        st: &mut TaskState,
-        u: &TaskUpdate,
-        times: Times,
-        now: i64,
-    ) -> Applied {
+    fn reopen(&self, st: &mut TaskState, u: &TaskUpdate, times: Times, now: i64) -> Applied {
         let Some(reopen) = u.reopen else {
             return Applied::Duplicate; // the lifecycle reopens only with evidence
         };
@@ -358,7 +370,7 @@ impl Tracker {
         r.progress = None;
         r.progress_message = None;
         r.progress_changed = now;
-        st.window = None;
+        st.clear_window();
         if let Some(w) = &u.worker_id {
             self.touch_worker(w, now);
         }
@@ -373,7 +385,7 @@ impl Tracker {
             Some(reopen_reason(reopen.kind)),
             now,
         );
-        let commit = self.write_now(id, st, now, Some(line));
+        let commit = self.write_now(st, now, Some(line));
         self.resize(st);
         Applied::Accepted { commit }
     }
@@ -407,7 +419,7 @@ impl Tracker {
             Some(r.reason()),
             now,
         );
-        match self.throttle.acquire(id) {
+        match self.throttle.acquire(&st.slot) {
             ProgressWrite::Now => self.send_event(st, line),
             ProgressWrite::After(delay) => {
                 st.rejections = Some(Box::new(line));
@@ -497,12 +509,11 @@ impl Tracker {
     /// history event (written only if the row is), and returns the commit to wait for.
     fn write_now(
         &self,
-        id: &Arc<str>,
         st: &mut TaskState,
         now: i64,
         event: Option<TaskEvent>,
     ) -> Option<oneshot::Receiver<Commit>> {
-        self.throttle.note_write(id);
+        self.throttle.note_write(&st.slot);
         let (ack, rx) = oneshot::channel();
         self.send_task(st, WriteKind::Status, now, Some(ack), event);
         Some(rx)
@@ -580,7 +591,7 @@ impl Tracker {
         let now = st.rec.last_seen;
         match self
             .throttle
-            .progress(id, st.written_progress, st.rec.progress, forced)
+            .progress(&st.slot, st.written_progress, st.rec.progress, forced)
         {
             ProgressWrite::Now => {
                 self.send_task(st, WriteKind::Progress, now, None, None);
@@ -653,7 +664,7 @@ impl Flush for Tracker {
         if !row_waits && st.rejections.is_none() {
             return Flushed::Done;
         }
-        match self.throttle.acquire(task_id) {
+        match self.throttle.acquire(&st.slot) {
             ProgressWrite::Now => {
                 if row_waits {
                     self.send_task(st, WriteKind::Progress, now_ms(), None, None);

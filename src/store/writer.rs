@@ -234,13 +234,14 @@ async fn run(
         if taken == 0 {
             break;
         }
-        let taken = ops.len() as i64;
-        let mut pb = PendingBatch::default();
+        let mut pb = PendingBatch {
+            ops: ops.len() as i64,
+            ..PendingBatch::default()
+        };
         for op in ops.drain(..) {
             pb.add(op);
         }
-        write_with_retry(&store, &metrics, &health, &conflicts, pb).await;
-        pending.sub(taken);
+        write_with_retry(&store, &metrics, &pending, &health, &conflicts, pb).await;
     }
 }
 
@@ -253,6 +254,8 @@ struct PendingBatch {
     attempts: HashMap<(Arc<str>, i32, Arc<str>), usize>,
     acks: Vec<(usize, oneshot::Sender<Commit>)>,
     barriers: Vec<oneshot::Sender<()>>,
+    /// The ops gathered, which stop counting as pending once written.
+    ops: i64,
 }
 
 impl PendingBatch {
@@ -318,6 +321,7 @@ impl PendingBatch {
 async fn write_with_retry(
     store: &Store,
     metrics: &StoreMetrics,
+    pending: &IntGauge,
     health: &AtomicI64,
     conflict_tx: &mpsc::UnboundedSender<Lost>,
     pb: PendingBatch,
@@ -369,6 +373,9 @@ async fn write_with_retry(
             });
         }
     }
+    // Written: no longer pending by the time anyone hears so (a client answered after its
+    // commit and sending its next body at once must not find the queue still full of it).
+    pending.sub(pb.ops);
     for (i, ack) in pb.acks {
         let _ = ack.send(outcome[i].clone().unwrap_or(Commit::Written));
     }
