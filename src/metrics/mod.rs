@@ -63,6 +63,9 @@ pub struct Exposition {
     /// Families whose label values come from input, so they may have no series yet: their
     /// HELP and TYPE are written anyway, and a dashboard or rule naming them finds the family.
     declared: Vec<(String, String, &'static str)>,
+    /// The length of the last render: the next one starts with room for about that much, so
+    /// a large exposition is not copied over and over as its buffer doubles.
+    last_len: std::sync::atomic::AtomicUsize,
 }
 
 /// Renders start at most this often, however many scrapes arrive.
@@ -110,6 +113,7 @@ impl Exposition {
             scrapes_rendered: scrapes.with_label_values(&["rendered"]),
             scrapes_shared: scrapes.with_label_values(&["shared"]),
             declared: Vec::new(),
+            last_len: Default::default(),
         })
     }
 
@@ -130,7 +134,9 @@ impl Exposition {
     /// the one writer in [`text`].
     pub fn render(&self) -> String {
         let families = self.registry.gather();
-        let mut text = String::with_capacity(64 * 1024);
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last_len.load(Relaxed);
+        let mut text = String::with_capacity((last + last / 8).max(64 * 1024));
         let mut series = 0;
         for f in &families {
             series += text::family(&mut text, f);
@@ -147,6 +153,7 @@ impl Exposition {
         for c in &self.collectors {
             c.write_text(&mut text, &mut budget);
         }
+        self.last_len.store(text.len(), Relaxed);
         text
     }
 

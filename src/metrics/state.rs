@@ -317,7 +317,7 @@ impl Collector for StateCollector {
             series: budget.series.saturating_sub(agg_series),
             bytes: budget.bytes.saturating_sub(agg.len() + 256),
         };
-        let total = walk.candidates.len();
+        let total = walk.candidates;
         let kept = self.keep_per_task(&mut walk, &room, now);
         let before = out.len();
         walk.per_task.write(out);
@@ -340,11 +340,40 @@ struct Walk {
     wait: FastMap<usize, (Arc<str>, WaitCounts)>,
     workers: FastMap<usize, (Arc<str>, i64)>,
     oldest_overdue_ms: i64,
-    /// Every in-flight task with progress, by age, in case the cap is exceeded.
-    candidates: Vec<(i64, Arc<str>)>,
+    /// In-flight tasks with progress: the candidates for per-task series.
+    candidates: usize,
+    /// The oldest of them, as many as the cap keeps, in case it is exceeded.
+    oldest: Oldest,
     /// Written as the walk goes while under the cap, which saves a second lookup per task in
     /// the common case; thrown away if the cap turns out to be exceeded.
     per_task: PerTask,
+}
+
+/// The oldest in-flight tasks (by first sight, then id), as many as `--max-task-series` keeps:
+/// a max-heap whose top is the youngest kept. In the walk's (hash) order a task enters it
+/// about cap × ln(tasks / cap) times in all, so a scrape over 100,000 tasks at the default cap
+/// holds a few thousand ids, not one per task.
+#[derive(Default)]
+struct Oldest(std::collections::BinaryHeap<(i64, Arc<str>)>);
+
+impl Oldest {
+    fn offer(&mut self, cap: usize, first_seen: i64, id: &Arc<str>) {
+        if self.0.len() < cap {
+            self.0.push((first_seen, id.clone()));
+            return;
+        }
+        let Some(mut top) = self.0.peek_mut() else {
+            return; // a cap of 0 keeps none
+        };
+        if (first_seen, &**id) < (top.0, &*top.1) {
+            *top = (first_seen, id.clone());
+        }
+    }
+
+    /// Oldest first.
+    fn into_sorted(self) -> Vec<(i64, Arc<str>)> {
+        self.0.into_sorted_vec()
+    }
 }
 
 impl StateCollector {
@@ -402,10 +431,11 @@ impl StateCollector {
                 if rec.predicted_late(predicted) {
                     counts.predicted_timeout += 1;
                 }
-                w.candidates.push((rec.first_seen, rec.task_id.clone()));
-                if w.candidates.len() <= cap {
+                w.candidates += 1;
+                w.oldest.offer(cap, rec.first_seen, &rec.task_id);
+                if w.candidates <= cap {
                     w.per_task.add(st, predicted);
-                } else if w.candidates.len() == cap + 1 {
+                } else if w.candidates == cap + 1 {
                     w.per_task.clear();
                 }
             }
@@ -506,21 +536,15 @@ impl StateCollector {
     fn keep_per_task(&self, walk: &mut Walk, room: &Budget, now: i64) -> usize {
         let cap = self.cfg.max_task_series;
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
-        let (candidates, per_task) = (&mut walk.candidates, &mut walk.per_task);
-        if candidates.len() <= cap && per_task.fits(room) {
-            return candidates.len();
+        let per_task = &mut walk.per_task;
+        if walk.candidates <= cap && per_task.fits(room) {
+            return walk.candidates;
         }
         per_task.clear();
-        let take = cap.min(candidates.len());
-        if take > 0 && take < candidates.len() {
-            candidates.select_nth_unstable_by(take - 1, |a, b| a.cmp(b));
-        }
-        candidates.truncate(take);
-        candidates.sort_unstable();
         let mut kept = 0;
-        for (_, id) in candidates.iter() {
+        for (_, id) in std::mem::take(&mut walk.oldest).into_sorted() {
             let mark = per_task.mark();
-            self.tracker.inspect(id, |st| {
+            self.tracker.inspect(&id, |st| {
                 if st.rec.is_in_flight() && st.rec.progress.is_some() {
                     per_task.add(st, st.predicted_completion(now, stall_ms));
                 }
