@@ -116,6 +116,7 @@ impl Application {
     /// Connects and migrates the store, rebuilds memory from it, starts the writer, the
     /// engines and the background loops, and binds the listener.
     pub async fn build(settings: Settings) -> Result<Application> {
+        crate::alloc::tune();
         let store = open_store(&settings.store.database).await?;
         let registry = Registry::new();
         let m = CoreMetrics::register(&registry)?;

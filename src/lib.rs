@@ -16,6 +16,7 @@
 //! in [`http`]. [`model`] holds the types they all share; [`settings`] each subsystem's
 //! settings; [`cli`] the commands; [`app`] composes it all.
 
+pub mod alloc;
 pub mod app;
 pub mod cardinality;
 pub mod checker;
