@@ -686,3 +686,39 @@ fn memory_never_goes_back_to_a_row_read_before_the_task_finished() {
     t.tracker.reload(reopened);
     assert_eq!(t.tracker.get("t1").unwrap().status, Status::InProgress);
 }
+
+#[test]
+fn an_update_of_a_task_memory_lacks_is_set_aside_untouched() {
+    let mut t = table(Duration::from_secs(60));
+    let u = update(json!({"status": "IN_PROGRESS", "progressPercent": 5}));
+    assert!(
+        t.tracker.apply_if_known(&u).is_none(),
+        "nothing to apply to"
+    );
+    assert!(t.tracker.get("t1").is_none(), "and nothing made");
+    assert!(t.sent().is_empty(), "nor written");
+    assert_eq!(t.tracker.accepted(), 0);
+    assert!(matches!(t.tracker.apply(&u), Applied::Accepted { .. }));
+    let again = update(json!({"status": "IN_PROGRESS", "progressPercent": 6}));
+    assert!(matches!(
+        t.tracker.apply_if_known(&again),
+        Some(Applied::Accepted { .. })
+    ));
+    assert_eq!(t.tracker.accepted(), 2);
+}
+
+#[test]
+fn rejections_are_listed_in_body_order_whenever_they_are_decided() {
+    let mut report = Report::default();
+    let r = Rejection::Invalid("bad".into());
+    // a chunk's set-aside updates are decided after the rest of it: indexes come out of order
+    for index in (0..150).rev().chain([7, 300]) {
+        report.reject(index, None, &r);
+    }
+    let listed: Vec<usize> = report.rejected.iter().map(|x| x.index).collect();
+    let mut want: Vec<usize> = (0..150).chain([7]).collect();
+    want.sort();
+    want.truncate(MAX_LISTED_REJECTIONS);
+    assert_eq!(listed, want);
+    assert_eq!(report.rejected_count, 152);
+}

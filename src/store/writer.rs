@@ -516,3 +516,43 @@ async fn resolve_conflict(store: &Store, ours: &TaskRecord) -> Commit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskRecord;
+
+    /// A commit is heard only once its ops no longer count as pending: a client answered
+    /// after its commit may send its next body at once and find the queue as the store has it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acknowledged_write_is_no_longer_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
+        let (conflicts, _lost) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let (writer, join) = spawn(store, metrics, conflicts, stop.clone());
+        for i in 0..200 {
+            let (ack, commit) = oneshot::channel();
+            let rec = TaskRecord::in_progress(&format!("t{i}"), 1_000 + i);
+            writer.send(Op::Task {
+                rec,
+                kind: WriteKind::Status,
+                attempts: Vec::new(),
+                event: None,
+                ack: Some(ack),
+            });
+            assert!(matches!(commit.await, Ok(Commit::Written)));
+            assert_eq!(
+                writer.pending(),
+                0,
+                "write {i} acknowledged while still pending"
+            );
+        }
+        stop.cancel();
+        join.await.unwrap();
+    }
+}
