@@ -67,7 +67,8 @@ pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -
     let req = req.map(|inner| {
         axum::body::Body::new(DeadlineBody {
             inner,
-            deadline: Box::pin(tokio::time::sleep(limit)),
+            due: tokio::time::Instant::now() + limit,
+            deadline: None,
             limit,
             expired: expired.clone(),
         })
@@ -96,7 +97,11 @@ struct BodyTimeout(Duration);
 /// A request body that fails once its deadline has passed.
 struct DeadlineBody {
     inner: axum::body::Body,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the body must have arrived: `--body-read-timeout` after the head.
+    due: tokio::time::Instant,
+    /// The timer, set only once the body has to be waited for: a body that came with its head
+    /// (most requests) costs no timer at all.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     limit: Duration,
     expired: Arc<AtomicBool>,
 }
@@ -115,7 +120,11 @@ impl axum::body::HttpBody for DeadlineBody {
         if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let due = this.due;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if deadline.as_mut().poll(cx).is_ready() {
             this.expired.store(true, Ordering::Relaxed);
             return Poll::Ready(Some(Err(BodyTimeout(this.limit).into())));
         }
