@@ -354,16 +354,18 @@ fn array_spans(body: &[u8]) -> Result<(&str, Vec<Span>), BodyError> {
 struct LineSplit<'a> {
     rest: Option<&'a [u8]>,
     index: usize,
-    /// Lines not yet handed out.
+    /// Lines not yet handed out, not counting the empty one after a final newline: an upper
+    /// bound on the items left (blank lines yield none).
     remaining: usize,
 }
 
 impl<'a> LineSplit<'a> {
     fn new(body: &'a [u8]) -> LineSplit<'a> {
+        let breaks = memchr::memchr_iter(b'\n', body).count();
         LineSplit {
             rest: Some(body),
             index: 0,
-            remaining: memchr::memchr_iter(b'\n', body).count() + 1,
+            remaining: breaks + usize::from(!body.ends_with(b"\n")),
         }
     }
 }
@@ -385,7 +387,7 @@ impl<'a> Iterator for LineSplit<'a> {
         };
         let index = self.index;
         self.index += 1;
-        self.remaining -= 1;
+        self.remaining = self.remaining.saturating_sub(1);
         Some((index, line))
     }
 }
@@ -664,6 +666,22 @@ mod tests {
         assert_eq!(e.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 4]);
         assert!(e[0].1.contains("line 2"), "{}", e[0].1);
         assert!(e[1].1.contains("UTF-8"), "{}", e[1].1);
+    }
+
+    #[test]
+    fn an_ndjson_body_says_at_most_how_many_items_are_left() {
+        let line = r#"{"taskId":"a","workflowId":"w","status":"SCHEDULED"}"#;
+        for (body, most) in [
+            (format!("{line}\n{line}\n"), 2), // a final newline is no line
+            (format!("{line}\n{line}"), 2),
+            (format!("{line}\n\n{line}\n"), 3), // a blank line may be counted
+        ] {
+            let mut items = items(body.as_bytes(), Format::Ndjson).unwrap();
+            assert_eq!(items.size_hint(), (1, Some(most)), "{body:?}");
+            items.next();
+            assert_eq!(items.size_hint().1, Some(most - 1), "{body:?}");
+            assert_eq!(items.count(), 1);
+        }
     }
 
     #[test]

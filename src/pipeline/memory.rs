@@ -164,14 +164,6 @@ impl Tracker {
         self.evict_over_cap();
     }
 
-    /// Of `ids`, those not in memory (each once).
-    pub fn unknown<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
-        let mut seen = HashSet::new();
-        ids.into_iter()
-            .filter(|id| !self.tasks.contains_key(*id) && seen.insert(*id))
-            .collect()
-    }
-
     /// Brings tasks that left memory (finished past the retention) back from the store before
     /// updates for them are decided, so the lifecycle sees what the store holds. A task that
     /// arrived in memory meanwhile is left as it is.

@@ -277,17 +277,19 @@ impl Pipeline {
     /// rather than treating them as new).
     async fn take_items(
         &self,
-        mut items: impl Iterator<Item = Item>,
+        items: impl Iterator<Item = Item>,
         source: &str,
         batch: &mut Batch,
     ) -> Result<(), IngestError> {
         let writer = self.tracker.writer();
         let chunk_len = CHUNK.min((self.max_pending_writes / 4).max(1));
         let mut absent = Absent::default();
-        loop {
+        let mut items = items.peekable();
+        // Room is reserved only for a chunk that has an item: a body's trailing newline or
+        // blank lines must not ask for room (a full queue would refuse the body at its end).
+        while items.peek().is_some() {
             // room for the chunk, as far as the body says how much is left
             let room = match items.size_hint() {
-                (_, Some(0)) => return Ok(()),
                 (_, Some(most)) => chunk_len.min(most),
                 _ => chunk_len,
             };
@@ -298,18 +300,20 @@ impl Pipeline {
                 });
             };
             batch.store_failing = batch.wait && writer.store_failing();
-            let mut taken = 0;
             for item in items.by_ref().take(room) {
-                taken += 1;
                 match item.parsed {
                     Err(e) => batch.report.reject(item.index, e.task_id, &e.rejection),
-                    Ok(update) => match absent.holds(&update) {
-                        true => absent.set_aside(item.index, update),
-                        false => match self.apply_known(&update, source) {
+                    Ok(update) => {
+                        self.count_adjusted(&update, source);
+                        let applied = match absent.holds(&update) {
+                            true => None,
+                            false => self.tracker.apply_if_known(&update),
+                        };
+                        match applied {
                             Some(applied) => batch.tally(item.index, update, applied),
                             None => absent.set_aside(item.index, update),
-                        },
-                    },
+                        }
+                    }
                 }
             }
             if !absent.updates.is_empty() {
@@ -320,10 +324,8 @@ impl Pipeline {
                 }
                 absent.ids.clear();
             }
-            if taken < room {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 
     /// Reads the tasks of set-aside updates from the store into memory, with one query.
@@ -387,14 +389,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// One update of a task memory holds through the table; `None` when it holds none.
-    fn apply_known(&self, update: &TaskUpdate, source: &str) -> Option<Applied> {
-        self.count_adjusted(update, source);
-        self.tracker.apply_if_known(update)
-    }
-
     /// What an engine reader had to drop or cut from an update, counted with its source (once
-    /// per update, before it is applied or set aside).
+    /// per update, as it is taken, whether it is applied at once or set aside).
     fn count_adjusted(&self, update: &TaskUpdate, source: &str) {
         if !update.adjusted.is_empty() {
             self.tracker

@@ -515,7 +515,22 @@ fn unknown_names_each_missing_task_once() {
     let t = table(Duration::from_secs(60));
     t.tracker
         .apply(&update(json!({"taskId": "known", "status": "SCHEDULED"})));
-    assert_eq!(t.tracker.unknown(["known", "a", "b", "a"]), vec!["a", "b"]);
+    let mut absent = Absent::default();
+    for (index, id) in ["known", "a", "b", "a"].into_iter().enumerate() {
+        let u = update(json!({"taskId": id, "status": "IN_PROGRESS"}));
+        if absent.holds(&u) || t.tracker.apply_if_known(&u).is_none() {
+            absent.set_aside(index, u);
+        }
+    }
+    let mut ids: Vec<&str> = absent.ids.iter().map(String::as_str).collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"], "the store is asked for each once");
+    let order: Vec<usize> = absent.updates.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        order,
+        [1, 2, 3],
+        "and every update of theirs is kept, in body order"
+    );
 }
 
 /// An update read from an engine's store, with the engine's evidence of a reopen at `at`.
