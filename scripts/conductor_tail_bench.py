@@ -41,7 +41,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from bench import free_port, histogram, psql, quantile, scrape  # noqa: E402,F401
+from bench import free_port, histogram, psql, quantile, rss_kib, scrape  # noqa: E402,F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("TASKPULSE_BIN", os.path.join(ROOT, "target/release/taskpulse"))
@@ -164,14 +164,6 @@ def sample(text, name, *labels):
         if line.startswith(name) and all(l in line for l in labels):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def cost(url):

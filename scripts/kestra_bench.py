@@ -46,6 +46,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conductor_tail_bench import (BIN, PG_ADMIN, free_port, histogram, psql, quantile,  # noqa: E402
                                   rss_kib, sample, scrape)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from bench import status_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COST = os.environ.get("MODE") == "cost"
@@ -277,21 +279,13 @@ def big_main():
                 print(f"{label}: {pc:.0f} polls, median {quantile(0.5, pb, pc) * 1000:.0f} ms; TOAST blocks "
                       f"{b1[1] - b0[1]} over {seconds:.0f} s; skipped "
                       f"{sample(m, 'taskpulse_kestra_db_documents_skipped_total', 'too_large'):.0f}; "
-                      f"peak RSS {peak_kib(proc.pid) / 1024:.0f} MiB", flush=True)
+                      f"peak RSS {status_kib(proc.pid, 'VmHWM') / 1024:.0f} MiB", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(60)
     finally:
         psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
         subprocess.run(["rm", "-rf", work])
-
-
-def peak_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
 
 
 def load(url):

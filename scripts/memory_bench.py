@@ -24,19 +24,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from bench import free_port, median, metric_sum  # noqa: E402
+from bench import free_port, median, metric_sum, rss_kib  # noqa: E402
 
 TASKS = int(os.environ.get("TASKS", "100000"))
 SCRAPES = int(os.environ.get("SCRAPES", "21"))
 BATCHES = [int(b) for b in os.environ.get("BATCHES", "1000,5000").split(",")]
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def line(i, now):

@@ -85,3 +85,17 @@ def quantile(q, buckets, count):
             return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-9)
         prev_le, prev_n = le, n
     return prev_le
+
+
+def status_kib(pid, field="VmRSS"):
+    """A memory figure of a running process from /proc/PID/status, in KiB (VmRSS: resident now,
+    VmHWM: the peak); 0 if the field is missing."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_kib(pid):
+    return status_kib(pid, "VmRSS")
