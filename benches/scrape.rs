@@ -27,30 +27,27 @@ use taskpulse::throttle::Throttle;
 use taskpulse::wait::WaitMetrics;
 use tokio_util::sync::CancellationToken;
 
-fn main() {
-    let counts: Vec<usize> = std::env::var("SCRAPE_TASKS")
-        .unwrap_or_else(|_| "1000,10000,100000".into())
+/// A comma-separated list of numbers from the environment variable `name`, or `default`.
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
         .split(',')
         .map(|s| {
             s.trim()
                 .parse()
-                .expect("SCRAPE_TASKS: comma-separated task counts")
+                .unwrap_or_else(|_| panic!("{name}: comma-separated numbers, got {s:?}"))
         })
-        .collect();
+        .collect()
+}
+
+fn main() {
+    let counts = env_list("SCRAPE_TASKS", "1000,10000,100000");
+    let caps = env_list("SCRAPE_CAPS", "2000,100000");
     let runs: usize = std::env::var("SCRAPE_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(15);
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let caps: Vec<usize> = std::env::var("SCRAPE_CAPS")
-        .unwrap_or_else(|_| "2000,100000".into())
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse()
-                .expect("SCRAPE_CAPS: comma-separated series caps")
-        })
-        .collect();
     println!("| tasks | series cap | tasks between renders | render ms (median) | render ms (min) | bytes |");
     println!("|---|---|---|---|---|---|");
     for n in counts {
