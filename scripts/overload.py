@@ -39,7 +39,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from bench import free_port, median, metric_sum, scrape  # noqa: E402
+from bench import free_port, median, metric_sum, scrape, status_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOADGEN = os.environ.get("LOADGEN", os.path.join(ROOT, "target/release/taskpulse-loadgen"))
@@ -92,11 +92,7 @@ class Server:
         return metric_sum(self.metrics(), name)
 
     def memory_kib(self, field="VmRSS"):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        return 0
+        return status_kib(self.proc.pid, field)
 
     def settle(self):
         for _ in range(200):

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
 
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::error::{Error, Result};
 use crate::ingest::{Item, TaskUpdate};
@@ -296,20 +296,61 @@ pub(crate) fn check_postgres_url(flag: &str, whose: &str, url: &str) -> Result<(
     )))
 }
 
-/// The poll metrics every reader keeps: the poll's time, and its outcome counted.
-pub(crate) fn count_poll(
-    seconds: &Histogram,
-    ok: &IntCounter,
-    failed: &IntCounter,
-    took: Duration,
-    outcome: Option<(&Error, u32)>,
-) {
-    seconds.observe(took.as_secs_f64());
-    match outcome {
-        None => ok.inc(),
-        Some(_) => failed.inc(),
+/// The poll metrics every reader of an engine's store keeps:
+/// `taskpulse_<prefix>_polls_total{outcome}` and `taskpulse_<prefix>_poll_seconds`.
+#[derive(Clone, Debug)]
+pub struct PollMetrics {
+    ok: IntCounter,
+    failed: IntCounter,
+    seconds: Histogram,
+}
+
+impl PollMetrics {
+    /// Registers both families; `what` says what a poll reads and `flag` names its setting
+    /// ("Reads of {what} ({flag}), by outcome"), `steps` what one poll does.
+    pub(crate) fn register(
+        registry: &Registry,
+        prefix: &str,
+        what: &str,
+        flag: &str,
+        steps: &str,
+    ) -> prometheus::Result<PollMetrics> {
+        let polls = IntCounterVec::new(
+            Opts::new(
+                format!("taskpulse_{prefix}_polls_total"),
+                format!("Reads of {what} ({flag}), by outcome (ok, error)."),
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(polls.clone()))?;
+        let seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                format!("taskpulse_{prefix}_poll_seconds"),
+                format!("Time one read of {what} took ({steps})."),
+            )
+            .buckets(POLL_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(seconds.clone()))?;
+        Ok(PollMetrics {
+            ok: polls.with_label_values(&["ok"]),
+            failed: polls.with_label_values(&["error"]),
+            seconds,
+        })
+    }
+
+    /// After a poll: its time, and its outcome counted.
+    pub(crate) fn observe(&self, took: Duration, outcome: Option<(&Error, u32)>) {
+        self.seconds.observe(took.as_secs_f64());
+        match outcome {
+            None => self.ok.inc(),
+            Some(_) => self.failed.inc(),
+        }
     }
 }
+
+/// Buckets of a poll's time, seconds.
+pub(crate) const POLL_BUCKETS: [f64; 11] =
+    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// The pause before the next poll: the rest of the interval since the last one started (at
 /// least a tenth of it), or the backoff after failures.

@@ -167,14 +167,7 @@ pub async fn by_key(pool: &PgPool, keys: &[Key]) -> Result<Vec<Instance>> {
          AND i.map_index = k.m",
         instance_columns("i")
     );
-    let (d, r, t, m) = columns(keys);
-    let rows = sqlx::query(&sql)
-        .bind(d)
-        .bind(r)
-        .bind(t)
-        .bind(m)
-        .fetch_all(pool)
-        .await?;
+    let rows = by_keys(&sql, keys).fetch_all(pool).await?;
     rows.iter().map(instance).collect()
 }
 
@@ -208,14 +201,7 @@ pub async fn history(pool: &PgPool, keys: &[Key]) -> Result<Vec<Try>> {
         ms("h.start_date"),
         ms("h.end_date"),
     );
-    let (d, r, t, m) = columns(keys);
-    let rows = sqlx::query(&sql)
-        .bind(d)
-        .bind(r)
-        .bind(t)
-        .bind(m)
-        .fetch_all(pool)
-        .await?;
+    let rows = by_keys(&sql, keys).fetch_all(pool).await?;
     rows.iter()
         .map(|r| {
             Ok(Try {
@@ -329,6 +315,15 @@ pub async fn timeouts(
 }
 
 type KeyColumns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i32>);
+
+/// `sql` with the keys' four columns bound as `$1` to `$4`, the arrays its `unnest` joins on.
+fn by_keys<'q>(
+    sql: &'q str,
+    keys: &'q [Key],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let (d, r, t, m) = columns(keys);
+    sqlx::query(sql).bind(d).bind(r).bind(t).bind(m)
+}
 
 fn columns(keys: &[Key]) -> KeyColumns<'_> {
     (

@@ -2,15 +2,15 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::engines::store_source::{PollMetrics, POLL_BUCKETS};
+
 #[derive(Clone, Debug)]
 pub struct ConductorMetrics {
     forwarded: IntCounter,
     coalesced: IntCounter,
-    /// `taskpulse_conductor_db_polls_total{outcome}`: reads of Conductor's task table.
-    pub polls_ok: IntCounter,
-    pub polls_failed: IntCounter,
-    /// `taskpulse_conductor_db_poll_seconds`: one read of the task table, start to end.
-    pub poll_seconds: Histogram,
+    /// `taskpulse_conductor_db_polls_total{outcome}` and `taskpulse_conductor_db_poll_seconds`:
+    /// reads of Conductor's task table.
+    pub polls: PollMetrics,
     /// `taskpulse_conductor_db_lag_seconds`: a row's `modified_on` to its read (database clock).
     pub lag_seconds: Histogram,
     /// `taskpulse_conductor_db_poll_rows`: rows the last poll read from Conductor's tables.
@@ -31,23 +31,13 @@ impl ConductorMetrics {
             &["outcome"],
         )?;
         registry.register(Box::new(heartbeats.clone()))?;
-        let polls = IntCounterVec::new(
-            Opts::new(
-                "taskpulse_conductor_db_polls_total",
-                "Reads of Conductor's task table (--conductor-db), by outcome (ok, error).",
-            ),
-            &["outcome"],
+        let polls = PollMetrics::register(
+            registry,
+            "conductor_db",
+            "Conductor's task table",
+            "--conductor-db",
+            "list, fetch, submit",
         )?;
-        registry.register(Box::new(polls.clone()))?;
-        let buckets = vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-        let poll_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "taskpulse_conductor_db_poll_seconds",
-                "Time one read of Conductor's task table took (list, fetch, submit).",
-            )
-            .buckets(buckets.clone()),
-        )?;
-        registry.register(Box::new(poll_seconds.clone()))?;
         let lag_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "taskpulse_conductor_db_lag_seconds",
@@ -74,15 +64,13 @@ impl ConductorMetrics {
                 "taskpulse_conductor_redis_poll_seconds",
                 "Time one read of Conductor's Redis took (tasks in flight, queues, WAIT queue).",
             )
-            .buckets(buckets),
+            .buckets(POLL_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(redis_poll_seconds.clone()))?;
         Ok(ConductorMetrics {
             forwarded: heartbeats.with_label_values(&["forwarded"]),
             coalesced: heartbeats.with_label_values(&["coalesced"]),
-            polls_ok: polls.with_label_values(&["ok"]),
-            polls_failed: polls.with_label_values(&["error"]),
-            poll_seconds,
+            polls,
             lag_seconds,
             poll_rows,
             task_index_used,

@@ -1,15 +1,15 @@
 //! What the Kestra adapter reports on its own: its polls, and what each costs Kestra's
 //! database (rows listed, documents fetched, bytes), so operators can watch it.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::engines::store_source::PollMetrics;
 
 #[derive(Clone, Debug)]
 pub struct KestraMetrics {
-    /// `taskpulse_kestra_db_polls_total{outcome}`: reads of Kestra's executions table.
-    pub polls_ok: IntCounter,
-    pub polls_failed: IntCounter,
-    /// `taskpulse_kestra_db_poll_seconds`: one read, start to end.
-    pub poll_seconds: Histogram,
+    /// `taskpulse_kestra_db_polls_total{outcome}` and `taskpulse_kestra_db_poll_seconds`:
+    /// reads of Kestra's executions table.
+    pub polls: PollMetrics,
     /// `taskpulse_kestra_db_rows_listed_total`: (key, version) rows listed.
     pub rows_listed: IntCounter,
     /// `taskpulse_kestra_db_documents_fetched_total`: executions' JSON fetched.
@@ -31,24 +31,13 @@ fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<In
 
 impl KestraMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<KestraMetrics> {
-        let polls = IntCounterVec::new(
-            Opts::new(
-                "taskpulse_kestra_db_polls_total",
-                "Reads of Kestra's executions table (--kestra-db), by outcome (ok, error).",
-            ),
-            &["outcome"],
+        let polls = PollMetrics::register(
+            registry,
+            "kestra_db",
+            "Kestra's executions table",
+            "--kestra-db",
+            "read, diff, submit",
         )?;
-        registry.register(Box::new(polls.clone()))?;
-        let poll_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "taskpulse_kestra_db_poll_seconds",
-                "Time one read of Kestra's executions table took (read, diff, submit).",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-        )?;
-        registry.register(Box::new(poll_seconds.clone()))?;
         let skipped = IntCounterVec::new(
             Opts::new(
                 "taskpulse_kestra_db_documents_skipped_total",
@@ -66,9 +55,7 @@ impl KestraMetrics {
         )?;
         registry.register(Box::new(deferred.clone()))?;
         Ok(KestraMetrics {
-            polls_ok: polls.with_label_values(&["ok"]),
-            polls_failed: polls.with_label_values(&["error"]),
-            poll_seconds,
+            polls,
             rows_listed: counter(
                 registry,
                 "taskpulse_kestra_db_rows_listed_total",

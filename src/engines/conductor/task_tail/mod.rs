@@ -517,8 +517,7 @@ impl Poller for TaskTail {
     }
 
     fn observe(&mut self, took: Duration, failed: Option<(&Error, u32)>) {
-        let m = &self.metrics;
-        store_source::count_poll(&m.poll_seconds, &m.polls_ok, &m.polls_failed, took, failed);
+        self.metrics.polls.observe(took, failed);
     }
 }
 
