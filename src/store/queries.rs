@@ -57,7 +57,8 @@ impl Store {
                         list.push_bind(*id);
                     }
                     q.push(")");
-                    q.build_query_as().fetch_all(pool).await?
+                    // not cached: the text differs with every list length
+                    q.build_query_as().persistent(false).fetch_all(pool).await?
                 }
                 Store::Postgres(pool) => {
                     sqlx::query_as(&format!(

@@ -42,6 +42,12 @@ pub(super) async fn connect(url: &str, timeout: Duration) -> Result<SqlitePool> 
 /// Rows per multi-row statement. sqlx's SQLite driver costs tens of microseconds per
 /// statement (it hands each one to the connection's worker thread), so rows go in chunks; the
 /// sizes keep each statement under SQLite's 32,766 bound parameters.
+///
+/// Only a full chunk's statement is kept prepared in the connection's cache: the text of a
+/// multi-row statement differs with its row count, and sqlx keeps up to 100 statements per
+/// connection, each a compiled program of up to megabytes, so caching every size made memory
+/// grow with the sizes bodies happened to have (at 100,000 tasks sent in bodies of 5,000,
+/// about 230 bytes per task).
 const TASK_ROWS: usize = 500;
 const EVENT_ROWS: usize = 1000;
 const ATTEMPT_ROWS: usize = 1000;
@@ -111,7 +117,11 @@ async fn write_batch_on(
             upsert_set_clause()
         ));
         // Rows the guard refused are not returned.
-        let written: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        let written: Vec<String> = q
+            .build_query_scalar()
+            .persistent(chunk.len() == TASK_ROWS)
+            .fetch_all(&mut *tx)
+            .await?;
         if written.len() < chunk.len() {
             let written: HashSet<&str> = written.iter().map(String::as_str).collect();
             conflicts.extend(
@@ -140,7 +150,10 @@ async fn write_batch_on(
                 .push_bind(e.last_at);
         });
         q.push(ONLY_STORED_TASKS);
-        q.build().execute(&mut *tx).await?;
+        q.build()
+            .persistent(chunk.len() == EVENT_ROWS)
+            .execute(&mut *tx)
+            .await?;
     }
     for chunk in attempts.chunks(ATTEMPT_ROWS) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
@@ -159,7 +172,10 @@ async fn write_batch_on(
         q.push(ONLY_STORED_TASKS);
         // SQLite's two-argument max() is GREATEST
         q.push(format!(" {}", ATTEMPT_UPSERT.replace("GREATEST(", "max(")));
-        q.build().execute(&mut *tx).await?;
+        q.build()
+            .persistent(chunk.len() == ATTEMPT_ROWS)
+            .execute(&mut *tx)
+            .await?;
     }
     for (ids, sql) in [
         (&batch.prune_events, prune_events_sql()),
@@ -195,7 +211,8 @@ pub(super) async fn get_tasks(pool: &SqlitePool, ids: &[&str]) -> Result<Vec<Tas
             list.push_bind(*id);
         }
         q.push(")");
-        let rows: Vec<TaskRow> = q.build_query_as().fetch_all(pool).await?;
+        // not cached: the text differs with every list length (see `TASK_ROWS`)
+        let rows: Vec<TaskRow> = q.build_query_as().persistent(false).fetch_all(pool).await?;
         for r in rows {
             out.push(TaskRecord::try_from(r)?);
         }
@@ -228,4 +245,53 @@ pub(super) async fn task_attempts(pool: &SqlitePool, task_id: &str) -> Result<Ve
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(Attempt::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use crate::model::TaskRecord;
+    use crate::store::{Batch, Store};
+
+    /// Statements whose text depends on how many rows or ids they carry stay out of the
+    /// connections' statement caches: each size was kept prepared until 100 others pushed it
+    /// out, and memory grew with the sizes bodies happened to have.
+    #[tokio::test]
+    async fn statements_sized_by_their_rows_are_not_kept_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let sizes = 1..=20;
+        for n in sizes.clone() {
+            let ids: Vec<String> = (0..n).map(|i| format!("t{n}-{i}")).collect();
+            let batch = Batch {
+                tasks: ids
+                    .iter()
+                    .map(|id| TaskRecord::in_progress(id, 1_000))
+                    .collect(),
+                ..Batch::default()
+            };
+            store.write_batch(&batch).await.unwrap();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            assert_eq!(store.get_tasks(&ids).await.unwrap().len(), n);
+            assert_eq!(store.get_tasks_versioned(&ids).await.unwrap().len(), n);
+        }
+        let Store::Sqlite(pool) = &store else {
+            unreachable!("a SQLite URL")
+        };
+        // every connection the pool holds, held at once so none is counted twice
+        let mut conns = Vec::new();
+        let mut cached = 0;
+        for _ in 0..pool.size() {
+            let mut c = pool.acquire().await.unwrap();
+            cached += c.cached_statements_size();
+            conns.push(c);
+        }
+        assert!(
+            cached < sizes.count(),
+            "{cached} statements kept prepared after 20 sizes of each sized statement"
+        );
+    }
 }
