@@ -347,31 +347,39 @@ struct Walk {
     /// Written as the walk goes while under the cap, which saves a second lookup per task in
     /// the common case; thrown away if the cap turns out to be exceeded.
     per_task: PerTask,
+    /// Whether `per_task` was written as the walk went (the table was within the cap).
+    eager: bool,
 }
 
-/// The oldest in-flight tasks (by first sight, then id), as many as `--max-task-series` keeps:
-/// a max-heap whose top is the youngest kept. In the walk's (hash) order a task enters it
-/// about cap × ln(tasks / cap) times in all, so a scrape over 100,000 tasks at the default cap
-/// holds a few thousand ids, not one per task.
+/// The oldest in-flight tasks (by first sight, then where their id lives), as many as
+/// `--max-task-series` keeps: a max-heap whose top is the youngest kept. In the walk's (hash)
+/// order a task enters it about cap × ln(tasks / cap) times in all, so a scrape over 100,000
+/// tasks at the default cap holds a few thousand ids, not one per task.
+///
+/// Ties (tasks first seen in the same millisecond, common when they arrive in batches) are
+/// broken by the address of the task's id, not by the id itself: comparing ids read each one
+/// from the heap, which was half of a scrape at 100,000 tasks. The address is as stable as the
+/// id while the task stays in memory, so the same tasks are kept scrape after scrape.
 #[derive(Default)]
-struct Oldest(std::collections::BinaryHeap<(i64, Arc<str>)>);
+struct Oldest(std::collections::BinaryHeap<(i64, usize, Arc<str>)>);
 
 impl Oldest {
     fn offer(&mut self, cap: usize, first_seen: i64, id: &Arc<str>) {
+        let at = addr(Some(id));
         if self.0.len() < cap {
-            self.0.push((first_seen, id.clone()));
+            self.0.push((first_seen, at, id.clone()));
             return;
         }
         let Some(mut top) = self.0.peek_mut() else {
             return; // a cap of 0 keeps none
         };
-        if (first_seen, &**id) < (top.0, &*top.1) {
-            *top = (first_seen, id.clone());
+        if (first_seen, at) < (top.0, top.1) {
+            *top = (first_seen, at, id.clone());
         }
     }
 
     /// Oldest first.
-    fn into_sorted(self) -> Vec<(i64, Arc<str>)> {
+    fn into_sorted(self) -> Vec<(i64, usize, Arc<str>)> {
         self.0.into_sorted_vec()
     }
 }
@@ -382,8 +390,14 @@ impl StateCollector {
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
         let grace_ms = self.cfg.wait_grace.as_millis() as i64;
         let cap = self.cfg.max_task_series;
+        // Lines are written as the walk goes only when every task could be kept: past the cap
+        // they would be thrown away (at 100,000 tasks, the first 2,000 tasks' lines each scrape).
+        let eager = self.tracker.len() <= cap;
         let empty: Arc<str> = Arc::from("");
-        let mut w = Walk::default();
+        let mut w = Walk {
+            eager,
+            ..Walk::default()
+        };
         self.tracker.for_each(|st| {
             let rec = &st.rec;
             if rec.status.is_terminal() {
@@ -433,7 +447,7 @@ impl StateCollector {
                 }
                 w.candidates += 1;
                 w.oldest.offer(cap, rec.first_seen, &rec.task_id);
-                if w.candidates <= cap {
+                if eager && w.candidates <= cap {
                     w.per_task.add(st, predicted);
                 } else if w.candidates == cap + 1 {
                     w.per_task.clear();
@@ -537,12 +551,12 @@ impl StateCollector {
         let cap = self.cfg.max_task_series;
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
         let per_task = &mut walk.per_task;
-        if walk.candidates <= cap && per_task.fits(room) {
+        if walk.eager && walk.candidates <= cap && per_task.fits(room) {
             return walk.candidates;
         }
         per_task.clear();
         let mut kept = 0;
-        for (_, id) in std::mem::take(&mut walk.oldest).into_sorted() {
+        for (_, _, id) in std::mem::take(&mut walk.oldest).into_sorted() {
             let mark = per_task.mark();
             self.tracker.inspect(&id, |st| {
                 if st.rec.is_in_flight() && st.rec.progress.is_some() {
