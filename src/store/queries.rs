@@ -7,6 +7,9 @@ use super::Store;
 use crate::error::Result;
 use crate::model::{StoredTask, TaskRecord};
 
+/// Ids per list of [`Store::get_tasks_versioned`], at most.
+const VERSIONED_LIST: usize = 5_000;
+
 impl Store {
     /// Runs a read query that selects `TASK_COLUMNS, version` with `$N` placeholders bound to
     /// integers (the checker's rules are written this way, once for both backends).
@@ -43,10 +46,11 @@ impl Store {
         })
     }
 
-    /// The stored rows, with versions, of the given ids.
+    /// The stored rows, with versions, of the given ids, in lists of at most
+    /// [`VERSIONED_LIST`].
     pub async fn get_tasks_versioned(&self, ids: &[&str]) -> Result<Vec<StoredTask>> {
         let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(5_000) {
+        for chunk in ids.chunks(VERSIONED_LIST) {
             let rows: Vec<VersionedRow> = match self {
                 Store::Sqlite(pool) => {
                     let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(format!(
@@ -57,8 +61,8 @@ impl Store {
                         list.push_bind(*id);
                     }
                     q.push(")");
-                    // not cached: the text differs with every list length
-                    q.build_query_as().persistent(false).fetch_all(pool).await?
+                    let keep = super::sqlite::keep_prepared(chunk.len(), VERSIONED_LIST);
+                    q.build_query_as().persistent(keep).fetch_all(pool).await?
                 }
                 Store::Postgres(pool) => {
                     sqlx::query_as(&format!(
