@@ -23,7 +23,7 @@ use crate::cardinality::OTHER;
 use crate::leader::Leadership;
 use crate::model::{Status, WAIT_TASK_TYPE};
 use crate::now_ms;
-use crate::pipeline::{TaskState, Tracker};
+use crate::pipeline::{addr, TaskState, Tracker};
 use crate::wait::{WaitCounts, WaitSource};
 
 /// Settings the state gauges depend on.
@@ -135,11 +135,6 @@ impl TypeCounts {
         self.stalled += o.stalled;
         self.predicted_timeout += o.predicted_timeout;
     }
-}
-
-/// The address of an interned string, the cheap first-pass key (0 for none).
-fn addr(s: Option<&Arc<str>>) -> usize {
-    s.map_or(0, |s| Arc::as_ptr(s) as *const u8 as usize)
 }
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -398,57 +393,55 @@ impl StateCollector {
             eager,
             ..Walk::default()
         };
-        self.tracker.for_each(|st| {
-            let rec = &st.rec;
-            if rec.status.is_terminal() {
+        self.tracker.for_each_entry(|id, e| {
+            let hot = &e.hot;
+            if hot.status.is_terminal() {
                 return;
             }
-            let wf_addr = addr(rec.workflow_type.as_ref());
-            if let Some(worker) = &rec.worker_id {
+            if hot.worker != 0 {
                 w.workers
-                    .entry(addr(Some(worker)))
-                    .or_insert_with(|| (worker.clone(), 0))
+                    .entry(hot.worker)
+                    .or_insert_with(|| (e.rec.worker_id.clone().unwrap_or_default(), 0))
                     .1 += 1;
             }
-            let key = (wf_addr, addr(Some(&rec.task_type)));
             let counts = &mut w
                 .by_type
-                .entry(key)
+                .entry((hot.workflow_type, hot.task_type))
                 .or_insert_with(|| {
                     (
-                        rec.workflow_type.clone().unwrap_or_else(|| empty.clone()),
-                        rec.task_type.clone(),
+                        e.rec.workflow_type.clone().unwrap_or_else(|| empty.clone()),
+                        e.rec.task_type.clone(),
                         TypeCounts::default(),
                     )
                 })
                 .2;
-            counts.by_status[rec.status as usize] += 1;
-            if rec.is_waiting() {
+            counts.by_status[hot.status as usize] += 1;
+            if hot.waiting {
                 let c = &mut w
                     .wait
-                    .entry(wf_addr)
+                    .entry(hot.workflow_type)
                     .or_insert_with(|| {
-                        let wf = rec.workflow_type.clone().unwrap_or_else(|| empty.clone());
+                        let wf = e.rec.workflow_type.clone().unwrap_or_else(|| empty.clone());
                         (wf, WaitCounts::default())
                     })
                     .1;
-                if let Some(late) = c.add(rec.wait_until, now, grace_ms) {
+                if let Some(late) = c.add(hot.wait_until, now, grace_ms) {
                     w.oldest_overdue_ms = w.oldest_overdue_ms.max(late);
                 }
                 return;
             }
-            if rec.progress.is_some() {
-                if rec.progress_stalled(now, stall_ms) {
+            if hot.has_progress {
+                if hot.progress_stalled(now, stall_ms) {
                     counts.stalled += 1;
                 }
-                let predicted = st.predicted_completion(now, stall_ms);
-                if rec.predicted_late(predicted) {
+                let predicted = hot.predicted_completion(now, stall_ms);
+                if hot.predicted_late(predicted) {
                     counts.predicted_timeout += 1;
                 }
                 w.candidates += 1;
-                w.oldest.offer(cap, rec.first_seen, &rec.task_id);
+                w.oldest.offer(cap, hot.first_seen, id);
                 if eager && w.candidates <= cap {
-                    w.per_task.add(st, predicted);
+                    w.per_task.add(e, predicted);
                 } else if w.candidates == cap + 1 {
                     w.per_task.clear();
                 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::task::{diff_records, event, TaskState};
+use super::task::{diff_records, event, Entry, TaskState};
 use super::tracker::Tracker;
 use crate::lifecycle::{self, Current, Diff, Incoming, Rejection, Verdict};
 use crate::model::{Outcome, TaskRecord};
@@ -151,7 +151,7 @@ impl Tracker {
     /// [`Tracker::loaded`] after the last.
     pub fn load_one(&self, rec: TaskRecord) {
         let rec = self.intern(rec);
-        let mut st = TaskState::new(rec);
+        let mut st = Entry::new(rec);
         self.resize(&mut st);
         if let Some(old) = self.tasks.insert(st.rec.task_id.clone(), st) {
             self.forget_size(&old);
@@ -171,7 +171,7 @@ impl Tracker {
         for rec in records {
             if let dashmap::Entry::Vacant(v) = self.tasks.entry(rec.task_id.clone()) {
                 let rec = self.intern(rec);
-                let mut st = TaskState::new(rec);
+                let mut st = Entry::new(rec);
                 self.resize(&mut st);
                 v.insert(st);
             }
@@ -412,6 +412,14 @@ impl Tracker {
     pub fn for_each(&self, mut f: impl FnMut(&TaskState)) {
         for e in self.tasks.iter() {
             f(e.value());
+        }
+    }
+
+    /// Calls `f` on every tracked task's id and entry, one shard at a time: the scrape's walk,
+    /// which reads the entry's inline [`super::task::Hot`] and its state only where it must.
+    pub fn for_each_entry(&self, mut f: impl FnMut(&Arc<str>, &Entry)) {
+        for e in self.tasks.iter() {
+            f(e.key(), e.value());
         }
     }
 

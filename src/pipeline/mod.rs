@@ -34,7 +34,8 @@ use crate::store::{Commit, Store};
 
 pub use memory::{Page, Settled};
 pub use metrics::PipelineMetrics;
-pub use task::{Applied, TaskState};
+pub(crate) use task::addr;
+pub use task::{Applied, Entry, Hot, TaskState};
 pub use tracker::Tracker;
 
 /// How long an update that needs a commit waits for it before the caller gets

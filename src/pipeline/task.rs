@@ -50,8 +50,109 @@ pub struct TaskState {
     predicted: Option<std::num::NonZeroI64>,
 }
 
+/// A task's place in the table: what a `/metrics` scrape reads of it, inline, and the rest of
+/// its state boxed.
+///
+/// A scrape visits every entry; with the whole state inline (440 bytes) it waited on several
+/// cache lines per task, and the table's free slots (each shard is a hash table between 44
+/// and 87 % full) cost a whole state each. [`Hot`] is refreshed where every change of an
+/// entry is already counted ([`super::Tracker::resize`]).
+#[derive(Debug)]
+pub struct Entry {
+    pub(crate) hot: Hot,
+    st: Box<TaskState>,
+}
+
+impl std::ops::Deref for Entry {
+    type Target = TaskState;
+    fn deref(&self) -> &TaskState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut TaskState {
+        &mut self.st
+    }
+}
+
+impl Entry {
+    pub(crate) fn new(rec: TaskRecord) -> Entry {
+        let st = Box::new(TaskState::new(rec));
+        Entry {
+            hot: Hot::of(&st),
+            st,
+        }
+    }
+
+    /// Copies what a scrape reads from the state, after a change.
+    pub(crate) fn refresh(&mut self) {
+        self.hot = Hot::of(&self.st);
+    }
+}
+
+/// What a scrape reads of every task (see [`Entry`]); names by the address of their interned
+/// string (0 for none), which is all the walk's counting needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hot {
+    pub task_type: usize,
+    pub workflow_type: usize,
+    pub worker: usize,
+    pub first_seen: i64,
+    pub progress_changed: i64,
+    pub wait_until: Option<i64>,
+    pub deadline: Option<i64>,
+    predicted: Option<std::num::NonZeroI64>,
+    pub status: Status,
+    pub waiting: bool,
+    pub has_progress: bool,
+}
+
+/// The address of an interned string, 0 for none.
+pub(crate) fn addr(s: Option<&std::sync::Arc<str>>) -> usize {
+    s.map_or(0, |s| std::sync::Arc::as_ptr(s) as *const u8 as usize)
+}
+
+impl Hot {
+    pub(crate) fn of(st: &TaskState) -> Hot {
+        let r = &st.rec;
+        Hot {
+            task_type: addr(Some(&r.task_type)),
+            workflow_type: addr(r.workflow_type.as_ref()),
+            worker: addr(r.worker_id.as_ref()),
+            first_seen: r.first_seen,
+            progress_changed: r.progress_changed,
+            wait_until: r.wait_until,
+            deadline: r.deadline_ms(),
+            predicted: st.predicted,
+            status: r.status,
+            waiting: r.is_waiting(),
+            has_progress: r.progress.is_some(),
+        }
+    }
+
+    /// As [`TaskState::predicted_completion`].
+    pub fn predicted_completion(&self, now: i64, stall_after_ms: i64) -> Option<i64> {
+        let in_flight = !self.status.is_terminal() && !self.waiting;
+        if !in_flight || now - self.progress_changed >= stall_after_ms {
+            return None;
+        }
+        self.predicted.map(std::num::NonZeroI64::get)
+    }
+
+    /// As [`TaskRecord::progress_stalled`].
+    pub fn progress_stalled(&self, now: i64, stall_after_ms: i64) -> bool {
+        self.has_progress && now - self.progress_changed >= stall_after_ms
+    }
+
+    /// As [`TaskRecord::predicted_late`].
+    pub fn predicted_late(&self, predicted_completion: Option<i64>) -> bool {
+        matches!((predicted_completion, self.deadline), (Some(p), Some(d)) if p > d)
+    }
+}
+
 impl TaskState {
-    pub(crate) fn new(rec: TaskRecord) -> TaskState {
+    fn new(rec: TaskRecord) -> TaskState {
         let mut st = TaskState {
             written_progress: rec.progress,
             written_status: rec.status,

@@ -364,6 +364,31 @@ fn history_past_what_a_task_keeps_is_pruned() {
     assert!((3..=6).contains(&prunes), "{prunes} prunes for 200 lines");
 }
 
+/// What a scrape reads of an entry, kept inline apart from the boxed state, follows every
+/// change: a stale copy would count a finished task as in flight.
+#[test]
+fn what_a_scrape_reads_of_a_task_follows_every_change() {
+    let t = table(Duration::from_secs(60));
+    let check = |what: &str| {
+        let e = t.tracker.tasks.get("t1").expect("tracked");
+        assert_eq!(e.hot, super::Hot::of(&e), "after {what}");
+    };
+    t.tracker.apply(&update(
+        json!({"status": "SCHEDULED", "timeoutSeconds": 60}),
+    ));
+    check("a new task");
+    let working = json!({"status": "IN_PROGRESS", "progressPercent": 10, "workerId": "w"});
+    t.tracker.apply(&update(working));
+    check("progress and a worker");
+    t.tracker.apply(&update(
+        json!({"status": "IN_PROGRESS", "progressPercent": 30}),
+    ));
+    check("more progress");
+    t.tracker.apply(&update(json!({"status": "COMPLETED"})));
+    check("the end");
+    assert!(t.tracker.tasks.get("t1").unwrap().hot.status.is_terminal());
+}
+
 #[test]
 fn memory_is_counted_per_task_and_given_back() {
     let t = table(Duration::from_secs(60));

@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::interner::{IdHasher, Interner};
 use super::metrics::PipelineMetrics;
-use super::task::{diff, event, footprint, Applied, TaskState};
+use super::task::{diff, event, footprint, Applied, Entry, TaskState};
 use crate::ingest::TaskUpdate;
 use crate::lifecycle::{self, Current, Incoming, Rejection, Verdict};
 use crate::model::{
@@ -36,7 +36,7 @@ use crate::wait::WaitMetrics;
 
 /// The table, with what it needs to decide and hand off writes.
 pub struct Tracker {
-    pub(crate) tasks: DashMap<Arc<str>, TaskState, IdHasher>,
+    pub(crate) tasks: DashMap<Arc<str>, Entry, IdHasher>,
     pub(crate) names: Interner,
     /// Worker id -> last time an update named it (epoch ms).
     pub(crate) workers: DashMap<Arc<str>, i64, IdHasher>,
@@ -106,8 +106,11 @@ impl Tracker {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Counts a task's entry again after it changed (or was just made).
-    pub(crate) fn resize(&self, st: &mut TaskState) {
+    /// Counts a task's entry again after it changed (or was just made), and refreshes what a
+    /// scrape reads of it: every change of an entry ends here.
+    pub(crate) fn resize(&self, e: &mut Entry) {
+        e.refresh();
+        let st: &mut TaskState = e;
         let new = footprint(st) as u32;
         if new > st.size {
             self.bytes
@@ -200,8 +203,8 @@ impl Tracker {
             Ok(t) => t,
             Err(r) => return Some(Applied::Rejected(r)),
         };
-        let (id, st) = entry.pair_mut();
-        Some(self.apply_existing(id, st, u, times, now))
+        let (id, e) = entry.pair_mut();
+        Some(self.apply_existing(id, e, u, times, now))
     }
 
     /// A task memory doesn't hold: made from the update, unless another request made it first.
@@ -252,7 +255,7 @@ impl Tracker {
                     progress_changed: now,
                     terminal_at: None,
                 };
-                let mut st = TaskState::new(rec);
+                let mut st = Entry::new(rec);
                 st.note_attempt(now);
                 st.note_reported(&u.attempts, now, |w| self.names.get(w));
                 let mut entry = v.insert(st);
@@ -289,11 +292,12 @@ impl Tracker {
     fn apply_existing(
         &self,
         id: &Arc<str>,
-        st: &mut TaskState,
+        e: &mut Entry,
         u: &TaskUpdate,
         times: Times,
         now: i64,
     ) -> Applied {
+        let st: &mut TaskState = e;
         // A time stored from before clocks were bounded counts as now at the latest.
         let update_time = st.rec.update_time.map(|t| t.min(now));
         let current = Current {
@@ -314,7 +318,7 @@ impl Tracker {
         };
         let applied = match lifecycle::decide(current, incoming, d) {
             Verdict::Duplicate => return Applied::Duplicate,
-            Verdict::Reopen => return self.reopen(st, u, times, now),
+            Verdict::Reopen => return self.reopen(e, u, times, now),
             Verdict::Reject(r) => {
                 if let Rejection::Terminal { from, to } = r {
                     self.metrics.transition_rejected(from, to);
@@ -332,7 +336,7 @@ impl Tracker {
                     self.on_terminal(&mut st.rec, u.update_time, now);
                     let event = event(&st.rec, Some(from), Outcome::Accepted, None, now);
                     let commit = self.write_now(st, now, Some(event));
-                    self.resize(st);
+                    self.resize(e);
                     return Applied::Accepted { commit };
                 }
                 // Progress, a non-terminal status change (Conductor flaps SCHEDULED and
@@ -347,7 +351,7 @@ impl Tracker {
                 Applied::Accepted { commit: None }
             }
         };
-        self.resize(st);
+        self.resize(e);
         applied
     }
 
@@ -356,7 +360,8 @@ impl Tracker {
     /// for a new run, and the reopen is written at once with a history line of its own. When
     /// the update is terminal again (the engine reran it and it finished between two reads),
     /// the new run's end is counted like any other.
-    fn reopen(&self, st: &mut TaskState, u: &TaskUpdate, times: Times, now: i64) -> Applied {
+    fn reopen(&self, e: &mut Entry, u: &TaskUpdate, times: Times, now: i64) -> Applied {
+        let st: &mut TaskState = e;
         let Some(reopen) = u.reopen else {
             return Applied::Duplicate; // the lifecycle reopens only with evidence
         };
@@ -386,7 +391,7 @@ impl Tracker {
             now,
         );
         let commit = self.write_now(st, now, Some(line));
-        self.resize(st);
+        self.resize(e);
         Applied::Accepted { commit }
     }
 
