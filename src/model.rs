@@ -200,15 +200,38 @@ impl TaskRecord {
     }
 
     /// Reports progress that hasn't changed for `stall_after_ms` (the caller decides whether
-    /// the task is still running). One definition for the metrics, the read API and the page.
+    /// the task is still running). One definition for the metrics, the read API and the page
+    /// ([`progress_stalled`]).
     pub fn progress_stalled(&self, now: i64, stall_after_ms: i64) -> bool {
-        self.progress.is_some() && now - self.progress_changed >= stall_after_ms
+        progress_stalled(
+            self.progress.is_some(),
+            self.progress_changed,
+            now,
+            stall_after_ms,
+        )
     }
 
-    /// Whether a predicted completion falls after the deadline.
+    /// Whether a predicted completion falls after the deadline ([`predicted_late`]).
     pub fn predicted_late(&self, predicted_completion: Option<i64>) -> bool {
-        matches!((predicted_completion, self.deadline_ms()), (Some(p), Some(d)) if p > d)
+        predicted_late(predicted_completion, self.deadline_ms())
     }
+}
+
+/// Progress reported and unchanged since `progress_changed` for `stall_after_ms`: the rule
+/// behind [`TaskRecord::progress_stalled`] and the scrape's copy of a task's fields.
+pub fn progress_stalled(
+    has_progress: bool,
+    progress_changed: i64,
+    now: i64,
+    stall_after_ms: i64,
+) -> bool {
+    has_progress && now - progress_changed >= stall_after_ms
+}
+
+/// A predicted completion after the deadline: the rule behind [`TaskRecord::predicted_late`]
+/// and the scrape's copy of a task's fields.
+pub fn predicted_late(predicted_completion: Option<i64>, deadline: Option<i64>) -> bool {
+    matches!((predicted_completion, deadline), (Some(p), Some(d)) if p > d)
 }
 
 #[cfg(test)]

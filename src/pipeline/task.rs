@@ -134,21 +134,44 @@ impl Hot {
     /// As [`TaskState::predicted_completion`].
     pub fn predicted_completion(&self, now: i64, stall_after_ms: i64) -> Option<i64> {
         let in_flight = !self.status.is_terminal() && !self.waiting;
-        if !in_flight || now - self.progress_changed >= stall_after_ms {
-            return None;
-        }
-        self.predicted.map(std::num::NonZeroI64::get)
+        moving_prediction(
+            in_flight,
+            self.progress_changed,
+            self.predicted,
+            now,
+            stall_after_ms,
+        )
     }
 
     /// As [`TaskRecord::progress_stalled`].
     pub fn progress_stalled(&self, now: i64, stall_after_ms: i64) -> bool {
-        self.has_progress && now - self.progress_changed >= stall_after_ms
+        crate::model::progress_stalled(
+            self.has_progress,
+            self.progress_changed,
+            now,
+            stall_after_ms,
+        )
     }
 
     /// As [`TaskRecord::predicted_late`].
     pub fn predicted_late(&self, predicted_completion: Option<i64>) -> bool {
-        matches!((predicted_completion, self.deadline), (Some(p), Some(d)) if p > d)
+        crate::model::predicted_late(predicted_completion, self.deadline)
     }
+}
+
+/// The prediction of an in-flight task that is moving; a stalled task's last rate is stale,
+/// so it gets none. The rule behind both [`TaskState::predicted_completion`] and [`Hot`]'s.
+fn moving_prediction(
+    in_flight: bool,
+    progress_changed: i64,
+    predicted: Option<std::num::NonZeroI64>,
+    now: i64,
+    stall_after_ms: i64,
+) -> Option<i64> {
+    if !in_flight || now - progress_changed >= stall_after_ms {
+        return None;
+    }
+    predicted.map(std::num::NonZeroI64::get)
 }
 
 impl TaskState {
@@ -249,10 +272,14 @@ impl TaskState {
     /// Predicted completion (epoch ms) of an in-flight task that is moving; a stalled task's
     /// last rate is stale, so it gets none.
     pub fn predicted_completion(&self, now: i64, stall_after_ms: i64) -> Option<i64> {
-        if !self.rec.is_in_flight() || now - self.rec.progress_changed >= stall_after_ms {
-            return None;
-        }
-        self.predicted.map(std::num::NonZeroI64::get)
+        let r = &self.rec;
+        moving_prediction(
+            r.is_in_flight(),
+            r.progress_changed,
+            self.predicted,
+            now,
+            stall_after_ms,
+        )
     }
 
     /// A new run: the samples of the one that ended say nothing about it.
