@@ -23,7 +23,7 @@ use crate::cardinality::OTHER;
 use crate::leader::Leadership;
 use crate::model::{Status, WAIT_TASK_TYPE};
 use crate::now_ms;
-use crate::pipeline::{addr, TaskState, Tracker};
+use crate::pipeline::{addr, Entry, ReadAll, TaskState, Tracker};
 use crate::wait::{WaitCounts, WaitSource};
 
 /// Settings the state gauges depend on.
@@ -117,6 +117,11 @@ pub struct StateCollector {
     /// The WAIT queue as an engine source reads it from the engine's own queue; without one the
     /// WAIT gauges come from the updates taskpulse sees.
     wait_source: Option<WaitSource>,
+    /// The per-task buffers of the last render, kept for their capacity: grown from empty each
+    /// time (about 1 MB at the default cap) they were reallocated and copied a dozen times and
+    /// their fresh pages faulted in, about a tenth of a render at 100,000 tasks. Bounded by
+    /// `--max-task-series` and `--max-scrape-bytes`, not by the tasks tracked.
+    buffers: std::sync::Mutex<PerTask>,
 }
 
 /// Counts of one (workflow type, task type).
@@ -265,6 +270,7 @@ impl StateCollector {
             cfg,
             leadership,
             wait_source,
+            buffers: Default::default(),
         }
     }
 }
@@ -288,7 +294,8 @@ impl Collector for StateCollector {
             return;
         }
         let now = now_ms();
-        let mut walk = self.walk(now);
+        let table = self.tracker.read_all();
+        let mut walk = self.walk(&table, now);
         // The aggregates first: what they take of the budget, the per-task families may not.
         let mut agg = String::with_capacity(16 * 1024);
         let max_values = self.cfg.max_label_values;
@@ -314,15 +321,17 @@ impl Collector for StateCollector {
         };
         let total = walk.candidates;
         let kept = self.keep_per_task(&mut walk, &room, now);
+        let per_task = std::mem::take(&mut walk.per_task);
+        drop(walk);
+        drop(table); // writers go on while the text is put together
         let before = out.len();
-        walk.per_task.write(out);
+        per_task.write(out);
         OMITTED.header(out);
         text::sample_i64(out, OMITTED.0, &[], (total - kept) as i64);
         out.push_str(&agg);
-        budget.series = budget
-            .series
-            .saturating_sub(walk.per_task.series + agg_series);
+        budget.series = budget.series.saturating_sub(per_task.series + agg_series);
         budget.bytes = budget.bytes.saturating_sub(out.len() - before);
+        *self.buffers.lock().unwrap_or_else(|e| e.into_inner()) = per_task;
     }
 }
 
@@ -330,7 +339,7 @@ impl Collector for StateCollector {
 /// (workflow type, task type) -> counts, workflow type -> WAIT counts, worker -> in-flight
 /// tasks, and the per-task families.
 #[derive(Default)]
-struct Walk {
+struct Walk<'a> {
     by_type: ByTypeAddr,
     wait: FastMap<usize, (Arc<str>, WaitCounts)>,
     workers: FastMap<usize, (Arc<str>, i64)>,
@@ -338,7 +347,7 @@ struct Walk {
     /// In-flight tasks with progress: the candidates for per-task series.
     candidates: usize,
     /// The oldest of them, as many as the cap keeps, in case it is exceeded.
-    oldest: Oldest,
+    oldest: Oldest<'a>,
     /// Written as the walk goes while under the cap, which saves a second lookup per task in
     /// the common case; thrown away if the cap turns out to be exceeded.
     per_task: PerTask,
@@ -348,40 +357,69 @@ struct Walk {
 
 /// The oldest in-flight tasks (by first sight, then where their id lives), as many as
 /// `--max-task-series` keeps: a max-heap whose top is the youngest kept. In the walk's (hash)
-/// order a task enters it about cap × ln(tasks / cap) times in all, so a scrape over 100,000
-/// tasks at the default cap holds a few thousand ids, not one per task.
+/// order a task enters it about cap × ln(tasks / cap) times in all.
+///
+/// The heap holds references into the read-locked table ([`ReadAll`]), not copies of the ids:
+/// cloning an id touched its reference count, a cache miss per entering task, and the kept
+/// tasks had to be looked up again after the walk.
 ///
 /// Ties (tasks first seen in the same millisecond, common when they arrive in batches) are
 /// broken by the address of the task's id, not by the id itself: comparing ids read each one
 /// from the heap, which was half of a scrape at 100,000 tasks. The address is as stable as the
 /// id while the task stays in memory, so the same tasks are kept scrape after scrape.
 #[derive(Default)]
-struct Oldest(std::collections::BinaryHeap<(i64, usize, Arc<str>)>);
+struct Oldest<'a>(std::collections::BinaryHeap<Kept<'a>>);
 
-impl Oldest {
-    fn offer(&mut self, cap: usize, first_seen: i64, id: &Arc<str>) {
-        let at = addr(Some(id));
+/// A task in [`Oldest`], ordered by (first sight, id address) alone.
+struct Kept<'a> {
+    key: (i64, usize),
+    entry: &'a Entry,
+}
+
+impl PartialEq for Kept<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Kept<'_> {}
+
+impl PartialOrd for Kept<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Kept<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+impl<'a> Oldest<'a> {
+    fn offer(&mut self, cap: usize, first_seen: i64, id: &Arc<str>, entry: &'a Entry) {
+        let key = (first_seen, addr(Some(id)));
         if self.0.len() < cap {
-            self.0.push((first_seen, at, id.clone()));
+            self.0.push(Kept { key, entry });
             return;
         }
         let Some(mut top) = self.0.peek_mut() else {
             return; // a cap of 0 keeps none
         };
-        if (first_seen, at) < (top.0, top.1) {
-            *top = (first_seen, at, id.clone());
+        if key < top.key {
+            *top = Kept { key, entry };
         }
     }
 
     /// Oldest first.
-    fn into_sorted(self) -> Vec<(i64, usize, Arc<str>)> {
+    fn into_sorted(self) -> Vec<Kept<'a>> {
         self.0.into_sorted_vec()
     }
 }
 
 impl StateCollector {
     /// One pass over the table, one shard at a time.
-    fn walk(&self, now: i64) -> Walk {
+    fn walk<'a>(&self, table: &'a ReadAll<'_>, now: i64) -> Walk<'a> {
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
         let grace_ms = self.cfg.wait_grace.as_millis() as i64;
         let cap = self.cfg.max_task_series;
@@ -389,14 +427,18 @@ impl StateCollector {
         // they would be thrown away (at 100,000 tasks, the first 2,000 tasks' lines each scrape).
         let eager = self.tracker.len() <= cap;
         let empty: Arc<str> = Arc::from("");
+        let mut per_task =
+            std::mem::take(&mut *self.buffers.lock().unwrap_or_else(|e| e.into_inner()));
+        per_task.clear();
         let mut w = Walk {
             eager,
+            per_task,
             ..Walk::default()
         };
-        self.tracker.for_each_entry(|id, e| {
+        for (id, e) in table.iter() {
             let hot = &e.hot;
             if hot.status.is_terminal() {
-                return;
+                continue;
             }
             if hot.worker != 0 {
                 w.workers
@@ -428,7 +470,7 @@ impl StateCollector {
                 if let Some(late) = c.add(hot.wait_until, now, grace_ms) {
                     w.oldest_overdue_ms = w.oldest_overdue_ms.max(late);
                 }
-                return;
+                continue;
             }
             if hot.has_progress {
                 if hot.progress_stalled(now, stall_ms) {
@@ -439,14 +481,14 @@ impl StateCollector {
                     counts.predicted_timeout += 1;
                 }
                 w.candidates += 1;
-                w.oldest.offer(cap, hot.first_seen, id);
                 if eager && w.candidates <= cap {
                     w.per_task.add(e, predicted);
                 } else if w.candidates == cap + 1 {
                     w.per_task.clear();
                 }
+                w.oldest.offer(cap, hot.first_seen, id, e);
             }
-        });
+        }
         w
     }
 
@@ -539,23 +581,22 @@ impl StateCollector {
     }
 
     /// The per-task families, capped by `--max-task-series` and by what the budget leaves:
-    /// past either, the oldest whole tasks, looked up again. How many tasks are kept.
+    /// past either, the oldest whole tasks, from the walk's heap. How many tasks are kept.
     fn keep_per_task(&self, walk: &mut Walk, room: &Budget, now: i64) -> usize {
         let cap = self.cfg.max_task_series;
         let stall_ms = self.cfg.stall_after.as_millis() as i64;
+        // taken, so the shards the heap holds are let go however this returns
+        let oldest = std::mem::take(&mut walk.oldest);
         let per_task = &mut walk.per_task;
         if walk.eager && walk.candidates <= cap && per_task.fits(room) {
             return walk.candidates;
         }
         per_task.clear();
         let mut kept = 0;
-        for (_, _, id) in std::mem::take(&mut walk.oldest).into_sorted() {
+        for task in oldest.into_sorted() {
             let mark = per_task.mark();
-            self.tracker.inspect(&id, |st| {
-                if st.rec.is_in_flight() && st.rec.progress.is_some() {
-                    per_task.add(st, st.predicted_completion(now, stall_ms));
-                }
-            });
+            let st = task.entry;
+            per_task.add(st, st.predicted_completion(now, stall_ms));
             if !per_task.fits(room) {
                 per_task.undo(mark);
                 break;

@@ -498,6 +498,30 @@ fn the_sweeper_forgets_finished_tasks_after_the_retention() {
 }
 
 #[test]
+fn the_sweeper_keeps_the_workers_of_unfinished_tasks_past_their_expiry() {
+    let t = table(Duration::from_secs(60));
+    for (id, status, worker) in [
+        ("a", "IN_PROGRESS", "busy"),
+        ("b", "IN_PROGRESS", "idle"),
+        ("b", "COMPLETED", "idle"),
+    ] {
+        let u = json!({"taskId": id, "status": status, "workerId": worker});
+        assert!(matches!(
+            t.tracker.apply(&update(u)),
+            Applied::Accepted { .. }
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    t.tracker.sweep(60_000, 1);
+    let workers: Vec<String> = t.tracker.workers().keys().map(|w| w.to_string()).collect();
+    assert_eq!(
+        workers,
+        ["busy"],
+        "past the expiry only a busy worker stays"
+    );
+}
+
+#[test]
 fn a_write_lost_to_the_store_is_decided_again_on_the_stored_row() {
     let mut t = table(Duration::from_secs(60));
     t.tracker.apply(&update(json!({"status": "IN_PROGRESS"})));

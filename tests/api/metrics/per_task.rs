@@ -200,3 +200,77 @@ async fn worker_info_follows_the_current_attempt(backend: Backend) {
     assert!(samples(&scrape, "taskpulse_task_worker_info").is_empty());
 }
 store_test!(worker_info_follows_the_current_attempt);
+
+/// The walk of a scrape read-locks the whole table while it picks the tasks it keeps: scrapes
+/// and writers (new tasks, progress, tasks ending) must keep going side by side, and every
+/// scrape is one consistent picture: the kept and the omitted tasks add up to the in-flight
+/// tasks it counts, and the cap is filled whenever there are enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_and_writes_go_on_together_and_each_scrape_is_consistent() {
+    const CAP: usize = 25;
+    const WRITERS: usize = 3;
+    const ROUNDS: usize = 120;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let app = TestApp::spawn_with(&db, |s| s.metrics.max_task_series = CAP).await;
+    let writing = std::sync::atomic::AtomicUsize::new(WRITERS);
+    let writer = |w: usize| {
+        let (app, writing) = (&app, &writing);
+        async move {
+            for round in 0..ROUNDS {
+                // ten new tasks, and the ten of two rounds ago finish
+                let mut body: Vec<Value> = (0..10)
+                    .map(|i| {
+                        with(
+                            update(&format!("cw{w}-{round}-{i}"), "IN_PROGRESS"),
+                            json!({"progressPercent": 10 + i}),
+                        )
+                    })
+                    .collect();
+                if round >= 2 {
+                    body.extend(
+                        (0..10).map(|i| update(&format!("cw{w}-{}-{i}", round - 2), "COMPLETED")),
+                    );
+                }
+                accept_all(app, Value::Array(body)).await;
+            }
+            writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let scraper = async {
+        let mut scrapes = 0;
+        while writing.load(std::sync::atomic::Ordering::SeqCst) > 0 || scrapes == 0 {
+            let scrape = app.scrape().await;
+            let in_flight: f64 = samples(&scrape, "taskpulse_tasks")
+                .iter()
+                .filter(|s| s.labels.get("status") == Some("IN_PROGRESS"))
+                .map(|s| number(s))
+                .sum();
+            let kept = task_ids(&scrape, "taskpulse_task_progress_ratio").len();
+            let omitted = metric_value(&scrape, "taskpulse_task_series_omitted", &[]).unwrap();
+            assert_eq!(
+                kept as f64 + omitted,
+                in_flight,
+                "kept + omitted = in flight"
+            );
+            assert_eq!(kept, CAP.min(in_flight as usize), "the cap is filled");
+            scrapes += 1;
+        }
+        scrapes
+    };
+    let all = async {
+        let writers = futures_util::future::join_all((0..WRITERS).map(writer));
+        tokio::join!(writers, scraper).1
+    };
+    let scrapes = tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .expect("scrapes and writes finish side by side");
+    assert!(scrapes > 1, "scraped while writing: {scrapes}");
+    let last = app.scrape().await;
+    let kept = task_ids(&last, "taskpulse_task_progress_ratio");
+    assert_eq!(kept.len(), CAP);
+    // what is left in flight: each writer's last two rounds
+    assert_eq!(
+        metric_value(&last, "taskpulse_task_series_omitted", &[]),
+        Some((WRITERS * 20 - CAP) as f64)
+    );
+}
