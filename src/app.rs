@@ -36,7 +36,7 @@ use crate::engines::settings::{self as engine_settings, EngineSettings};
 use crate::engines::{Contribution, CoreSettings, Engine, EngineContext, EngineInit};
 use crate::error::{Error, Result};
 use crate::http::server::{self, ConnLimits};
-use crate::http::{HttpState, Overview, OverviewSources, Routes};
+use crate::http::{HttpShared, HttpState, Overview, OverviewSources, Routes};
 use crate::leader::{self, Leadership};
 use crate::metrics::state::{ScrapeConfig, StateCollector};
 use crate::metrics::{self, Budget, Collector, Exposition};
@@ -195,7 +195,7 @@ impl Application {
             leadership: leadership.clone(),
             checker: (!check_interval.is_zero()).then_some(m.checker.clone()),
         }));
-        let state = HttpState {
+        let state = HttpState::new(HttpShared {
             pipeline: core.pipeline.clone(),
             store: store.clone(),
             exposition,
@@ -206,7 +206,7 @@ impl Application {
             overview,
             live: Arc::default(),
             shared_lists: Arc::default(),
-        };
+        });
         let router = crate::http::router(state, Routes::merge(Routes::default(), added.routes));
         Ok(Application {
             listener,

@@ -42,9 +42,27 @@ pub use overview::{Overview, OverviewSources};
 pub use read::SharedLists;
 pub use views::TaskView;
 
-/// Shared by the core's handlers.
+/// Shared by the core's handlers. One reference count: axum clones the state for every
+/// handler call, and a struct of ten shared fields cost ten atomic increments and decrements
+/// per request (about 3 % of the server's time under single-update requests).
 #[derive(Clone)]
-pub struct HttpState {
+pub struct HttpState(Arc<HttpShared>);
+
+impl HttpState {
+    pub fn new(shared: HttpShared) -> HttpState {
+        HttpState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for HttpState {
+    type Target = HttpShared;
+    fn deref(&self) -> &HttpShared {
+        &self.0
+    }
+}
+
+/// What [`HttpState`] shares.
+pub struct HttpShared {
     pub pipeline: Arc<Pipeline>,
     pub store: Store,
     pub exposition: Arc<Exposition>,
