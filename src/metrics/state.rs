@@ -467,7 +467,7 @@ impl StateCollector {
                         (wf, WaitCounts::default())
                     })
                     .1;
-                if let Some(late) = c.add(hot.wait_until, now, grace_ms) {
+                if let Some(late) = c.add(hot.wait_until(), now, grace_ms) {
                     w.oldest_overdue_ms = w.oldest_overdue_ms.max(late);
                 }
                 continue;
