@@ -11,7 +11,7 @@
 //! there. Only the very first caller, with nothing computed yet, waits for a walk. Fifty open
 //! pages cost about one walk a second, not fifty.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::checker::CheckerMetrics;
 use crate::leader::Leadership;
+use crate::model::Status;
 use crate::pipeline::Tracker;
 use crate::wait::{WaitCounts, WaitMetrics, WaitSource};
 
@@ -120,33 +121,36 @@ impl Overview {
         let now = crate::now_ms();
         let stall_ms = s.stall_after.as_millis() as i64;
         let grace_ms = s.wait_grace.as_millis() as i64;
-        let mut by_status: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut by_type: BTreeMap<Arc<str>, u64> = BTreeMap::new();
-        let mut workflow_types: BTreeMap<Arc<str>, u64> = BTreeMap::new();
+        let mut by_status = [0u64; Status::ALL.len()];
+        // names by the address of their interned string, folded by content after (as the
+        // scrape's walk does): the walk reads each task's inline copy, not its boxed state
+        let mut by_type = ByName::default();
+        let mut workflow_types = ByName::default();
         let mut tracked_wait = WaitCounts::default();
         let (mut in_flight, mut stalled, mut late) = (0u64, 0u64, 0u64);
-        s.tracker.for_each(|st| {
-            let r = &st.rec;
-            if r.status.is_terminal() {
+        s.tracker.for_each_entry(|_, e| {
+            let hot = &e.hot;
+            if hot.status.is_terminal() {
                 return;
             }
-            if let Some(wf) = &r.workflow_type {
-                *workflow_types.entry(wf.clone()).or_default() += 1;
+            if hot.workflow_type != 0 {
+                workflow_types.count(hot.workflow_type, || e.rec.workflow_type.clone());
             }
-            if r.is_waiting() {
-                tracked_wait.add(r.wait_until, now, grace_ms);
+            if hot.waiting {
+                tracked_wait.add(hot.wait_until(), now, grace_ms);
                 return;
             }
             in_flight += 1;
-            *by_status.entry(r.status.as_str()).or_default() += 1;
-            *by_type.entry(r.task_type.clone()).or_default() += 1;
-            if r.progress_stalled(now, stall_ms) {
+            by_status[hot.status as usize] += 1;
+            by_type.count(hot.task_type, || Some(e.rec.task_type.clone()));
+            if hot.progress_stalled(now, stall_ms) {
                 stalled += 1;
             }
-            if r.predicted_late(st.predicted_completion(now, stall_ms)) {
+            if hot.predicted_late(hot.predicted_completion(now, stall_ms)) {
                 late += 1;
             }
         });
+        let (by_type, workflow_types) = (by_type.by_content(), workflow_types.by_content());
         let wait = match &s.wait_source {
             Some(src) => {
                 let snap = src.borrow();
@@ -169,8 +173,8 @@ impl Overview {
             checker: self.checker(),
             in_flight: InFlight {
                 by_status: ByStatus {
-                    in_progress: by_status.get("IN_PROGRESS").copied().unwrap_or(0),
-                    scheduled: by_status.get("SCHEDULED").copied().unwrap_or(0),
+                    in_progress: by_status[Status::InProgress as usize],
+                    scheduled: by_status[Status::Scheduled as usize],
                 },
                 by_type: types
                     .iter()
@@ -293,6 +297,28 @@ pub struct CheckerAnswer {
 }
 
 /// The [`TYPES_LISTED`] most common names with their counts, most common first (ties by name).
+/// Tasks counted by the address of an interned name, with the name taken on first sight.
+#[derive(Default)]
+struct ByName(HashMap<usize, (Arc<str>, u64), foldhash::fast::RandomState>);
+
+impl ByName {
+    fn count(&mut self, at: usize, name: impl FnOnce() -> Option<Arc<str>>) {
+        self.0
+            .entry(at)
+            .or_insert_with(|| (name().unwrap_or_else(|| Arc::from("")), 0))
+            .1 += 1;
+    }
+
+    /// By content: two equal names that were not shared count as one.
+    fn by_content(self) -> BTreeMap<Arc<str>, u64> {
+        let mut out = BTreeMap::new();
+        for (_, (name, n)) in self.0 {
+            *out.entry(name).or_default() += n;
+        }
+        out
+    }
+}
+
 fn most_common(counts: BTreeMap<Arc<str>, u64>) -> Vec<(Arc<str>, u64)> {
     let mut v: Vec<(Arc<str>, u64)> = counts.into_iter().collect();
     // stable: equal counts stay in the map's name order

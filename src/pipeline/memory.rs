@@ -39,16 +39,21 @@ impl<'a> ReadAll<'a> {
 
     /// Every task's id and entry, shard by shard.
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Entry)> + '_ {
-        self.guards.iter().flat_map(|table| {
-            // SAFETY: the table is read-locked for as long as `self` lives, and the items
-            // borrow `self`: no bucket is moved or freed while an item is in use.
-            unsafe { table.iter() }.map(|bucket| {
-                // SAFETY: as above; `iter` yields full buckets only.
-                let (id, entry) = unsafe { bucket.as_ref() };
-                (id, entry.get())
-            })
-        })
+        self.guards.iter().flat_map(entries_of)
     }
+}
+
+/// The entries of one read-locked shard, without dashmap's per-item guard.
+fn entries_of<'g>(
+    table: &'g dashmap::RwLockReadGuard<'_, Table>,
+) -> impl Iterator<Item = (&'g Arc<str>, &'g Entry)> {
+    // SAFETY: the table stays read-locked while the guard lives, and the items borrow the
+    // guard: no bucket is moved or freed while an item is in use.
+    unsafe { table.iter() }.map(|bucket| {
+        // SAFETY: as above; `iter` yields full buckets only.
+        let (id, entry) = unsafe { bucket.as_ref() };
+        (id, entry.get())
+    })
 }
 
 /// One page of the task list ([`Tracker::page`]).
@@ -365,12 +370,12 @@ impl Tracker {
         // Workers by the address of their interned name, as the tasks' inline copies hold it:
         // no name is cloned per task. Exact, as the interner keeps one string per name while
         // anything holds it, and the workers' names and the tasks' come from it.
-        let busy: HashSet<usize, foldhash::fast::RandomState> = self
-            .read_all()
-            .iter()
-            .filter(|(_, e)| !e.hot.status.is_terminal() && e.hot.worker != 0)
-            .map(|(_, e)| e.hot.worker)
-            .collect();
+        let mut busy: HashSet<usize, foldhash::fast::RandomState> = HashSet::default();
+        self.for_each_entry(|_, e| {
+            if !e.hot.status.is_terminal() && e.hot.worker != 0 {
+                busy.insert(e.hot.worker);
+            }
+        });
         self.workers.retain(|w, seen| {
             busy.contains(&super::addr(Some(w))) || now - *seen < worker_expiry_ms
         });
@@ -456,17 +461,22 @@ impl Tracker {
         Page { tasks, more, total }
     }
 
-    /// Calls `f` on every tracked task (metrics scrape). Holds one shard at a time.
-    pub fn for_each(&self, mut f: impl FnMut(&TaskState)) {
-        for e in self.tasks.iter() {
-            f(e.value());
-        }
-    }
-
     /// The whole table read-locked, for the scrape's walk (see [`ReadAll`]), which reads the
     /// entry's inline [`super::task::Hot`] and its state only where it must.
     pub fn read_all(&self) -> ReadAll<'_> {
         ReadAll::new(self.tasks.shards())
+    }
+
+    /// Calls `f` on every task's id and entry, holding one shard at a time (nothing is kept
+    /// past the call): walks that only count, such as the status page's overview and the
+    /// sweeper's, so writers wait for a shard's share of the walk, not the whole of it.
+    pub fn for_each_entry(&self, mut f: impl FnMut(&Arc<str>, &Entry)) {
+        for shard in self.tasks.shards() {
+            let table = shard.read();
+            for (id, e) in entries_of(&table) {
+                f(id, e);
+            }
+        }
     }
 
     /// Runs `f` on one task's state, holding its shard only for the call.
