@@ -116,6 +116,7 @@ impl Application {
     /// Connects and migrates the store, rebuilds memory from it, starts the writer, the
     /// engines and the background loops, and binds the listener.
     pub async fn build(settings: Settings) -> Result<Application> {
+        // the binary calls it before its runtime starts; again here for embedders and tests
         crate::alloc::tune();
         let store = open_store(&settings.store.database).await?;
         let registry = Registry::new();
@@ -623,6 +624,18 @@ async fn stop_sources(
         }
         _ = aborted.cancelled() => Err(Error::Aborted),
     }
+}
+
+/// Logs to stderr at `TASKPULSE_LOG` (default `info,sqlx=warn`), in colour on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TASKPULSE_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 /// `taskpulse migrate`: the store's schema brought up to date. An SQLite file from before

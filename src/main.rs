@@ -9,8 +9,15 @@ use taskpulse::cli::{self, CliError, Command};
 use taskpulse::settings::redact_url;
 use taskpulse::{error::one_line, Application, Error};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // before the runtime's threads start: each would take a malloc arena of its own
+    taskpulse::alloc::tune();
+    // as `#[tokio::main]` did: a runtime that cannot start is not an error input can cause
+    let runtime = tokio::runtime::Runtime::new().expect("the async runtime starts");
+    runtime.block_on(start())
+}
+
+async fn start() -> ExitCode {
     let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(CliError::Clap(e)) => e.exit(),
@@ -19,14 +26,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TASKPULSE_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    app::init_logging();
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) if matches!(e.downcast_ref(), Some(Error::Aborted)) => {
