@@ -11,7 +11,7 @@
 //! there. Only the very first caller, with nothing computed yet, waits for a walk. Fifty open
 //! pages cost about one walk a second, not fifty.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::checker::CheckerMetrics;
 use crate::leader::Leadership;
 use crate::model::Status;
-use crate::pipeline::Tracker;
+use crate::pipeline::{ByName, Tracker};
 use crate::wait::{WaitCounts, WaitMetrics, WaitSource};
 
 /// How long one computed overview is served before a caller starts the next computation.
@@ -124,8 +124,8 @@ impl Overview {
         let mut by_status = [0u64; Status::ALL.len()];
         // names by the address of their interned string, folded by content after (as the
         // scrape's walk does): the walk reads each task's inline copy, not its boxed state
-        let mut by_type = ByName::default();
-        let mut workflow_types = ByName::default();
+        let mut by_type = ByName::<u64>::default();
+        let mut workflow_types = ByName::<u64>::default();
         let mut tracked_wait = WaitCounts::default();
         let (mut in_flight, mut stalled, mut late) = (0u64, 0u64, 0u64);
         s.tracker.for_each_entry(|_, e| {
@@ -134,7 +134,7 @@ impl Overview {
                 return;
             }
             if hot.workflow_type != 0 {
-                workflow_types.count(hot.workflow_type, || e.rec.workflow_type.clone());
+                *workflow_types.entry(hot.workflow_type, || e.rec.workflow_type.clone()) += 1;
             }
             if hot.waiting {
                 tracked_wait.add(hot.wait_until(), now, grace_ms);
@@ -142,7 +142,7 @@ impl Overview {
             }
             in_flight += 1;
             by_status[hot.status as usize] += 1;
-            by_type.count(hot.task_type, || Some(e.rec.task_type.clone()));
+            *by_type.entry(hot.task_type, || Some(e.rec.task_type.clone())) += 1;
             if hot.progress_stalled(now, stall_ms) {
                 stalled += 1;
             }
@@ -150,7 +150,8 @@ impl Overview {
                 late += 1;
             }
         });
-        let (by_type, workflow_types) = (by_type.by_content(), workflow_types.by_content());
+        let add = |a: &mut u64, b: &u64| *a += b;
+        let (by_type, workflow_types) = (by_type.by_content(add), workflow_types.by_content(add));
         let wait = match &s.wait_source {
             Some(src) => {
                 let snap = src.borrow();
@@ -297,28 +298,6 @@ pub struct CheckerAnswer {
 }
 
 /// The [`TYPES_LISTED`] most common names with their counts, most common first (ties by name).
-/// Tasks counted by the address of an interned name, with the name taken on first sight.
-#[derive(Default)]
-struct ByName(HashMap<usize, (Arc<str>, u64), foldhash::fast::RandomState>);
-
-impl ByName {
-    fn count(&mut self, at: usize, name: impl FnOnce() -> Option<Arc<str>>) {
-        self.0
-            .entry(at)
-            .or_insert_with(|| (name().unwrap_or_else(|| Arc::from("")), 0))
-            .1 += 1;
-    }
-
-    /// By content: two equal names that were not shared count as one.
-    fn by_content(self) -> BTreeMap<Arc<str>, u64> {
-        let mut out = BTreeMap::new();
-        for (_, (name, n)) in self.0 {
-            *out.entry(name).or_default() += n;
-        }
-        out
-    }
-}
-
 fn most_common(counts: BTreeMap<Arc<str>, u64>) -> Vec<(Arc<str>, u64)> {
     let mut v: Vec<(Arc<str>, u64)> = counts.into_iter().collect();
     // stable: equal counts stay in the map's name order

@@ -23,7 +23,7 @@ use crate::cardinality::OTHER;
 use crate::leader::Leadership;
 use crate::model::{Status, WAIT_TASK_TYPE};
 use crate::now_ms;
-use crate::pipeline::{addr, Entry, ReadAll, TaskState, Tracker};
+use crate::pipeline::{addr, ByName, Entry, ReadAll, TaskState, Tracker};
 use crate::wait::{WaitCounts, WaitSource};
 
 /// Settings the state gauges depend on.
@@ -341,8 +341,8 @@ impl Collector for StateCollector {
 #[derive(Default)]
 struct Walk<'a> {
     by_type: ByTypeAddr,
-    wait: FastMap<usize, (Arc<str>, WaitCounts)>,
-    workers: FastMap<usize, (Arc<str>, i64)>,
+    wait: ByName<WaitCounts>,
+    workers: ByName<i64>,
     oldest_overdue_ms: i64,
     /// In-flight tasks with progress: the candidates for per-task series.
     candidates: usize,
@@ -441,10 +441,7 @@ impl StateCollector {
                 continue;
             }
             if hot.worker != 0 {
-                w.workers
-                    .entry(hot.worker)
-                    .or_insert_with(|| (e.rec.worker_id.clone().unwrap_or_default(), 0))
-                    .1 += 1;
+                *w.workers.entry(hot.worker, || e.rec.worker_id.clone()) += 1;
             }
             let counts = &mut w
                 .by_type
@@ -459,14 +456,9 @@ impl StateCollector {
                 .2;
             counts.by_status[hot.status as usize] += 1;
             if hot.waiting {
-                let c = &mut w
+                let c = w
                     .wait
-                    .entry(hot.workflow_type)
-                    .or_insert_with(|| {
-                        let wf = e.rec.workflow_type.clone().unwrap_or_else(|| empty.clone());
-                        (wf, WaitCounts::default())
-                    })
-                    .1;
+                    .entry(hot.workflow_type, || e.rec.workflow_type.clone());
                 if let Some(late) = c.add(hot.wait_until(), now, grace_ms) {
                     w.oldest_overdue_ms = w.oldest_overdue_ms.max(late);
                 }
@@ -506,9 +498,7 @@ impl StateCollector {
                 oldest_overdue_ms = (snap.oldest_overdue_seconds * 1000.0) as i64;
             }
             None => {
-                for (_, (wf, c)) in std::mem::take(&mut walk.wait) {
-                    wait_by_wf.entry(wf).or_default().merge(&c);
-                }
+                wait_by_wf = std::mem::take(&mut walk.wait).by_content(|a, b| a.merge(b));
             }
         }
         let (wait_by_wf, folded) = keep_largest(
@@ -543,16 +533,8 @@ impl StateCollector {
 
     /// Workers seen recently (`--worker-expiry`), with their in-flight tasks: the busiest kept;
     /// how many were folded.
-    fn write_workers(
-        &self,
-        agg: &mut String,
-        workers: FastMap<usize, (Arc<str>, i64)>,
-        other: &Arc<str>,
-    ) -> usize {
-        let mut tasks_of: HashMap<Arc<str>, i64> = HashMap::new();
-        for (_, (w, n)) in workers {
-            *tasks_of.entry(w).or_default() += n;
-        }
+    fn write_workers(&self, agg: &mut String, workers: ByName<i64>, other: &Arc<str>) -> usize {
+        let tasks_of = workers.by_content(|a, b| *a += b);
         let seen: BTreeMap<Arc<str>, (i64, i64)> = self
             .tracker
             .workers()

@@ -2,7 +2,7 @@
 //! something newer, settling writes that lost to it, eviction past the cap, sweeping, and the
 //! reads the API, the metrics and the checker make.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::task::{diff_records, event, Entry, TaskState};
@@ -54,6 +54,39 @@ fn entries_of<'g>(
         let (id, entry) = unsafe { bucket.as_ref() };
         (id, entry.get())
     })
+}
+
+/// Values per interned name, kept by the name's address while a walk counts (a word hashed,
+/// no string read or cloned per task) and folded by content after, so two equal names that
+/// were not shared still count as one: how the scrape and the overview count by worker,
+/// workflow type and task type.
+pub struct ByName<V>(HashMap<usize, (Arc<str>, V), foldhash::fast::RandomState>);
+
+impl<V> Default for ByName<V> {
+    fn default() -> Self {
+        ByName(HashMap::default())
+    }
+}
+
+impl<V: Default> ByName<V> {
+    /// The value of the name at address `at` (from [`super::addr`]); `name` gives the name
+    /// the first time it is met (`None`: the empty name).
+    pub fn entry(&mut self, at: usize, name: impl FnOnce() -> Option<Arc<str>>) -> &mut V {
+        &mut self
+            .0
+            .entry(at)
+            .or_insert_with(|| (name().unwrap_or_else(|| Arc::from("")), V::default()))
+            .1
+    }
+
+    /// By content, each name's values merged.
+    pub fn by_content(self, merge: impl Fn(&mut V, &V)) -> BTreeMap<Arc<str>, V> {
+        let mut out: BTreeMap<Arc<str>, V> = BTreeMap::new();
+        for (_, (name, v)) in self.0 {
+            merge(out.entry(name).or_default(), &v);
+        }
+        out
+    }
 }
 
 /// One page of the task list ([`Tracker::page`]).

@@ -32,7 +32,7 @@ use crate::ingest::{Item, TaskUpdate};
 use crate::lifecycle::Rejection;
 use crate::store::{Commit, Store};
 
-pub use memory::{Page, ReadAll, Settled};
+pub use memory::{ByName, Page, ReadAll, Settled};
 pub use metrics::PipelineMetrics;
 pub(crate) use task::addr;
 pub use task::{Applied, Entry, Hot, TaskState};
