@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::task::{diff_records, event, Entry, TaskState};
+use super::task::{diff_records, event, Entry, TaskState, WrittenProgress};
 use super::tracker::Tracker;
 use crate::lifecycle::{self, Current, Diff, Incoming, Rejection, Verdict};
 use crate::model::{Outcome, TaskRecord};
@@ -191,8 +191,8 @@ impl Tracker {
                 }
                 if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
                     self.send_task(st, WriteKind::Progress, now, None, None);
-                } else if let Some(line) = st.rejections.take() {
-                    self.send_event(st, *line);
+                } else if let Some(line) = st.unwritten.take_rejections() {
+                    self.send_event(st, line);
                 }
             }
             if let Some((_, st)) = self.tasks.remove_if(&*id, |_, st| {
@@ -214,8 +214,8 @@ impl Tracker {
             if st.pending != Pending::Clean && !st.rec.status.is_terminal() {
                 self.send_task(st, WriteKind::Progress, now, None, None);
                 flushed += 1;
-            } else if let Some(line) = st.rejections.take() {
-                self.send_event(st, *line);
+            } else if let Some(line) = st.unwritten.take_rejections() {
+                self.send_event(st, line);
                 flushed += 1;
             }
         }
@@ -343,7 +343,7 @@ impl Tracker {
             }
             st.rec = self.intern(rec);
             st.pending = Pending::Clean;
-            st.written_progress = st.rec.progress;
+            st.written_progress = WrittenProgress::new(st.rec.progress);
             st.written_status = st.rec.status;
             self.resize(&mut st);
         }
@@ -391,8 +391,8 @@ impl Tracker {
             match st.rec.terminal_at {
                 Some(t) if now - t >= retention_ms => {
                     // its last rejections go into the history before it leaves memory
-                    if let Some(line) = st.rejections.take() {
-                        self.send_event(st, *line);
+                    if let Some(line) = st.unwritten.take_rejections() {
+                        self.send_event(st, line);
                     }
                     self.forget_size(st);
                     false
@@ -433,7 +433,7 @@ impl Tracker {
     pub fn unwritten_attempts(&self, task_id: &str) -> Vec<crate::model::Attempt> {
         self.tasks
             .get(task_id)
-            .map(|e| e.attempts.clone())
+            .map(|e| e.unwritten.attempts().to_vec())
             .unwrap_or_default()
     }
 
@@ -442,7 +442,7 @@ impl Tracker {
     pub fn unwritten_rejections(&self, task_id: &str) -> Option<crate::model::TaskEvent> {
         self.tasks
             .get(task_id)
-            .and_then(|e| e.rejections.as_deref().cloned())
+            .and_then(|e| e.unwritten.rejections().cloned())
     }
 
     /// Copies of the records that pass `filter`.

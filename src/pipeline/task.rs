@@ -22,15 +22,12 @@ pub struct TaskState {
     /// The throttle's state for this task's writes.
     pub(crate) slot: Slot,
     /// Progress last handed to the writer.
-    pub(crate) written_progress: Option<f32>,
+    pub(crate) written_progress: WrittenProgress,
     /// Status last handed to the writer: a non-terminal status change is written like progress,
     /// and its history line goes with that write.
     pub(crate) written_status: Status,
-    /// Attempts (retry number, worker) seen since the last write, for it to store: every one,
-    /// not only the last, so a worker that ran a task between two writes is still recorded.
-    pub(crate) attempts: Vec<Attempt>,
-    /// Rejected updates not written yet, folded into one history line.
-    pub(crate) rejections: Option<Box<TaskEvent>>,
+    /// Attempts and rejections seen since the last write, for the store.
+    pub(crate) unwritten: Unwritten,
     /// History lines and attempts handed to the writer since the last prune of this task.
     pub(crate) events_written: u16,
     pub(crate) attempts_written: u16,
@@ -119,6 +116,10 @@ const NO_TIME: i64 = i64::MIN;
 // The size the docs of `Hot` and BENCHMARKS.md state, on the 64-bit targets we build.
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Hot>() == 64);
+// Each task's boxed state in a 400-byte malloc chunk (glibc adds 8 bytes and rounds up to 16):
+// at 393 bytes it would take 416.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<TaskState>() <= 392);
 
 /// The address of an interned string, 0 for none.
 pub(crate) fn addr(s: Option<&std::sync::Arc<str>>) -> usize {
@@ -202,13 +203,12 @@ fn moving_prediction(
 impl TaskState {
     fn new(rec: TaskRecord) -> TaskState {
         let mut st = TaskState {
-            written_progress: rec.progress,
+            written_progress: WrittenProgress::new(rec.progress),
             written_status: rec.status,
             pending: Pending::Clean,
             timer: false,
             slot: Slot::default(),
-            attempts: Vec::new(),
-            rejections: None,
+            unwritten: Unwritten::default(),
             events_written: 0,
             attempts_written: 0,
             size: 0,
@@ -229,18 +229,18 @@ impl TaskState {
             return;
         };
         let attempt = self.rec.retry_count.unwrap_or(0);
-        if let Some(a) = self
-            .attempts
+        let attempts = self.unwritten.attempts_mut();
+        if let Some(a) = attempts
             .iter_mut()
             .find(|a| a.attempt == attempt && a.worker_id == worker)
         {
             a.last_seen = now;
             return;
         }
-        if self.attempts.len() >= ATTEMPTS_KEPT {
-            self.attempts.remove(0);
+        if attempts.len() >= ATTEMPTS_KEPT {
+            attempts.remove(0);
         }
-        self.attempts.push(Attempt::seen(
+        attempts.push(Attempt::seen(
             self.rec.task_id.clone(),
             attempt,
             worker,
@@ -257,23 +257,23 @@ impl TaskState {
         worker: impl Fn(&str) -> std::sync::Arc<str>,
     ) {
         for r in reports {
-            let found = self
-                .attempts
-                .iter_mut()
-                .find(|a| a.attempt == r.attempt && *a.worker_id == *r.worker_id);
+            let attempts = self.unwritten.attempts_mut();
+            let found = attempts
+                .iter()
+                .position(|a| a.attempt == r.attempt && *a.worker_id == *r.worker_id);
             let a = match found {
-                Some(a) => a,
+                Some(i) => &mut attempts[i],
                 None => {
-                    if self.attempts.len() >= ATTEMPTS_KEPT {
-                        self.attempts.remove(0);
+                    if attempts.len() >= ATTEMPTS_KEPT {
+                        attempts.remove(0);
                     }
-                    self.attempts.push(Attempt::seen(
+                    attempts.push(Attempt::seen(
                         self.rec.task_id.clone(),
                         r.attempt,
                         worker(&r.worker_id),
                         now,
                     ));
-                    self.attempts.last_mut().expect("just pushed")
+                    attempts.last_mut().expect("just pushed")
                 }
             };
             a.status = r.status.or(a.status);
@@ -320,7 +320,7 @@ impl TaskState {
 /// "Hostile input and overload": `scripts/overload.py compare`).
 pub(crate) const TASK_OVERHEAD: usize = 900;
 /// A task's progress window, once it reports progress.
-const WINDOW_BYTES: usize = 112;
+const WINDOW_BYTES: usize = 96;
 /// What an optional string of the record costs besides its bytes: the `Arc`'s counts and the
 /// allocator's header and rounding.
 const STRING_OVERHEAD: usize = 32;
@@ -341,10 +341,97 @@ pub(crate) fn footprint(st: &TaskState) -> usize {
         + own(&r.parent_task_id)
         + own(&r.iteration_value)
         + if st.window.is_some() { WINDOW_BYTES } else { 0 }
-        + st.rejections.as_ref().map_or(0, |e| {
-            std::mem::size_of::<TaskEvent>() + STRING_OVERHEAD + e.reason.as_ref().map_or(0, String::len)
+        + st.unwritten.bytes()
+}
+
+/// Progress last handed to the writer, in four bytes where `Option<f32>` takes eight: NaN
+/// stands for none (progress is a finite number, or no progress). Keeps [`TaskState`] at 392
+/// bytes, a 400-byte malloc chunk (asserted below [`Hot`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WrittenProgress(f32);
+
+impl WrittenProgress {
+    pub(crate) fn new(progress: Option<f32>) -> WrittenProgress {
+        WrittenProgress(progress.unwrap_or(f32::NAN))
+    }
+
+    pub(crate) fn get(self) -> Option<f32> {
+        Some(self.0).filter(|p| !p.is_nan())
+    }
+}
+
+/// What a task saw since its last write and the store does not have yet: the attempts (retry
+/// number, worker) to store, every one, not only the last, so a worker that ran a task between
+/// two writes is still recorded; and rejected updates folded into one history line. Both are
+/// empty after each write, so they share one box that is absent then: a task pays one pointer
+/// for them, not 32 bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Unwritten(Option<Box<UnwrittenParts>>);
+
+#[derive(Debug, Default)]
+struct UnwrittenParts {
+    attempts: Vec<Attempt>,
+    rejections: Option<Box<TaskEvent>>,
+}
+
+impl Unwritten {
+    pub(crate) fn attempts(&self) -> &[Attempt] {
+        self.0.as_ref().map_or(&[], |p| &p.attempts)
+    }
+
+    /// The attempts, to add to (the box is made if absent).
+    fn attempts_mut(&mut self) -> &mut Vec<Attempt> {
+        &mut self.0.get_or_insert_with(Default::default).attempts
+    }
+
+    /// The attempts, for the write that stores them.
+    pub(crate) fn take_attempts(&mut self) -> Vec<Attempt> {
+        let taken = self.0.as_mut().map(|p| std::mem::take(&mut p.attempts));
+        self.drop_if_empty();
+        taken.unwrap_or_default()
+    }
+
+    pub(crate) fn rejections(&self) -> Option<&TaskEvent> {
+        self.0.as_ref().and_then(|p| p.rejections.as_deref())
+    }
+
+    pub(crate) fn rejections_mut(&mut self) -> Option<&mut TaskEvent> {
+        self.0.as_mut().and_then(|p| p.rejections.as_deref_mut())
+    }
+
+    pub(crate) fn set_rejections(&mut self, line: TaskEvent) {
+        self.0.get_or_insert_with(Default::default).rejections = Some(Box::new(line));
+    }
+
+    /// The folded rejections, for the write that stores them.
+    pub(crate) fn take_rejections(&mut self) -> Option<TaskEvent> {
+        let taken = self.0.as_mut().and_then(|p| p.rejections.take());
+        self.drop_if_empty();
+        taken.map(|line| *line)
+    }
+
+    fn drop_if_empty(&mut self) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|p| p.attempts.is_empty() && p.rejections.is_none())
+        {
+            self.0 = None;
+        }
+    }
+
+    /// What the box and its contents take (`--max-tracked-memory`'s count).
+    fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |p| {
+            std::mem::size_of::<UnwrittenParts>()
+                + p.attempts.capacity() * std::mem::size_of::<Attempt>()
+                + p.rejections.as_ref().map_or(0, |e| {
+                    std::mem::size_of::<TaskEvent>()
+                        + STRING_OVERHEAD
+                        + e.reason.as_ref().map_or(0, String::len)
+                })
         })
-        + st.attempts.capacity() * std::mem::size_of::<Attempt>()
+    }
 }
 
 /// The outcome of one update.

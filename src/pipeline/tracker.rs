@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::interner::{IdHasher, Interner};
 use super::metrics::PipelineMetrics;
-use super::task::{diff, event, footprint, Applied, Entry, TaskState};
+use super::task::{diff, event, footprint, Applied, Entry, TaskState, WrittenProgress};
 use crate::ingest::TaskUpdate;
 use crate::lifecycle::{self, Current, Incoming, Rejection, Verdict};
 use crate::model::{
@@ -343,7 +343,8 @@ impl Tracker {
                 // IN_PROGRESS on every worker update), a new worker or attempt: all written
                 // through the throttle, the newest kept. A status change or a new attempt is
                 // always worth a write, whatever `--progress-min-delta` says.
-                let forced = message_changed || status_changed || !st.attempts.is_empty();
+                let forced =
+                    message_changed || status_changed || !st.unwritten.attempts().is_empty();
                 let written = self.progress_write(id, st, forced);
                 if !status_changed {
                     self.metrics.progress_updates(written);
@@ -407,7 +408,7 @@ impl Tracker {
         r: &Rejection,
         now: i64,
     ) {
-        if let Some(line) = st.rejections.as_mut() {
+        if let Some(line) = st.unwritten.rejections_mut() {
             line.count = line.count.saturating_add(1);
             line.last_at = Some(now);
             return;
@@ -427,10 +428,10 @@ impl Tracker {
         match self.throttle.acquire(&st.slot) {
             ProgressWrite::Now => self.send_event(st, line),
             ProgressWrite::After(delay) => {
-                st.rejections = Some(Box::new(line));
+                st.unwritten.set_rejections(line);
                 self.arm(id, st, delay);
             }
-            ProgressWrite::WithNextWrite => st.rejections = Some(Box::new(line)),
+            ProgressWrite::WithNextWrite => st.unwritten.set_rejections(line),
         }
     }
 
@@ -534,7 +535,7 @@ impl Tracker {
         ack: Option<oneshot::Sender<Commit>>,
         mut event: Option<TaskEvent>,
     ) {
-        let attempts = std::mem::take(&mut st.attempts);
+        let attempts = st.unwritten.take_attempts();
         if event.is_none() && st.rec.status != st.written_status {
             event = Some(crate::pipeline::task::event(
                 &st.rec,
@@ -545,7 +546,7 @@ impl Tracker {
             ));
         }
         st.pending = Pending::Clean;
-        st.written_progress = st.rec.progress;
+        st.written_progress = WrittenProgress::new(st.rec.progress);
         st.written_status = st.rec.status;
         let task_id = st.rec.task_id.clone();
         st.events_written = st.events_written.saturating_add(event.is_some() as u16);
@@ -557,8 +558,8 @@ impl Tracker {
             event,
             ack,
         });
-        if let Some(line) = st.rejections.take() {
-            self.send_event(st, *line);
+        if let Some(line) = st.unwritten.take_rejections() {
+            self.send_event(st, line);
         }
         self.prune_if_due(task_id, st);
     }
@@ -596,7 +597,7 @@ impl Tracker {
         let now = st.rec.last_seen;
         match self
             .throttle
-            .progress(&st.slot, st.written_progress, st.rec.progress, forced)
+            .progress(&st.slot, st.written_progress.get(), st.rec.progress, forced)
         {
             ProgressWrite::Now => {
                 self.send_task(st, WriteKind::Progress, now, None, None);
@@ -666,15 +667,15 @@ impl Flush for Tracker {
         let st = entry.value_mut();
         st.timer = false;
         let row_waits = st.pending == Pending::Timed && !st.rec.status.is_terminal();
-        if !row_waits && st.rejections.is_none() {
+        if !row_waits && st.unwritten.rejections().is_none() {
             return Flushed::Done;
         }
         match self.throttle.acquire(&st.slot) {
             ProgressWrite::Now => {
                 if row_waits {
                     self.send_task(st, WriteKind::Progress, now_ms(), None, None);
-                } else if let Some(line) = st.rejections.take() {
-                    self.send_event(st, *line);
+                } else if let Some(line) = st.unwritten.take_rejections() {
+                    self.send_event(st, line);
                 }
                 Flushed::Done
             }
