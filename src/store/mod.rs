@@ -320,6 +320,22 @@ impl Store {
         Ok(out)
     }
 
+    /// The store the writer should use: on SQLite a pool of one connection of its own (so the
+    /// large statements of its batches are prepared on one connection, not on every one of
+    /// the shared pool's), which the caller closes when done; on PostgreSQL `None`, the shared
+    /// pool (its statements live on the server's side).
+    pub async fn for_writer(&self) -> Result<Option<Store>> {
+        match self {
+            Store::Sqlite(pool) => {
+                let timeout = pool.options().get_acquire_timeout();
+                Ok(Some(Store::Sqlite(
+                    sqlite::writer_pool(pool, timeout).await?,
+                )))
+            }
+            Store::Postgres(_) => Ok(None),
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             Store::Sqlite(pool) => pool.close().await,

@@ -39,7 +39,28 @@ pub(super) async fn connect(url: &str, timeout: Duration) -> Result<SqlitePool> 
         .foreign_keys(true)
         .pragma("cache_size", format!("-{CACHE_KIB}"));
     let pool = SqlitePoolOptions::new()
-        .max_connections(4)
+        .max_connections(CONNECTIONS)
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Connections of the shared pool: reads (API, checker, status page) and the rare writes of
+/// repairs and retention. The writer has one more of its own ([`writer_pool`]).
+const CONNECTIONS: u32 = 3;
+
+/// A pool of one connection, to the same file with the same settings, for the writer alone.
+///
+/// Every connection keeps the statements it prepared, and a full chunk's statement is a
+/// compiled program of up to megabytes ([`keep_prepared`]). Taking connections from the shared
+/// pool, the writer went round all of them and each came to keep its own copies: at 100,000
+/// tasks, 95 bytes per task more when they arrived in bodies of 5,000, 37 in bodies of 1,000
+/// (BENCHMARKS.md, issue 27's fourth stop). With one connection, one copy.
+pub(super) async fn writer_pool(shared: &SqlitePool, timeout: Duration) -> Result<SqlitePool> {
+    let options = (*shared.connect_options()).clone();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
         .acquire_timeout(timeout)
         .connect_with(options)
         .await?;
@@ -275,7 +296,7 @@ pub(super) async fn task_attempts(pool: &SqlitePool, task_id: &str) -> Result<Ve
 mod tests {
     use sqlx::Connection;
 
-    use super::{CACHE_KIB, SMALL_CHUNK};
+    use super::{CACHE_KIB, CONNECTIONS, SMALL_CHUNK};
     use crate::model::TaskRecord;
     use crate::store::{Batch, Store};
 
@@ -333,7 +354,7 @@ mod tests {
             unreachable!("a SQLite URL")
         };
         let mut conns = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..CONNECTIONS {
             let mut c = pool.acquire().await.unwrap();
             let kib: i64 = sqlx::query_scalar("PRAGMA cache_size")
                 .fetch_one(&mut *c)
@@ -342,6 +363,6 @@ mod tests {
             assert_eq!(kib, -i64::from(CACHE_KIB), "cache_size of a connection");
             conns.push(c);
         }
-        assert_eq!(pool.size(), 4, "the four connections were all checked");
+        assert_eq!(pool.size(), CONNECTIONS, "every connection was checked");
     }
 }

@@ -220,6 +220,11 @@ async fn run(
     conflicts: mpsc::UnboundedSender<Lost>,
     stop: CancellationToken,
 ) {
+    let own = store.for_writer().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the writer shares the store's connections: no connection of its own");
+        None
+    });
+    let store = own.clone().unwrap_or(store);
     let mut ops = Vec::with_capacity(MAX_BATCH);
     loop {
         let taken = tokio::select! {
@@ -242,6 +247,9 @@ async fn run(
             pb.add(op);
         }
         write_with_retry(&store, &metrics, &pending, &health, &conflicts, pb).await;
+    }
+    if let Some(own) = own {
+        own.close().await;
     }
 }
 
@@ -552,6 +560,67 @@ mod tests {
                 "write {i} acknowledged while still pending"
             );
         }
+        stop.cancel();
+        join.await.unwrap();
+    }
+
+    /// The statements a connection keeps prepared, for each of the shared pool's connections
+    /// (held at once, so none is counted twice).
+    async fn statements_kept(pool: &sqlx::SqlitePool) -> Vec<usize> {
+        use sqlx::Connection;
+        let mut conns = Vec::new();
+        for _ in 0..pool.options().get_max_connections() {
+            conns.push(pool.acquire().await.unwrap());
+        }
+        conns.iter().map(|c| c.cached_statements_size()).collect()
+    }
+
+    /// On SQLite the writer prepares its (large) statements on a connection of its own: the
+    /// shared pool's connections keep none of them, whatever the batches were.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_keeps_its_statements_off_the_shared_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let Store::Sqlite(pool) = store.clone() else {
+            unreachable!("a SQLite URL")
+        };
+        let before = statements_kept(&pool).await;
+        let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
+        let (conflicts, _lost) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let (writer, join) = spawn(store.clone(), metrics, conflicts, stop.clone());
+        let mut sent = 0;
+        // bodies of 1 to 1,200 tasks: full chunks, partial ones and small ones
+        for n in [1, 7, 120, 600, 1_200] {
+            let mut commits = Vec::new();
+            for i in sent..sent + n {
+                let (ack, commit) = oneshot::channel();
+                writer.send(Op::Task {
+                    rec: TaskRecord::in_progress(&format!("t{i}"), 1_000 + i as i64),
+                    kind: WriteKind::Status,
+                    attempts: Vec::new(),
+                    event: None,
+                    ack: Some(ack),
+                });
+                commits.push(commit);
+            }
+            for c in commits {
+                assert!(matches!(c.await, Ok(Commit::Written)));
+            }
+            sent += n;
+        }
+        let ids: Vec<String> = (0..sent).map(|i| format!("t{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(store.get_tasks(&ids).await.unwrap().len(), sent);
+        let after = statements_kept(&pool).await;
+        // the read above prepared its one statement on one connection
+        assert!(
+            after.iter().sum::<usize>() <= before.iter().sum::<usize>() + 1,
+            "the shared connections kept {after:?} statements after the writer's batches, {before:?} before"
+        );
         stop.cancel();
         join.await.unwrap();
     }
