@@ -11,23 +11,17 @@ use subtle::ConstantTimeEq;
 use super::error;
 use crate::settings::Secret;
 
-/// Refuses a request without the right bearer token (compared in constant time), when a token
-/// is set.
-pub async fn require_token(
-    State(token): State<Arc<Option<Secret>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = token.as_ref() {
-        if !bearer_matches(req.headers(), token) {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
+/// Refuses a request without the right bearer token (compared in constant time). Layered only
+/// when a token is set.
+pub async fn require_token(State(token): State<Arc<Secret>>, req: Request, next: Next) -> Response {
+    if !bearer_matches(req.headers(), &token) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
     }
     next.run(req).await
 }
