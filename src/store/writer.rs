@@ -530,19 +530,30 @@ mod tests {
     use super::*;
     use crate::model::TaskRecord;
 
+    /// A migrated SQLite store in `dir`.
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    /// A writer on `store`, and the token that stops it. Lost writes are dropped unread.
+    fn start(store: Store) -> (WriterHandle, JoinHandle<()>, CancellationToken) {
+        let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
+        let (conflicts, _) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let (writer, join) = spawn(store, metrics, conflicts, stop.clone());
+        (writer, join, stop)
+    }
+
     /// A commit is heard only once its ops no longer count as pending: a client answered
     /// after its commit may send its next body at once and find the queue as the store has it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_acknowledged_write_is_no_longer_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
-        let (conflicts, _lost) = mpsc::unbounded_channel();
-        let stop = CancellationToken::new();
-        let (writer, join) = spawn(store, metrics, conflicts, stop.clone());
+        let (writer, join, stop) = start(sqlite_store(&dir).await);
         for i in 0..200 {
             let (ack, commit) = oneshot::channel();
             let rec = TaskRecord::in_progress(&format!("t{i}"), 1_000 + i);
@@ -580,18 +591,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_keeps_its_statements_off_the_shared_connections() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let store = sqlite_store(&dir).await;
         let Store::Sqlite(pool) = store.clone() else {
             unreachable!("a SQLite URL")
         };
         let before = statements_kept(&pool).await;
-        let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
-        let (conflicts, _lost) = mpsc::unbounded_channel();
-        let stop = CancellationToken::new();
-        let (writer, join) = spawn(store.clone(), metrics, conflicts, stop.clone());
+        let (writer, join, stop) = start(store.clone());
         let mut sent = 0;
         // bodies of 1 to 1,200 tasks: full chunks, partial ones and small ones
         for n in [1, 7, 120, 600, 1_200] {
