@@ -371,6 +371,8 @@ pub(crate) struct Unwritten(Option<Box<UnwrittenParts>>);
 #[derive(Debug, Default)]
 struct UnwrittenParts {
     attempts: Vec<Attempt>,
+    /// Boxed apart: most tasks have attempts to write and no rejections, and their box stays
+    /// 32 bytes rather than carrying a history line's room.
     rejections: Option<Box<TaskEvent>>,
 }
 

@@ -326,12 +326,7 @@ impl Store {
     /// pool (its statements live on the server's side).
     pub async fn for_writer(&self) -> Result<Option<Store>> {
         match self {
-            Store::Sqlite(pool) => {
-                let timeout = pool.options().get_acquire_timeout();
-                Ok(Some(Store::Sqlite(
-                    sqlite::writer_pool(pool, timeout).await?,
-                )))
-            }
+            Store::Sqlite(pool) => Ok(Some(Store::Sqlite(sqlite::writer_pool(pool).await?))),
             Store::Postgres(_) => Ok(None),
         }
     }

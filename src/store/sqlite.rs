@@ -38,8 +38,16 @@ pub(super) async fn connect(url: &str, timeout: Duration) -> Result<SqlitePool> 
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true)
         .pragma("cache_size", format!("-{CACHE_KIB}"));
+    pool_of(options, CONNECTIONS, timeout).await
+}
+
+async fn pool_of(
+    options: SqliteConnectOptions,
+    connections: u32,
+    timeout: Duration,
+) -> Result<SqlitePool> {
     let pool = SqlitePoolOptions::new()
-        .max_connections(CONNECTIONS)
+        .max_connections(connections)
         .acquire_timeout(timeout)
         .connect_with(options)
         .await?;
@@ -57,14 +65,9 @@ const CONNECTIONS: u32 = 3;
 /// pool, the writer went round all of them and each came to keep its own copies: at 100,000
 /// tasks, 95 bytes per task more when they arrived in bodies of 5,000, 37 in bodies of 1,000
 /// (BENCHMARKS.md, issue 27's fourth stop). With one connection, one copy.
-pub(super) async fn writer_pool(shared: &SqlitePool, timeout: Duration) -> Result<SqlitePool> {
+pub(super) async fn writer_pool(shared: &SqlitePool) -> Result<SqlitePool> {
     let options = (*shared.connect_options()).clone();
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(timeout)
-        .connect_with(options)
-        .await?;
-    Ok(pool)
+    pool_of(options, 1, shared.options().get_acquire_timeout()).await
 }
 
 /// Rows per multi-row statement. sqlx's SQLite driver costs tens of microseconds per
@@ -293,12 +296,31 @@ pub(super) async fn task_attempts(pool: &SqlitePool, task_id: &str) -> Result<Ve
 }
 
 #[cfg(test)]
-mod tests {
-    use sqlx::Connection;
+pub(super) mod tests {
+    use sqlx::pool::PoolConnection;
+    use sqlx::{Connection, Sqlite, SqlitePool};
 
     use super::{CACHE_KIB, CONNECTIONS, SMALL_CHUNK};
     use crate::model::TaskRecord;
     use crate::store::{Batch, Store};
+
+    /// A migrated SQLite store in `dir`.
+    pub(crate) async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    /// Every connection the pool may hold, held at once so none is looked at twice.
+    pub(crate) async fn every_connection(pool: &SqlitePool) -> Vec<PoolConnection<Sqlite>> {
+        let mut conns = Vec::new();
+        for _ in 0..pool.options().get_max_connections() {
+            conns.push(pool.acquire().await.unwrap());
+        }
+        conns
+    }
 
     /// Statements whose text depends on how many rows or ids they carry stay prepared only
     /// when small or full, so the connections keep few of them however many sizes the batches
@@ -307,9 +329,7 @@ mod tests {
     #[tokio::test]
     async fn batches_of_any_size_keep_few_statements_prepared() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+        let store = sqlite_store(&dir).await;
         let sizes = 1..=200;
         for n in sizes.clone() {
             let ids: Vec<String> = (0..n).map(|i| format!("t{n}-{i}")).collect();
@@ -328,10 +348,7 @@ mod tests {
         let Store::Sqlite(pool) = &store else {
             unreachable!("a SQLite URL")
         };
-        // every connection the pool holds, held at once so none is counted twice
-        let mut conns = Vec::new();
-        for _ in 0..pool.size() {
-            let c = pool.acquire().await.unwrap();
+        for c in every_connection(pool).await {
             let cached = c.cached_statements_size();
             // three sized statements in the sizes kept (1 to SMALL_CHUNK rows; no chunk here is
             // full), and the few of fixed text
@@ -340,7 +357,6 @@ mod tests {
                 "{cached} statements kept prepared after batches of {} sizes",
                 sizes.clone().count()
             );
-            conns.push(c);
         }
     }
 
@@ -348,21 +364,22 @@ mod tests {
     #[tokio::test]
     async fn every_connection_keeps_a_small_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::connect(&url).await.unwrap();
+        let store = sqlite_store(&dir).await;
         let Store::Sqlite(pool) = &store else {
             unreachable!("a SQLite URL")
         };
-        let mut conns = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let mut c = pool.acquire().await.unwrap();
+        let mut conns = every_connection(pool).await;
+        assert_eq!(
+            conns.len(),
+            CONNECTIONS as usize,
+            "every connection is checked"
+        );
+        for c in &mut conns {
             let kib: i64 = sqlx::query_scalar("PRAGMA cache_size")
-                .fetch_one(&mut *c)
+                .fetch_one(&mut **c)
                 .await
                 .unwrap();
             assert_eq!(kib, -i64::from(CACHE_KIB), "cache_size of a connection");
-            conns.push(c);
         }
-        assert_eq!(pool.size(), CONNECTIONS, "every connection was checked");
     }
 }

@@ -529,15 +529,7 @@ async fn resolve_conflict(store: &Store, ours: &TaskRecord) -> Commit {
 mod tests {
     use super::*;
     use crate::model::TaskRecord;
-
-    /// A migrated SQLite store in `dir`.
-    async fn sqlite_store(dir: &tempfile::TempDir) -> Store {
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        store
-    }
+    use crate::store::sqlite::tests::{every_connection, sqlite_store};
 
     /// A writer on `store`, and the token that stops it. Lost writes are dropped unread.
     fn start(store: Store) -> (WriterHandle, JoinHandle<()>, CancellationToken) {
@@ -575,14 +567,10 @@ mod tests {
         join.await.unwrap();
     }
 
-    /// The statements a connection keeps prepared, for each of the shared pool's connections
-    /// (held at once, so none is counted twice).
+    /// The statements each of the shared pool's connections keeps prepared.
     async fn statements_kept(pool: &sqlx::SqlitePool) -> Vec<usize> {
         use sqlx::Connection;
-        let mut conns = Vec::new();
-        for _ in 0..pool.options().get_max_connections() {
-            conns.push(pool.acquire().await.unwrap());
-        }
+        let conns = every_connection(pool).await;
         conns.iter().map(|c| c.cached_statements_size()).collect()
     }
 
