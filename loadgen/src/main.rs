@@ -83,6 +83,11 @@ pub struct LoadgenArgs {
     /// a new one (with --updates-per-task 1, a flood of distinct unfinished tasks)
     #[arg(long)]
     pub never_finish: bool,
+    /// Before the timed run, send one update for every task (each task's first sight, which
+    /// taskpulse answers only once it is committed), so the figures show known tasks' updates;
+    /// tasks that finish during the run are still replaced by new ones
+    #[arg(long)]
+    pub warm_up: bool,
     /// Stop after sending this many updates in all (0 = no limit; --duration still applies)
     #[arg(long, default_value_t = 0)]
     pub max_updates: u64,
@@ -354,6 +359,165 @@ fn spawn_scrapers(
         .collect()
 }
 
+/// What one request came to.
+enum Outcome {
+    /// The answer's counts (the sink's empty answer: every update taken).
+    Taken {
+        accepted: u64,
+        duplicates: u64,
+        rejected: u64,
+    },
+    /// No answer, a non-2xx one, or one that is not taskpulse's report.
+    Failed,
+}
+
+/// One connection's load: its tasks, and the requests it builds from them.
+struct Sender {
+    work: Workload,
+    client: Client<HttpConnector, Body>,
+    url: http::Uri,
+    base: String,
+    args: LoadgenArgs,
+    body: String,
+    path: String,
+}
+
+impl Sender {
+    fn per_request(&self) -> usize {
+        match self.args.mode {
+            Mode::Single => 1,
+            Mode::Ndjson => self.args.batch,
+        }
+    }
+
+    /// The next request: the next update of each of the next tasks, round-robin.
+    fn request(&mut self) -> Option<http::Request<Body>> {
+        self.body.clear();
+        self.path.clear();
+        let req = if self.args.protocol == Protocol::Pushgateway {
+            self.work.next_push(&mut self.path, &mut self.body);
+            http::Request::put(format!("{}{}", self.base, self.path))
+                .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Body::from(Bytes::from(self.body.clone())))
+        } else {
+            let now_ms = now_ms();
+            for i in 0..self.per_request() {
+                if i > 0 {
+                    self.body.push('\n');
+                }
+                self.work.next_update(&mut self.body, now_ms);
+            }
+            let content_type = match self.args.mode {
+                Mode::Single => "application/json",
+                Mode::Ndjson => "application/x-ndjson",
+            };
+            http::Request::post(self.url.clone())
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(Body::from(Bytes::from(self.body.clone())))
+        };
+        let mut req = req.ok()?;
+        if let Some(token) = &self.args.token {
+            if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                req.headers_mut().insert(http::header::AUTHORIZATION, v);
+            }
+        }
+        Some(req)
+    }
+
+    /// Sends the next request and reads its answer whole.
+    async fn send(&mut self) -> Outcome {
+        let Some(req) = self.request() else {
+            return Outcome::Failed;
+        };
+        let Ok(resp) = self.client.request(req).await else {
+            return Outcome::Failed;
+        };
+        let ok = resp.status().is_success();
+        let Ok(body) = resp.into_body().collect().await else {
+            return Outcome::Failed;
+        };
+        let body = body.to_bytes();
+        if !ok {
+            return Outcome::Failed;
+        }
+        if body.is_empty() {
+            // the baseline sink answers 200 without a body: every update counts as taken
+            return Outcome::Taken {
+                accepted: self.per_request() as u64,
+                duplicates: 0,
+                rejected: 0,
+            };
+        }
+        match serde_json::from_slice::<Answer>(&body) {
+            Ok(a) => Outcome::Taken {
+                accepted: a.accepted,
+                duplicates: a.duplicates,
+                rejected: a.rejected_count.unwrap_or(a.rejected.len() as u64),
+            },
+            Err(_) => Outcome::Failed,
+        }
+    }
+
+    /// `--warm-up`: one update for each of this connection's tasks, counted nowhere.
+    async fn warm_up(&mut self) {
+        let requests = self.work.tasks.len().div_ceil(self.per_request());
+        for _ in 0..requests {
+            self.send().await;
+        }
+    }
+
+    /// Sends until `deadline` (or the paced schedule or `--max-updates` ends), counting into
+    /// `totals`; returns the latency histogram.
+    async fn drive(
+        &mut self,
+        totals: &Totals,
+        started: Instant,
+        deadline: Instant,
+    ) -> Histogram<u64> {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let per_request = self.per_request() as u64;
+        let per_conn_rate = self.args.rate * self.args.tasks as f64 / self.args.connections as f64;
+        let mut sent: u64 = 0;
+        while Instant::now() < deadline {
+            // --max-updates: reserve this request's updates from the shared budget.
+            if self.args.max_updates > 0
+                && totals.reserved.fetch_add(per_request, Ordering::Relaxed)
+                    >= self.args.max_updates
+            {
+                break;
+            }
+            if per_conn_rate > 0.0 {
+                let due = started + Duration::from_secs_f64(sent as f64 / per_conn_rate);
+                if due > deadline {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let t0 = Instant::now();
+            let outcome = self.send().await;
+            let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+            sent += per_request;
+            totals.requests.fetch_add(1, Ordering::Relaxed);
+            totals.updates.fetch_add(per_request, Ordering::Relaxed);
+            match outcome {
+                Outcome::Taken {
+                    accepted,
+                    duplicates,
+                    rejected,
+                } => {
+                    totals.accepted.fetch_add(accepted, Ordering::Relaxed);
+                    totals.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+                    totals.rejected.fetch_add(rejected, Ordering::Relaxed);
+                }
+                Outcome::Failed => {
+                    totals.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        hist
+    }
+}
+
 /// Runs the load and reports.
 pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
@@ -375,135 +539,53 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(args.connections + args.scrapers)
         .build(connector);
+    let senders: Vec<Sender> = (0..args.connections)
+        .map(|conn| {
+            let share =
+                args.tasks / args.connections + usize::from(conn < args.tasks % args.connections);
+            Sender {
+                work: Workload::new(
+                    conn,
+                    share,
+                    args.wait_fraction,
+                    args.updates_per_task,
+                    !args.never_finish,
+                ),
+                client: client.clone(),
+                url: url.clone(),
+                base: base.clone(),
+                args: args.clone(),
+                body: String::with_capacity(args.batch.max(1) * 200),
+                path: String::with_capacity(128),
+            }
+        })
+        .collect();
+    let senders = if args.warm_up {
+        let warming = senders.into_iter().map(|mut s| {
+            tokio::spawn(async move {
+                s.warm_up().await;
+                s
+            })
+        });
+        let mut warm = Vec::new();
+        for h in warming.collect::<Vec<_>>() {
+            warm.push(h.await?);
+        }
+        warm
+    } else {
+        senders
+    };
     let totals = Arc::new(Totals::default());
     let started = Instant::now();
     let deadline = started + args.duration;
-    let per_conn_rate = args.rate * args.tasks as f64 / args.connections as f64;
     let scrapers = spawn_scrapers(&client, &base, args.scrapers, args.scrape_rate, deadline);
-    let mut handles = Vec::new();
-    for conn in 0..args.connections {
-        let share =
-            args.tasks / args.connections + usize::from(conn < args.tasks % args.connections);
-        let mut work = Workload::new(
-            conn,
-            share,
-            args.wait_fraction,
-            args.updates_per_task,
-            !args.never_finish,
-        );
-        let client = client.clone();
-        let url = url.clone();
-        let base = base.clone();
-        let totals = totals.clone();
-        let args = args.clone();
-        handles.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            let per_request = if args.mode == Mode::Single {
-                1
-            } else {
-                args.batch
-            };
-            let mut body = String::with_capacity(per_request * 200);
-            let mut path = String::with_capacity(128);
-            let mut sent: u64 = 0;
-            while Instant::now() < deadline {
-                // --max-updates: reserve this request's updates from the shared budget.
-                if args.max_updates > 0
-                    && totals
-                        .reserved
-                        .fetch_add(per_request as u64, Ordering::Relaxed)
-                        >= args.max_updates
-                {
-                    break;
-                }
-                if per_conn_rate > 0.0 {
-                    let due = started + Duration::from_secs_f64(sent as f64 / per_conn_rate);
-                    if due > deadline {
-                        break;
-                    }
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                body.clear();
-                path.clear();
-                let req = if args.protocol == Protocol::Pushgateway {
-                    work.next_push(&mut path, &mut body);
-                    http::Request::put(format!("{base}{path}"))
-                        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                        .body(Body::from(Bytes::from(body.clone())))
-                } else {
-                    let now_ms = now_ms();
-                    for i in 0..per_request {
-                        if i > 0 {
-                            body.push('\n');
-                        }
-                        work.next_update(&mut body, now_ms);
-                    }
-                    let content_type = if args.mode == Mode::Single {
-                        "application/json"
-                    } else {
-                        "application/x-ndjson"
-                    };
-                    http::Request::post(url.clone())
-                        .header(http::header::CONTENT_TYPE, content_type)
-                        .body(Body::from(Bytes::from(body.clone())))
-                };
-                let Ok(mut req) = req else {
-                    totals.errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                if let Some(token) = &args.token {
-                    if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
-                        req.headers_mut().insert(http::header::AUTHORIZATION, v);
-                    }
-                }
-                let t0 = Instant::now();
-                let outcome = async {
-                    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-                    let ok = resp.status().is_success();
-                    let bytes = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .to_bytes();
-                    if !ok {
-                        return Err("non-2xx answer".to_string());
-                    }
-                    Ok::<_, String>(bytes)
-                }
-                .await;
-                let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
-                sent += per_request as u64;
-                totals.requests.fetch_add(1, Ordering::Relaxed);
-                totals
-                    .updates
-                    .fetch_add(per_request as u64, Ordering::Relaxed);
-                match outcome {
-                    // the baseline sink answers 200 without a body: every update counts as taken
-                    Ok(b) if b.is_empty() => {
-                        totals
-                            .accepted
-                            .fetch_add(per_request as u64, Ordering::Relaxed);
-                    }
-                    Ok(b) => match serde_json::from_slice::<Answer>(&b) {
-                        Ok(a) => {
-                            totals.accepted.fetch_add(a.accepted, Ordering::Relaxed);
-                            totals.duplicates.fetch_add(a.duplicates, Ordering::Relaxed);
-                            let rejected = a.rejected_count.unwrap_or(a.rejected.len() as u64);
-                            totals.rejected.fetch_add(rejected, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            totals.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    },
-                    Err(_) => {
-                        totals.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            hist
-        }));
-    }
+    let handles: Vec<_> = senders
+        .into_iter()
+        .map(|mut s| {
+            let totals = totals.clone();
+            tokio::spawn(async move { s.drive(&totals, started, deadline).await })
+        })
+        .collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     for h in handles {
         hist.add(h.await?)?;
@@ -579,6 +661,92 @@ async fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An HTTP server on a free port that keeps every update it is sent, as JSON values.
+    async fn recorder() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        let app = axum::Router::new().route(
+            "/api/v1/updates",
+            axum::routing::post(move |body: Bytes| async move {
+                let mut kept = kept.lock().unwrap();
+                for line in body.split(|b| *b == b'\n') {
+                    kept.push(serde_json::from_slice(line).expect("one update per line"));
+                }
+                axum::http::StatusCode::OK
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn sender(target: &str, mode: &str, tasks: usize) -> Sender {
+        let args = LoadgenArgs::parse_from([
+            "taskpulse-loadgen",
+            "--target",
+            target,
+            "--mode",
+            mode,
+            "--batch",
+            "4",
+            "--tasks",
+            &tasks.to_string(),
+            "--wait-fraction",
+            "0",
+        ]);
+        Sender {
+            // no task finishes (and is replaced by a new one) within the test
+            work: Workload::new(0, tasks, 0.0, u32::MAX, true),
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            url: format!("{target}/api/v1/updates").parse().unwrap(),
+            base: target.to_string(),
+            args,
+            body: String::new(),
+            path: String::new(),
+        }
+    }
+
+    /// `--warm-up` sends each task's first update once, whatever the batch, and the timed run
+    /// goes on with the tasks' later updates (no task is first seen in it).
+    #[tokio::test]
+    async fn warm_up_sends_every_first_update_once() {
+        let (target, seen) = recorder().await;
+        for (mode, tasks) in [("single", 5), ("ndjson", 10)] {
+            seen.lock().unwrap().clear();
+            let mut s = sender(&target, mode, tasks);
+            s.warm_up().await;
+            let warm: Vec<_> = seen.lock().unwrap().drain(..).collect();
+            let ids: std::collections::HashSet<_> =
+                warm.iter().map(|v| v["taskId"].to_string()).collect();
+            assert_eq!(ids.len(), tasks, "{mode}: every task once: {warm:?}");
+            assert!(
+                warm.len() >= tasks && warm.len() < tasks + 4,
+                "{mode}: one round, the last body filled up: {} updates",
+                warm.len()
+            );
+            assert!(
+                warm[..tasks].iter().all(|v| v["taskType"] == "lg_task"),
+                "{mode}: first sights carry the task type: {warm:?}"
+            );
+            let totals = Totals::default();
+            let start = Instant::now();
+            s.drive(&totals, start, start + Duration::from_millis(50))
+                .await;
+            let timed: Vec<_> = seen.lock().unwrap().drain(..).collect();
+            assert!(!timed.is_empty(), "{mode}: the timed run sent updates");
+            assert!(
+                timed.iter().all(|v| v.get("taskType").is_none()),
+                "{mode}: no first sight in the timed run: {timed:?}"
+            );
+            assert_eq!(
+                totals.accepted.load(Ordering::Relaxed),
+                timed.len() as u64,
+                "{mode}: the timed run counts its own updates only"
+            );
+        }
+    }
 
     #[test]
     fn the_workload_finishes_and_replaces_tasks() {
