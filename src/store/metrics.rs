@@ -4,11 +4,13 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::WriteKind;
 
-/// `taskpulse_store_*`: rows written by kind, failed attempts, and what waits.
+/// `taskpulse_store_*`: rows written by kind, the transactions they took, failed attempts, and
+/// what waits.
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
     pub writes_total: IntCounterVec,
     pub write_errors_total: IntCounter,
+    pub commits_total: IntCounter,
     pub pending_writes: IntGauge,
 }
 
@@ -26,6 +28,10 @@ impl StoreMetrics {
                 "taskpulse_store_write_errors_total",
                 "Failed store write attempts (each is retried).",
             )?,
+            commits_total: IntCounter::new(
+                "taskpulse_store_commits_total",
+                "Transactions the store writer committed (each takes every write waiting).",
+            )?,
             pending_writes: IntGauge::new(
                 "taskpulse_store_pending_writes",
                 "Store writes queued or in flight.",
@@ -33,6 +39,7 @@ impl StoreMetrics {
         };
         registry.register(Box::new(m.writes_total.clone()))?;
         registry.register(Box::new(m.write_errors_total.clone()))?;
+        registry.register(Box::new(m.commits_total.clone()))?;
         registry.register(Box::new(m.pending_writes.clone()))?;
         // Known label values exist from the first scrape, so rate() and increase() see the
         // first write.

@@ -5,7 +5,8 @@
 //! per-task decision order). The writer takes everything waiting, keeps the newest row per task,
 //! writes the lot in one transaction, and only then answers the updates that wait for a commit
 //! (status changes and terminal updates). While one batch commits, the next one gathers, so the
-//! commit rate adapts to the load instead of the other way round.
+//! commit rate adapts to the load instead of the other way round. A batch nobody waits for
+//! (coalesced progress, whose timers end one task at a time) is given [`GATHER`] to grow first.
 //!
 //! Unboundedness is deliberate and guarded elsewhere: the ingest path refuses updates that need a
 //! commit once `pending()` passes `--max-pending-writes`.
@@ -31,6 +32,15 @@ use crate::model::{Attempt, TaskEvent, TaskRecord};
 
 /// Most ops taken into one transaction.
 const MAX_BATCH: usize = 8192;
+
+/// How long a batch that nobody waits for may gather more ops before it is written; an op that
+/// someone waits for ends the wait at once. Coalesced progress writes come due one task at a
+/// time, as each task's `--progress-min-interval` ends: written as they came, 2,000 tasks made
+/// about 400 transactions a second of one or two rows, each a round of thread hand-offs and a
+/// sync, and single-update ingest ran at 0.83x of what it did with no progress writes at all
+/// (BENCHMARKS.md, issue 27's fifth stop). A coalesced value is already up to one interval
+/// late; this adds at most 50 ms to that.
+const GATHER: Duration = Duration::from_millis(50);
 
 /// Longest pause between two attempts at a failing batch: short enough that writes resume
 /// within seconds of the store coming back, long enough not to hammer a store that is down.
@@ -239,6 +249,9 @@ async fn run(
         if taken == 0 {
             break;
         }
+        if !ops.iter().any(Op::awaited) {
+            gather(&mut rx, &mut ops, &stop).await;
+        }
         let mut pb = PendingBatch {
             ops: ops.len() as i64,
             ..PendingBatch::default()
@@ -250,6 +263,33 @@ async fn run(
     }
     if let Some(own) = own {
         own.close().await;
+    }
+}
+
+/// Takes more ops into `ops` for up to [`GATHER`], until one arrives that someone waits for,
+/// the batch is full, or the writer is told to stop.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<Op>, ops: &mut Vec<Op>, stop: &CancellationToken) {
+    let deadline = tokio::time::sleep(GATHER);
+    tokio::pin!(deadline);
+    while ops.len() < MAX_BATCH {
+        let before = ops.len();
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = &mut deadline => return,
+            n = rx.recv_many(ops, MAX_BATCH - before) => {
+                if n == 0 || ops[before..].iter().any(Op::awaited) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Op {
+    /// Someone waits for this op's commit: an update's answer, or a barrier.
+    fn awaited(&self) -> bool {
+        matches!(self, Op::Task { ack: Some(_), .. } | Op::Barrier(_))
     }
 }
 
@@ -498,6 +538,9 @@ async fn write_transient_retried(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             other => {
+                if other.is_ok() {
+                    metrics.commits_total.inc();
+                }
                 if other.is_ok() && health.swap(0, Ordering::Relaxed) != 0 {
                     tracing::info!("store writes succeed again");
                 }
@@ -533,11 +576,74 @@ mod tests {
 
     /// A writer on `store`, and the token that stops it. Lost writes are dropped unread.
     fn start(store: Store) -> (WriterHandle, JoinHandle<()>, CancellationToken) {
+        let (writer, join, stop, _) = start_counted(store);
+        (writer, join, stop)
+    }
+
+    /// [`start`], with the writer's metrics.
+    fn start_counted(
+        store: Store,
+    ) -> (
+        WriterHandle,
+        JoinHandle<()>,
+        CancellationToken,
+        StoreMetrics,
+    ) {
         let metrics = StoreMetrics::register(&prometheus::Registry::new()).unwrap();
         let (conflicts, _) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let (writer, join) = spawn(store, metrics, conflicts, stop.clone());
-        (writer, join, stop)
+        let (writer, join) = spawn(store, metrics.clone(), conflicts, stop.clone());
+        (writer, join, stop, metrics)
+    }
+
+    /// A progress write, which nobody waits for.
+    fn progress(i: usize) -> Op {
+        let mut rec = TaskRecord::in_progress(&format!("p{i}"), 1_000 + i as i64);
+        rec.progress = Some(50.0);
+        Op::Task {
+            rec,
+            kind: WriteKind::Progress,
+            attempts: Vec::new(),
+            event: None,
+            ack: None,
+        }
+    }
+
+    /// Writes nobody waits for, arriving a millisecond apart (as coalesced progress comes due,
+    /// one task at a time), share a transaction; a write someone waits for ends the gathering,
+    /// and takes what gathered with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_nobody_waits_for_share_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        let (writer, join, stop, metrics) = start_counted(store.clone());
+        for i in 0..8 {
+            writer.send(progress(i));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (ack, commit) = oneshot::channel();
+        writer.send(Op::Task {
+            rec: TaskRecord::in_progress("awaited", 2_000),
+            kind: WriteKind::Status,
+            attempts: Vec::new(),
+            event: None,
+            ack: Some(ack),
+        });
+        assert!(matches!(commit.await, Ok(Commit::Written)));
+        let ids: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(
+            store.get_tasks(&ids).await.unwrap().len(),
+            8,
+            "what gathered is committed with the awaited write"
+        );
+        let commits = metrics.commits_total.get();
+        assert!(
+            commits <= 2,
+            "9 writes arriving within a few ms took {commits} transactions"
+        );
+        stop.cancel();
+        join.await.unwrap();
     }
 
     /// A commit is heard only once its ops no longer count as pending: a client answered
