@@ -8,7 +8,8 @@
 # Either binary may be `sink`: the load generator's body-reading sink (`taskpulse-loadgen
 # --sink`), the bare network path, so `scripts/compare.sh sink target/release/taskpulse` gives
 # taskpulse's share of the limit under the same client. Each slot also prints the server's CPU
-# time per 1,000 accepted updates (user + system, from /proc).
+# time per 1,000 accepted updates (user + system, from /proc; with `--warm-up`, from the timed
+# run's start).
 #
 # Default load: NDJSON, 1,000 updates per request, 10,000 tasks, as fast as answers come,
 # 2 connections, 10 s. Prints each run and the median of each build.
@@ -40,10 +41,17 @@ run() { # run BINARY: prints accepted updates/s and CPU ms per 1,000 accepted
         for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.05; done
         kill -0 "$PID" 2>/dev/null || { echo "$1 did not start:" >&2; cat "$WORK/log" >&2; exit 1; }
     fi
-    local t0 out t1
+    local t0 out t1 lg
+    "$LOADGEN" --target "http://127.0.0.1:$PORT" --json "${ARGS[@]}" >"$WORK/out" 2>"$WORK/err" &
+    lg=$!
+    # With --warm-up, the server's CPU time counts from the timed run's start.
+    if [[ " ${ARGS[*]} " == *" --warm-up "* ]]; then
+        until grep -q "warm-up done" "$WORK/err" || ! kill -0 "$lg" 2>/dev/null; do sleep 0.01; done
+    fi
     t0=$(cpu_ticks "$PID")
-    out=$("$LOADGEN" --target "http://127.0.0.1:$PORT" --json "${ARGS[@]}")
+    wait "$lg" || { cat "$WORK/err" >&2; exit 1; }
     t1=$(cpu_ticks "$PID")
+    out=$(cat "$WORK/out")
     jq -r --argjson ticks $((t1 - t0)) --argjson hz "$(getconf CLK_TCK)" \
         '"\(.accepted_per_second) \(if .accepted > 0 then $ticks * 1000 / $hz / (.accepted / 1000) else 0 end)"' <<<"$out"
     kill -TERM "$PID"

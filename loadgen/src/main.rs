@@ -571,6 +571,8 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
         for h in warming.collect::<Vec<_>>() {
             warm.push(h.await?);
         }
+        // scripts/compare.sh starts counting the server's CPU time here
+        eprintln!("taskpulse-loadgen: warm-up done, the timed run starts");
         warm
     } else {
         senders
