@@ -10,6 +10,8 @@ pub(crate) struct SimTask {
     workflow: String,
     wait: bool,
     sent: u32,
+    /// Updates before it finishes (or is abandoned).
+    budget: u32,
 }
 
 /// The tasks one connection drives.
@@ -40,19 +42,26 @@ impl Workload {
         } else {
             Some((1.0 / wait_fraction.min(1.0)).round().max(1.0) as usize)
         };
+        // A finishing task needs one update to start and one to finish.
+        let least = if finish { 2 } else { 1 };
+        let updates_per_task = updates_per_task.max(least);
         let mut w = Workload {
             run: format!("{:x}", now_ms()),
             conn,
             tasks: Vec::with_capacity(count),
             next: 0,
             generation: 0,
-            // A finishing task needs one update to start and one to finish.
-            updates_per_task: updates_per_task.max(if finish { 2 } else { 1 }),
+            updates_per_task,
             wait_every,
             finish,
         };
+        // The first tasks' lives are spread over `updates_per_task` lengths, so that tasks
+        // start and finish at the steady rate the load describes (`count / updates_per_task`
+        // a round), not all in the same round of every `updates_per_task`.
         for i in 0..count {
-            let t = w.fresh(i);
+            let mut t = w.fresh(i);
+            let spread = (i as u64 * u64::from(updates_per_task) / count as u64) as u32;
+            t.budget = least.saturating_add(spread);
             w.tasks.push(t);
         }
         w
@@ -65,6 +74,7 @@ impl Workload {
             workflow: format!("lgwf{}-{}-{}", self.run, self.conn, self.generation / 10),
             wait: self.wait_every.is_some_and(|n| slot % n == 0),
             sent: 0,
+            budget: self.updates_per_task,
         }
     }
 
@@ -81,7 +91,7 @@ impl Workload {
 
     /// Replaces the task in `slot` with a new one once it has sent all its updates.
     fn retire_if_done(&mut self, slot: usize) {
-        if self.tasks[slot].sent >= self.updates_per_task {
+        if self.tasks[slot].sent >= self.tasks[slot].budget {
             let fresh = self.fresh(slot);
             self.tasks[slot] = fresh;
         }
@@ -91,9 +101,8 @@ impl Workload {
     /// exposition body into `out`.
     pub(crate) fn next_push(&mut self, path: &mut String, out: &mut String) {
         let Some(slot) = self.advance() else { return };
-        let k = self.updates_per_task;
         let t = &self.tasks[slot];
-        let progress = (t.sent as f64 / k as f64).min(1.0);
+        let progress = (t.sent as f64 / t.budget as f64).min(1.0);
         let _ = write!(path, "/metrics/job/loadgen/task_id/{}", t.id);
         let _ = writeln!(
             out,
@@ -107,10 +116,9 @@ impl Workload {
     /// Appends the next update (one JSON object, no newline) to `out`.
     pub(crate) fn next_update(&mut self, out: &mut String, now_ms: i64) {
         let Some(slot) = self.advance() else { return };
-        let k = self.updates_per_task;
         let t = &self.tasks[slot];
-        let done = self.finish && t.sent >= k;
-        let progress = (t.sent as f64 * 100.0 / k as f64).min(100.0);
+        let done = self.finish && t.sent >= t.budget;
+        let progress = (t.sent as f64 * 100.0 / t.budget as f64).min(100.0);
         let status = if done { "COMPLETED" } else { "IN_PROGRESS" };
         let _ = write!(
             out,
@@ -147,9 +155,11 @@ mod tests {
     #[test]
     fn the_workload_finishes_and_replaces_tasks() {
         let mut w = Workload::new(0, 10, 0.1, 4, true);
+        let first: Vec<String> = w.tasks.iter().map(|t| t.id.clone()).collect();
         let mut out = String::new();
         let mut completed = 0;
-        for _ in 0..40 {
+        // the first tasks live 2 to 5 updates (spread), their successors 4
+        for _ in 0..50 {
             out.clear();
             w.next_update(&mut out, 1_000);
             let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
@@ -157,9 +167,9 @@ mod tests {
                 completed += 1;
             }
         }
-        assert_eq!(completed, 10, "each of 10 tasks finishes after 4 updates");
+        assert_eq!(completed, 10, "each of the 10 first tasks finished once");
         assert!(
-            w.tasks.iter().all(|t| t.sent == 0),
+            w.tasks.iter().all(|t| !first.contains(&t.id)),
             "finished tasks were replaced"
         );
         // one in ten is a WAIT task, announced with its wake-up time on its first update
@@ -169,6 +179,29 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["taskType"], "WAIT");
         assert_eq!(v["waitUntil"], 30_005);
+    }
+
+    /// Tasks start and finish at a steady rate: `tasks / updates_per_task` in every round of
+    /// updates, not all of them in the same round.
+    #[test]
+    fn tasks_finish_at_a_steady_rate() {
+        let mut w = Workload::new(0, 100, 0.0, 10, true);
+        let mut out = String::new();
+        for round in 1..=50 {
+            let mut completed = 0;
+            for _ in 0..100 {
+                out.clear();
+                w.next_update(&mut out, 1_000);
+                let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+                completed += usize::from(v["status"] == "COMPLETED");
+            }
+            if round > 1 {
+                assert_eq!(
+                    completed, 10,
+                    "round {round}: 100 tasks living 10 updates each"
+                );
+            }
+        }
     }
 
     #[test]
