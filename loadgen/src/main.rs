@@ -232,21 +232,14 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Report> {
         .map(|conn| {
             let share =
                 args.tasks / args.connections + usize::from(conn < args.tasks % args.connections);
-            Sender {
-                work: Workload::new(
-                    conn,
-                    share,
-                    args.wait_fraction,
-                    args.updates_per_task,
-                    !args.never_finish,
-                ),
-                client: client.clone(),
-                url: url.clone(),
-                base: base.clone(),
-                args: args.clone(),
-                body: String::with_capacity(args.batch.max(1) * 200),
-                path: String::with_capacity(128),
-            }
+            let work = Workload::new(
+                conn,
+                share,
+                args.wait_fraction,
+                args.updates_per_task,
+                !args.never_finish,
+            );
+            Sender::new(work, client.clone(), &base, &url, args)
         })
         .collect();
     let senders = if args.warm_up {

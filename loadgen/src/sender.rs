@@ -37,7 +37,7 @@ struct Answer {
 }
 
 /// What one request came to.
-pub(crate) enum Outcome {
+enum Outcome {
     /// The answer's counts (the sink's empty answer: every update taken).
     Taken {
         accepted: u64,
@@ -50,16 +50,36 @@ pub(crate) enum Outcome {
 
 /// One connection's load: its tasks, and the requests it builds from them.
 pub(crate) struct Sender {
-    pub(crate) work: Workload,
-    pub(crate) client: Client<HttpConnector, Body>,
-    pub(crate) url: http::Uri,
-    pub(crate) base: String,
-    pub(crate) args: LoadgenArgs,
-    pub(crate) body: String,
-    pub(crate) path: String,
+    work: Workload,
+    client: Client<HttpConnector, Body>,
+    /// `POST /api/v1/updates` on the target.
+    url: http::Uri,
+    /// The target, for the Pushgateway's per-task paths.
+    base: String,
+    args: LoadgenArgs,
+    body: String,
+    path: String,
 }
 
 impl Sender {
+    pub(crate) fn new(
+        work: Workload,
+        client: Client<HttpConnector, Body>,
+        base: &str,
+        url: &http::Uri,
+        args: &LoadgenArgs,
+    ) -> Sender {
+        Sender {
+            work,
+            client,
+            url: url.clone(),
+            base: base.to_string(),
+            args: args.clone(),
+            body: String::with_capacity(args.batch.max(1) * 200),
+            path: String::with_capacity(128),
+        }
+    }
+
     fn per_request(&self) -> usize {
         match self.args.mode {
             Mode::Single => 1,
@@ -238,16 +258,14 @@ mod tests {
             "--wait-fraction",
             "0",
         ]);
-        Sender {
+        Sender::new(
             // no task finishes (and is replaced by a new one) within the test
-            work: Workload::new(0, tasks, 0.0, u32::MAX, true),
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-            url: format!("{target}/api/v1/updates").parse().unwrap(),
-            base: target.to_string(),
-            args,
-            body: String::new(),
-            path: String::new(),
-        }
+            Workload::new(0, tasks, 0.0, u32::MAX, true),
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            target,
+            &format!("{target}/api/v1/updates").parse().unwrap(),
+            &args,
+        )
     }
 
     /// `--warm-up` sends each task's first update once, whatever the batch, and the timed run

@@ -540,9 +540,9 @@ async fn write_transient_retried(
             other => {
                 if other.is_ok() {
                     metrics.commits_total.inc();
-                }
-                if other.is_ok() && health.swap(0, Ordering::Relaxed) != 0 {
-                    tracing::info!("store writes succeed again");
+                    if health.swap(0, Ordering::Relaxed) != 0 {
+                        tracing::info!("store writes succeed again");
+                    }
                 }
                 return other;
             }
@@ -596,17 +596,33 @@ mod tests {
         (writer, join, stop, metrics)
     }
 
+    /// A write of `rec` with no attempts or history; `ack` for one someone waits for.
+    fn write(rec: TaskRecord, kind: WriteKind, ack: Option<oneshot::Sender<Commit>>) -> Op {
+        Op::Task {
+            rec,
+            kind,
+            attempts: Vec::new(),
+            event: None,
+            ack,
+        }
+    }
+
+    /// A status write of task `id`, and what its commit will say.
+    fn awaited(id: &str, at: i64) -> (Op, oneshot::Receiver<Commit>) {
+        let (ack, commit) = oneshot::channel();
+        let op = write(
+            TaskRecord::in_progress(id, at),
+            WriteKind::Status,
+            Some(ack),
+        );
+        (op, commit)
+    }
+
     /// A progress write, which nobody waits for.
     fn progress(i: usize) -> Op {
         let mut rec = TaskRecord::in_progress(&format!("p{i}"), 1_000 + i as i64);
         rec.progress = Some(50.0);
-        Op::Task {
-            rec,
-            kind: WriteKind::Progress,
-            attempts: Vec::new(),
-            event: None,
-            ack: None,
-        }
+        write(rec, WriteKind::Progress, None)
     }
 
     /// Writes nobody waits for, arriving a millisecond apart (as coalesced progress comes due,
@@ -621,14 +637,8 @@ mod tests {
             writer.send(progress(i));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let (ack, commit) = oneshot::channel();
-        writer.send(Op::Task {
-            rec: TaskRecord::in_progress("awaited", 2_000),
-            kind: WriteKind::Status,
-            attempts: Vec::new(),
-            event: None,
-            ack: Some(ack),
-        });
+        let (op, commit) = awaited("awaited", 2_000);
+        writer.send(op);
         assert!(matches!(commit.await, Ok(Commit::Written)));
         let ids: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -653,15 +663,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, join, stop) = start(sqlite_store(&dir).await);
         for i in 0..200 {
-            let (ack, commit) = oneshot::channel();
-            let rec = TaskRecord::in_progress(&format!("t{i}"), 1_000 + i);
-            writer.send(Op::Task {
-                rec,
-                kind: WriteKind::Status,
-                attempts: Vec::new(),
-                event: None,
-                ack: Some(ack),
-            });
+            let (op, commit) = awaited(&format!("t{i}"), 1_000 + i);
+            writer.send(op);
             assert!(matches!(commit.await, Ok(Commit::Written)));
             assert_eq!(
                 writer.pending(),
@@ -696,14 +699,8 @@ mod tests {
         for n in [1, 7, 120, 600, 1_200] {
             let mut commits = Vec::new();
             for i in sent..sent + n {
-                let (ack, commit) = oneshot::channel();
-                writer.send(Op::Task {
-                    rec: TaskRecord::in_progress(&format!("t{i}"), 1_000 + i as i64),
-                    kind: WriteKind::Status,
-                    attempts: Vec::new(),
-                    event: None,
-                    ack: Some(ack),
-                });
+                let (op, commit) = awaited(&format!("t{i}"), 1_000 + i as i64);
+                writer.send(op);
                 commits.push(commit);
             }
             for c in commits {
