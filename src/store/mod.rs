@@ -19,6 +19,7 @@ use crate::model::{Attempt, TaskEvent, TaskRecord};
 use rows::TaskRow;
 
 pub use metrics::StoreMetrics;
+pub use queries::VERSIONED_LIST;
 pub use rows::TASK_COLUMNS;
 pub use writer::{Commit, Op, WriteKind, WriterHandle};
 

@@ -7,8 +7,10 @@ use super::Store;
 use crate::error::Result;
 use crate::model::{StoredTask, TaskRecord};
 
-/// Ids per list of [`Store::get_tasks_versioned`], at most.
-const VERSIONED_LIST: usize = 5_000;
+/// Ids per list of [`Store::get_tasks_versioned`], at most: the checker's chunk
+/// (`store_divergence` compares this many tasks per read), so its lists are full ones, whose
+/// statement SQLite keeps prepared.
+pub const VERSIONED_LIST: usize = 4_096;
 
 impl Store {
     /// Runs a read query that selects `TASK_COLUMNS, version` with `$N` placeholders bound to

@@ -436,6 +436,46 @@ async fn store_divergence_repairs_toward_the_newer_side(backend: Backend) {
 }
 store_test!(store_divergence_repairs_toward_the_newer_side);
 
+/// The pass compares memory with the store a chunk of tasks at a time (so it never holds
+/// every row at once): with every one of more tasks than two chunks hold diverging, each is
+/// found once, none left out or compared twice.
+async fn store_divergence_finds_every_chunk(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = app(&db).await;
+    let n = 2 * taskpulse::store::VERSIONED_LIST + 100;
+    let all: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    for ids in all.chunks(1000) {
+        let body: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| {
+                json!({"taskId": id, "workflowId": "wf-chunks", "taskType": "encode",
+                             "status": "IN_PROGRESS", "progressPercent": 10, "updateTime": 1000})
+            })
+            .collect();
+        assert_eq!(app.ingest(&json!(body)).await["accepted"], ids.len());
+    }
+    app.settle().await;
+    exec(&app.store, "UPDATE tasks SET progress = 3, update_time = 900, version = version + 1 WHERE workflow_id = 'wf-chunks'").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let (r, _) = pass(
+        &app,
+        vec![Box::new(StoreDivergence)],
+        settings(false),
+        Duration::ZERO,
+    )
+    .await;
+    let mut found: Vec<String> = only(&r, "store_divergence")
+        .iter()
+        .map(|v| v.task_id.clone())
+        .collect();
+    found.sort();
+    let mut all = all;
+    all.sort();
+    assert_eq!(found, all, "every task once");
+}
+store_test!(store_divergence_finds_every_chunk);
+
 /// Updates that land while a pass reads the store are no divergence: the store then holds a
 /// write newer than the pass's snapshot of memory, and memory holds it too. (Under load the
 /// pass used to report and "repair" thousands of such tasks per run.)
