@@ -9,11 +9,14 @@ two builds are given: a fresh process on a fresh SQLite file, its RSS once ready
 (100,000) unfinished tasks, one NDJSON update each, shaped like a worker's (an id and a workflow
 id like the load generator's, a task and workflow type, a worker of 50, progress and a 20-byte
 progress message), sent over one keep-alive connection; once the writer has drained and a
-second has passed, the RSS again, and SCRAPES (21) scrapes of `/metrics` timed end to end, 0.2 s
+second has passed, the RSS again; then once the consistency checker's next pass has ended
+(the server runs with `--check-interval 15s`, so the first pass comes after the load; a pass
+compares every settled task with the store), the RSS a third time; then SCRAPES (21) scrapes of `/metrics` timed end to end, 0.2 s
 apart (scrapes closer than the render gap share one render).
 Prints each run and the medians per build and batch size. RSS per task is (RSS after - RSS
 before) / TASKS: what tracking the tasks costs, buffers the process keeps after the burst
-included.
+included; "after checks" is the same after the checker's passes, what a server that has run a
+while holds.
 """
 
 import http.client
@@ -45,7 +48,8 @@ def run(binary, batch):
     env["TASKPULSE_LOG"] = "warn"
     log = open(os.path.join(work, "log"), "w")
     proc = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--database",
-                             f"sqlite://{work}/t.db"], stdout=log, stderr=log, env=env)
+                             f"sqlite://{work}/t.db", "--check-interval", "15s"],
+                            stdout=log, stderr=log, env=env)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(200):
@@ -80,6 +84,16 @@ def run(binary, batch):
         time.sleep(1)
         after = rss_kib(proc.pid)
         tracked = metric_sum(get_metrics(), "taskpulse_tracked_tasks")
+        passes = metric_sum(get_metrics(), "taskpulse_checker_runs_total")
+        if passes:
+            print(f"note: {passes:.0f} checker passes ran during the load", file=sys.stderr)
+        for _ in range(300):
+            if metric_sum(get_metrics(), "taskpulse_checker_runs_total") > passes:
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit("the checker ran no pass in 30 s")
+        checked = rss_kib(proc.pid)
         times = []
         for _ in range(SCRAPES):
             # scrapes closer than the render gap (100 ms) share a render: time each its own
@@ -88,6 +102,7 @@ def run(binary, batch):
             size = len(get_metrics())
             times.append((time.perf_counter() - t0) * 1000)
         return {"per_task": (after - before) * 1024 / TASKS, "tracked": tracked,
+                "checked": (checked - before) * 1024 / TASKS,
                 "scrape_ms": median(times), "bytes": size}
     finally:
         proc.terminate()
@@ -106,11 +121,13 @@ def main():
         for b in order:
             r = run(b, batch)
             results.setdefault((b, batch), []).append(r)
-            print(f"{b} batch {batch}: {r['per_task']:.0f} B/task, {r['tracked']:.0f} tracked, "
+            print(f"{b} batch {batch}: {r['per_task']:.0f} B/task, {r['checked']:.0f} after "
+                  f"checks, {r['tracked']:.0f} tracked, "
                   f"/metrics {r['scrape_ms']:.1f} ms ({r['bytes']} bytes)", flush=True)
     print("\nmedians")
     for (b, batch), rs in results.items():
-        print(f"{b} batch {batch}: {median([r['per_task'] for r in rs]):.0f} B/task, /metrics "
+        print(f"{b} batch {batch}: {median([r['per_task'] for r in rs]):.0f} B/task, "
+              f"{median([r['checked'] for r in rs]):.0f} after checks, /metrics "
               f"{median([r['scrape_ms'] for r in rs]):.1f} ms")
 
 
