@@ -5,9 +5,9 @@
 //! N tasks report progress at R updates per second each; a share of them are WAIT tasks with
 //! wake-up times; every task finishes after K updates and is replaced by a new one, so tasks
 //! finish at N * R / K per second (the first tasks' lives are spread over K lengths, so that
-//! rate is steady from the start rather than all N at once every K rounds). Updates go as single-update requests over keep-alive
-//! connections or as NDJSON batches. The report gives accepted updates per second and request
-//! latency percentiles. `taskpulse-loadgen --sink` instead runs the baseline server: it reads
+//! rate is steady from the start rather than all N at once every K rounds). Updates go as
+//! single-update requests over keep-alive connections or as NDJSON batches. The report gives
+//! accepted updates per second and request latency percentiles. `taskpulse-loadgen --sink` instead runs the baseline server: it reads
 //! each body and answers 200, to show what the network path itself allows. With
 //! `--protocol pushgateway` the same workload goes to a Prometheus Pushgateway (one group per
 //! task), the alternative users reach for today, for a side-by-side.

@@ -321,11 +321,15 @@ impl Rule for StoreDivergence {
                 let pruned_before = (!ctx.settings.retention.is_zero())
                     .then(|| crate::now_ms() - ctx.settings.retention.as_millis() as i64);
                 out.extend(chunk.iter().filter_map(|(id, last_seen)| {
+                    let stored = stored.get(&**id);
                     // Updated since the snapshot (or gone): the store read raced live ingest,
                     // and the store may hold a write newer than the snapshot that memory holds
-                    // too. The next pass compares it settled.
-                    let mem = tracker.get(id).filter(|m| m.last_seen == *last_seen)?;
-                    divergence(self.name(), mem, stored.get(&**id), pruned_before)
+                    // too. The next pass compares it settled. A task the store agrees with is
+                    // not copied.
+                    let mem = tracker.get_if(id, |m| {
+                        m.last_seen == *last_seen && !stored.is_some_and(|s| same(m, &s.rec))
+                    })?;
+                    divergence(self.name(), mem, stored, pruned_before)
                 }));
             }
             Ok(out)
@@ -334,17 +338,14 @@ impl Rule for StoreDivergence {
     }
 }
 
-/// The violation of one settled task, if memory (unchanged since the pass's snapshot) and the
-/// store disagree about it.
+/// The violation of one settled task that memory (unchanged since the pass's snapshot) and
+/// the store disagree about, unless retention deleted its row on purpose.
 fn divergence(
     rule: &'static str,
     mem: TaskRecord,
     stored: Option<&StoredTask>,
     pruned_before: Option<i64>,
 ) -> Option<Violation> {
-    if stored.is_some_and(|s| same(&mem, &s.rec)) {
-        return None;
-    }
     let (plan, evidence) = match stored {
         None if pruned_before
             .zip(mem.terminal_at)

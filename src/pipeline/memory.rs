@@ -419,7 +419,18 @@ impl Tracker {
 
     /// A copy of one task's record.
     pub fn get(&self, task_id: &str) -> Option<TaskRecord> {
-        self.tasks.get(task_id).map(|e| e.rec.clone())
+        self.get_if(task_id, |_| true)
+    }
+
+    /// A copy of one task's record if `wanted` says so, looked at in place: the checker
+    /// compares every task and copies only those that differ.
+    pub fn get_if(
+        &self,
+        task_id: &str,
+        wanted: impl FnOnce(&TaskRecord) -> bool,
+    ) -> Option<TaskRecord> {
+        let e = self.tasks.get(task_id)?;
+        wanted(&e.rec).then(|| e.rec.clone())
     }
 
     /// A task's recent progress samples (epoch ms, percent), oldest first; empty when it

@@ -50,6 +50,15 @@ async fn pass(
     (report, metrics)
 }
 
+/// One pass of one rule, now.
+async fn pass_of(
+    app: &TestApp,
+    rule: impl Rule + 'static,
+    repair: bool,
+) -> (PassReport, CheckerMetrics) {
+    pass(app, vec![Box::new(rule)], settings(repair), Duration::ZERO).await
+}
+
 fn only<'a>(report: &'a PassReport, rule: &str) -> Vec<&'a Violation> {
     report
         .violations
@@ -458,13 +467,7 @@ async fn store_divergence_finds_every_chunk(backend: Backend) {
     exec(&app.store, "UPDATE tasks SET progress = 3, update_time = 900, version = version + 1 WHERE workflow_id = 'wf-chunks'").await;
     tokio::time::sleep(Duration::from_millis(5)).await;
 
-    let (r, _) = pass(
-        &app,
-        vec![Box::new(StoreDivergence)],
-        settings(false),
-        Duration::ZERO,
-    )
-    .await;
+    let (r, _) = pass_of(&app, StoreDivergence, false).await;
     let mut found: Vec<String> = only(&r, "store_divergence")
         .iter()
         .map(|v| v.task_id.clone())
@@ -508,13 +511,7 @@ async fn store_divergence_ignores_updates_racing_the_pass(backend: Backend) {
     let mut found = Vec::new();
     let until = std::time::Instant::now() + Duration::from_secs(6);
     while std::time::Instant::now() < until {
-        let (r, _) = pass(
-            &app,
-            vec![Box::new(StoreDivergence)],
-            settings(false),
-            Duration::ZERO,
-        )
-        .await;
+        let (r, _) = pass_of(&app, StoreDivergence, false).await;
         found.extend(r.violations.into_iter().map(|v| v.evidence));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -610,13 +607,7 @@ async fn a_divergence_repair_that_loses_the_race_is_a_conflict(backend: Backend)
     )
     .await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let (r, m) = pass(
-        &app,
-        vec![Box::new(DivergenceRaced)],
-        settings(true),
-        Duration::ZERO,
-    )
-    .await;
+    let (r, m) = pass_of(&app, DivergenceRaced, true).await;
     assert_eq!(r.repairs.len(), 1, "{:?}", r.violations);
     assert_eq!(r.repairs[0].outcome, "conflict");
     assert_eq!(repairs_counted(&m, "store_divergence", "conflict"), 1);
